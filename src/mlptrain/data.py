@@ -1,0 +1,268 @@
+"""MNIST: the checked files on disk, the official split, and mini-batches for training."""
+
+import gzip
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler, Subset
+from torchvision import datasets, transforms
+
+from mlptrain.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# SHA-256 of each decompressed original file: the .gz bytes may differ (recompression), the content may not.
+SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+# The copy carried in this repository (data/MNIST/raw/*.gz), used when data.dir is null.
+EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "data"
+# Pixel mean and standard deviation over the 60,000 training images, on the [0, 1] scale.
+MEAN, STD = 0.1307, 0.3081
+N_TRAIN_FILE = 60_000
+LOADERS = ("tensor", "dataloader")
+NORMALIZATIONS = ("unit", "standard")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fix_hint(raw: Path) -> str:
+    return (
+        f"Copy the four original MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+        f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into {raw}, or leave data.dir unset "
+        f"(null) to use the copy embedded in this repository, or set data.download=true to fetch "
+        f"them with torchvision."
+    )
+
+
+def prepare_mnist(root: Path, download: bool = False) -> Path:
+    """Make `root/MNIST/raw` hold the four decompressed MNIST files, each verified by SHA-256.
+
+    That is where torchvision's `MNIST(root)` reads them. A missing decompressed file is made from
+    the `.gz` beside it; with neither present, torchvision downloads them if `download` allows.
+    Returns the raw folder.
+    """
+    raw = root / "MNIST" / "raw"
+    missing = [name for name in SHA256 if not (raw / name).exists() and not (raw / f"{name}.gz").exists()]
+    if missing and download:
+        log.info("Downloading MNIST into %s with torchvision", raw)
+        try:
+            for train in (True, False):
+                datasets.MNIST(root, train=train, download=True)
+        except Exception as error:
+            raise DataError(
+                f"Downloading MNIST into {raw} failed ({error}). Check the network, or " + _fix_hint(raw)
+            ) from error
+    elif missing:
+        raise DataError(
+            f"The MNIST file {raw / missing[0]}(.gz) is missing and data.download is false. " + _fix_hint(raw)
+        )
+    for name, expected in SHA256.items():
+        _verify_or_unpack(raw, name, expected)
+    return raw
+
+
+def _verify_or_unpack(raw: Path, name: str, expected: str) -> None:
+    path, packed = raw / name, raw / f"{name}.gz"
+    if path.exists():
+        if _sha256(path.read_bytes()) == expected:
+            return
+        if not packed.exists():
+            raise DataError(
+                f"{path} does not match the SHA-256 of the original MNIST file (expected "
+                f"{expected}): it is corrupt or not MNIST. Delete it; then " + _fix_hint(raw)
+            )
+        log.warning("%s does not match its checksum; unpacking it again from %s", path, packed.name)
+    try:
+        content = gzip.decompress(packed.read_bytes())
+    except (OSError, EOFError) as error:
+        raise DataError(
+            f"{packed} is not a readable gzip file ({error}): it is truncated or corrupt. "
+            "Delete it; then " + _fix_hint(raw)
+        ) from error
+    actual = _sha256(content)
+    if actual != expected:
+        raise DataError(
+            f"{packed} decompresses to content whose SHA-256 is {actual}, not the original MNIST "
+            f"file's {expected}: it is corrupt or not MNIST. Delete it; then " + _fix_hint(raw)
+        )
+    # Write beside and rename, so a run interrupted here, or a second run unpacking at the same
+    # time, never leaves a half-written file that torchvision would read.
+    partial = raw / f"{name}.{os.getpid()}.tmp"
+    partial.write_bytes(content)
+    os.replace(partial, path)
+
+
+class EpochPermutation(Sampler[int]):
+    """A fresh shuffle of range(n) every epoch, fixed by (seed, epoch) alone.
+
+    Lightning calls `set_epoch` before each training epoch, so a run resumed at epoch e
+    draws the same order an uninterrupted one would.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def permutation(self) -> torch.Tensor:
+        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, dtype=np.uint64)[0]
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(int(state)))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.permutation().tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class TensorBatches:
+    """Mini-batches sliced from tensors already on the training device: no per-sample Python work.
+
+    With a sampler, each pass gathers batches in that epoch's shuffled order; without one, it
+    walks the tensors in order (for evaluation).
+    """
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, sampler: EpochPermutation | None = None
+    ) -> None:
+        self.images, self.labels = images, labels  # (N, 784) float, (N,) int64
+        self.batch_size = batch_size
+        # The two DataLoader attributes Lightning inspects: it calls sampler.set_epoch every epoch.
+        self.sampler, self.batch_sampler = sampler, None
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.sampler is None:
+            for start in range(0, len(self.labels), self.batch_size):
+                end = start + self.batch_size
+                yield self.images[start:end], self.labels[start:end]
+            return
+        order = self.sampler.permutation().to(self.labels.device)
+        for index in order.split(self.batch_size):
+            yield self.images[index], self.labels[index]
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST with the official split: validation carved from the 60k training images, test = the 10k."""
+
+    def __init__(
+        self,
+        dir: str | None = None,
+        download: bool = False,
+        val_size: int = 10_000,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        normalize: str = "standard",
+        loader: str = "tensor",
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise ConfigError(f"data.{key} must be a positive integer, got {value!r}.")
+        if not (isinstance(val_size, int) and 0 < val_size < N_TRAIN_FILE):
+            raise ConfigError(
+                f"data.val_size must be an integer between 1 and {N_TRAIN_FILE - 1} (validation images "
+                f"taken out of the 60,000 training images), got {val_size!r}."
+            )
+        if normalize not in NORMALIZATIONS:
+            raise ConfigError(f"data.normalize={normalize!r} is not known. Use one of: {', '.join(NORMALIZATIONS)}.")
+        if loader not in LOADERS:
+            raise ConfigError(f"data.loader={loader!r} is not known. Use one of: {', '.join(LOADERS)}.")
+        if not (isinstance(num_workers, int) and num_workers >= 0):
+            raise ConfigError(f"data.num_workers must be an integer >= 0, got {num_workers!r}.")
+        self.root = Path(dir).expanduser() if dir else EMBEDDED_DIR
+        self.download = download
+        self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.normalize, self.loader, self.num_workers = normalize, loader, num_workers
+        self.splits: dict[str, TensorBatches | Subset] = {}
+
+    def prepare_data(self) -> None:
+        prepare_mnist(self.root, self.download)
+
+    def split_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, val) indices into the 60k training file; the same for a given split_seed on every call and rank."""
+        order = torch.randperm(N_TRAIN_FILE, generator=torch.Generator().manual_seed(self.split_seed))
+        return order[self.val_size :].sort().values, order[: self.val_size].sort().values
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        if not all((self.root / "MNIST" / "raw" / name).exists() for name in SHA256):
+            prepare_mnist(self.root, self.download)  # setup() called on its own, without prepare_data()
+        train_idx, val_idx = self.split_indices()
+        if self.loader == "dataloader":
+            steps = [transforms.ToTensor()]
+            if self.normalize == "standard":
+                steps.append(transforms.Normalize((MEAN,), (STD,)))
+            transform = transforms.Compose(steps)
+            full = datasets.MNIST(self.root, train=True, transform=transform)
+            test = datasets.MNIST(self.root, train=False, transform=transform)
+            self.splits = {
+                "train": Subset(full, train_idx.tolist()),
+                "val": Subset(full, val_idx.tolist()),
+                "test": test,
+            }
+            return
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        full = datasets.MNIST(self.root, train=True)
+        test = datasets.MNIST(self.root, train=False)
+
+        def batches(images: torch.Tensor, labels: torch.Tensor, train: bool) -> TensorBatches:
+            # Normalise once, on the device: (N, 28, 28) uint8 -> (N, 784) float32.
+            x = images.to(device).flatten(1).float().div_(255)
+            if self.normalize == "standard":
+                x = x.sub_(MEAN).div_(STD)
+            sampler = EpochPermutation(len(labels), self.shuffle_seed) if train else None
+            size = self.batch_size if train else self.eval_batch_size
+            return TensorBatches(x, labels.to(device), size, sampler)
+
+        self.splits = {
+            "train": batches(full.data[train_idx], full.targets[train_idx], train=True),
+            "val": batches(full.data[val_idx], full.targets[val_idx], train=False),
+            "test": batches(test.data, test.targets, train=False),
+        }
+
+    def _loader(self, split: str) -> TensorBatches | DataLoader:
+        data = self.splits[split]
+        if isinstance(data, TensorBatches):
+            return data
+        train = split == "train"
+        return DataLoader(
+            data,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=EpochPermutation(len(data), self.shuffle_seed) if train else None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> TensorBatches | DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> TensorBatches | DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> TensorBatches | DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> TensorBatches | DataLoader:
+        return self._loader("test")

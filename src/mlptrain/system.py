@@ -1,0 +1,237 @@
+"""The LightningModule around the MLP: loss, accuracy, optimizer and learning-rate schedule."""
+
+import importlib.metadata
+import logging
+import platform
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch.optim import Optimizer
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from mlptrain.errors import ConfigError, NonFiniteLossError
+from mlptrain.model import MLP
+
+LOSSES = ("cross_entropy", "mse")
+MSE_REDUCTIONS = ("half_sum", "sum", "mean")
+SCHEDULERS = ("none", "cosine", "step", "onecycle")
+STAGES = ("train", "val", "test")
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_loss(name: str, reduction: str = "half_sum", output_activation: str = "none") -> LossFn:
+    """loss(output (B, 10), labels (B,)) -> scalar, averaged over the B examples.
+
+    mse compares the output with the one-hot target y; per example, with a = output:
+      half_sum: ½ Σ_j (a_j - y_j)²   Nielsen's quadratic cost C = 1/2n Σ_x ‖y(x) - a‖²
+      sum:        Σ_j (a_j - y_j)²   3Blue1Brown's cost, twice the above
+      mean:   1/10 Σ_j (a_j - y_j)²  PyTorch's F.mse_loss (mean over every element)
+    cross_entropy is softmax cross-entropy on logits, so the output layer must be `none`.
+    """
+    if name == "cross_entropy":
+        if output_activation != "none":
+            raise ConfigError(
+                f"loss=cross_entropy takes logits and applies its own log-softmax, so it needs "
+                f"model.output_activation=none (got {output_activation!r}). Set "
+                f"model.output_activation=none, or use loss=mse with a {output_activation} output."
+            )
+        return F.cross_entropy
+    if name != "mse":
+        raise ConfigError(f"loss={name!r} is not known. Use one of: {', '.join(LOSSES)}.")
+    if reduction not in MSE_REDUCTIONS:
+        raise ConfigError(
+            f"loss.reduction={reduction!r} is not known. Use one of: {', '.join(MSE_REDUCTIONS)} "
+            "(half_sum is Nielsen's quadratic cost ½‖a−y‖² averaged over examples)."
+        )
+    scale = {"half_sum": 0.5, "sum": 1.0, "mean": 0.1}[reduction]
+
+    def mse(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        target = F.one_hot(labels, output.shape[-1]).to(output.dtype)  # (B, 10)
+        if reduction == "mean":
+            return F.mse_loss(output, target)
+        return scale * (output - target).square().sum(-1).mean()
+
+    return mse
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that decide what a run computes, stored with every summary and checkpoint."""
+    versions = {"python": platform.python_version(), "cuda": str(torch.version.cuda)}
+    for package in ("mlptrain", "torch", "lightning", "torchmetrics", "torchvision", "hydra-core", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _check_positive(key: str, value: Any) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+        raise ConfigError(f"{key} must be a positive number, got {value!r}.")
+
+
+class MLPSystem(L.LightningModule):
+    """Trains an `MLP` and reports `train/loss`, `train/acc`, `val/loss`, `val/acc`, `test/loss`, `test/acc`.
+
+    Every argument is a plain dict of the config group of the same name, so the hyperparameters
+    saved in checkpoints rebuild the run with `MLPSystem.load_from_checkpoint(path)`.
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any],
+        check_finite_every_n_steps: int = 50,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = MLP(**model)
+        self.loss_fn = make_loss(**loss, output_activation=model.get("output_activation", "none"))
+        self.optimizer_factory = self._optimizer_factory(optimizer)
+        self._check_scheduler(scheduler)
+        self.check_finite_every_n_steps = check_finite_every_n_steps
+        for stage in STAGES:
+            # nan_strategy/validate_args off: their checks pull a value to the host every step.
+            setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=10, average="micro", validate_args=False))
+        # Epoch and global step of the first non-finite training loss, -1 while none: kept on the
+        # device and read only every check_finite_every_n_steps steps and before checkpoints.
+        self.register_buffer("nonfinite_epoch", torch.tensor(-1), persistent=False)
+        self.register_buffer("nonfinite_step", torch.tensor(-1), persistent=False)
+
+    def _optimizer_factory(self, optimizer: Mapping[str, Any]) -> Callable[..., Optimizer]:
+        if "lr" in optimizer:
+            _check_positive("optimizer.lr", optimizer["lr"])
+        for key in ("weight_decay", "momentum"):
+            value = optimizer.get(key, 0)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+                raise ConfigError(f"optimizer.{key} must be a number >= 0, got {value!r}.")
+        try:
+            factory = instantiate(optimizer)
+            factory(self.model.parameters())  # build one now, so a bad combination fails before any data is read
+        except Exception as error:
+            raise ConfigError(
+                f"The optimizer could not be built from {dict(optimizer)}: {error}. Use optimizer=sgd, "
+                "adam or adamw with valid values, or a `_target_` naming a torch.optim class with `_partial_: true`."
+            ) from error
+        return factory
+
+    @staticmethod
+    def _check_scheduler(scheduler: Mapping[str, Any]) -> None:
+        name = scheduler.get("name")
+        if name not in SCHEDULERS:
+            raise ConfigError(f"scheduler.name={name!r} is not known. Use one of: {', '.join(SCHEDULERS)}.")
+        for key in ("step_size", "gamma"):
+            if key in scheduler:
+                _check_positive(f"scheduler.{key}", scheduler[key])
+        if "pct_start" in scheduler and not 0 < scheduler["pct_start"] < 1:
+            raise ConfigError(f"scheduler.pct_start must be in (0, 1), got {scheduler['pct_start']!r}.")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        output = self.model(x)  # (B, 10)
+        loss = self.loss_fn(output, y)
+        getattr(self, f"{stage}_loss").update(loss.detach(), len(y))  # weighted: the epoch mean is over examples
+        getattr(self, f"{stage}_acc").update(output.detach().argmax(-1), y)
+        return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        for name in ("loss", "acc"):
+            metric = getattr(self, f"{stage}_{name}")
+            self.log(f"{stage}/{name}", metric.compute())
+            metric.reset()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._step("train", batch)
+        first_bad = ~torch.isfinite(loss.detach()) & (self.nonfinite_step < 0)
+        self.nonfinite_epoch = torch.where(first_bad, self.current_epoch, self.nonfinite_epoch)
+        self.nonfinite_step = torch.where(first_bad, self.global_step, self.nonfinite_step)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.check_finite_every_n_steps == 0:
+            self.raise_if_nonfinite()
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        # Runs before ModelCheckpoint saves this epoch, so weights after a NaN are never checkpointed.
+        self.raise_if_nonfinite()
+        self._log_epoch("train")
+        if self.trainer.is_global_zero:  # one line per epoch, for logs where no progress bar is drawn
+            values = self.trainer.callback_metrics
+            shown = "  ".join(
+                f"{key} {float(values[key]):.4f}" for key in sorted(values) if key.split("/")[0] in STAGES
+            )
+            log.info("epoch %d  %s  (%.1f s)", self.current_epoch, shown, time.perf_counter() - self.epoch_started)
+
+    def raise_if_nonfinite(self) -> None:
+        step = int(self.nonfinite_step)
+        if step >= 0:
+            epoch = int(self.nonfinite_epoch)
+            raise NonFiniteLossError(
+                f"The training loss became NaN or infinite at epoch {epoch}, global step {step}, so "
+                f"training stopped. This usually means the learning rate is too large for this model "
+                f"and loss (optimizer.lr={self.hparams.optimizer.get('lr')}): lower it, or clip "
+                f"gradients with trainer.gradient_clip_val=1.0."
+            )
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        output = self.model(x)
+        return {"output": output, "pred": output.argmax(-1)}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        config = self.hparams.scheduler
+        name = config["name"]
+        if name == "none":
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        if name == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=total_steps, eta_min=config.get("min_lr", 0.0)
+            )
+            interval = "step"
+        elif name == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config["step_size"], gamma=config["gamma"])
+            interval = "epoch"
+        else:  # onecycle: warm up to the optimizer's lr, then anneal to ~0
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=[group["lr"] for group in optimizer.param_groups],
+                total_steps=total_steps,
+                pct_start=config.get("pct_start", 0.3),
+            )
+            interval = "step"
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["library_versions"] = library_versions()

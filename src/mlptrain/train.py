@@ -1,0 +1,197 @@
+"""train(cfg): build the data, the model and the Lightning Trainer from the config, fit, test, write the run."""
+
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from mlptrain.data import MNISTDataModule
+from mlptrain.errors import ConfigError, MlptrainError
+from mlptrain.system import MLPSystem, library_versions
+
+log = logging.getLogger(__name__)
+
+
+def _container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def _progress_bar(setting: Any) -> bool:
+    if setting == "auto":
+        return sys.stderr.isatty()  # a bar redrawn in a log file is thousands of lines of noise
+    if isinstance(setting, bool):
+        return setting
+    raise ConfigError(f"progress_bar must be auto, true or false, got {setting!r}.")
+
+
+def _make_trainer(cfg: DictConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val/acc",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    show_bar = _progress_bar(cfg.progress_bar)
+    callbacks: list[Callback] = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    if show_bar:
+        callbacks.append(RichProgressBar())
+    # The run directory already holds Hydra's files, which CSVLogger would warn about as "not empty".
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    loggers: list[Logger] = [CSVLogger(run_dir, name="", version="")]  # -> <run dir>/metrics.csv
+    if cfg.logger.tensorboard:
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False))
+    try:
+        trainer = L.Trainer(
+            **_container(cfg.trainer),
+            default_root_dir=run_dir,
+            logger=loggers,
+            callbacks=callbacks,
+            enable_progress_bar=show_bar,
+            log_every_n_steps=1,  # only per-epoch values are logged; this just silences a warning on tiny runs
+        )
+    except (TypeError, ValueError) as error:  # Lightning's MisconfigurationException is a ValueError
+        raise ConfigError(
+            f"The trainer config is not valid: {error}. Check the trainer.* keys (conf/trainer/)."
+        ) from error
+    return trainer, checkpoint
+
+
+def _load_for_test(ckpt_path: str) -> MLPSystem:
+    try:
+        return MLPSystem.load_from_checkpoint(ckpt_path, map_location="cpu")
+    except Exception as error:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} could not be loaded as an mlptrain checkpoint ({error}). Point it at a "
+            ".ckpt written by mlptrain, e.g. outputs/<date>/<time>/checkpoints/best.ckpt."
+        ) from error
+
+
+def _device_name(trainer: L.Trainer) -> str:
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Run the experiment that `cfg` (conf/train.yaml, composed) describes; return the best val/acc.
+
+    Writes into cfg.output_dir: config.yaml (resolved), metrics.csv, checkpoints/{best,last}.ckpt
+    and summary.json. Raises MlptrainError subclasses for problems the user can fix.
+    """
+    run_dir = Path(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a file. Give the path of a .ckpt file, or ckpt_path=null.")
+    if not cfg.train and cfg.ckpt_path is None:
+        raise ConfigError("train=false evaluates a checkpoint on the test set: also give ckpt_path=path/to/best.ckpt.")
+    if not (isinstance(cfg.check_finite_every_n_steps, int) and cfg.check_finite_every_n_steps > 0):
+        raise ConfigError(
+            f"check_finite_every_n_steps must be a positive integer, got {cfg.check_finite_every_n_steps!r}."
+        )
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = MNISTDataModule(**_container(cfg.data))
+    if cfg.train:
+        system = MLPSystem(
+            model=_container(cfg.model),
+            loss=_container(cfg.loss),
+            optimizer=_container(cfg.optimizer),
+            scheduler=_container(cfg.scheduler),
+            check_finite_every_n_steps=cfg.check_finite_every_n_steps,
+        )
+    else:
+        system = _load_for_test(cfg.ckpt_path)
+    trainer, checkpoint = _make_trainer(cfg, run_dir)
+
+    summary: dict[str, Any] = {
+        "status": "running",
+        "run_dir": str(run_dir.resolve()),
+        "seed": cfg.seed,
+        "parameters": sum(p.numel() for p in system.model.parameters()),
+        "device": _device_name(trainer),
+        "versions": library_versions(),
+    }
+    start = time.perf_counter()
+    try:
+        if cfg.train:
+            try:
+                trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            except RuntimeError as error:
+                if "state_dict" not in str(error):
+                    raise
+                raise ConfigError(
+                    f"ckpt_path={cfg.ckpt_path} holds a model of another shape than this config builds "
+                    f"({error}). Resume with the model.* settings the checkpoint was trained with."
+                ) from error
+            if trainer.interrupted:
+                raise KeyboardInterrupt
+        # Read before testing, which restores the checkpoint callback's state from the tested file.
+        summary["checkpoints"] = {
+            "best": checkpoint.best_model_path or None,
+            "last": checkpoint.last_model_path or None,
+        }
+        tested = checkpoint.best_model_path or cfg.ckpt_path
+        results = trainer.test(system, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]
+    except MlptrainError as error:
+        _write_summary(run_dir, summary, start, trainer, checkpoint, status="failed", error=str(error))
+        kept = [path for path in (checkpoint.best_model_path, checkpoint.last_model_path) if path]
+        if kept:
+            raise type(error)(f"{error} Checkpoints written before it are kept: {', '.join(kept)}.") from error
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        _write_summary(run_dir, summary, start, trainer, checkpoint, status="interrupted")
+        log.error(
+            "Interrupted at epoch %d. What was written is kept in %s; resume with "
+            "`python train.py ckpt_path=%s` and the same overrides.",
+            trainer.current_epoch,
+            run_dir,
+            checkpoint.last_model_path or "<no checkpoint yet>",
+        )
+        raise
+    summary.update(test_acc=results["test/acc"], test_loss=results["test/loss"], tested_checkpoint=tested)
+    _write_summary(run_dir, summary, start, trainer, checkpoint, status="completed")
+    log.info("Test accuracy %.4f, test loss %.4f (checkpoint %s)", results["test/acc"], results["test/loss"], tested)
+    log.info("Run directory: %s", run_dir.resolve())
+    best = checkpoint.best_model_score
+    return float(best) if best is not None else None
+
+
+def _write_summary(
+    run_dir: Path, summary: dict[str, Any], start: float, trainer: L.Trainer, checkpoint: ModelCheckpoint, **fields: Any
+) -> None:
+    best = checkpoint.best_model_score
+    summary.update(
+        fields,
+        best_val_acc=float(best) if best is not None else None,
+        epochs=trainer.current_epoch,
+        global_steps=trainer.global_step,
+        wall_time_s=round(time.perf_counter() - start, 3),
+    )
+    summary.setdefault(
+        "checkpoints", {"best": checkpoint.best_model_path or None, "last": checkpoint.last_model_path or None}
+    )
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def main(cfg: DictConfig) -> float | None:
+    """The command line's body: train, and turn a user's mistake into one paragraph and exit status 1."""
+    try:
+        return train(cfg)
+    except MlptrainError as error:
+        log.error("%s", error)
+        sys.exit(1)

@@ -1,0 +1,35 @@
+"""Compose the real config with Hydra's compose API and shrink it for fast runs."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+
+# A run small enough for a test: one epoch of 100 mini-batches on the CPU, no progress bar.
+SMALL = [
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=100",
+    "trainer.num_sanity_val_steps=0",
+    "progress_bar=false",
+]
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"output_dir={output_dir}", *overrides])
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """make_cfg(*overrides, run="run"): the composed config of a small run writing to tmp_path/run."""
+
+    def make(*overrides: str, run: str = "run") -> DictConfig:
+        return compose_config([*SMALL, *overrides], tmp_path / run)
+
+    return make

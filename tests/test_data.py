@@ -1,0 +1,183 @@
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import datasets
+
+from mlptrain.data import EMBEDDED_DIR, MEAN, SHA256, STD, EpochPermutation, MNISTDataModule, prepare_mnist
+from mlptrain.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def tensor_data() -> MNISTDataModule:
+    data = MNISTDataModule(batch_size=100, normalize="unit")
+    data.setup()
+    return data
+
+
+def test_official_split_sizes_and_disjointness(tensor_data: MNISTDataModule) -> None:
+    train, val = tensor_data.split_indices()
+    assert (len(train), len(val)) == (50_000, 10_000)
+    assert len(set(train.tolist()) | set(val.tolist())) == 60_000
+    splits = tensor_data.splits
+    assert [len(splits[s].labels) for s in ("train", "val", "test")] == [50_000, 10_000, 10_000]
+    assert splits["train"].images.shape == (50_000, 784)
+
+
+def test_test_set_is_the_official_10k(tensor_data: MNISTDataModule) -> None:
+    official = datasets.MNIST(EMBEDDED_DIR, train=False)
+    assert torch.equal(tensor_data.splits["test"].labels, official.targets)
+    assert torch.equal(tensor_data.splits["test"].images, official.data.flatten(1).float() / 255)
+
+
+def test_split_repeats_and_follows_split_seed(tensor_data: MNISTDataModule) -> None:
+    again = MNISTDataModule(val_size=10_000)
+    assert all(torch.equal(a, b) for a, b in zip(tensor_data.split_indices(), again.split_indices()))
+    tensor_data.setup()  # a second setup() keeps the split it made
+    labels = datasets.MNIST(EMBEDDED_DIR, train=True).targets
+    assert torch.equal(tensor_data.splits["val"].labels, labels[again.split_indices()[1]])
+    other = MNISTDataModule(split_seed=1).split_indices()[1]
+    assert not torch.equal(other, again.split_indices()[1])
+    assert len(MNISTDataModule(val_size=5_000).split_indices()[0]) == 55_000
+
+
+def test_each_epoch_has_its_own_shuffle_fixed_by_seed_and_epoch() -> None:
+    sampler = EpochPermutation(1000, seed=7)
+    first = sampler.permutation()
+    sampler.set_epoch(1)
+    second = sampler.permutation()
+    assert sorted(first.tolist()) == list(range(1000))
+    assert not torch.equal(first, second)
+    resumed = EpochPermutation(1000, seed=7)
+    resumed.set_epoch(1)
+    assert torch.equal(resumed.permutation(), second)
+    assert not torch.equal(EpochPermutation(1000, seed=8).permutation(), first)
+
+
+def test_batches_cover_the_training_split_once_per_epoch(tensor_data: MNISTDataModule) -> None:
+    loader = tensor_data.train_dataloader()
+    labels = torch.cat([y for _, y in loader])
+    assert len(loader) == 500
+    assert torch.equal(labels.sort().values, tensor_data.splits["train"].labels.sort().values)
+
+
+def test_tensor_and_dataloader_paths_serve_the_same_batches() -> None:
+    for normalize in ("unit", "standard"):
+        tensor = MNISTDataModule(batch_size=64, normalize=normalize, loader="tensor")
+        classic = MNISTDataModule(batch_size=64, normalize=normalize, loader="dataloader")
+        tensor.setup()
+        classic.setup()
+        for split in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            (x1, y1), (x2, y2) = next(iter(getattr(tensor, split)())), next(iter(getattr(classic, split)()))
+            assert torch.equal(y1, y2)
+            assert torch.allclose(x1, x2.flatten(1), atol=1e-6)
+
+
+def test_normalizations(tensor_data: MNISTDataModule) -> None:
+    images = tensor_data.splits["train"].images
+    assert images.min().item() == 0.0 and images.max().item() == 1.0
+    standard = MNISTDataModule(normalize="standard")
+    standard.setup()
+    x = standard.splits["train"].images
+    assert torch.allclose(x, (images - MEAN) / STD, atol=1e-5)
+    assert x.mean().item() == pytest.approx(0.0, abs=0.01)
+    assert x.std().item() == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"batch_size": 0}, "data.batch_size"),
+        ({"batch_size": 2.5}, "data.batch_size"),
+        ({"eval_batch_size": -1}, "data.eval_batch_size"),
+        ({"val_size": 0}, "data.val_size"),
+        ({"val_size": 60_000}, "data.val_size"),
+        ({"normalize": "minmax"}, "unit, standard"),
+        ({"loader": "ffcv"}, "tensor, dataloader"),
+        ({"num_workers": -1}, "data.num_workers"),
+    ],
+)
+def test_bad_data_config(kwargs: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        MNISTDataModule(**kwargs)
+
+
+@pytest.fixture
+def copied_raw(tmp_path: Path) -> Path:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in SHA256:
+        shutil.copyfile(EMBEDDED_DIR / "MNIST" / "raw" / f"{name}.gz", raw / f"{name}.gz")
+    return raw
+
+
+def test_gz_files_are_unpacked_and_verified(copied_raw: Path) -> None:
+    prepare_mnist(copied_raw.parents[1])
+    assert all((copied_raw / name).is_file() for name in SHA256)
+    assert not list(copied_raw.glob("*.tmp"))
+
+
+def test_corrupt_gz_is_named(copied_raw: Path) -> None:
+    labels = copied_raw / "t10k-labels-idx1-ubyte.gz"
+    content = bytearray(gzip.decompress(labels.read_bytes()))
+    content[100] = (content[100] + 1) % 10  # one wrong label
+    labels.write_bytes(gzip.compress(bytes(content)))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz decompresses to content whose SHA-256"):
+        prepare_mnist(copied_raw.parents[1])
+
+
+def test_truncated_gz_is_named(copied_raw: Path) -> None:
+    images = copied_raw / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:1000])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz is not a readable gzip file"):
+        prepare_mnist(copied_raw.parents[1])
+
+
+def test_corrupt_unpacked_file_is_replaced_from_its_gz(copied_raw: Path) -> None:
+    prepare_mnist(copied_raw.parents[1])
+    (copied_raw / "t10k-labels-idx1-ubyte").write_bytes(b"garbage")
+    prepare_mnist(copied_raw.parents[1])
+    assert len((copied_raw / "t10k-labels-idx1-ubyte").read_bytes()) == 10_008
+
+
+def test_corrupt_unpacked_file_without_gz_is_named(copied_raw: Path) -> None:
+    prepare_mnist(copied_raw.parents[1])
+    (copied_raw / "t10k-labels-idx1-ubyte.gz").unlink()
+    (copied_raw / "t10k-labels-idx1-ubyte").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte does not match the SHA-256"):
+        prepare_mnist(copied_raw.parents[1])
+
+
+def test_missing_files_without_download(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\(\.gz\) is missing and data\.download is false"):
+        prepare_mnist(tmp_path)
+
+
+def test_download_goes_through_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline stand-in for the network: torchvision's download step fetches from our embedded copy."""
+    calls = []
+
+    def fake_download(self: datasets.MNIST) -> None:
+        calls.append(self.raw_folder)
+        Path(self.raw_folder).mkdir(parents=True, exist_ok=True)
+        for name in SHA256:
+            with gzip.open(EMBEDDED_DIR / "MNIST" / "raw" / f"{name}.gz") as packed:
+                (Path(self.raw_folder) / name).write_bytes(packed.read())
+
+    monkeypatch.setattr(datasets.MNIST, "download", fake_download)
+    data = MNISTDataModule(dir=str(tmp_path), download=True)
+    data.prepare_data()
+    data.setup()
+    assert calls and Path(calls[0]) == tmp_path / "MNIST" / "raw"
+    assert len(data.splits["test"].labels) == 10_000
+
+
+def test_failed_download_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(self: datasets.MNIST) -> None:
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(datasets.MNIST, "download", offline)
+    with pytest.raises(DataError, match="Downloading MNIST into .* failed .*Check the network"):
+        prepare_mnist(tmp_path, download=True)

@@ -1,0 +1,76 @@
+import itertools
+
+import pytest
+import torch
+
+from mlptrain.errors import ConfigError
+from mlptrain.model import MLP
+
+
+@pytest.mark.parametrize("hidden", [[], [16], [16, 16], [64, 32, 16]])
+def test_shapes_and_parameter_count(hidden: list[int]) -> None:
+    model = MLP(hidden=hidden)
+    widths = [784, *hidden, 10]
+    assert [(layer.in_features, layer.out_features) for layer in model.layers] == list(itertools.pairwise(widths))
+    assert sum(p.numel() for p in model.parameters()) == sum((a + 1) * b for a, b in itertools.pairwise(widths))
+    assert model(torch.rand(5, 1, 28, 28)).shape == (5, 10)
+    assert model(torch.rand(5, 784)).shape == (5, 10)
+
+
+def test_empty_hidden_is_logistic_regression() -> None:
+    model = MLP(hidden=[], output_activation="softmax")
+    x = torch.rand(3, 784)
+    layer = model.layers[0]
+    assert torch.allclose(model(x), torch.softmax(x @ layer.weight.T + layer.bias, -1))
+
+
+def test_layers_compute_activation_of_affine_map() -> None:
+    model = MLP(hidden=[7], activation="tanh", output_activation="sigmoid")
+    x = torch.rand(4, 784)
+    hidden = torch.tanh(x @ model.layers[0].weight.T + model.layers[0].bias)
+    expected = torch.sigmoid(hidden @ model.layers[1].weight.T + model.layers[1].bias)
+    assert torch.allclose(model(x), expected)
+
+
+def test_maxout_layers_have_k_pieces_per_unit() -> None:
+    model = MLP(hidden=[20, 10], activation="maxout", maxout_pieces=3)
+    assert [layer.out_features for layer in model.layers] == [60, 30, 10]
+    assert model(torch.rand(2, 784)).shape == (2, 10)
+
+
+def test_inits() -> None:
+    torch.manual_seed(0)
+    normal = MLP(hidden=[512], init="normal").layers[0]
+    assert normal.weight.mean().item() == pytest.approx(0, abs=0.01)
+    assert normal.weight.std().item() == pytest.approx(1, abs=0.01)
+    assert normal.bias.std().item() == pytest.approx(1, abs=0.15)
+    kaiming = MLP(hidden=[512], init="kaiming").layers[0]
+    assert kaiming.weight.std().item() == pytest.approx((2 / 784) ** 0.5, rel=0.02)
+    assert torch.all(kaiming.bias == 0)
+    xavier = MLP(hidden=[512], init="xavier").layers[0]
+    assert xavier.weight.abs().max().item() <= (6 / (784 + 512)) ** 0.5
+    assert torch.all(xavier.bias == 0)
+    default = MLP(hidden=[512]).layers[0]  # PyTorch: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert default.weight.abs().max().item() <= 784**-0.5
+
+
+def test_dropout_only_while_training() -> None:
+    model = MLP(hidden=[256, 256], dropout=0.5)
+    x = torch.rand(4, 784)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("hidden", [[0], [16, -1], [1.5], ["a"], [True]])
+def test_bad_widths(hidden: list) -> None:
+    with pytest.raises(ConfigError, match="model.hidden"):
+        MLP(hidden=hidden)
+
+
+def test_bad_init_and_dropout() -> None:
+    with pytest.raises(ConfigError, match="default, xavier, kaiming, normal"):
+        MLP(init="glorot")
+    with pytest.raises(ConfigError, match="model.dropout"):
+        MLP(dropout=1.0)

@@ -1,0 +1,57 @@
+"""Every `python train.py ...` command in README.md runs as written, with the run shrunk to a few batches."""
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+SHRINK = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=5",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.num_sanity_val_steps=0",
+]
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.startswith("python train.py")]
+
+
+def run(args: list[str], run_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args, *SHRINK, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("for-readme")
+    done = run(["train.py"], run_dir)
+    assert done.returncode == 0, done.stderr
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def test_readme_opens_with_install_train_test() -> None:
+    first_block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S).group(1)
+    commands = [shlex.join(shlex.split(line, comments=True)) for line in first_block.splitlines()]
+    assert commands == ["pip install -e '.[dev]'", "python train.py", "pytest"]
+    assert len(readme_commands()) >= 10
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_command_runs(command: str, checkpoint: Path, tmp_path: Path) -> None:
+    args = [re.sub(r"^ckpt_path=.*", f"ckpt_path={checkpoint}", arg) for arg in shlex.split(command, comments=True)]
+    done = run(args[1:] if args[0] == "python" else args, tmp_path)
+    assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert (tmp_path / "summary.json").is_file()

@@ -1,0 +1,152 @@
+import itertools
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlptrain.data import MNISTDataModule
+from mlptrain.errors import ConfigError, NonFiniteLossError
+from mlptrain.system import MLPSystem, make_loss
+
+SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+
+
+def system(**changes: object) -> MLPSystem:
+    args = {
+        "model": {"hidden": [16]},
+        "loss": {"name": "cross_entropy"},
+        "optimizer": SGD,
+        "scheduler": {"name": "none"},
+    }
+    args.update(changes)
+    return MLPSystem(**args)  # type: ignore[arg-type]
+
+
+def test_mse_reductions_have_the_documented_scales() -> None:
+    output = torch.zeros(4, 10)  # against a one-hot target: squared error 1 per example
+    labels = torch.tensor([0, 3, 9, 9])
+    assert make_loss("mse", "half_sum")(output, labels).item() == pytest.approx(0.5)
+    assert make_loss("mse", "sum")(output, labels).item() == pytest.approx(1.0)
+    assert make_loss("mse", "mean")(output, labels).item() == pytest.approx(0.1)
+
+
+def test_half_sum_is_nielsens_quadratic_cost() -> None:
+    output, labels = torch.rand(6, 10, dtype=torch.float64), torch.randint(0, 10, (6,))
+    y = F.one_hot(labels, 10).double()
+    nielsen = sum(0.5 * torch.linalg.vector_norm(y[i] - output[i]) ** 2 for i in range(6)) / 6
+    assert make_loss("mse", "half_sum")(output, labels).item() == pytest.approx(nielsen.item(), rel=1e-12)
+
+
+def test_cross_entropy_is_negative_log_softmax() -> None:
+    logits, labels = torch.randn(5, 10), torch.randint(0, 10, (5,))
+    expected = -torch.log_softmax(logits, -1)[torch.arange(5), labels].mean()
+    assert make_loss("cross_entropy")(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("output_activation", ["none", "sigmoid", "softmax"])
+@pytest.mark.parametrize("loss", [{"name": "cross_entropy"}, {"name": "mse", "reduction": "half_sum"}])
+def test_every_loss_and_output_combination(loss: dict, output_activation: str) -> None:
+    build = lambda: system(model={"hidden": [8], "output_activation": output_activation}, loss=loss)  # noqa: E731
+    if loss["name"] == "cross_entropy" and output_activation != "none":
+        with pytest.raises(ConfigError, match="model.output_activation=none"):
+            build()
+        return
+    model = build()
+    batch = (torch.rand(4, 784), torch.tensor([1, 2, 3, 4]))
+    loss_value = model.training_step(batch, 0)
+    loss_value.backward()
+    assert torch.isfinite(loss_value)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"loss": {"name": "hinge"}}, "cross_entropy, mse"),
+        ({"loss": {"name": "mse", "reduction": "l1"}}, "half_sum, sum, mean"),
+        ({"optimizer": {**SGD, "lr": 0}}, "optimizer.lr must be a positive number"),
+        ({"optimizer": {**SGD, "lr": -0.1}}, "optimizer.lr must be a positive number"),
+        ({"optimizer": {**SGD, "momentum": -1}}, "optimizer.momentum"),
+        ({"optimizer": {**SGD, "nesterov": True}}, "Nesterov"),
+        ({"optimizer": {**SGD, "_target_": "torch.optim.Nope"}}, "could not be built"),
+        ({"scheduler": {"name": "linear"}}, "none, cosine, step, onecycle"),
+        ({"scheduler": {"name": "step", "step_size": 0, "gamma": 0.1}}, "scheduler.step_size"),
+        ({"scheduler": {"name": "onecycle", "pct_start": 1.5}}, "scheduler.pct_start"),
+    ],
+)
+def test_bad_loss_optimizer_scheduler(changes: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        system(**changes)
+
+
+def _trainer(tmp_path: Path, **kwargs: object) -> L.Trainer:
+    args = {
+        "accelerator": "cpu",
+        "max_epochs": 2,
+        "limit_train_batches": 20,
+        "limit_val_batches": 2,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "logger": False,
+        "default_root_dir": tmp_path,
+    }
+    args.update(kwargs)
+    return L.Trainer(**args)  # type: ignore[arg-type]
+
+
+class _RecordLearningRates(L.Callback):
+    def __init__(self) -> None:
+        self.used: list[float] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        self.used.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_schedulers_set_the_learning_rate_of_every_step(tmp_path: Path) -> None:
+    """2 epochs of 20 steps from optimizer.lr = 0.1; the lr each step actually used."""
+    schedules = {}
+    for scheduler in (
+        {"name": "none"},
+        {"name": "cosine", "min_lr": 0.0},
+        {"name": "step", "step_size": 1, "gamma": 0.5},
+        {"name": "onecycle", "pct_start": 0.3},
+    ):
+        record = _RecordLearningRates()
+        _trainer(tmp_path, callbacks=[record]).fit(
+            system(scheduler=scheduler), datamodule=MNISTDataModule(batch_size=32)
+        )
+        schedules[scheduler["name"]] = record.used
+    assert schedules["none"] == [0.1] * 40
+    cosine = schedules["cosine"]
+    assert cosine[0] == 0.1 and cosine[-1] == pytest.approx(0.1 * (1 + math.cos(math.pi * 39 / 40)) / 2)
+    assert all(a > b for a, b in itertools.pairwise(cosine))
+    assert schedules["step"] == [0.1] * 20 + [0.05] * 20
+    onecycle = schedules["onecycle"]
+    assert onecycle[0] == pytest.approx(0.1 / 25)  # OneCycleLR starts at max_lr / div_factor
+    assert max(onecycle) == pytest.approx(0.1) and onecycle.index(max(onecycle)) == 11  # 30% of 40 steps
+    assert onecycle[-1] == pytest.approx(0.1 / 25 / 1e4)
+
+
+class _PoisonWeights(L.Callback):
+    """Makes the network output NaN from the start of the second epoch."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            with torch.no_grad():
+                pl_module.model.layers[0].weight[0, 0] = float("nan")
+
+
+def test_nonfinite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max", save_last=True)
+    trainer = _trainer(tmp_path, max_epochs=3, callbacks=[_PoisonWeights(), checkpoint])
+    model = system(check_finite_every_n_steps=5)
+    with pytest.raises(NonFiniteLossError, match="at epoch 1, global step 20"):
+        trainer.fit(model, datamodule=MNISTDataModule(batch_size=32))
+    assert trainer.global_step == 25  # stopped at the first check after the NaN, not at the end of the epoch
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert saved["epoch"] == 0
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())

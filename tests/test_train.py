@@ -1,0 +1,195 @@
+"""train(cfg) end to end on the embedded MNIST, and the messages users get for bad input."""
+
+import csv
+import gzip
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from mlptrain.data import EMBEDDED_DIR, SHA256
+from mlptrain.train import main, train
+from tests.conftest import ROOT
+
+MakeCfg = Callable[..., DictConfig]
+
+
+def summary(cfg: DictConfig) -> dict:
+    return json.loads((Path(cfg.output_dir) / "summary.json").read_text())
+
+
+def weights(path: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=False)["state_dict"]
+
+
+def test_one_epoch_learns_mnist_and_writes_the_run(make_cfg: MakeCfg) -> None:
+    cfg = make_cfg("model.hidden=[32]", "trainer.limit_train_batches=null")
+    best_val = train(cfg)
+    run = Path(cfg.output_dir)
+    result = summary(cfg)
+    assert result["status"] == "completed"
+    assert result["test_acc"] >= 0.90  # one epoch of a 784-32-10 ReLU net, AdamW, 391 steps
+    assert result["best_val_acc"] == pytest.approx(best_val)
+    assert result["parameters"] == 785 * 32 + 33 * 10
+    assert (result["epochs"], result["global_steps"], result["seed"], result["device"]) == (1, 391, 42, "cpu")
+    assert {"torch", "lightning", "torchmetrics", "hydra-core", "python"} <= set(result["versions"])
+    assert Path(result["checkpoints"]["best"]).is_file() and Path(result["checkpoints"]["last"]).is_file()
+    assert "hidden:\n  - 32" in (run / "config.yaml").read_text()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"} <= set(rows[0])
+    assert float(next(r for r in rows if r["test/acc"])["test/acc"]) == pytest.approx(result["test_acc"])
+    saved = torch.load(result["checkpoints"]["best"], weights_only=False)
+    assert saved["hyper_parameters"]["model"]["hidden"] == [32]
+    assert saved["library_versions"]["lightning"] == result["versions"]["lightning"]
+
+
+def test_same_seed_repeats_exactly_and_another_seed_does_not(make_cfg: MakeCfg) -> None:
+    runs = [make_cfg("seed=3", run="a"), make_cfg("seed=3", run="b"), make_cfg("seed=4", run="c")]
+    for cfg in runs:
+        train(cfg)
+    a, b, c = (weights(summary(cfg)["checkpoints"]["last"]) for cfg in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert summary(runs[0])["test_loss"] == summary(runs[1])["test_loss"]
+    assert not torch.equal(a["model.layers.0.weight"], c["model.layers.0.weight"])
+
+
+def test_resuming_from_a_checkpoint_continues_the_same_run(make_cfg: MakeCfg) -> None:
+    common = ("scheduler=none", "trainer.limit_train_batches=30")
+    straight = make_cfg(*common, "trainer.max_epochs=2", run="straight")
+    train(straight)
+    first = make_cfg(*common, "trainer.max_epochs=1", run="first")
+    train(first)
+    resumed = make_cfg(
+        *common, "trainer.max_epochs=2", f"ckpt_path={summary(first)['checkpoints']['last']}", run="resumed"
+    )
+    train(resumed)
+    assert summary(resumed)["epochs"] == 2 and summary(resumed)["global_steps"] == 60
+    a, b = weights(summary(straight)["checkpoints"]["last"]), weights(summary(resumed)["checkpoints"]["last"])
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-7) for k in a)
+
+
+def test_test_only_mode_evaluates_a_checkpoint(make_cfg: MakeCfg) -> None:
+    trained = make_cfg(run="trained")
+    train(trained)
+    best = summary(trained)["checkpoints"]["best"]
+    # A different model config on the command line does not matter: the checkpoint describes its model.
+    evaluated = make_cfg("train=false", f"ckpt_path={best}", "model.hidden=[7]", run="evaluated")
+    train(evaluated)
+    assert summary(evaluated)["test_acc"] == summary(trained)["test_acc"]
+    assert summary(evaluated)["tested_checkpoint"] == best
+
+
+def test_dataloader_path_trains_like_the_tensor_path(make_cfg: MakeCfg) -> None:
+    tensor, classic = make_cfg(run="tensor"), make_cfg("data.loader=dataloader", run="classic")
+    train(tensor)
+    train(classic)
+    assert summary(classic)["test_acc"] == pytest.approx(summary(tensor)["test_acc"], abs=0.002)
+
+
+def test_tensorboard_logger_writes_events_besides_metrics_csv(make_cfg: MakeCfg) -> None:
+    cfg = make_cfg("logger=tensorboard", "trainer.limit_train_batches=5")
+    train(cfg)
+    assert list((Path(cfg.output_dir) / "tensorboard").glob("events.out.tfevents.*"))
+    assert (Path(cfg.output_dir) / "metrics.csv").is_file()
+
+
+@pytest.fixture
+def corrupt_data(tmp_path: Path) -> Path:
+    raw = tmp_path / "corrupt" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in SHA256:
+        shutil.copyfile(EMBEDDED_DIR / "MNIST" / "raw" / f"{name}.gz", raw / f"{name}.gz")
+    (raw / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"not mnist"))
+    return raw.parents[1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.activation=relux"], "model.activation='relux' is not a known activation. Use one of: identity, step"),
+        (["model.hidden=[16,0]"], "model.hidden must be a list of positive integer widths"),
+        (["optimizer.lr=0"], "optimizer.lr must be a positive number, got 0"),
+        (["optimizer=sgd", "optimizer.lr=-1"], "optimizer.lr must be a positive number, got -1"),
+        (["data.batch_size=0"], "data.batch_size must be a positive integer, got 0"),
+        (["model.output_activation=softmax"], "needs model.output_activation=none (got 'softmax')"),
+        (["loss=mse", "loss.reduction=l2"], "loss.reduction='l2' is not known"),
+        (["train=false"], "train=false evaluates a checkpoint on the test set: also give ckpt_path"),
+        (["ckpt_path=no/such.ckpt"], "ckpt_path=no/such.ckpt is not a file"),
+        (["data.dir={tmp}/empty"], "train-images-idx3-ubyte(.gz) is missing and data.download is false"),
+        (["data.dir={corrupt}"], "train-labels-idx1-ubyte.gz decompresses to content whose SHA-256"),
+        (["+trainer.no_such_argument=1"], "The trainer config is not valid"),
+    ],
+)
+def test_bad_input_gets_a_one_paragraph_error(
+    make_cfg: MakeCfg,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    corrupt_data: Path,
+    overrides: list,
+    message: str,
+) -> None:
+    overrides = [o.format(tmp=tmp_path, corrupt=corrupt_data) for o in overrides]
+    with pytest.raises(SystemExit) as exit_info:
+        main(make_cfg(*overrides))
+    assert exit_info.value.code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and message in errors[0]
+    assert "\n" not in errors[0]
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_earlier_checkpoints(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A step schedule that multiplies the learning rate by 1e30 after the first epoch: epoch 1 diverges.
+    cfg = make_cfg(
+        "optimizer=sgd",
+        "scheduler=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=1e30",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=50",
+        "check_finite_every_n_steps=10",
+    )
+    with pytest.raises(SystemExit):
+        main(cfg)
+    error = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert re.search(r"became NaN or infinite at epoch 1, global step 5\d,", error)
+    assert "lower it" in error and "Checkpoints written before it are kept" in error
+    result = summary(cfg)
+    assert result["status"] == "failed" and result["epochs"] == 1
+    last = torch.load(result["checkpoints"]["last"], weights_only=False)
+    assert last["epoch"] == 0 and all(torch.isfinite(t).all() for t in last["state_dict"].values())
+    rows = list(csv.DictReader((Path(cfg.output_dir) / "metrics.csv").open()))
+    assert any(row["epoch"] == "0" and row["val/acc"] for row in rows)  # epoch 0's metrics are still there
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"HYDRA_FULL_ERROR": "0", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
+
+
+def test_command_line_errors_have_no_traceback(tmp_path: Path) -> None:
+    bad = _cli("model.activation=relux", f"hydra.run.dir={tmp_path}")
+    assert bad.returncode == 1
+    assert "is not a known activation. Use one of:" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_hydra_names_unknown_keys_and_groups(tmp_path: Path) -> None:
+    typo = _cli("model.actvation=tanh", f"hydra.run.dir={tmp_path}")
+    assert typo.returncode != 0 and "actvation" in typo.stderr and "Traceback" not in typo.stderr
+    group = _cli("optimizer=sgdd", f"hydra.run.dir={tmp_path}")
+    assert group.returncode != 0 and "Available options in 'optimizer'" in group.stderr
