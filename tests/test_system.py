@@ -116,7 +116,7 @@ def test_schedulers_set_the_learning_rate_of_every_step(tmp_path: Path) -> None:
         {"name": "onecycle", "pct_start": 0.3},
     ):
         record = _RecordLearningRates()
-        _trainer(tmp_path, callbacks=[record]).fit(
+        _trainer(tmp_path / scheduler["name"], callbacks=[record]).fit(
             system(scheduler=scheduler), datamodule=MNISTDataModule(batch_size=32)
         )
         schedules[scheduler["name"]] = record.used

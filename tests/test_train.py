@@ -5,6 +5,7 @@ import gzip
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from mlptrain.data import EMBEDDED_DIR, SHA256
+from mlptrain.system import MLPSystem
 from mlptrain.train import main, train
 from tests.conftest import ROOT
 
@@ -144,6 +146,14 @@ def test_bad_input_gets_a_one_paragraph_error(
     assert "\n" not in errors[0]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where there is no GPU")
+def test_asking_for_a_gpu_without_one(make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(make_cfg("trainer.accelerator=gpu"))
+    error = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert error.startswith("The trainer config is not valid") and "trainer.*" in error
+
+
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_earlier_checkpoints(
     make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -168,6 +178,30 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_earlier_checkpoints(
     assert last["epoch"] == 0 and all(torch.isfinite(t).all() for t in last["state_dict"].values())
     rows = list(csv.DictReader((Path(cfg.output_dir) / "metrics.csv").open()))
     assert any(row["epoch"] == "0" and row["val/acc"] for row in rows)  # epoch 0's metrics are still there
+
+
+def test_interrupted_run_keeps_its_files_and_says_how_to_resume(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    epoch_end = MLPSystem.on_train_epoch_end
+
+    def ctrl_c_in_second_epoch(self: MLPSystem) -> None:
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+        epoch_end(self)
+
+    monkeypatch.setattr(MLPSystem, "on_train_epoch_end", ctrl_c_in_second_epoch)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # Lightning would make this process ignore Ctrl-C
+    cfg = make_cfg("trainer.max_epochs=3", "trainer.limit_train_batches=10")
+    with pytest.raises(SystemExit) as exit_info:
+        main(cfg)
+    assert exit_info.value.code == 1
+    error = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    assert f"interrupted during epoch 1. What was written is kept in {cfg.output_dir}" in error
+    assert f"python train.py ckpt_path={last}" in error
+    assert summary(cfg)["status"] == "interrupted"
+    assert torch.load(last, weights_only=False)["epoch"] == 0
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

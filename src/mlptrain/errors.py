@@ -15,3 +15,7 @@ class DataError(MlptrainError):
 
 class NonFiniteLossError(MlptrainError, ArithmeticError):
     """The training loss became NaN or infinite."""
+
+
+class RunInterrupted(MlptrainError):
+    """Training was stopped by Ctrl-C or SIGTERM; what was written is kept."""

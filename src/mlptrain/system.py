@@ -145,7 +145,9 @@ class MLPSystem(L.LightningModule):
         x, y = batch
         output = self.model(x)  # (B, 10)
         loss = self.loss_fn(output, y)
-        getattr(self, f"{stage}_loss").update(loss.detach(), len(y))  # weighted: the epoch mean is over examples
+        # Weighted by batch size, so the epoch value is the mean over examples; the weight is made on the
+        # device because a Python number would be copied to the GPU, a synchronising copy every step.
+        getattr(self, f"{stage}_loss").update(loss.detach(), torch.full_like(loss.detach(), len(y)))
         getattr(self, f"{stage}_acc").update(output.detach().argmax(-1), y)
         return loss
 

@@ -10,12 +10,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from mlptrain.data import MNISTDataModule
-from mlptrain.errors import ConfigError, MlptrainError
+from mlptrain.errors import ConfigError, MlptrainError, RunInterrupted
 from mlptrain.system import MLPSystem, library_versions
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _make_trainer(cfg: DictConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheck
             enable_progress_bar=show_bar,
             log_every_n_steps=1,  # only per-epoch values are logged; this just silences a warning on tiny runs
         )
-    except (TypeError, ValueError) as error:  # Lightning's MisconfigurationException is a ValueError
+    except (TypeError, ValueError, MisconfigurationException) as error:
         raise ConfigError(
             f"The trainer config is not valid: {error}. Check the trainer.* keys (conf/trainer/)."
         ) from error
@@ -153,16 +154,16 @@ def train(cfg: DictConfig) -> float | None:
         if kept:
             raise type(error)(f"{error} Checkpoints written before it are kept: {', '.join(kept)}.") from error
         raise
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
         _write_summary(run_dir, summary, start, trainer, checkpoint, status="interrupted")
-        log.error(
-            "Interrupted at epoch %d. What was written is kept in %s; resume with "
-            "`python train.py ckpt_path=%s` and the same overrides.",
-            trainer.current_epoch,
-            run_dir,
-            checkpoint.last_model_path or "<no checkpoint yet>",
+        last = checkpoint.last_model_path
+        resume = (
+            f"resume with `python train.py ckpt_path={last}` and the same overrides" if last else "no epoch had ended"
         )
-        raise
+        raise RunInterrupted(
+            f"Training was interrupted during epoch {trainer.current_epoch}. What was written is kept in "
+            f"{run_dir.resolve()}; {resume}."
+        ) from stop
     summary.update(test_acc=results["test/acc"], test_loss=results["test/loss"], tested_checkpoint=tested)
     _write_summary(run_dir, summary, start, trainer, checkpoint, status="completed")
     log.info("Test accuracy %.4f, test loss %.4f (checkpoint %s)", results["test/acc"], results["test/loss"], tested)
