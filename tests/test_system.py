@@ -150,3 +150,10 @@ def test_nonfinite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_pa
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert saved["epoch"] == 0
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
+
+
+def test_predict_returns_outputs_and_predicted_digits(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, limit_predict_batches=2)
+    batches = trainer.predict(system(), datamodule=MNISTDataModule(eval_batch_size=100))
+    assert len(batches) == 2 and batches[0]["output"].shape == (100, 10)
+    assert torch.equal(batches[0]["pred"], batches[0]["output"].argmax(-1))

@@ -50,6 +50,7 @@ def test_one_epoch_learns_mnist_and_writes_the_run(make_cfg: MakeCfg) -> None:
     saved = torch.load(result["checkpoints"]["best"], weights_only=False)
     assert saved["hyper_parameters"]["model"]["hidden"] == [32]
     assert saved["library_versions"]["lightning"] == result["versions"]["lightning"]
+    assert saved["config"]["data"]["val_size"] == 10_000 and saved["config"]["seed"] == 42
 
 
 def test_same_seed_repeats_exactly_and_another_seed_does_not(make_cfg: MakeCfg) -> None:

@@ -1,8 +1,6 @@
 """The LightningModule around the MLP: loss, accuracy, optimizer and learning-rate schedule."""
 
-import importlib.metadata
 import logging
-import platform
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -61,17 +59,6 @@ def make_loss(name: str, reduction: str = "half_sum", output_activation: str = "
         return scale * (output - target).square().sum(-1).mean()
 
     return mse
-
-
-def library_versions() -> dict[str, str]:
-    """Versions that decide what a run computes, stored with every summary and checkpoint."""
-    versions = {"python": platform.python_version(), "cuda": str(torch.version.cuda)}
-    for package in ("mlptrain", "torch", "lightning", "torchmetrics", "torchvision", "hydra-core", "numpy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 def _check_positive(key: str, value: Any) -> None:
@@ -234,6 +221,3 @@ class MLPSystem(L.LightningModule):
             )
             interval = "step"
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["library_versions"] = library_versions()

@@ -1,7 +1,9 @@
 """train(cfg): build the data, the model and the Lightning Trainer from the config, fit, test, write the run."""
 
+import importlib.metadata
 import json
 import logging
+import platform
 import sys
 import time
 import warnings
@@ -17,9 +19,31 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunInterrupted
-from mlptrain.system import MLPSystem, library_versions
+from mlptrain.system import MLPSystem
 
 log = logging.getLogger(__name__)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that decide what a run computes, stored with every summary and checkpoint."""
+    versions = {"python": platform.python_version(), "cuda": str(torch.version.cuda)}
+    for package in ("mlptrain", "torch", "lightning", "torchmetrics", "torchvision", "hydra-core", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+class _RecordRun(Callback):
+    """Stores the resolved config and library versions in every checkpoint, so each file describes its run."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["config"] = self.config
+        checkpoint["library_versions"] = library_versions()
 
 
 def _container(cfg: DictConfig) -> dict[str, Any]:
@@ -45,7 +69,7 @@ def _make_trainer(cfg: DictConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheck
         auto_insert_metric_name=False,
     )
     show_bar = _progress_bar(cfg.progress_bar)
-    callbacks: list[Callback] = [checkpoint, LearningRateMonitor(logging_interval="epoch")]
+    callbacks: list[Callback] = [checkpoint, LearningRateMonitor(logging_interval="epoch"), _RecordRun(_container(cfg))]
     if show_bar:
         callbacks.append(RichProgressBar())
     # The run directory already holds Hydra's files, which CSVLogger would warn about as "not empty".
