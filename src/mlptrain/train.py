@@ -7,6 +7,7 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,9 @@ def _progress_bar(setting: Any) -> bool:
     raise ConfigError(f"progress_bar must be auto, true or false, got {setting!r}.")
 
 
-def _make_trainer(cfg: DictConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+def _make_trainer(
+    cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback] = ()
+) -> tuple[L.Trainer, ModelCheckpoint]:
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
@@ -69,7 +72,12 @@ def _make_trainer(cfg: DictConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheck
         auto_insert_metric_name=False,
     )
     show_bar = _progress_bar(cfg.progress_bar)
-    callbacks: list[Callback] = [checkpoint, LearningRateMonitor(logging_interval="epoch"), _RecordRun(_container(cfg))]
+    callbacks: list[Callback] = [
+        checkpoint,
+        LearningRateMonitor(logging_interval="epoch"),
+        _RecordRun(_container(cfg)),
+        *extra_callbacks,
+    ]
     if show_bar:
         callbacks.append(RichProgressBar())
     # The run directory already holds Hydra's files, which CSVLogger would warn about as "not empty".
@@ -110,11 +118,12 @@ def _device_name(trainer: L.Trainer) -> str:
     return str(device)
 
 
-def train(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     """Run the experiment that `cfg` (conf/train.yaml, composed) describes; return the best val/acc.
 
     Writes into cfg.output_dir: config.yaml (resolved), metrics.csv, checkpoints/{best,last}.ckpt
-    and summary.json. Raises MlptrainError subclasses for problems the user can fix.
+    and summary.json. `callbacks` are added to the Trainer's (scripts/compare.py records epochs with one).
+    Raises MlptrainError subclasses for problems the user can fix.
     """
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +150,7 @@ def train(cfg: DictConfig) -> float | None:
         )
     else:
         system = _load_for_test(cfg.ckpt_path)
-    trainer, checkpoint = _make_trainer(cfg, run_dir)
+    trainer, checkpoint = _make_trainer(cfg, run_dir, callbacks)
 
     summary: dict[str, Any] = {
         "status": "running",
@@ -213,10 +222,11 @@ def _write_summary(
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def main(cfg: DictConfig) -> float | None:
-    """The command line's body: train, and turn a user's mistake into one paragraph and exit status 1."""
+def main(cfg: DictConfig, task: Callable[[DictConfig], Any] = train) -> Any:
+    """A command line's body: run `task` (train, or compare), and turn a user's mistake into one paragraph
+    and exit status 1."""
     try:
-        return train(cfg)
+        return task(cfg)
     except MlptrainError as error:
         log.error("%s", error)
         sys.exit(1)

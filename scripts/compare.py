@@ -1,0 +1,16 @@
+"""Command line: `python scripts/compare.py experiment=nielsen baselines=[numpy,centroid]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from mlptrain.compare import compare
+from mlptrain.train import main
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="compare")
+def run(cfg: DictConfig) -> None:
+    main(cfg, compare)
+
+
+if __name__ == "__main__":
+    run()
