@@ -81,8 +81,8 @@ class _RecordEpochs(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.initial = [
-            (l.weight.detach().cpu().numpy().copy(), l.bias.detach().cpu().numpy().copy())
-            for l in pl_module.model.layers
+            (layer.weight.detach().cpu().numpy().copy(), layer.bias.detach().cpu().numpy().copy())
+            for layer in pl_module.model.layers
         ]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

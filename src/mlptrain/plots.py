@@ -7,8 +7,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt  # after use(): the backend is chosen before pyplot loads
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_test_accuracy(rows: Sequence[dict[str, Any]], path: Path) -> None:
