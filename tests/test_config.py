@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from mlptrain.data import MNISTDataModule
@@ -11,7 +12,10 @@ from mlptrain.train import _make_trainer
 from tests.conftest import CONF_DIR, compose_config
 
 GROUPS = {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in CONF_DIR.iterdir() if group.is_dir()}
-CHOICES = [f"{group}={option}" for group, options in sorted(GROUPS.items()) for option in options]
+# baselines/ belongs to conf/compare.yaml (scripts/compare.py); everything else to conf/train.yaml.
+CHOICES = [
+    f"{group}={option}" for group, options in sorted(GROUPS.items()) for option in options if group != "baselines"
+]
 
 
 def build(overrides: list[str], tmp_path: Path) -> tuple:
@@ -27,7 +31,17 @@ def build(overrides: list[str], tmp_path: Path) -> tuple:
 
 
 def test_groups_are_the_documented_ones() -> None:
-    assert set(GROUPS) == {"model", "data", "loss", "optimizer", "scheduler", "trainer", "logger", "experiment"}
+    assert set(GROUPS) == {
+        "model",
+        "data",
+        "loss",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "logger",
+        "experiment",
+        "baselines",
+    }
     assert {"3b1b", "nielsen", "modern"} <= set(GROUPS["experiment"])
     assert {"cpu", "gpu", "auto"} <= set(GROUPS["trainer"])
 
@@ -79,9 +93,18 @@ def test_every_default_key_has_a_comment() -> None:
     for path in CONF_DIR.rglob("*.yaml"):
         lines = path.read_text().splitlines()
         assert lines[0].startswith("#"), f"{path} should open with a comment saying what it is"
-        if path.parent.name == "experiment":  # records: their opening comment says what they reproduce
+        if path.parent.name in ("experiment", "baselines"):  # their opening comment says what they are
             continue
         for line in lines:
             is_key = line and not line.startswith((" ", "#", "-")) and ":" in line
             if is_key and not line.startswith(SELF_EXPLAINED):
                 assert "#" in line, f"{path.name}: `{line}` has no comment"
+
+
+@pytest.mark.parametrize("baseline", GROUPS["baselines"])
+def test_every_baseline_config_composes(baseline: str, tmp_path: Path) -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("compare", overrides=[f"output_dir={tmp_path}", "experiment=nielsen", f"baselines=[{baseline}]"])
+    assert list(cfg.baselines) == [baseline]
+    assert cfg.scheduler.name == "none" and cfg.model.hidden == [30]
+    OmegaConf.to_container(cfg.baselines, resolve=True)  # every interpolation resolves

@@ -11,13 +11,20 @@ from mlptrain.model import MLP
 from mlptrain.numpy_mlp import NumpyBaseline, NumpyMLP
 from mlptrain.system import make_loss
 
-LOSSES = [("cross_entropy", "half_sum"), ("mse", "half_sum"), ("mse", "sum"), ("mse", "mean")]
+LOSSES = [
+    ("cross_entropy", "half_sum"),
+    ("mse", "half_sum"),
+    ("mse", "sum"),
+    ("mse", "mean"),
+    ("binary_cross_entropy", "half_sum"),
+]
+NEEDS = {"cross_entropy": "none", "binary_cross_entropy": "sigmoid"}  # the output activation each loss requires
 COMBINATIONS = [
     (activation, output, loss)
     for activation in HIDDEN_ACTIVATIONS
     for output in ("none", "sigmoid", "softmax")
     for loss in LOSSES
-    if loss[0] != "cross_entropy" or output == "none"
+    if NEEDS.get(loss[0], output) == output
 ]
 PARAMS = {"logistic_slope": 2.5, "leaky_relu_slope": 0.1, "maxout_pieces": 3}
 
@@ -63,7 +70,9 @@ def test_gradients_equal_autograd(activation: str, output: str, loss: tuple[str,
 
 
 @pytest.mark.parametrize("activation", sorted(set(HIDDEN_ACTIVATIONS) - {"step"}))  # step's gradient is a surrogate
-@pytest.mark.parametrize(("output", "loss"), [("none", LOSSES[0]), ("softmax", LOSSES[1]), ("sigmoid", LOSSES[3])])
+@pytest.mark.parametrize(
+    ("output", "loss"), [("none", LOSSES[0]), ("softmax", LOSSES[1]), ("sigmoid", LOSSES[3]), ("sigmoid", LOSSES[4])]
+)
 def test_gradients_equal_central_finite_differences(activation: str, output: str, loss: tuple[str, str]) -> None:
     _, hand = twins(activation, output)
     x, y = batch()

@@ -1,4 +1,4 @@
-"""Every `python train.py ...` command in README.md runs as written, with the run shrunk to a few batches."""
+"""Every `python ...` command in README.md runs as written, with the run shrunk to a few batches."""
 
 import re
 import shlex
@@ -21,7 +21,7 @@ SHRINK = [
 
 def readme_commands() -> list[str]:
     blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    return [line.strip() for block in blocks for line in block.splitlines() if line.startswith("python train.py")]
+    return [line.strip() for block in blocks for line in block.splitlines() if line.startswith("python ")]
 
 
 def run(args: list[str], run_dir: Path) -> subprocess.CompletedProcess:
@@ -54,4 +54,4 @@ def test_readme_command_runs(command: str, checkpoint: Path, tmp_path: Path) -> 
     args = [re.sub(r"^ckpt_path=.*", f"ckpt_path={checkpoint}", arg) for arg in shlex.split(command, comments=True)]
     done = run(args[1:] if args[0] == "python" else args, tmp_path)
     assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    assert (tmp_path / "summary.json").is_file()
+    assert (tmp_path / ("comparison.md" if "compare.py" in command else "summary.json")).is_file()

@@ -46,12 +46,23 @@ def test_cross_entropy_is_negative_log_softmax() -> None:
     assert make_loss("cross_entropy")(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_binary_cross_entropy_is_nielsens_network2_cost() -> None:
+    a, labels = torch.rand(6, 10, dtype=torch.float64) * 0.98 + 0.01, torch.randint(0, 10, (6,))
+    y = F.one_hot(labels, 10).double()
+    nielsen = sum(torch.sum(-y[i] * torch.log(a[i]) - (1 - y[i]) * torch.log(1 - a[i])) for i in range(6)) / 6
+    loss = make_loss("binary_cross_entropy", output_activation="sigmoid")(a, labels)
+    assert loss.item() == pytest.approx(nielsen.item(), rel=1e-12)
+
+
 @pytest.mark.parametrize("output_activation", ["none", "sigmoid", "softmax"])
-@pytest.mark.parametrize("loss", [{"name": "cross_entropy"}, {"name": "mse", "reduction": "half_sum"}])
+@pytest.mark.parametrize(
+    "loss", [{"name": "cross_entropy"}, {"name": "mse", "reduction": "half_sum"}, {"name": "binary_cross_entropy"}]
+)
 def test_every_loss_and_output_combination(loss: dict, output_activation: str) -> None:
     build = lambda: system(model={"hidden": [8], "output_activation": output_activation}, loss=loss)  # noqa: E731
-    if loss["name"] == "cross_entropy" and output_activation != "none":
-        with pytest.raises(ConfigError, match="model.output_activation=none"):
+    needs = {"cross_entropy": "none", "binary_cross_entropy": "sigmoid"}.get(loss["name"], output_activation)
+    if needs != output_activation:
+        with pytest.raises(ConfigError, match=f"model.output_activation={needs}"):
             build()
         return
     model = build()
@@ -65,7 +76,7 @@ def test_every_loss_and_output_combination(loss: dict, output_activation: str) -
 @pytest.mark.parametrize(
     ("changes", "needle"),
     [
-        ({"loss": {"name": "hinge"}}, "cross_entropy, mse"),
+        ({"loss": {"name": "hinge"}}, "cross_entropy, mse, binary_cross_entropy"),
         ({"loss": {"name": "mse", "reduction": "l1"}}, "half_sum, sum, mean"),
         ({"optimizer": {**SGD, "lr": 0}}, "optimizer.lr must be a positive number"),
         ({"optimizer": {**SGD, "lr": -0.1}}, "optimizer.lr must be a positive number"),

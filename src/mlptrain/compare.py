@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mlptrain.data import EpochPermutation, MNISTDataModule, TensorBatches
-from mlptrain.errors import ConfigError
+from mlptrain.errors import ConfigError, MlptrainError
 from mlptrain.model import MLP
 from mlptrain.system import make_loss
 from mlptrain.train import train
@@ -107,6 +107,18 @@ class _RecordEpochs(L.Callback):
                 row[f"{split}_loss"] = float(pl_module.loss_fn(output, labels))
                 row[f"{split}_acc"] = float((output.argmax(-1) == labels).float().mean())
         self.rows.append(row)
+
+
+def _build(name: str, spec: DictConfig) -> Any:
+    try:
+        return instantiate(spec)
+    except Exception as error:
+        cause = error.__cause__ or error  # Hydra wraps what the constructor raised
+        if isinstance(cause, MlptrainError):
+            raise cause from None
+        raise ConfigError(
+            f"baselines.{name} could not be built ({cause}). Check conf/baselines/{name}.yaml."
+        ) from error
 
 
 def _run_trainer(cfg: DictConfig, name: str, run_dir: Path, splits: Mapping[str, tuple[Array, Array]]) -> _RecordEpochs:
@@ -191,15 +203,18 @@ def compare(cfg: DictConfig) -> list[dict[str, Any]]:
 
     train_xy, splits = arrays("train"), {"val": arrays("val"), "test": arrays("test")}
 
+    # Built before any training, so that a baseline refusing this config stops the run at once.
+    baselines = {
+        name: spec if "trainer_overrides" in spec else _build(name, spec) for name, spec in cfg.baselines.items()
+    }
     trainer = _run_trainer(cfg, TRAINER, run_dir, splits)
     rows, parity = list(trainer.rows), []
     first = epoch_batches(len(train_xy[1]), cfg.data.batch_size, cfg.data.shuffle_seed, 0, None)[0]
     first_batch = (train_xy[0][first], train_xy[1][first])
-    for name, spec in cfg.baselines.items():
-        if "trainer_overrides" in spec:
-            rows += _run_trainer(OmegaConf.merge(cfg, spec.trainer_overrides), name, run_dir, splits).rows
+    for name, baseline in baselines.items():
+        if isinstance(baseline, DictConfig):
+            rows += _run_trainer(OmegaConf.merge(cfg, baseline.trainer_overrides), name, run_dir, splits).rows
             continue
-        baseline = instantiate(spec)
         if hasattr(baseline, "load_weights"):
             baseline.load_weights(trainer.initial)
         if hasattr(baseline, "gradients"):
@@ -227,7 +242,7 @@ def _figure(value: float | None, digits: int = 4) -> str:
 
 
 def comparison_markdown(cfg: DictConfig, rows: list[dict[str, Any]], parity: list[dict[str, Any]]) -> str:
-    """The final epoch of each system side by side, seconds per epoch against the trainer's, and gradient parity."""
+    """The last epoch of each system side by side, its training time against the trainer's, and gradient parity."""
     systems = list(dict.fromkeys(row["system"] for row in rows))
     seconds = {s: statistics.median(r["epoch_seconds"] for r in rows if r["system"] == s) for s in systems}
     lines = [
@@ -235,14 +250,17 @@ def comparison_markdown(cfg: DictConfig, rows: list[dict[str, Any]], parity: lis
         f"optimizer {cfg.optimizer._target_} lr {cfg.optimizer.lr}, batch {cfg.data.batch_size}, "
         f"{cfg.trainer.max_epochs} epochs, seed {cfg.seed}.",
         "",
-        "| system | epochs | val acc | test acc | test loss | s/epoch (median) | × trainer's time |",
-        "|---|---|---|---|---|---|---|",
+        "| system | epochs | val acc | test acc | test loss | s/epoch (median) | × trainer's s/epoch "
+        "| training s (total) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for system in systems:
-        last = [r for r in rows if r["system"] == system][-1]
+        mine = [r for r in rows if r["system"] == system]
+        last = mine[-1]
         lines.append(
             f"| {system} | {last['epoch'] + 1} | {_figure(last['val_acc'])} | {_figure(last['test_acc'])} | "
-            f"{_figure(last['test_loss'])} | {seconds[system]:.3f} | {seconds[system] / seconds[TRAINER]:.2f} |"
+            f"{_figure(last['test_loss'])} | {seconds[system]:.3f} | {seconds[system] / seconds[TRAINER]:.2f} | "
+            f"{sum(r['epoch_seconds'] for r in mine):.1f} |"
         )
     if parity:
         lines += [
@@ -261,7 +279,7 @@ def comparison_markdown(cfg: DictConfig, rows: list[dict[str, Any]], parity: lis
 
 def check_baselines(cfg: DictConfig) -> None:
     """Refuse, before any training, comparisons that would not compare like with like."""
-    if not cfg.baselines:
+    if not cfg.get("baselines"):
         raise ConfigError("baselines is empty: name some, e.g. baselines=[numpy,centroid,logistic].")
     if "numpy" in cfg.baselines and cfg.scheduler.name != "none":
         raise ConfigError(

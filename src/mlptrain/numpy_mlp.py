@@ -212,8 +212,18 @@ def make_loss(name: str, reduction: str = "half_sum") -> Any:
         diff[np.arange(len(labels)), labels] -= 1  # a - onehot(y)
         return float(scale * (diff * diff).sum(-1).mean()), 2 * scale * diff / len(labels)
 
+    def binary_cross_entropy(a: Array, labels: Array) -> tuple[float, Array]:
+        y = np.zeros_like(a)
+        y[np.arange(len(labels)), labels] = 1
+        # torch clamps each log at -100 and each a(1 - a) at 1e-12 in the backward pass; so do we.
+        log_a, log_not_a = np.maximum(np.log(a), -100), np.maximum(np.log(1 - a), -100)
+        loss = -(y * log_a + (1 - y) * log_not_a).sum(-1).mean()
+        return float(loss), (a - y) / np.maximum(a * (1 - a), 1e-12) / len(labels)
+
     if name == "cross_entropy":
         return cross_entropy
+    if name == "binary_cross_entropy":
+        return binary_cross_entropy
     if name == "mse" and scale is not None:
         return mse
     raise ConfigError(f"The NumPy baseline has no loss {name!r} with reduction {reduction!r}.")
@@ -365,9 +375,22 @@ class Adam:
             param -= m_hat_scale * m / denom
 
 
+MIRRORED = {
+    "torch.optim.SGD": {"lr", "momentum", "nesterov", "weight_decay"},
+    "torch.optim.Adam": {"lr", "betas", "eps", "weight_decay"},
+    "torch.optim.AdamW": {"lr", "betas", "eps", "weight_decay"},
+}
+
+
 def make_optimizer(optimizer: Mapping[str, Any]) -> SGD | Adam:
-    """The hand-written twin of the config's torch.optim class."""
+    """The hand-written twin of the config's torch.optim class; arguments it does not mirror are refused."""
     target = optimizer.get("_target_")
+    unmirrored = set(optimizer) - MIRRORED.get(target, set()) - {"_target_", "_partial_"}
+    if target in MIRRORED and unmirrored:
+        raise ConfigError(
+            f"The NumPy baseline's {target.rsplit('.', 1)[1]} does not implement optimizer."
+            f"{', optimizer.'.join(sorted(unmirrored))}: remove it to compare like with like."
+        )
     if target == "torch.optim.SGD":
         return SGD(
             optimizer["lr"],

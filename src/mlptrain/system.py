@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from mlptrain.errors import ConfigError, NonFiniteLossError
 from mlptrain.model import MLP
 
-LOSSES = ("cross_entropy", "mse")
+LOSSES = ("cross_entropy", "mse", "binary_cross_entropy")
 MSE_REDUCTIONS = ("half_sum", "sum", "mean")
 SCHEDULERS = ("none", "cosine", "step", "onecycle")
 STAGES = ("train", "val", "test")
@@ -34,6 +34,8 @@ def make_loss(name: str, reduction: str = "half_sum", output_activation: str = "
       sum:        Σ_j (a_j - y_j)²   3Blue1Brown's cost, twice the above
       mean:   1/10 Σ_j (a_j - y_j)²  PyTorch's F.mse_loss (mean over every element)
     cross_entropy is softmax cross-entropy on logits, so the output layer must be `none`.
+    binary_cross_entropy is Nielsen's network2 cost on sigmoid outputs, summed over the 10 outputs:
+      -Σ_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)], so the output layer must be `sigmoid`.
     """
     if name == "cross_entropy":
         if output_activation != "none":
@@ -43,6 +45,18 @@ def make_loss(name: str, reduction: str = "half_sum", output_activation: str = "
                 f"model.output_activation=none, or use loss=mse with a {output_activation} output."
             )
         return F.cross_entropy
+    if name == "binary_cross_entropy":
+        if output_activation != "sigmoid":
+            raise ConfigError(
+                f"loss=binary_cross_entropy compares each output with 0 or 1, so it needs "
+                f"model.output_activation=sigmoid (got {output_activation!r})."
+            )
+
+        def binary_cross_entropy(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            target = F.one_hot(labels, output.shape[-1]).to(output.dtype)
+            return F.binary_cross_entropy(output, target, reduction="sum") / len(labels)
+
+        return binary_cross_entropy
     if name != "mse":
         raise ConfigError(f"loss={name!r} is not known. Use one of: {', '.join(LOSSES)}.")
     if reduction not in MSE_REDUCTIONS:
