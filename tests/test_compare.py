@@ -25,16 +25,14 @@ def compare_config(tmp_path: Path, *overrides: str):
 @pytest.fixture(scope="module")
 def nielsen_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     """experiment=nielsen, 2 epochs of 300 mini-batches, every baseline."""
-    sys.path.insert(0, str(ROOT / "scripts"))  # where `python scripts/compare.py` finds nielsen_network
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(ROOT / "scripts"))  # where `python scripts/compare.py` finds nielsen_network
         run_dir = tmp_path_factory.mktemp("compare")
         rows = compare(
             compare_config(
                 run_dir, "experiment=nielsen", ALL, "trainer.max_epochs=2", "trainer.limit_train_batches=300"
             )
         )
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
     return run_dir, rows
 
 
@@ -116,17 +114,18 @@ def test_centroid_predicts_the_nearest_mean() -> None:
     ],
 )
 def test_comparisons_that_are_not_like_for_like_are_refused_before_training(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, overrides: list[str], message: str
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    overrides: list[str],
+    message: str,
 ) -> None:
     if not any(o.startswith("baselines=") for o in overrides):
         overrides = ["baselines=[numpy]", *overrides]
     cfg = compare_config(tmp_path, *overrides)
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        with pytest.raises(SystemExit):
-            main(cfg, compare)
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    with pytest.raises(SystemExit):
+        main(cfg, compare)
     assert message in next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
     assert not (tmp_path / "mlptrain").exists()
 
