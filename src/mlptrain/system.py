@@ -94,6 +94,7 @@ class MLPSystem(L.LightningModule):
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any],
         check_finite_every_n_steps: int = 50,
+        log_grad_norms: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -102,6 +103,7 @@ class MLPSystem(L.LightningModule):
         self.optimizer_factory = self._optimizer_factory(optimizer)
         self._check_scheduler(scheduler)
         self.check_finite_every_n_steps = check_finite_every_n_steps
+        self.log_grad_norms = log_grad_norms
         for stage in STAGES:
             # nan_strategy/validate_args off: their checks pull a value to the host every step.
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
@@ -183,6 +185,13 @@ class MLPSystem(L.LightningModule):
             )
             log.info("epoch %d  %s  (%.1f s)", self.current_epoch, shown, time.perf_counter() - self.epoch_started)
 
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        if self.log_grad_norms:  # each layer's weight-gradient norm, averaged over the epoch's steps on the device
+            norms = {
+                f"grad_norm/{name}": p.grad.norm() for name, p in self.model.named_parameters() if "weight" in name
+            }
+            self.log_dict(norms, on_step=False, on_epoch=True)
+
     def raise_if_nonfinite(self) -> None:
         step = int(self.nonfinite_step)
         if step >= 0:
@@ -207,9 +216,17 @@ class MLPSystem(L.LightningModule):
         self._log_epoch("test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """The network's output, the predicted digit, and a probability per digit (B, 10)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         output = self.model(x)
-        return {"output": output, "pred": output.argmax(-1)}
+        return {"output": output, "pred": output.argmax(-1), "probs": self.probabilities(output)}
+
+    def probabilities(self, output: torch.Tensor) -> torch.Tensor:
+        """Outputs as probabilities: softmax of logits; softmax outputs as they are; sigmoid outputs normalised."""
+        activation = self.hparams.model.get("output_activation", "none")
+        if activation == "none":
+            return output.softmax(-1)
+        return output / output.sum(-1, keepdim=True).clamp_min(1e-12)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())

@@ -17,6 +17,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from torchvision import datasets
 
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunInterrupted
@@ -147,6 +148,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             optimizer=_container(cfg.optimizer),
             scheduler=_container(cfg.scheduler),
             check_finite_every_n_steps=cfg.check_finite_every_n_steps,
+            log_grad_norms=cfg.log_grad_norms,
         )
     else:
         system = _load_for_test(cfg.ckpt_path)
@@ -199,10 +201,44 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         ) from stop
     summary.update(test_acc=results["test/acc"], test_loss=results["test/loss"], tested_checkpoint=tested)
     _write_summary(run_dir, summary, start, trainer, checkpoint, status="completed")
+    if cfg.report.enabled:
+        _write_report(cfg, run_dir, summary, trainer, system, datamodule)
+        log.info("Report with pictures: %s", (run_dir / "report.md").resolve())
     log.info("Test accuracy %.4f, test loss %.4f (checkpoint %s)", results["test/acc"], results["test/loss"], tested)
     log.info("Run directory: %s", run_dir.resolve())
     best = checkpoint.best_model_score
     return float(best) if best is not None else None
+
+
+def _write_report(
+    cfg: DictConfig,
+    run_dir: Path,
+    summary: dict[str, Any],
+    trainer: L.Trainer,
+    system: MLPSystem,
+    data: MNISTDataModule,
+) -> None:
+    from mlptrain.plots import write_report  # matplotlib is imported only when pictures are drawn
+
+    batches = trainer.predict(system, datamodule=data)  # with the tested weights, which test() loaded
+    probs = torch.cat([batch["probs"] for batch in batches]).float().cpu().numpy()
+    raw = datasets.MNIST(data.root, train=False)  # pixels as they were, for the pictures
+    # The model's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
+    config = {
+        **_container(cfg),
+        **{key: dict(system.hparams[key]) for key in ("model", "loss", "optimizer", "scheduler")},
+    }
+    write_report(
+        run_dir,
+        summary,
+        config,
+        labels=raw.targets.numpy(),
+        probs=probs,
+        images=raw.data.numpy(),
+        first_layer=system.model.layers[0].weight.detach().float().cpu().numpy(),
+        weight_tiles=cfg.report.weight_tiles,
+        mistakes=cfg.report.mistakes,
+    )
 
 
 def _write_summary(

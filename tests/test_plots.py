@@ -1,0 +1,128 @@
+"""The pictures of a run, the activation figure and the predict command, from a short real run."""
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlptrain.plots import confusion_matrix, plot_mistakes
+from mlptrain.train import train
+from tests.conftest import ROOT
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import compose_config
+
+    run_dir = tmp_path_factory.mktemp("report")
+    cfg = compose_config(
+        [
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=100",
+            "progress_bar=false",
+            "model.hidden=[20]",
+            "log_grad_norms=true",
+            "report.weight_tiles=12",
+            "report.mistakes=7",
+        ],
+        run_dir,
+    )
+    train(cfg)
+    return run_dir
+
+
+def test_every_picture_is_a_png_of_the_expected_size(run: Path) -> None:
+    sizes = {
+        name: png_size(run / name)
+        for name in ("curves.png", "confusion.png", "weights.png", "mistakes.png", "grad_norms.png")
+    }
+    assert sizes["curves.png"] == (1200, 480)
+    assert sizes["confusion.png"] == (900, 780)
+    assert sizes["grad_norms.png"] == (840, 540)
+    assert sizes["weights.png"] == (1248, 348)  # 12 tiles: 8 columns, 2 rows
+    assert sizes["mistakes.png"] == (1020, 468)  # 7 images: 5 columns, 2 rows
+
+
+def test_confusion_matrix_counts_the_whole_test_set(run: Path) -> None:
+    matrix = np.loadtxt(run / "confusion.csv", delimiter=",", dtype=int)
+    assert matrix.shape == (10, 10) and matrix.sum() == 10_000
+    summary = json.loads((run / "summary.json").read_text())
+    assert matrix.trace() / 10_000 == pytest.approx(summary["test_acc"], abs=1e-4)
+
+
+def test_grad_norms_are_logged_per_layer(run: Path) -> None:
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert "grad_norm/layers.0.weight" in header and "grad_norm/layers.1.weight" in header
+
+
+def test_report_page_shows_the_figures_and_pictures(run: Path) -> None:
+    report = (run / "report.md").read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    assert f"| test accuracy | {100 * summary['test_acc']:.2f}% |" in report
+    assert "| network | 784-20-10 |" in report
+    for picture in ("curves.png", "confusion.png", "weights.png", "mistakes.png", "grad_norms.png"):
+        assert f"]({picture})" in report
+
+
+def test_report_can_be_switched_off(tmp_path: Path, make_cfg) -> None:
+    cfg = make_cfg("report.enabled=false", "trainer.limit_train_batches=5")
+    train(cfg)
+    assert not list(Path(cfg.output_dir).glob("*.png")) and not (Path(cfg.output_dir) / "report.md").exists()
+
+
+def test_confusion_matrix_and_mistakes_by_hand(tmp_path: Path) -> None:
+    labels = np.array([0, 1, 2, 2, 3])
+    probs = np.full((5, 10), 0.01)
+    probs[[0, 1, 2, 3, 4], [0, 7, 2, 5, 9]] = [0.9, 0.6, 0.9, 0.8, 0.95]
+    matrix = confusion_matrix(labels, probs.argmax(1))
+    assert matrix.sum() == 5 and matrix.trace() == 2 and matrix[1, 7] == 1 and matrix[2, 5] == 1
+    worst = plot_mistakes(np.zeros((5, 28, 28)), labels, probs, tmp_path / "m.png", count=10)
+    assert worst == [4, 3, 1]  # wrong ones, most confident first
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_plot_activations_script(tmp_path: Path) -> None:
+    done = _script("scripts/plot_activations.py", f"out={tmp_path / 'a.png'}")
+    assert done.returncode == 0, done.stderr
+    assert "12 activations drawn" in done.stdout and png_size(tmp_path / "a.png") == (1536, 936)
+
+
+def test_predict_a_test_image_and_a_users_picture(run: Path, tmp_path: Path) -> None:
+    best = run / "checkpoints" / "best.ckpt"
+    done = _script("scripts/predict.py", f"ckpt_path={best}", "index=0")
+    assert done.returncode == 0, done.stderr
+    assert "prediction: 7 (true label: 7)" in done.stdout  # test image 0 is a clear 7
+    assert len([line for line in done.stdout.splitlines() if line[:1].isdigit()]) == 10
+    # The same 7 as a user would draw it: dark ink on white paper, 3 times larger.
+    from mlptrain.predict import test_image
+
+    pixels, _ = test_image(0)
+    Image.fromarray(255 - pixels).resize((84, 84)).save(tmp_path / "seven.png")
+    drawn = _script("scripts/predict.py", f"ckpt_path={best}", f"image={tmp_path / 'seven.png'}")
+    assert drawn.returncode == 0 and "prediction: 7" in drawn.stdout
+
+
+def test_predict_errors_are_one_line(run: Path, tmp_path: Path) -> None:
+    (tmp_path / "not-an-image.png").write_text("hello")
+    for args in (
+        ["index=3"],
+        [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"image={tmp_path / 'not-an-image.png'}"],
+        [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "index=10000"],
+    ):
+        done = _script("scripts/predict.py", *args)
+        assert done.returncode == 1 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
