@@ -41,6 +41,9 @@ def test_split_repeats_and_follows_split_seed(tensor_data: MNISTDataModule) -> N
     other = MNISTDataModule(split_seed=1).split_indices()[1]
     assert not torch.equal(other, again.split_indices()[1])
     assert len(MNISTDataModule(val_size=5_000).split_indices()[0]) == 55_000
+    subset, val = MNISTDataModule(train_size=1000).split_indices()
+    assert len(subset) == 1000 and torch.equal(val, again.split_indices()[1])
+    assert set(subset.tolist()) <= set(again.split_indices()[0].tolist())
 
 
 def test_each_epoch_has_its_own_shuffle_fixed_by_seed_and_epoch() -> None:
@@ -94,6 +97,8 @@ def test_normalizations(tensor_data: MNISTDataModule) -> None:
         ({"eval_batch_size": -1}, "data.eval_batch_size"),
         ({"val_size": 0}, "data.val_size"),
         ({"val_size": 60_000}, "data.val_size"),
+        ({"train_size": 0}, "data.train_size"),
+        ({"train_size": 50_001}, "data.train_size"),
         ({"normalize": "minmax"}, "unit, standard"),
         ({"loader": "ffcv"}, "tensor, dataloader"),
         ({"num_workers": -1}, "data.num_workers"),

@@ -165,6 +165,7 @@ class MNISTDataModule(L.LightningDataModule):
         dir: str | None = None,
         download: bool = False,
         val_size: int = 10_000,
+        train_size: int | None = None,
         split_seed: int = 0,
         shuffle_seed: int = 0,
         batch_size: int = 128,
@@ -182,6 +183,11 @@ class MNISTDataModule(L.LightningDataModule):
                 f"data.val_size must be an integer between 1 and {N_TRAIN_FILE - 1} (validation images "
                 f"taken out of the 60,000 training images), got {val_size!r}."
             )
+        if train_size is not None and not (isinstance(train_size, int) and 0 < train_size <= N_TRAIN_FILE - val_size):
+            raise ConfigError(
+                f"data.train_size must be null (all {N_TRAIN_FILE - val_size} images left after validation) or an "
+                f"integer between 1 and that, got {train_size!r}."
+            )
         if normalize not in NORMALIZATIONS:
             raise ConfigError(f"data.normalize={normalize!r} is not known. Use one of: {', '.join(NORMALIZATIONS)}.")
         if loader not in LOADERS:
@@ -190,7 +196,8 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.num_workers must be an integer >= 0, got {num_workers!r}.")
         self.root = Path(dir).expanduser() if dir else EMBEDDED_DIR
         self.download = download
-        self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
+        self.val_size, self.train_size = val_size, train_size
+        self.split_seed, self.shuffle_seed = split_seed, shuffle_seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.normalize, self.loader, self.num_workers = normalize, loader, num_workers
         self.splits: dict[str, TensorBatches | Subset] = {}
@@ -201,7 +208,8 @@ class MNISTDataModule(L.LightningDataModule):
     def split_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(train, val) indices into the 60k training file; the same for a given split_seed on every call and rank."""
         order = torch.randperm(N_TRAIN_FILE, generator=torch.Generator().manual_seed(self.split_seed))
-        return order[self.val_size :].sort().values, order[: self.val_size].sort().values
+        end = None if self.train_size is None else self.val_size + self.train_size
+        return order[self.val_size : end].sort().values, order[: self.val_size].sort().values
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
