@@ -21,14 +21,6 @@ def test_data_lives_on_the_gpu_when_training_there(make_cfg) -> None:
 
 def test_tensor_batches_are_gathered_on_the_device() -> None:
     data = MNISTDataModule()
-
-    class _Strategy:
-        root_device = torch.device("cuda", 0)
-
-    class _Trainer:
-        strategy = _Strategy()
-
-    data.trainer = _Trainer()  # type: ignore[assignment]
-    data.setup()
+    data.setup(device=torch.device("cuda", 0))
     x, y = next(iter(data.train_dataloader()))
     assert x.is_cuda and y.is_cuda and x.shape == (128, 784)

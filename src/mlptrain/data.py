@@ -211,7 +211,8 @@ class MNISTDataModule(L.LightningDataModule):
         end = None if self.train_size is None else self.val_size + self.train_size
         return order[self.val_size : end].sort().values, order[: self.val_size].sort().values
 
-    def setup(self, stage: str | None = None) -> None:
+    def setup(self, stage: str | None = None, device: torch.device | None = None) -> None:
+        """Load the split; with loader=tensor, onto `device` (default: the trainer's device, else the CPU)."""
         if self.splits:
             return
         if not all((self.root / "MNIST" / "raw" / name).exists() for name in SHA256):
@@ -230,7 +231,8 @@ class MNISTDataModule(L.LightningDataModule):
                 "test": test,
             }
             return
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device is None:
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         full = datasets.MNIST(self.root, train=True)
         test = datasets.MNIST(self.root, train=False)
 

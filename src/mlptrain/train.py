@@ -176,11 +176,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
                 ) from error
             if trainer.interrupted:
                 raise KeyboardInterrupt
-        # Read before testing, which restores the checkpoint callback's state from the tested file.
-        summary["checkpoints"] = {
-            "best": checkpoint.best_model_path or None,
-            "last": checkpoint.last_model_path or None,
-        }
+        summary["checkpoints"] = _checkpoint_paths(checkpoint)  # before test() restores the callback from a file
         tested = checkpoint.best_model_path or cfg.ckpt_path
         results = trainer.test(system, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]
     except MlptrainError as error:
@@ -241,6 +237,10 @@ def _write_report(
     )
 
 
+def _checkpoint_paths(checkpoint: ModelCheckpoint) -> dict[str, str | None]:
+    return {"best": checkpoint.best_model_path or None, "last": checkpoint.last_model_path or None}
+
+
 def _write_summary(
     run_dir: Path, summary: dict[str, Any], start: float, trainer: L.Trainer, checkpoint: ModelCheckpoint, **fields: Any
 ) -> None:
@@ -252,9 +252,7 @@ def _write_summary(
         global_steps=trainer.global_step,
         wall_time_s=round(time.perf_counter() - start, 3),
     )
-    summary.setdefault(
-        "checkpoints", {"best": checkpoint.best_model_path or None, "last": checkpoint.last_model_path or None}
-    )
+    summary.setdefault("checkpoints", _checkpoint_paths(checkpoint))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 

@@ -1,0 +1,255 @@
+"""Seconds per epoch of the trainer against a bare PyTorch loop, the DataLoader path and the NumPy baseline.
+
+    python scripts/bench.py                          # both setups below, 3 rounds of 2 epochs per system
+    python scripts/bench.py setups=[nielsen] rounds=5 epochs=3 out=bench.json
+
+In one process, the systems take turns (round 1: each system, round 2: each system, ...), each round a fresh
+model trained for `epochs` epochs on the same batches, so that load on a shared machine hits them alike. The
+first epoch of every round is reported apart as warm-up; "s/epoch" is the median of the others, with their
+min-max. Every system trains the same network the same way and reports the test accuracy it reached, so that
+none can win by doing less work. Peak memory is the process's resident set growth while the system ran
+(host) and torch's peak allocation (CUDA).
+"""
+
+import json
+import logging
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mlptrain.data import MNISTDataModule, TensorBatches
+from mlptrain.model import MLP
+from mlptrain.numpy_mlp import NumpyBaseline
+from mlptrain.system import make_loss
+from mlptrain.train import train
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SETUPS = {
+    # 784-256-256-10 ReLU, cross-entropy, Adam 1e-3, batch 128
+    "relu": ["model.hidden=[256,256]", "optimizer=adam", "scheduler=none", "data.batch_size=128"],
+    # Nielsen's 784-30-10 sigmoid, quadratic cost, SGD 3.0, batch 10
+    "nielsen": ["experiment=nielsen"],
+}
+DEFAULTS = {"setups": list(SETUPS), "rounds": 3, "epochs": 2, "out": "bench.json", "device": "auto"}
+
+
+def _compose(overrides: list[str], run_dir: Path) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                *overrides,
+                f"output_dir={run_dir}",
+                "progress_bar=false",
+                "report.enabled=false",
+                "trainer.num_sanity_val_steps=0",
+            ],
+        )
+
+
+class _PeakRSS:
+    """Samples this process's resident memory every 10 ms while a system runs; Linux only (else None)."""
+
+    def __enter__(self) -> "_PeakRSS":
+        self.start = self.peak = self._rss()
+        self.running = self.start is not None
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _rss(self) -> int | None:
+        try:
+            return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+        except OSError:
+            return None
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self._rss() or 0)
+            time.sleep(0.01)
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = False
+        self.thread.join()
+
+    @property
+    def growth_mb(self) -> float | None:
+        return None if self.start is None else (self.peak - self.start) / 2**20
+
+
+class _EpochTimes(L.Callback):
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds.append(time.perf_counter() - self.started)
+
+
+def lightning_run(cfg: DictConfig, epochs: int) -> tuple[list[float], float]:
+    """mlptrain's trainer as a user runs it (validation each epoch is not timed)."""
+    timer = _EpochTimes()
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = OmegaConf.merge(cfg, {"output_dir": run_dir, "trainer": {"max_epochs": epochs}})
+        train(cfg, callbacks=[timer])
+        accuracy = json.loads((Path(run_dir) / "summary.json").read_text())["test_acc"]
+    return timer.seconds, accuracy
+
+
+def eager_run(cfg: DictConfig, epochs: int, device: torch.device) -> tuple[list[float], float]:
+    """The bare loop: the same model, batches and optimizer, and nothing else."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    L.seed_everything(cfg.seed, verbose=False)
+    model = MLP(**plain["model"]).to(device)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    loss_fn = make_loss(**plain["loss"], output_activation=plain["model"]["output_activation"])
+    data = _tensor_data(cfg, device)
+    batches: TensorBatches = data.splits["train"]  # type: ignore[assignment]
+    seconds = []
+    for epoch in range(epochs):
+        batches.sampler.set_epoch(epoch)
+        _sync(device)
+        started = time.perf_counter()
+        for x, y in batches:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+        _sync(device)
+        seconds.append(time.perf_counter() - started)
+    test: TensorBatches = data.splits["test"]  # type: ignore[assignment]
+    with torch.no_grad():
+        accuracy = (model(test.images).argmax(-1) == test.labels).float().mean().item()
+    return seconds, accuracy
+
+
+def numpy_run(cfg: DictConfig, epochs: int) -> tuple[list[float], float]:
+    """The hand-written NumPy MLP (float32), on the same batches."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    L.seed_everything(cfg.seed, verbose=False)
+    torch_model = MLP(**plain["model"])
+    baseline = NumpyBaseline(model=plain["model"], loss=plain["loss"], optimizer=plain["optimizer"])
+    baseline.load_weights(
+        [(layer.weight.detach().numpy(), layer.bias.detach().numpy()) for layer in torch_model.layers]
+    )
+    data = _tensor_data(cfg, torch.device("cpu"))
+    train_split: TensorBatches = data.splits["train"]  # type: ignore[assignment]
+    x, y = train_split.images.numpy(), train_split.labels.numpy()
+    seconds = []
+    for epoch in range(epochs):
+        train_split.sampler.set_epoch(epoch)
+        order = train_split.sampler.permutation().numpy()
+        batches = [order[i : i + cfg.data.batch_size] for i in range(0, len(order), cfg.data.batch_size)]
+        started = time.perf_counter()
+        baseline.fit_epoch(x, y, batches)
+        seconds.append(time.perf_counter() - started)
+    test: TensorBatches = data.splits["test"]  # type: ignore[assignment]
+    accuracy = float((baseline.predict(test.images.numpy()) == test.labels.numpy()).mean())
+    return seconds, accuracy
+
+
+def _tensor_data(cfg: DictConfig, device: torch.device) -> MNISTDataModule:
+    data = MNISTDataModule(**{**OmegaConf.to_container(cfg.data, resolve=True), "loader": "tensor"})
+    data.setup(device=device)
+    return data
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_setup(name: str, rounds: int, epochs: int, device: torch.device) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as scratch:
+        cfg = _compose(
+            [*SETUPS[name], f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"], Path(scratch)
+        )
+    n_train = 60_000 - cfg.data.val_size
+    systems: dict[str, Callable[[], tuple[list[float], float]]] = {
+        "mlptrain (Lightning Trainer)": lambda: lightning_run(cfg, epochs),
+        "bare eager PyTorch loop": lambda: eager_run(cfg, epochs, device),
+        "mlptrain, loader=dataloader": lambda: lightning_run(
+            OmegaConf.merge(cfg, {"data": {"loader": "dataloader"}}), epochs
+        ),
+        "NumPy, backprop by hand": lambda: numpy_run(cfg, epochs),
+    }
+    results: dict[str, dict[str, Any]] = {
+        s: {"warmup": [], "epochs": [], "acc": [], "rss": [], "cuda": []} for s in systems
+    }
+    for _ in range(rounds):
+        for system, run in systems.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            with _PeakRSS() as memory:
+                seconds, accuracy = run()
+            result = results[system]
+            result["warmup"].append(seconds[0])
+            result["epochs"] += seconds[1:]
+            result["acc"].append(accuracy)
+            result["rss"].append(memory.growth_mb)
+            if device.type == "cuda":
+                result["cuda"].append(torch.cuda.max_memory_allocated(device) / 2**20)
+    rows = []
+    eager = statistics.median(results["bare eager PyTorch loop"]["epochs"])
+    for system, result in results.items():
+        median = statistics.median(result["epochs"])
+        rss = [m for m in result["rss"] if m is not None]
+        rows.append(
+            {
+                "setup": name,
+                "system": system,
+                "s_per_epoch": median,
+                "s_per_epoch_min": min(result["epochs"]),
+                "s_per_epoch_max": max(result["epochs"]),
+                "warmup_s": statistics.median(result["warmup"]),
+                "samples_per_s": n_train / median,
+                "x_eager": median / eager,
+                "peak_rss_growth_mb": max(rss) if rss else None,
+                "peak_cuda_mb": max(result["cuda"]) if result["cuda"] else None,
+                "test_acc": statistics.median(result["acc"]),
+                "epochs_timed": len(result["epochs"]),
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| setup | system | s/epoch (median) | min-max | warm-up s | samples/s | × eager | peak RSS +MB | test acc |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rss = "" if r["peak_rss_growth_mb"] is None else f"{r['peak_rss_growth_mb']:.0f}"
+        lines.append(
+            f"| {r['setup']} | {r['system']} | {r['s_per_epoch']:.3f} | {r['s_per_epoch_min']:.3f}-"
+            f"{r['s_per_epoch_max']:.3f} | {r['warmup_s']:.2f} | {r['samples_per_s']:,.0f} | {r['x_eager']:.2f} | "
+            f"{rss} | {100 * r['test_acc']:.2f}% |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the table is the output
+    args = OmegaConf.merge(DEFAULTS, OmegaConf.from_cli())
+    wanted = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = torch.device("cpu" if wanted == "auto" else wanted)
+    rows = [row for name in args.setups for row in bench_setup(name, args.rounds, args.epochs, device)]
+    header = (
+        f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, rounds {args.rounds} x {args.epochs} epochs"
+    )
+    print(header)
+    print(table(rows))
+    Path(args.out).write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+    print(f"JSON: {args.out}")
