@@ -88,14 +88,18 @@ class _PeakRSS:
 
 
 class _EpochTimes(L.Callback):
+    """From the start of each training epoch to the start of its validation, which the other systems skip."""
+
     def __init__(self) -> None:
         self.seconds: list[float] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.seconds.append(time.perf_counter() - self.started)
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            _sync(pl_module.device)
+            self.seconds.append(time.perf_counter() - self.started)
 
 
 def lightning_run(cfg: DictConfig, epochs: int) -> tuple[list[float], float]:

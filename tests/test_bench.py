@@ -1,0 +1,34 @@
+"""scripts/bench.py runs and reports every system; the figures themselves are for docs/benchmarks.md, not tests."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def test_bench_reports_every_system_doing_the_same_work(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "scripts/bench.py", "setups=[relu]", "rounds=1", "epochs=2", f"out={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    by_system = {row["system"]: row for row in rows}
+    assert set(by_system) == {
+        "mlptrain (Lightning Trainer)",
+        "bare eager PyTorch loop",
+        "mlptrain, loader=dataloader",
+        "NumPy, backprop by hand",
+    }
+    assert by_system["bare eager PyTorch loop"]["x_eager"] == 1.0
+    assert all(row["s_per_epoch"] > 0 and row["epochs_timed"] == 1 for row in rows)
+    # Same initial weights, same batches, same optimizer: the same accuracy, whoever is fastest.
+    accuracies = [row["test_acc"] for row in rows]
+    assert min(accuracies) > 0.95 and max(accuracies) - min(accuracies) < 0.005
+    assert "| relu | bare eager PyTorch loop |" in done.stdout
