@@ -99,7 +99,7 @@ def _script(*args: str) -> subprocess.CompletedProcess:
 def test_plot_activations_script(tmp_path: Path) -> None:
     done = _script("scripts/plot_activations.py", f"out={tmp_path / 'a.png'}")
     assert done.returncode == 0, done.stderr
-    assert "12 activations drawn" in done.stdout and png_size(tmp_path / "a.png") == (1536, 936)
+    assert "13 activations drawn" in done.stdout and png_size(tmp_path / "a.png") == (1536, 1248)
 
 
 def test_predict_a_test_image_and_a_users_picture(run: Path, tmp_path: Path) -> None:

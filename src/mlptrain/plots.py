@@ -242,19 +242,26 @@ def plot_activations(path: Path, logistic_slope: float = 4.0, leaky_relu_slope: 
 
     from mlptrain.activations import HIDDEN_ACTIVATIONS, make_activation
 
-    names = [name for name in HIDDEN_ACTIVATIONS if name != "maxout"]  # maxout mixes k inputs: no curve of one
+    names = list(HIDDEN_ACTIVATIONS)
     columns = 4
     rows = -(-len(names) // columns)
     figure, grid = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), dpi=120, squeeze=False)
     x = torch.linspace(-4, 4, 801, dtype=torch.float64, requires_grad=True)
     for axes, name in zip(grid.flat, names):
         activation = make_activation(name, logistic_slope=logistic_slope, leaky_relu_slope=leaky_relu_slope)
-        y = activation(x)
+        if name == "maxout":  # a max over k learned pieces, not a function of one number: draw pieces x and -x/2
+            y = activation(torch.stack([x, -0.5 * x], -1).flatten())
+        else:
+            y = activation(x)
         (slope,) = torch.autograd.grad(y.sum(), x)
         xs = x.detach().numpy()
         axes.plot(xs, y.detach().numpy(), label="σ(x)")
         axes.plot(xs, slope.numpy(), "--", label="σ'(x) as trained")
-        title = {"logistic": f"logistic, a = {logistic_slope}", "leaky_relu": f"leaky_relu, slope {leaky_relu_slope}"}
+        title = {
+            "logistic": f"logistic, a = {logistic_slope}",
+            "leaky_relu": f"leaky_relu, slope {leaky_relu_slope}",
+            "maxout": "maxout of pieces x and −x/2",
+        }
         note = "  (straight-through)" if name == "step" else ""
         axes.set_title(title.get(name, name) + note, fontsize=9)
         axes.axhline(0, color="grey", linewidth=0.5)

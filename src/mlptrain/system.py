@@ -163,8 +163,9 @@ class MLPSystem(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._step("train", batch)
         first_bad = ~torch.isfinite(loss.detach()) & (self.nonfinite_step < 0)
-        self.nonfinite_epoch = torch.where(first_bad, self.current_epoch, self.nonfinite_epoch)
-        self.nonfinite_step = torch.where(first_bad, self.global_step, self.nonfinite_step)
+        # In place: assigning a buffer goes through nn.Module.__setattr__, a cost on every step.
+        self.nonfinite_epoch.copy_(torch.where(first_bad, self.current_epoch, self.nonfinite_epoch))
+        self.nonfinite_step.copy_(torch.where(first_bad, self.global_step, self.nonfinite_step))
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
