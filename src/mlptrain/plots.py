@@ -276,3 +276,21 @@ def plot_activations(path: Path, logistic_slope: float = 4.0, leaky_relu_slope: 
     figure.savefig(path)
     plt.close(figure)
     return names
+
+
+def plot_val_acc_per_job(metrics_files: Sequence[Path], labels: Sequence[str], path: Path) -> None:
+    """Validation accuracy per epoch, one line per job of a sweep."""
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    for metrics_csv, label in zip(metrics_files, labels):
+        table = _epoch_table(metrics_csv) if metrics_csv.is_file() else {}
+        epochs = [e for e in sorted(table) if "val/acc" in table[e]]
+        axes.plot([e + 1 for e in epochs], [100 * table[e]["val/acc"] for e in epochs], marker="o", ms=3, label=label)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation accuracy (%)")
+    axes.set_title("Validation accuracy per epoch, per job")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -13,6 +13,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
@@ -263,4 +265,6 @@ def main(cfg: DictConfig, task: Callable[[DictConfig], Any] = train) -> Any:
         return task(cfg)
     except MlptrainError as error:
         log.error("%s", error)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return None  # one failed job of a sweep must not stop the others; its summary.json says why
         sys.exit(1)

@@ -1,0 +1,62 @@
+"""A real sweep (`python train.py -m`) and scripts/report.py over it."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=20", "report.enabled=false", "progress_bar=false"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 activations x 2 seeds, and a learning rate that diverges in one more setting."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    done = _run(
+        "train.py",
+        "-m",
+        "model.activation=relu,tanh",
+        "seed=1,2",
+        "optimizer=sgd",
+        "scheduler=none",
+        "optimizer.lr=0.1,1e30",
+        *SHORT,
+        f"hydra.sweep.dir={sweep_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return sweep_dir
+
+
+def test_a_failed_job_does_not_stop_the_sweep(sweep: Path) -> None:
+    assert sorted(int(p.name) for p in sweep.iterdir() if p.is_dir()) == list(range(8))
+    assert len(list(sweep.glob("*/summary.json"))) == 8
+
+
+def test_report_folds_seeds_into_mean_and_std(sweep: Path) -> None:
+    done = _run("scripts/report.py", str(sweep))
+    assert done.returncode == 0, done.stderr
+    table = (sweep / "sweep_report.md").read_text()
+    assert "varied: model.activation, optimizer.lr, seed." in table
+    rows = [line for line in table.splitlines() if line.startswith(("| relu", "| tanh"))]
+    assert len(rows) == 4  # two activations x two learning rates, seeds folded
+    converged = [row for row in rows if "| 0.1 |" in row]
+    assert all("| 2/2 |" in row and "±" in row for row in converged)
+    assert "| relu | 1e+30 | 0/2 | — |" in table  # diverged: NaN loss (tanh happens to stay finite)
+    assert "Not completed:" in table and "(failed)" in table
+    with (sweep / "sweep_jobs.csv").open() as file:
+        jobs = list(csv.DictReader(file))
+    assert len(jobs) == 8 and {job["status"] for job in jobs} == {"completed", "failed"}
+    assert (sweep / "val_acc.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_on_a_folder_without_runs(tmp_path: Path) -> None:
+    done = _run("scripts/report.py", str(tmp_path))
+    assert done.returncode == 1 and "No summary.json below" in done.stderr
