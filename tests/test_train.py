@@ -228,3 +228,68 @@ def test_hydra_names_unknown_keys_and_groups(tmp_path: Path) -> None:
     assert typo.returncode != 0 and "actvation" in typo.stderr and "Traceback" not in typo.stderr
     group = _cli("optimizer=sgdd", f"hydra.run.dir={tmp_path}")
     assert group.returncode != 0 and "Available options in 'optimizer'" in group.stderr
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        ["optimizer=sgd", "optimizer.momentum=0.9", "scheduler=cosine"],
+        ["optimizer=adam", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5"],
+        ["optimizer=adamw", "scheduler=onecycle"],
+    ],
+)
+def test_several_steps_per_call_make_the_same_updates(make_cfg: MakeCfg, setup: list[str]) -> None:
+    """steps_per_call=7 against 1, float64: the same weights bit for bit, the same step count and metrics."""
+    common = [
+        *setup,
+        "data.train_size=700",
+        "data.batch_size=10",
+        "trainer.max_epochs=2",
+        "trainer.precision=64-true",
+        "trainer.limit_train_batches=null",
+        "report.enabled=false",
+    ]
+    one, seven = make_cfg(*common, run="one"), make_cfg(*common, "steps_per_call=7", run="seven")
+    train(one)
+    train(seven)
+    a, b = weights(summary(one)["checkpoints"]["last"]), weights(summary(seven)["checkpoints"]["last"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert summary(one)["global_steps"] == summary(seven)["global_steps"] == 140
+    rows = [list(csv.DictReader((Path(cfg.output_dir) / "metrics.csv").open())) for cfg in (one, seven)]
+    for metric in ("train/loss", "train/acc", "val/acc", "test/acc"):
+        values = [[float(r[metric]) for r in run if r.get(metric)] for run in rows]
+        assert values[0] == pytest.approx(values[1], rel=1e-6), metric  # torchmetrics sums in float32
+
+
+def test_nan_is_caught_with_several_steps_per_call(make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = make_cfg(
+        "optimizer=sgd",
+        "scheduler=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=1e30",
+        "steps_per_call=10",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=5",
+        "check_finite_every_n_steps=1",
+    )
+    with pytest.raises(SystemExit):
+        main(cfg)
+    error = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert re.search(r"became NaN or infinite at epoch 1, global step 5\d,", error)
+    assert torch.load(summary(cfg)["checkpoints"]["last"], weights_only=False)["epoch"] == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["steps_per_call=0"], "steps_per_call must be a positive integer"),
+        (["steps_per_call=4", "data.loader=dataloader"], "needs data.loader=tensor"),
+        (["steps_per_call=4", "trainer.gradient_clip_val=1.0"], "does not clip gradients"),
+    ],
+)
+def test_steps_per_call_limits_are_explained(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture, overrides: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit):
+        main(make_cfg(*overrides))
+    assert message in next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")

@@ -2,10 +2,12 @@
 
 import gzip
 import hashlib
+import itertools
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -136,17 +138,37 @@ class TensorBatches:
     """
 
     def __init__(
-        self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, sampler: EpochPermutation | None = None
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        sampler: EpochPermutation | None = None,
+        steps_per_call: int = 1,
     ) -> None:
         self.images, self.labels = images, labels  # (N, 784) float, (N,) int64
         self.batch_size = batch_size
+        # With steps_per_call = K > 1, each item is a list of K consecutive mini-batches, for a training
+        # step that makes K updates (MLPSystem's steps_per_call); the batches and their order do not change.
+        self.steps_per_call = steps_per_call
         # The two DataLoader attributes Lightning inspects: it calls sampler.set_epoch every epoch.
         self.sampler, self.batch_sampler = sampler, None
 
-    def __len__(self) -> int:
+    @property
+    def num_batches(self) -> int:
         return -(-len(self.labels) // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __len__(self) -> int:
+        return -(-self.num_batches // self.steps_per_call)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.steps_per_call == 1:
+            yield from self._batches()
+            return
+        batches = self._batches()
+        while chunk := list(itertools.islice(batches, self.steps_per_call)):
+            yield chunk
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.sampler is None:
             for start in range(0, len(self.labels), self.batch_size):
                 end = start + self.batch_size
@@ -173,6 +195,7 @@ class MNISTDataModule(L.LightningDataModule):
         normalize: str = "standard",
         loader: str = "tensor",
         num_workers: int = 0,
+        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -194,6 +217,14 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.loader={loader!r} is not known. Use one of: {', '.join(LOADERS)}.")
         if not (isinstance(num_workers, int) and num_workers >= 0):
             raise ConfigError(f"data.num_workers must be an integer >= 0, got {num_workers!r}.")
+        if not (isinstance(steps_per_call, int) and steps_per_call >= 1):
+            raise ConfigError(f"steps_per_call must be a positive integer, got {steps_per_call!r}.")
+        if steps_per_call > 1 and loader != "tensor":
+            raise ConfigError(
+                f"steps_per_call={steps_per_call} needs data.loader=tensor (the DataLoader path serves one "
+                "mini-batch at a time): set data.loader=tensor or steps_per_call=1."
+            )
+        self.steps_per_call = steps_per_call
         self.root = Path(dir).expanduser() if dir else EMBEDDED_DIR
         self.download = download
         self.val_size, self.train_size = val_size, train_size
@@ -241,9 +272,10 @@ class MNISTDataModule(L.LightningDataModule):
             x = images.to(device).flatten(1).float().div_(255)
             if self.normalize == "standard":
                 x = x.sub_(MEAN).div_(STD)
-            sampler = EpochPermutation(len(labels), self.shuffle_seed) if train else None
-            size = self.batch_size if train else self.eval_batch_size
-            return TensorBatches(x, labels.to(device), size, sampler)
+            if not train:
+                return TensorBatches(x, labels.to(device), self.eval_batch_size)
+            sampler = EpochPermutation(len(labels), self.shuffle_seed)
+            return TensorBatches(x, labels.to(device), self.batch_size, sampler, self.steps_per_call)
 
         self.splits = {
             "train": batches(full.data[train_idx], full.targets[train_idx], train=True),

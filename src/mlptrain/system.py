@@ -95,6 +95,7 @@ class MLPSystem(L.LightningModule):
         scheduler: Mapping[str, Any],
         check_finite_every_n_steps: int = 50,
         log_grad_norms: bool = False,
+        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -104,6 +105,10 @@ class MLPSystem(L.LightningModule):
         self._check_scheduler(scheduler)
         self.check_finite_every_n_steps = check_finite_every_n_steps
         self.log_grad_norms = log_grad_norms
+        # K > 1: each training step gets K mini-batches and makes K updates itself (manual optimization),
+        # the same updates in the same order as K automatic steps, without Lightning's per-step overhead.
+        self.steps_per_call = steps_per_call
+        self.automatic_optimization = steps_per_call == 1
         for stage in STAGES:
             # nan_strategy/validate_args off: their checks pull a value to the host every step.
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
@@ -160,13 +165,46 @@ class MLPSystem(L.LightningModule):
             self.log(f"{stage}/{name}", metric.compute())
             metric.reset()
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if self.automatic_optimization:
+            return self._train_loss(batch)
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers() if self.scheduler_interval == "step" else None
+        first_step = self.global_step
+        losses, outputs, labels = [], [], []
+        for x, y in batch:  # K mini-batches: what Lightning's automatic loop does for each, minus its overhead
+            output = self.model(x)
+            loss = self.loss_fn(output, y)
+            optimizer.optimizer.zero_grad()
+            loss.backward()
+            if self.log_grad_norms:
+                self.on_before_optimizer_step(optimizer.optimizer)
+            optimizer.optimizer.step()
+            optimizer._on_before_step()  # Lightning's own step count (global_step) advances as it would
+            optimizer._on_after_step()
+            if scheduler is not None:
+                scheduler.step()
+            losses.append(loss.detach())
+            outputs.append(output.detach())
+            labels.append(y)
+        # The metrics and the NaN flag see the K steps at once: one update each instead of K.
+        step_losses, sizes = torch.stack(losses), torch.tensor([len(y) for y in labels], device=self.device)
+        self.train_loss.update((step_losses * sizes).sum() / sizes.sum(), sizes.sum().to(step_losses.dtype))
+        self.train_acc.update(torch.cat(outputs).argmax(-1), torch.cat(labels))
+        bad = ~torch.isfinite(step_losses)
+        self._flag_nonfinite(bad.any(), first_step + bad.int().argmax())
+        return None
+
+    def _train_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         loss = self._step("train", batch)
-        first_bad = ~torch.isfinite(loss.detach()) & (self.nonfinite_step < 0)
+        self._flag_nonfinite(~torch.isfinite(loss.detach()), self.global_step)
+        return loss
+
+    def _flag_nonfinite(self, bad: torch.Tensor, step: int | torch.Tensor) -> None:
+        first_bad = bad & (self.nonfinite_step < 0)
         # In place: assigning a buffer goes through nn.Module.__setattr__, a cost on every step.
         self.nonfinite_epoch.copy_(torch.where(first_bad, self.current_epoch, self.nonfinite_epoch))
-        self.nonfinite_step.copy_(torch.where(first_bad, self.global_step, self.nonfinite_step))
-        return loss
+        self.nonfinite_step.copy_(torch.where(first_bad, step, self.nonfinite_step))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if (batch_idx + 1) % self.check_finite_every_n_steps == 0:
@@ -175,9 +213,18 @@ class MLPSystem(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.epoch_started = time.perf_counter()
 
+    def on_fit_start(self) -> None:
+        if not self.automatic_optimization and self.trainer.world_size > 1:
+            raise ConfigError(
+                "steps_per_call > 1 runs its updates outside Lightning's distributed wrapper, so gradients would "
+                "not be synchronised across devices: use steps_per_call=1 with several devices."
+            )
+
     def on_train_epoch_end(self) -> None:
         # Runs before ModelCheckpoint saves this epoch, so weights after a NaN are never checkpointed.
         self.raise_if_nonfinite()
+        if not self.automatic_optimization and self.scheduler_interval == "epoch":
+            self.lr_schedulers().step()  # what Lightning does for epoch-interval schedulers in automatic mode
         self._log_epoch("train")
         if self.trainer.is_global_zero:  # one line per epoch, for logs where no progress bar is drawn
             values = self.trainer.callback_metrics
@@ -229,21 +276,32 @@ class MLPSystem(L.LightningModule):
             return output.softmax(-1)
         return output / output.sum(-1, keepdim=True).clamp_min(1e-12)
 
+    @property
+    def scheduler_interval(self) -> str | None:
+        return {"none": None, "step": "epoch"}.get(self.hparams.scheduler["name"], "step")
+
+    def _total_steps(self) -> int:
+        """Optimizer steps in the whole fit: Lightning counts training steps, of K mini-batches each when K > 1."""
+        total = int(self.trainer.estimated_stepping_batches)
+        if self.automatic_optimization:
+            return total
+        per_epoch_calls = self.trainer.num_training_batches  # set by estimated_stepping_batches, limits applied
+        batches = self.trainer.datamodule.splits["train"].num_batches
+        return min(batches, per_epoch_calls * self.steps_per_call) * self.trainer.max_epochs
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
         config = self.hparams.scheduler
         name = config["name"]
         if name == "none":
             return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
+        total_steps = self._total_steps()
         if name == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
                 optimizer, T_max=total_steps, eta_min=config.get("min_lr", 0.0)
             )
-            interval = "step"
         elif name == "step":
             scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config["step_size"], gamma=config["gamma"])
-            interval = "epoch"
         else:  # onecycle: warm up to the optimizer's lr, then anneal to ~0
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer,
@@ -251,5 +309,4 @@ class MLPSystem(L.LightningModule):
                 total_steps=total_steps,
                 pct_start=config.get("pct_start", 0.3),
             )
-            interval = "step"
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}

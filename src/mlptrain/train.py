@@ -138,11 +138,13 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         raise ConfigError(
             f"check_finite_every_n_steps must be a positive integer, got {cfg.check_finite_every_n_steps!r}."
         )
+    if cfg.steps_per_call != 1 and cfg.trainer.get("gradient_clip_val"):
+        raise ConfigError("steps_per_call > 1 does not clip gradients: set trainer.gradient_clip_val=null.")
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = MNISTDataModule(**_container(cfg.data))
+    datamodule = MNISTDataModule(**_container(cfg.data), steps_per_call=cfg.steps_per_call)
     if cfg.train:
         system = MLPSystem(
             model=_container(cfg.model),
@@ -151,6 +153,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             scheduler=_container(cfg.scheduler),
             check_finite_every_n_steps=cfg.check_finite_every_n_steps,
             log_grad_norms=cfg.log_grad_norms,
+            steps_per_call=cfg.steps_per_call,
         )
     else:
         system = _load_for_test(cfg.ckpt_path)
