@@ -22,6 +22,7 @@ def test_bench_reports_every_system_doing_the_same_work(tmp_path: Path) -> None:
     by_system = {row["system"]: row for row in rows}
     assert set(by_system) == {
         "mlptrain (Lightning Trainer)",
+        "mlptrain, steps_per_call=50",
         "bare eager PyTorch loop",
         "mlptrain, loader=dataloader",
         "NumPy, backprop by hand",
