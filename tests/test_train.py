@@ -277,3 +277,43 @@ def test_steps_per_call_limits_are_explained(
     with pytest.raises(SystemExit):
         main(make_cfg(*overrides))
     assert message in next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+@pytest.mark.parametrize(
+    "sgd", [["optimizer.momentum=0.9", "optimizer.nesterov=true"], ["optimizer.weight_decay=0.01"]]
+)
+def test_compiled_sgd_steps_match_the_eager_ones(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture, sgd: list[str]
+) -> None:
+    """compile_steps=5 (torch.compile of 5 updates at a time) against plain steps, float64, cosine schedule."""
+    common = [
+        "optimizer=sgd",
+        *sgd,
+        "scheduler=cosine",
+        "data.train_size=700",
+        "data.batch_size=10",
+        "trainer.max_epochs=2",
+        "trainer.precision=64-true",
+        "trainer.limit_train_batches=null",
+        "report.enabled=false",
+    ]
+    eager = make_cfg(*common, run="eager")
+    compiled = make_cfg(*common, "steps_per_call=10", "compile_steps=5", run="compiled")
+    train(eager)
+    train(compiled)
+    a, b = weights(summary(eager)["checkpoints"]["last"]), weights(summary(compiled)["checkpoints"]["last"])
+    for key in a:
+        assert torch.allclose(a[key], b[key], rtol=1e-10, atol=1e-12), key
+    assert summary(compiled)["global_steps"] == summary(eager)["global_steps"] == 140
+    assert not [r for r in caplog.records if "torch.compile failed" in r.getMessage()]  # it did not fall back
+
+
+def test_compile_steps_limits_are_explained(make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture) -> None:
+    for overrides, message in (
+        (["steps_per_call=10", "compile_steps=3", "optimizer=sgd"], "must divide steps_per_call=10"),
+        (["steps_per_call=10", "compile_steps=5"], "compiles SGD's update"),
+    ):
+        caplog.clear()
+        with pytest.raises(SystemExit):
+            main(make_cfg(*overrides))
+        assert message in next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")

@@ -96,6 +96,7 @@ class MLPSystem(L.LightningModule):
         check_finite_every_n_steps: int = 50,
         log_grad_norms: bool = False,
         steps_per_call: int = 1,
+        compile_steps: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -109,6 +110,9 @@ class MLPSystem(L.LightningModule):
         # the same updates in the same order as K automatic steps, without Lightning's per-step overhead.
         self.steps_per_call = steps_per_call
         self.automatic_optimization = steps_per_call == 1
+        self.compile_steps = compile_steps
+        self._check_compile_steps(optimizer)
+        self._compiled: Callable[..., Any] | None = None
         for stage in STAGES:
             # nan_strategy/validate_args off: their checks pull a value to the host every step.
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
@@ -134,6 +138,97 @@ class MLPSystem(L.LightningModule):
                 "adam or adamw with valid values, or a `_target_` naming a torch.optim class with `_partial_: true`."
             ) from error
         return factory
+
+    def _check_compile_steps(self, optimizer: Mapping[str, Any]) -> None:
+        if self.compile_steps == 0:
+            return
+        if not (isinstance(self.compile_steps, int) and self.compile_steps > 0):
+            raise ConfigError(f"compile_steps must be 0 (off) or a positive integer, got {self.compile_steps!r}.")
+        if self.steps_per_call % self.compile_steps:
+            raise ConfigError(
+                f"compile_steps={self.compile_steps} must divide steps_per_call={self.steps_per_call}: each "
+                "training step runs its mini-batches in compiled groups of compile_steps."
+            )
+        if optimizer.get("_target_") != "torch.optim.SGD" or optimizer.get("dampening", 0):
+            raise ConfigError(
+                "compile_steps compiles SGD's update (momentum, Nesterov and weight decay included) and no other "
+                f"optimizer yet; this config has {optimizer.get('_target_')}. Use optimizer=sgd or compile_steps=0."
+            )
+        if self.log_grad_norms:
+            raise ConfigError("compile_steps does not log gradient norms: set log_grad_norms=false or compile_steps=0.")
+
+    def _sgd_steps(
+        self,
+        params: list[torch.Tensor],
+        buffers: list[torch.Tensor],
+        xs: torch.Tensor,
+        ys: torch.Tensor,
+        lrs: torch.Tensor,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """compile_steps SGD updates as one pure function, for torch.compile: xs (C, B, 784), ys (C, B), lrs (C,).
+
+        The update is torch.optim.SGD's: g (+ weight_decay p); buf = momentum buf + g; p -= lr (g + momentum buf
+        if nesterov, else buf). Returns the new parameters and buffers, the C losses and outputs (C, B, 10).
+        """
+        names = [name for name, _ in self.model.named_parameters()]
+        config = self.hparams.optimizer
+        momentum, decay = config.get("momentum", 0.0), config.get("weight_decay", 0.0)
+
+        def loss_of(values: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            output = torch.func.functional_call(self.model, dict(zip(names, values)), (x,))
+            return self.loss_fn(output, y), output
+
+        losses, outputs = [], []
+        for i in range(xs.shape[0]):
+            grads, (loss, output) = torch.func.grad_and_value(loss_of, has_aux=True)(params, xs[i], ys[i])
+            if decay:
+                grads = [g + decay * p for g, p in zip(grads, params)]
+            if momentum:
+                buffers = [momentum * b + g for b, g in zip(buffers, grads)]
+                grads = [g + momentum * b for g, b in zip(grads, buffers)] if config.get("nesterov") else buffers
+            params = [p - lrs[i] * g for p, g in zip(params, grads)]
+            losses.append(loss.detach())
+            outputs.append(output.detach())
+        return params, buffers, torch.stack(losses), torch.stack(outputs)
+
+    def _compiled_group(self, optimizer: Any, group: list[tuple[torch.Tensor, torch.Tensor]], scheduler: Any) -> bool:
+        """Run a group of compile_steps mini-batches as one compiled call; False where it cannot (then run eagerly)."""
+        torch_optimizer = optimizer.optimizer
+        params = [p for p in self.model.parameters()]
+        momentum = self.hparams.optimizer.get("momentum", 0.0)
+        buffers = [torch_optimizer.state.get(p, {}).get("momentum_buffer") for p in params] if momentum else []
+        if any(b is None for b in buffers) or len({len(y) for _, y in group}) != 1:
+            return False  # SGD's first step creates its momentum buffers; a short last batch changes shapes
+        lrs = []
+        for _ in group:  # the learning rate of each step, as the scheduler would set it step by step
+            lrs.append(torch_optimizer.param_groups[0]["lr"])
+            if scheduler is not None:
+                scheduler.step()
+        if self._compiled is None:
+            self._compiled = torch.compile(self._sgd_steps, fullgraph=True)
+        xs, ys = torch.stack([x for x, _ in group]), torch.stack([y for _, y in group])
+        lr_tensor = torch.tensor(lrs, dtype=params[0].dtype, device=self.device)
+        try:
+            new_params, new_buffers, losses, outputs = self._compiled(
+                [p.detach() for p in params], [b.detach() for b in buffers], xs, ys, lr_tensor
+            )
+        except Exception as error:  # no C++ compiler, an unsupported platform, ...: train on, eagerly
+            log.warning("torch.compile failed (%s); compile_steps is off for the rest of this run.", error)
+            self.compile_steps = 0
+            torch_optimizer.param_groups[0]["lr"] = lrs[0]  # undo the scheduler steps taken above
+            if scheduler is not None:
+                scheduler.last_epoch -= len(group)
+            return False
+        with torch.no_grad():
+            for p, new in zip(params, new_params):
+                p.copy_(new)
+            for b, new in zip(buffers, new_buffers):
+                b.copy_(new)
+        for _ in group:
+            optimizer._on_before_step()
+            optimizer._on_after_step()
+        self._chunk_results.append((losses, outputs, ys))
+        return True
 
     @staticmethod
     def _check_scheduler(scheduler: Mapping[str, Any]) -> None:
@@ -171,8 +266,25 @@ class MLPSystem(L.LightningModule):
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers() if self.scheduler_interval == "step" else None
         first_step = self.global_step
-        losses, outputs, labels = [], [], []
-        for x, y in batch:  # K mini-batches: what Lightning's automatic loop does for each, minus its overhead
+        self._chunk_results: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        size = self.compile_steps or len(batch)
+        for start in range(0, len(batch), size):
+            group = batch[start : start + size]
+            if not (self.compile_steps and len(group) == size and self._compiled_group(optimizer, group, scheduler)):
+                self._eager_group(optimizer, group, scheduler)
+        # The metrics and the NaN flag see the K steps at once: one update each instead of K.
+        step_losses = torch.cat([losses for losses, _, _ in self._chunk_results])
+        outputs = torch.cat([o.flatten(0, 1) for _, o, _ in self._chunk_results])  # (K * B, 10)
+        labels = torch.cat([y.flatten() for _, _, y in self._chunk_results])
+        sizes = torch.cat([torch.full_like(losses, y.shape[-1]) for losses, _, y in self._chunk_results])
+        self.train_loss.update((step_losses * sizes).sum() / sizes.sum(), sizes.sum())
+        self.train_acc.update(outputs.argmax(-1), labels)
+        bad = ~torch.isfinite(step_losses)
+        self._flag_nonfinite(bad.any(), first_step + bad.int().argmax())
+        return None
+
+    def _eager_group(self, optimizer: Any, group: list[tuple[torch.Tensor, torch.Tensor]], scheduler: Any) -> None:
+        for x, y in group:  # what Lightning's automatic loop does for each mini-batch, minus its overhead
             output = self.model(x)
             loss = self.loss_fn(output, y)
             optimizer.optimizer.zero_grad()
@@ -184,16 +296,7 @@ class MLPSystem(L.LightningModule):
             optimizer._on_after_step()
             if scheduler is not None:
                 scheduler.step()
-            losses.append(loss.detach())
-            outputs.append(output.detach())
-            labels.append(y)
-        # The metrics and the NaN flag see the K steps at once: one update each instead of K.
-        step_losses, sizes = torch.stack(losses), torch.tensor([len(y) for y in labels], device=self.device)
-        self.train_loss.update((step_losses * sizes).sum() / sizes.sum(), sizes.sum().to(step_losses.dtype))
-        self.train_acc.update(torch.cat(outputs).argmax(-1), torch.cat(labels))
-        bad = ~torch.isfinite(step_losses)
-        self._flag_nonfinite(bad.any(), first_step + bad.int().argmax())
-        return None
+            self._chunk_results.append((loss.detach()[None], output.detach()[None], y[None]))
 
     def _train_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         loss = self._step("train", batch)

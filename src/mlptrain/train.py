@@ -154,6 +154,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             check_finite_every_n_steps=cfg.check_finite_every_n_steps,
             log_grad_norms=cfg.log_grad_norms,
             steps_per_call=cfg.steps_per_call,
+            compile_steps=cfg.compile_steps,
         )
     else:
         system = _load_for_test(cfg.ckpt_path)
