@@ -1,5 +1,5 @@
-"""Seconds per epoch of the trainer (as it is, and with steps_per_call=50) against a bare PyTorch loop,
-the DataLoader path and the NumPy baseline.
+"""Seconds per epoch of the trainer (as it is, with steps_per_call=50, and for SGD also compiled) against a
+bare PyTorch loop, the DataLoader path and the NumPy baseline.
 
     python scripts/bench.py                          # both setups below, 3 rounds of 2 epochs per system
     python scripts/bench.py setups=[nielsen] rounds=5 epochs=3 out=bench.json
@@ -184,12 +184,17 @@ def bench_setup(name: str, rounds: int, epochs: int, device: torch.device) -> li
     systems: dict[str, Callable[[], tuple[list[float], float]]] = {
         "mlptrain (Lightning Trainer)": lambda: lightning_run(cfg, epochs),
         "mlptrain, steps_per_call=50": lambda: lightning_run(OmegaConf.merge(cfg, {"steps_per_call": 50}), epochs),
+        "mlptrain, steps_per_call=50, compile_steps=10": lambda: lightning_run(
+            OmegaConf.merge(cfg, {"steps_per_call": 50, "compile_steps": 10}), epochs
+        ),
         "bare eager PyTorch loop": lambda: eager_run(cfg, epochs, device),
         "mlptrain, loader=dataloader": lambda: lightning_run(
             OmegaConf.merge(cfg, {"data": {"loader": "dataloader"}}), epochs
         ),
         "NumPy, backprop by hand": lambda: numpy_run(cfg, epochs),
     }
+    if cfg.optimizer._target_ != "torch.optim.SGD":  # compile_steps compiles SGD's update only
+        del systems["mlptrain, steps_per_call=50, compile_steps=10"]
     results: dict[str, dict[str, Any]] = {
         s: {"warmup": [], "epochs": [], "acc": [], "rss": [], "cuda": []} for s in systems
     }

@@ -317,3 +317,33 @@ def test_compile_steps_limits_are_explained(make_cfg: MakeCfg, caplog: pytest.Lo
         with pytest.raises(SystemExit):
             main(make_cfg(*overrides))
         assert message in next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+def test_compile_failure_falls_back_to_eager_steps(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> object:
+        def fails(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("no C++ compiler")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", broken)
+    common = [
+        "optimizer=sgd",
+        "optimizer.momentum=0.9",
+        "scheduler=cosine",
+        "data.train_size=300",
+        "data.batch_size=10",
+        "trainer.limit_train_batches=null",
+        "report.enabled=false",
+    ]
+    plain, fallback = (
+        make_cfg(*common, run="plain"),
+        make_cfg(*common, "steps_per_call=10", "compile_steps=5", run="fb"),
+    )
+    train(plain)
+    train(fallback)
+    assert any("torch.compile failed (no C++ compiler)" in r.getMessage() for r in caplog.records)
+    a, b = weights(summary(plain)["checkpoints"]["last"]), weights(summary(fallback)["checkpoints"]["last"])
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the steps it could not compile ran eagerly, exactly
