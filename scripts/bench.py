@@ -6,8 +6,8 @@ bare PyTorch loop, the DataLoader path and the NumPy baseline.
 
 In one process, the systems take turns (round 1: each system, round 2: each system, ...), each round a fresh
 model trained for `epochs` epochs on the same batches, so that load on a shared machine hits them alike. The
-first epoch of every round is reported apart as warm-up; "s/epoch" is the median of the others, with their
-min-max. Every system trains the same network the same way and reports the test accuracy it reached, so that
+first epoch of every round is left out of "s/epoch", the median of the others, with their min-max; the
+warm-up column is round 1's first epoch (with torch.compile, compiling happens there). Every system trains the same network the same way and reports the test accuracy it reached, so that
 none can win by doing less work. Peak memory is the process's resident set growth while the system ran
 (host) and torch's peak allocation (CUDA).
 """
@@ -223,7 +223,7 @@ def bench_setup(name: str, rounds: int, epochs: int, device: torch.device) -> li
                 "s_per_epoch": median,
                 "s_per_epoch_min": min(result["epochs"]),
                 "s_per_epoch_max": max(result["epochs"]),
-                "warmup_s": statistics.median(result["warmup"]),
+                "warmup_s": result["warmup"][0],  # round 1: compiling happens there, later rounds reuse its cache
                 "samples_per_s": n_train / median,
                 "x_eager": median / eager,
                 "peak_rss_growth_mb": max(rss) if rss else None,
