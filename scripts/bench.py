@@ -7,8 +7,9 @@ bare PyTorch loop, the DataLoader path and the NumPy baseline.
 In one process, the systems take turns (round 1: each system, round 2: each system, ...), each round a fresh
 model trained for `epochs` epochs on the same batches, so that load on a shared machine hits them alike. The
 first epoch of every round is left out of "s/epoch", the median of the others, with their min-max; the
-warm-up column is round 1's first epoch (with torch.compile, compiling happens there). Every system trains the same network the same way and reports the test accuracy it reached, so that
-none can win by doing less work. Peak memory is the process's resident set growth while the system ran
+warm-up column is round 1's first epoch (with torch.compile, compiling happens there). Every system
+trains the same network the same way and reports the test accuracy it reached, so that none can win by
+doing less work. Peak memory is the process's resident set growth while the system ran
 (host) and torch's peak allocation (CUDA).
 """
 
