@@ -191,14 +191,15 @@ class MLPSystem(L.LightningModule):
             outputs.append(output.detach())
         return params, buffers, torch.stack(losses), torch.stack(outputs)
 
-    def _compiled_group(self, optimizer: Any, group: list[tuple[torch.Tensor, torch.Tensor]], scheduler: Any) -> bool:
-        """Run a group of compile_steps mini-batches as one compiled call; False where it cannot (then run eagerly)."""
+    def _compiled_group(self, optimizer: Any, group: list[tuple[torch.Tensor, torch.Tensor]], scheduler: Any) -> Any:
+        """Run a group of compile_steps mini-batches as one compiled call and return (losses (C,), outputs
+        (C, B, 10), labels (C, B)); None where it cannot, and then nothing has changed (run it eagerly)."""
         torch_optimizer = optimizer.optimizer
-        params = [p for p in self.model.parameters()]
+        params = list(self.model.parameters())
         momentum = self.hparams.optimizer.get("momentum", 0.0)
         buffers = [torch_optimizer.state.get(p, {}).get("momentum_buffer") for p in params] if momentum else []
         if any(b is None for b in buffers) or len({len(y) for _, y in group}) != 1:
-            return False  # SGD's first step creates its momentum buffers; a short last batch changes shapes
+            return None  # SGD's first step creates its momentum buffers; a short last batch changes shapes
         lrs = []
         for _ in group:  # the learning rate of each step, as the scheduler would set it step by step
             lrs.append(torch_optimizer.param_groups[0]["lr"])
@@ -218,7 +219,7 @@ class MLPSystem(L.LightningModule):
             torch_optimizer.param_groups[0]["lr"] = lrs[0]  # undo the scheduler steps taken above
             if scheduler is not None:
                 scheduler.last_epoch -= len(group)
-            return False
+            return None
         with torch.no_grad():
             for p, new in zip(params, new_params):
                 p.copy_(new)
@@ -227,8 +228,7 @@ class MLPSystem(L.LightningModule):
         for _ in group:
             optimizer._on_before_step()
             optimizer._on_after_step()
-        self._chunk_results.append((losses, outputs, ys))
-        return True
+        return losses, outputs, ys
 
     @staticmethod
     def _check_scheduler(scheduler: Mapping[str, Any]) -> None:
@@ -266,24 +266,28 @@ class MLPSystem(L.LightningModule):
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers() if self.scheduler_interval == "step" else None
         first_step = self.global_step
-        self._chunk_results: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        results: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (losses, outputs, labels) per group
         size = self.compile_steps or len(batch)
         for start in range(0, len(batch), size):
             group = batch[start : start + size]
-            if not (self.compile_steps and len(group) == size and self._compiled_group(optimizer, group, scheduler)):
-                self._eager_group(optimizer, group, scheduler)
+            whole = self.compile_steps and len(group) == size  # a short last group would need its own compile
+            compiled = self._compiled_group(optimizer, group, scheduler) if whole else None
+            results += [compiled] if compiled is not None else self._eager_group(optimizer, group, scheduler)
         # The metrics and the NaN flag see the K steps at once: one update each instead of K.
-        step_losses = torch.cat([losses for losses, _, _ in self._chunk_results])
-        outputs = torch.cat([o.flatten(0, 1) for _, o, _ in self._chunk_results])  # (K * B, 10)
-        labels = torch.cat([y.flatten() for _, _, y in self._chunk_results])
-        sizes = torch.cat([torch.full_like(losses, y.shape[-1]) for losses, _, y in self._chunk_results])
+        step_losses = torch.cat([losses for losses, _, _ in results])
+        outputs = torch.cat([o.flatten(0, 1) for _, o, _ in results])  # (K * B, 10)
+        labels = torch.cat([y.flatten() for _, _, y in results])
+        sizes = torch.cat([torch.full_like(losses, y.shape[-1]) for losses, _, y in results])
         self.train_loss.update((step_losses * sizes).sum() / sizes.sum(), sizes.sum())
         self.train_acc.update(outputs.argmax(-1), labels)
         bad = ~torch.isfinite(step_losses)
         self._flag_nonfinite(bad.any(), first_step + bad.int().argmax())
         return None
 
-    def _eager_group(self, optimizer: Any, group: list[tuple[torch.Tensor, torch.Tensor]], scheduler: Any) -> None:
+    def _eager_group(
+        self, optimizer: Any, group: list[tuple[torch.Tensor, torch.Tensor]], scheduler: Any
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        results = []
         for x, y in group:  # what Lightning's automatic loop does for each mini-batch, minus its overhead
             output = self.model(x)
             loss = self.loss_fn(output, y)
@@ -296,7 +300,8 @@ class MLPSystem(L.LightningModule):
             optimizer._on_after_step()
             if scheduler is not None:
                 scheduler.step()
-            self._chunk_results.append((loss.detach()[None], output.detach()[None], y[None]))
+            results.append((loss.detach()[None], output.detach()[None], y[None]))
+        return results
 
     def _train_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         loss = self._step("train", batch)
