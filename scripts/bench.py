@@ -29,6 +29,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mlptrain.compare import epoch_batches
 from mlptrain.data import MNISTDataModule, TensorBatches
 from mlptrain.model import MLP
 from mlptrain.numpy_mlp import NumpyBaseline
@@ -154,9 +155,7 @@ def numpy_run(cfg: DictConfig, epochs: int) -> tuple[list[float], float]:
     x, y = train_split.images.numpy(), train_split.labels.numpy()
     seconds = []
     for epoch in range(epochs):
-        train_split.sampler.set_epoch(epoch)
-        order = train_split.sampler.permutation().numpy()
-        batches = [order[i : i + cfg.data.batch_size] for i in range(0, len(order), cfg.data.batch_size)]
+        batches = epoch_batches(len(y), cfg.data.batch_size, cfg.data.shuffle_seed, epoch, None)
         started = time.perf_counter()
         baseline.fit_epoch(x, y, batches)
         seconds.append(time.perf_counter() - started)
