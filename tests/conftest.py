@@ -1,5 +1,7 @@
 """Compose the real config with Hydra's compose API and shrink it for fast runs."""
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,3 +35,13 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config([*SMALL, *overrides], tmp_path / run)
 
     return make
+
+
+def run_python(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python ARGS...` from the repository root, as a user types it; output captured."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def logged_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The ERROR lines logged so far: the one-paragraph messages main() gives users."""
+    return [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]

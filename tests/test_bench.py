@@ -1,22 +1,14 @@
 """scripts/bench.py runs and reports every system; the figures themselves are for docs/benchmarks.md, not tests."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import run_python
 
 
 def test_bench_reports_every_system_doing_the_same_work(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [sys.executable, "scripts/bench.py", "setups=[relu]", "rounds=1", "epochs=2", f"out={out}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_python("scripts/bench.py", "setups=[relu]", "rounds=1", "epochs=2", f"out={out}")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     by_system = {row["system"]: row for row in rows}

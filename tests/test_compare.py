@@ -1,8 +1,6 @@
 """scripts/compare.py: the trainer and the baselines on the same split, weights and batches, side by side."""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from mlptrain.compare import NearestCentroid, compare, epoch_batches
 from mlptrain.data import EpochPermutation
 from mlptrain.train import main
-from tests.conftest import CONF_DIR, ROOT, SMALL
+from tests.conftest import CONF_DIR, ROOT, SMALL, logged_errors, run_python
 
 ALL = "baselines=[numpy,centroid,logistic,nielsen_network]"
 
@@ -126,26 +124,19 @@ def test_comparisons_that_are_not_like_for_like_are_refused_before_training(
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     with pytest.raises(SystemExit):
         main(cfg, compare)
-    assert message in next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert message in logged_errors(caplog)[0]
     assert not (tmp_path / "mlptrain").exists()
 
 
 def test_the_readme_command(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "scripts/compare.py",
-            "experiment=nielsen",
-            "baselines=[numpy,centroid]",
-            *SMALL,
-            "trainer.limit_train_batches=20",
-            "trainer.limit_val_batches=2",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_python(
+        "scripts/compare.py",
+        "experiment=nielsen",
+        "baselines=[numpy,centroid]",
+        *SMALL,
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=2",
+        f"hydra.run.dir={tmp_path}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "comparison.md").is_file()

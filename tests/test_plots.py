@@ -3,7 +3,6 @@
 import json
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from PIL import Image
 
 from mlptrain.plots import confusion_matrix, plot_mistakes
 from mlptrain.train import train
-from tests.conftest import ROOT
+from tests.conftest import run_python
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -93,7 +92,7 @@ def test_confusion_matrix_and_mistakes_by_hand(tmp_path: Path) -> None:
 
 
 def _script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return run_python(*args, timeout=300)
 
 
 def test_plot_activations_script(tmp_path: Path) -> None:

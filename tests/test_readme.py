@@ -3,12 +3,11 @@
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_python
 
 SHRINK = [
     "trainer.max_epochs=1",
@@ -30,7 +29,7 @@ def run(args: list[str], run_dir: Path) -> subprocess.CompletedProcess:
         args = [*args, *SHRINK, f"hydra.run.dir={run_dir}"]
     elif args[0] == "scripts/plot_activations.py":
         args = [*args, f"out={run_dir / 'activations.png'}"]  # not over the committed picture
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return run_python(*args)
 
 
 @pytest.fixture(scope="module")

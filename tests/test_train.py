@@ -7,7 +7,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,9 +17,18 @@ from omegaconf import DictConfig
 from mlptrain.data import EMBEDDED_DIR, SHA256
 from mlptrain.system import MLPSystem
 from mlptrain.train import main, train
-from tests.conftest import ROOT
+from tests.conftest import logged_errors, run_python
 
 MakeCfg = Callable[..., DictConfig]
+# 2 epochs of 70 mini-batches of 10 images in float64, where two ways of making the same updates must agree.
+FLOAT64_SHORT = [
+    "data.train_size=700",
+    "data.batch_size=10",
+    "trainer.max_epochs=2",
+    "trainer.precision=64-true",
+    "trainer.limit_train_batches=null",
+    "report.enabled=false",
+]
 
 
 def summary(cfg: DictConfig) -> dict:
@@ -142,7 +150,7 @@ def test_bad_input_gets_a_one_paragraph_error(
     with pytest.raises(SystemExit) as exit_info:
         main(make_cfg(*overrides))
     assert exit_info.value.code == 1
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    errors = logged_errors(caplog)
     assert len(errors) == 1 and message in errors[0]
     assert "\n" not in errors[0]
 
@@ -151,7 +159,7 @@ def test_bad_input_gets_a_one_paragraph_error(
 def test_asking_for_a_gpu_without_one(make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(make_cfg("trainer.accelerator=gpu"))
-    error = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    error = logged_errors(caplog)[0]
     assert error.startswith("The trainer config is not valid") and "trainer.*" in error
 
 
@@ -172,7 +180,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_earlier_checkpoints(
     )
     with pytest.raises(SystemExit):
         main(cfg)
-    error = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    error = logged_errors(caplog)[0]
     assert re.search(r"became NaN or infinite at epoch 1, global step 5\d,", error)
     assert "lower it" in error and "Checkpoints written before it are kept" in error
     result = summary(cfg)
@@ -199,7 +207,7 @@ def test_interrupted_run_keeps_its_files_and_says_how_to_resume(
     with pytest.raises(SystemExit) as exit_info:
         main(cfg)
     assert exit_info.value.code == 1
-    error = next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    error = logged_errors(caplog)[0]
     last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
     assert f"interrupted during epoch 1. What was written is kept in {cfg.output_dir}" in error
     assert f"python train.py ckpt_path={last}" in error
@@ -208,14 +216,8 @@ def test_interrupted_run_keeps_its_files_and_says_how_to_resume(
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"HYDRA_FULL_ERROR": "0", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
-    )
+    env = {"HYDRA_FULL_ERROR": "0", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    return run_python("train.py", *args, timeout=300, env=env)
 
 
 def test_command_line_errors_have_no_traceback(tmp_path: Path) -> None:
@@ -242,15 +244,7 @@ def test_hydra_names_unknown_keys_and_groups(tmp_path: Path) -> None:
 )
 def test_several_steps_per_call_make_the_same_updates(make_cfg: MakeCfg, setup: list[str]) -> None:
     """steps_per_call=7 against 1, float64: the same weights bit for bit, the same step count and metrics."""
-    common = [
-        *setup,
-        "data.train_size=700",
-        "data.batch_size=10",
-        "trainer.max_epochs=2",
-        "trainer.precision=64-true",
-        "trainer.limit_train_batches=null",
-        "report.enabled=false",
-    ]
+    common = [*setup, *FLOAT64_SHORT]
     one, seven = make_cfg(*common, run="one"), make_cfg(*common, "steps_per_call=7", run="seven")
     train(one)
     train(seven)
@@ -276,7 +270,7 @@ def test_steps_per_call_limits_are_explained(
 ) -> None:
     with pytest.raises(SystemExit):
         main(make_cfg(*overrides))
-    assert message in next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert message in logged_errors(caplog)[0]
 
 
 @pytest.mark.parametrize(
@@ -290,12 +284,7 @@ def test_compiled_sgd_steps_match_the_eager_ones(
         "optimizer=sgd",
         *sgd,
         "scheduler=cosine",
-        "data.train_size=700",
-        "data.batch_size=10",
-        "trainer.max_epochs=2",
-        "trainer.precision=64-true",
-        "trainer.limit_train_batches=null",
-        "report.enabled=false",
+        *FLOAT64_SHORT,
     ]
     eager = make_cfg(*common, run="eager")
     compiled = make_cfg(*common, "steps_per_call=10", "compile_steps=5", run="compiled")
@@ -316,7 +305,7 @@ def test_compile_steps_limits_are_explained(make_cfg: MakeCfg, caplog: pytest.Lo
         caplog.clear()
         with pytest.raises(SystemExit):
             main(make_cfg(*overrides))
-        assert message in next(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+        assert message in logged_errors(caplog)[0]
 
 
 def test_compile_failure_falls_back_to_eager_steps(
