@@ -210,7 +210,7 @@ def test_interrupted_run_keeps_its_files_and_says_how_to_resume(
     error = logged_errors(caplog)[0]
     last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
     assert f"interrupted during epoch 1. What was written is kept in {cfg.output_dir}" in error
-    assert f"python train.py ckpt_path={last}" in error
+    assert f"resume=auto hydra.run.dir={cfg.output_dir}" in error and f"ckpt_path={last}" in error
     assert summary(cfg)["status"] == "interrupted"
     assert torch.load(last, weights_only=False)["epoch"] == 0
 

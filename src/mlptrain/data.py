@@ -106,6 +106,12 @@ def _verify_or_unpack(raw: Path, name: str, expected: str) -> None:
     os.replace(partial, path)
 
 
+def to_inputs(images: torch.Tensor, normalize: str) -> torch.Tensor:
+    """MNIST images (N, 28, 28) uint8, on any device -> the network's inputs (N, 784) float32."""
+    x = images.flatten(1).float().div_(255)
+    return x.sub_(MEAN).div_(STD) if normalize == "standard" else x
+
+
 class EpochPermutation(Sampler[int]):
     """A fresh shuffle of range(n) every epoch, fixed by (seed, epoch) alone.
 
@@ -134,7 +140,9 @@ class TensorBatches:
     """Mini-batches sliced from tensors already on the training device: no per-sample Python work.
 
     With a sampler, each pass gathers batches in that epoch's shuffled order; without one, it
-    walks the tensors in order (for evaluation).
+    walks the tensors in order (for evaluation). With several processes (DDP), `batch_size` is the
+    global batch: each of the `world_size` ranks takes its own share of every batch, so together they
+    see the batches one process would. Evaluation sets are cut into one contiguous shard per rank.
     """
 
     def __init__(
@@ -144,18 +152,32 @@ class TensorBatches:
         batch_size: int,
         sampler: EpochPermutation | None = None,
         steps_per_call: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.images, self.labels = images, labels  # (N, 784) float, (N,) int64
         self.batch_size = batch_size
         # With steps_per_call = K > 1, each item is a list of K consecutive mini-batches, for a training
         # step that makes K updates (MLPSystem's steps_per_call); the batches and their order do not change.
         self.steps_per_call = steps_per_call
+        self.rank, self.world_size = rank, world_size
         # The two DataLoader attributes Lightning inspects: it calls sampler.set_epoch every epoch.
         self.sampler, self.batch_sampler = sampler, None
+        self._resume: tuple[int, int] | None = None  # (epoch, mini-batches of it already trained on)
+
+    def resume_at(self, epoch: int, done: int) -> None:
+        """Make the next pass, if it is over `epoch`, start after its first `done` mini-batches: a run resumed
+        from a mid-epoch checkpoint then trains on exactly the batches the interrupted one had not."""
+        self._resume = (epoch, done)
 
     @property
     def num_batches(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        """Training: the global mini-batches per epoch. Evaluation: this rank's batches."""
+        if self.sampler is None:
+            return -(-len(self._eval_shard()) // self.batch_size)
+        full, rest = divmod(len(self.labels), self.batch_size)
+        # A last batch smaller than the number of ranks would leave some rank nothing: it is dropped.
+        return full + (rest >= self.world_size)
 
     def __len__(self) -> int:
         return -(-self.num_batches // self.steps_per_call)
@@ -168,14 +190,27 @@ class TensorBatches:
         while chunk := list(itertools.islice(batches, self.steps_per_call)):
             yield chunk
 
+    def _eval_shard(self) -> range:
+        size, rest = divmod(len(self.labels), self.world_size)  # cut as tensor_split cuts
+        start = self.rank * size + min(self.rank, rest)
+        return range(start, start + size + (self.rank < rest))
+
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.sampler is None:
-            for start in range(0, len(self.labels), self.batch_size):
-                end = start + self.batch_size
+            shard = self._eval_shard()
+            for start in range(shard.start, shard.stop, self.batch_size):
+                end = min(start + self.batch_size, shard.stop)
                 yield self.images[start:end], self.labels[start:end]
             return
+        skip = 0
+        if self._resume is not None:
+            epoch, done = self._resume
+            skip = done if epoch == self.sampler.epoch else 0
+            self._resume = None
         order = self.sampler.permutation().to(self.labels.device)
-        for index in order.split(self.batch_size):
+        for index in order.split(self.batch_size)[skip : self.num_batches]:
+            if self.world_size > 1:
+                index = index.tensor_split(self.world_size)[self.rank]
             yield self.images[index], self.labels[index]
 
 
@@ -232,6 +267,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.normalize, self.loader, self.num_workers = normalize, loader, num_workers
         self.splits: dict[str, TensorBatches | Subset] = {}
+        self._resume: dict[str, int] = {}
 
     def prepare_data(self) -> None:
         prepare_mnist(self.root, self.download)
@@ -249,6 +285,7 @@ class MNISTDataModule(L.LightningDataModule):
         if not all((self.root / "MNIST" / "raw" / name).exists() for name in SHA256):
             prepare_mnist(self.root, self.download)  # setup() called on its own, without prepare_data()
         train_idx, val_idx = self.split_indices()
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         if self.loader == "dataloader":
             steps = [transforms.ToTensor()]
             if self.normalize == "standard":
@@ -268,29 +305,44 @@ class MNISTDataModule(L.LightningDataModule):
         test = datasets.MNIST(self.root, train=False)
 
         def batches(images: torch.Tensor, labels: torch.Tensor, train: bool) -> TensorBatches:
-            # Normalise once, on the device: (N, 28, 28) uint8 -> (N, 784) float32.
-            x = images.to(device).flatten(1).float().div_(255)
-            if self.normalize == "standard":
-                x = x.sub_(MEAN).div_(STD)
+            x = to_inputs(images.to(device), self.normalize)  # once, on the device
             if not train:
-                return TensorBatches(x, labels.to(device), self.eval_batch_size)
+                return TensorBatches(x, labels.to(device), self.eval_batch_size, rank=rank, world_size=world)
             sampler = EpochPermutation(len(labels), self.shuffle_seed)
-            return TensorBatches(x, labels.to(device), self.batch_size, sampler, self.steps_per_call)
+            return TensorBatches(x, labels.to(device), self.batch_size, sampler, self.steps_per_call, rank, world)
 
         self.splits = {
             "train": batches(full.data[train_idx], full.targets[train_idx], train=True),
             "val": batches(full.data[val_idx], full.targets[val_idx], train=False),
             "test": batches(test.data, test.targets, train=False),
         }
+        if self._resume:
+            self.load_state_dict(self._resume)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where in its epoch training stands, saved in every checkpoint: (epoch, training steps done in it)."""
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "steps_done": progress.completed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume mid-epoch: the restored epoch skips the mini-batches the checkpointed run had trained on."""
+        self._resume = dict(state)
+        train = self.splits.get("train")
+        if isinstance(train, TensorBatches) and state:
+            train.resume_at(state["epoch"], state["steps_done"] * self.steps_per_call)
 
     def _loader(self, split: str) -> TensorBatches | DataLoader:
         data = self.splits[split]
         if isinstance(data, TensorBatches):
             return data
         train = split == "train"
+        world = self.trainer.world_size if self.trainer is not None else 1
         return DataLoader(
             data,
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            # data.batch_size is the global batch; Lightning gives each rank a DistributedSampler share.
+            batch_size=max(1, self.batch_size // world) if train else self.eval_batch_size,
             sampler=EpochPermutation(len(data), self.shuffle_seed) if train else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

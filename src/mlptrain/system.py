@@ -117,6 +117,10 @@ class MLPSystem(L.LightningModule):
             # nan_strategy/validate_args off: their checks pull a value to the host every step.
             setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=10, average="micro", validate_args=False))
+        # The training metrics' running sums go into checkpoints, so an epoch resumed midway reports
+        # the same train/loss and train/acc as one that ran through.
+        self.train_loss.persistent(True)
+        self.train_acc.persistent(True)
         # Epoch and global step of the first non-finite training loss, -1 while none: kept on the
         # device and read only every check_finite_every_n_steps steps and before checkpoints.
         self.register_buffer("nonfinite_epoch", torch.tensor(-1), persistent=False)
@@ -318,10 +322,13 @@ class MLPSystem(L.LightningModule):
         if (batch_idx + 1) % self.check_finite_every_n_steps == 0:
             self.raise_if_nonfinite()
 
-    def on_train_epoch_start(self) -> None:
+    def on_train_epoch_start(self) -> None:  # not called when a run resumes in the middle of an epoch
         self.epoch_started = time.perf_counter()
+        self.train_loss.reset()
+        self.train_acc.reset()
 
     def on_fit_start(self) -> None:
+        self.epoch_started = time.perf_counter()  # a run resumed mid-epoch has no on_train_epoch_start for it
         if not self.automatic_optimization and self.trainer.world_size > 1:
             raise ConfigError(
                 "steps_per_call > 1 runs its updates outside Lightning's distributed wrapper, so gradients would "

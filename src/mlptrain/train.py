@@ -18,10 +18,13 @@ from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torchvision import datasets
 
-from mlptrain.data import MNISTDataModule
+from mlptrain.data import MNISTDataModule, to_inputs
 from mlptrain.errors import ConfigError, MlptrainError, RunInterrupted
 from mlptrain.system import MLPSystem
 
@@ -40,7 +43,8 @@ def library_versions() -> dict[str, str]:
 
 
 class _RecordRun(Callback):
-    """Stores the resolved config and library versions in every checkpoint, so each file describes its run."""
+    """Stores the resolved config and library versions in every checkpoint, so each file describes its run,
+    and the random number generators' states, so that dropout draws on after a resume as it would have."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -48,6 +52,37 @@ class _RecordRun(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["config"] = self.config
         checkpoint["library_versions"] = library_versions()
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.device_count() == len(states["cuda"]):
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class _CheckpointOnStop(Callback):
+    """Writes last.ckpt where a SIGTERM stopped training: a cluster's preemption or time limit, or `kill`.
+
+    Lightning stops on SIGTERM only after the training step in progress has finished, so this is a
+    clean point mid-epoch, and resume=auto continues from it with the results unchanged. Ctrl-C can
+    land in the middle of a step and keeps the last epoch's checkpoint instead.
+    """
+
+    def __init__(self, checkpoint: ModelCheckpoint) -> None:
+        self.checkpoint = checkpoint
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or not trainer.training:
+            return
+        if int(pl_module.nonfinite_step) >= 0:  # type: ignore[arg-type]
+            return  # weights after a NaN are never checkpointed
+        path = Path(self.checkpoint.dirpath) / f"{self.checkpoint.CHECKPOINT_NAME_LAST}{self.checkpoint.FILE_EXTENSION}"
+        trainer.save_checkpoint(path)
+        self.checkpoint.last_model_path = str(path)
 
 
 def _container(cfg: DictConfig) -> dict[str, Any]:
@@ -79,12 +114,15 @@ def _make_trainer(
         checkpoint,
         LearningRateMonitor(logging_interval="epoch"),
         _RecordRun(_container(cfg)),
+        _CheckpointOnStop(checkpoint),
         *extra_callbacks,
     ]
     if show_bar:
         callbacks.append(RichProgressBar())
     # The run directory already holds Hydra's files, which CSVLogger would warn about as "not empty".
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    if cfg.data.loader == "tensor":  # its place in the epoch is in the checkpoint (MNISTDataModule.state_dict)
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     loggers: list[Logger] = [CSVLogger(run_dir, name="", version="")]  # -> <run dir>/metrics.csv
     if cfg.logger.tensorboard:
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False))
@@ -102,6 +140,48 @@ def _make_trainer(
             f"The trainer config is not valid: {error}. Check the trainer.* keys (conf/trainer/)."
         ) from error
     return trainer, checkpoint
+
+
+def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint training starts from: ckpt_path, or with resume=auto the newest in the run directory."""
+    if cfg.resume in (None, False):
+        return cfg.ckpt_path
+    if cfg.resume != "auto":
+        raise ConfigError(f"resume must be null or auto, got {cfg.resume!r}.")
+    if cfg.ckpt_path is not None:
+        raise ConfigError("Give resume=auto or ckpt_path, not both: resume=auto finds the checkpoint itself.")
+    # last.ckpt: the end of an epoch, or where a SIGTERM stopped the run; hpc_ckpt_N.ckpt: Lightning's
+    # SLURM requeue (SIGUSR1) writes these into the run directory.
+    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
+    found = [path for path in candidates if path.is_file()]
+    if not found:
+        log.info("resume=auto: no checkpoint in %s yet, so training starts from the beginning", run_dir.resolve())
+        return None
+    newest = max(found, key=lambda path: path.stat().st_mtime)
+    log.info("resume=auto: resuming from %s", newest.resolve())
+    return str(newest)
+
+
+def _keep_metrics(trainer: L.Trainer, previous: str) -> None:
+    """Put back the rows of metrics.csv that CSVLogger deletes when a resumed run reuses its directory."""
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger) and rank_zero_only.rank == 0:
+            writer = logger.experiment  # made now: this is where the old file is deleted
+            Path(writer.metrics_file_path).write_text(previous)
+            writer.metrics_keys = sorted(previous.splitlines()[0].split(","))
+
+
+def _check_processes(cfg: DictConfig) -> None:
+    """Hydra sweeps and Lightning's own process launcher cannot be combined: refuse that before it starts."""
+    devices = cfg.trainer.get("devices", 1)
+    several = devices == -1 or (isinstance(devices, int) and devices > 1) or isinstance(devices, (list, str))
+    launched = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+    if several and not launched and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ConfigError(
+            f"trainer.devices={devices} inside a -m sweep would make Lightning start each job's processes again "
+            "with the sweep's command line. Run several-device jobs one at a time (no -m), or sweep them with "
+            "hydra/launcher=slurm, where SLURM starts one task per device (tasks_per_node = trainer.devices)."
+        )
 
 
 def _load_for_test(ckpt_path: str) -> MLPSystem:
@@ -140,7 +220,13 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         )
     if cfg.steps_per_call != 1 and cfg.trainer.get("gradient_clip_val"):
         raise ConfigError("steps_per_call > 1 does not clip gradients: set trainer.gradient_clip_val=null.")
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    _check_processes(cfg)
+    ckpt_path = _resume_path(cfg, run_dir) if cfg.train else cfg.ckpt_path
+    writer = rank_zero_only.rank == 0  # with several processes, one writes the run's files
+    metrics_csv = run_dir / "metrics.csv"
+    previous_metrics = metrics_csv.read_text() if ckpt_path and metrics_csv.is_file() else None
+    if writer:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -159,6 +245,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     else:
         system = _load_for_test(cfg.ckpt_path)
     trainer, checkpoint = _make_trainer(cfg, run_dir, callbacks)
+    if previous_metrics:
+        _keep_metrics(trainer, previous_metrics)
 
     summary: dict[str, Any] = {
         "status": "running",
@@ -166,24 +254,25 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         "seed": cfg.seed,
         "parameters": sum(p.numel() for p in system.model.parameters()),
         "device": _device_name(trainer),
+        "processes": trainer.world_size,
         "versions": library_versions(),
     }
     start = time.perf_counter()
     try:
         if cfg.train:
             try:
-                trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+                trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
             except RuntimeError as error:
                 if "state_dict" not in str(error):
                     raise
                 raise ConfigError(
-                    f"ckpt_path={cfg.ckpt_path} holds a model of another shape than this config builds "
+                    f"The checkpoint {ckpt_path} holds a model of another shape than this config builds "
                     f"({error}). Resume with the model.* settings the checkpoint was trained with."
                 ) from error
             if trainer.interrupted:
                 raise KeyboardInterrupt
         summary["checkpoints"] = _checkpoint_paths(checkpoint)  # before test() restores the callback from a file
-        tested = checkpoint.best_model_path or cfg.ckpt_path
+        tested = checkpoint.best_model_path or ckpt_path
         results = trainer.test(system, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]
     except MlptrainError as error:
         _write_summary(run_dir, summary, start, trainer, checkpoint, status="failed", error=str(error))
@@ -195,7 +284,10 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         _write_summary(run_dir, summary, start, trainer, checkpoint, status="interrupted")
         last = checkpoint.last_model_path
         resume = (
-            f"resume with `python train.py ckpt_path={last}` and the same overrides" if last else "no epoch had ended"
+            f"to continue where it stopped, in the same directory, run the same command with `resume=auto "
+            f"hydra.run.dir={run_dir.resolve()}` added (or `ckpt_path={last}` for a new directory)"
+            if last
+            else "no checkpoint had been written yet"
         )
         raise RunInterrupted(
             f"Training was interrupted during epoch {trainer.current_epoch}. What was written is kept in "
@@ -203,7 +295,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         ) from stop
     summary.update(test_acc=results["test/acc"], test_loss=results["test/loss"], tested_checkpoint=tested)
     _write_summary(run_dir, summary, start, trainer, checkpoint, status="completed")
-    if cfg.report.enabled:
+    if cfg.report.enabled and writer:
         _write_report(cfg, run_dir, summary, trainer, system, datamodule)
         log.info("Report with pictures: %s", (run_dir / "report.md").resolve())
     log.info("Test accuracy %.4f, test loss %.4f (checkpoint %s)", results["test/acc"], results["test/loss"], tested)
@@ -222,9 +314,14 @@ def _write_report(
 ) -> None:
     from mlptrain.plots import write_report  # matplotlib is imported only when pictures are drawn
 
-    batches = trainer.predict(system, datamodule=data)  # with the tested weights, which test() loaded
-    probs = torch.cat([batch["probs"] for batch in batches]).float().cpu().numpy()
     raw = datasets.MNIST(data.root, train=False)  # pixels as they were, for the pictures
+    # On this process alone, with the tested weights (test() loaded them): under DDP each rank saw a shard.
+    weight = system.model.layers[0].weight
+    inputs = to_inputs(raw.data, data.normalize).to(weight.device, weight.dtype)
+    system.eval()
+    with torch.no_grad():
+        probs = torch.cat([system.probabilities(system(x)) for x in inputs.split(data.eval_batch_size)])
+    probs = probs.float().cpu().numpy()
     # The model's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
     config = {
         **_container(cfg),
@@ -259,7 +356,8 @@ def _write_summary(
         wall_time_s=round(time.perf_counter() - start, 3),
     )
     summary.setdefault("checkpoints", _checkpoint_paths(checkpoint))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if rank_zero_only.rank == 0:  # one summary per run, whatever the number of processes
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def main(cfg: DictConfig, task: Callable[[DictConfig], Any] = train) -> Any:
