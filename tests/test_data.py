@@ -6,7 +6,16 @@ import pytest
 import torch
 from torchvision import datasets
 
-from mlptrain.data import EMBEDDED_DIR, MEAN, SHA256, STD, EpochPermutation, MNISTDataModule, prepare_mnist
+from mlptrain.data import (
+    EMBEDDED_DIR,
+    MEAN,
+    SHA256,
+    STD,
+    EpochPermutation,
+    MNISTDataModule,
+    TensorBatches,
+    prepare_mnist,
+)
 from mlptrain.errors import ConfigError, DataError
 
 
@@ -64,6 +73,47 @@ def test_batches_cover_the_training_split_once_per_epoch(tensor_data: MNISTDataM
     labels = torch.cat([y for _, y in loader])
     assert len(loader) == 500
     assert torch.equal(labels.sort().values, tensor_data.splits["train"].labels.sort().values)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_share_every_global_batch_without_overlap(world_size: int) -> None:
+    n, batch = 1001, 20  # a last batch of 1 is smaller than the ranks: every rank drops it
+    images, labels = torch.arange(n, dtype=torch.float32)[:, None], torch.arange(n)
+    single = TensorBatches(images, labels, batch, EpochPermutation(n, seed=3))
+    ranks = [
+        TensorBatches(images, labels, batch, EpochPermutation(n, seed=3), rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
+    for epoch in (0, 1):
+        for loader in [single, *ranks]:
+            loader.sampler.set_epoch(epoch)
+        shares = [list(loader) for loader in ranks]
+        assert all(len(share) == len(loader) == 50 for share, loader in zip(shares, ranks))
+        for step, (_, whole) in enumerate(single):
+            if step == 50:
+                assert len(whole) == 1
+                break
+            parts = [share[step][1] for share in shares]
+            assert torch.equal(torch.cat(parts), whole)  # together, the ranks train on the one-process batch
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    evaluation = [TensorBatches(images, labels, 300, rank=r, world_size=world_size) for r in range(world_size)]
+    assert torch.equal(torch.cat([y for loader in evaluation for _, y in loader]), labels)
+
+
+def test_resume_at_skips_the_mini_batches_already_trained_on() -> None:
+    n = 100
+    loader = TensorBatches(torch.zeros(n, 1), torch.arange(n), 10, EpochPermutation(n, seed=0), steps_per_call=3)
+    loader.sampler.set_epoch(4)
+
+    def labels() -> torch.Tensor:
+        return torch.cat([y for group in loader for _, y in group])
+
+    whole = labels()
+    loader.resume_at(epoch=4, done=6)
+    assert torch.equal(labels(), whole[60:])
+    assert torch.equal(labels(), whole)  # the pass after it is whole again
+    loader.resume_at(epoch=3, done=6)  # saved at the end of epoch 3: epoch 4 starts at its beginning
+    assert torch.equal(labels(), whole)
 
 
 def test_tensor_and_dataloader_paths_serve_the_same_batches() -> None:

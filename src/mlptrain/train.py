@@ -121,6 +121,8 @@ def _make_trainer(
         callbacks.append(RichProgressBar())
     # The run directory already holds Hydra's files, which CSVLogger would warn about as "not empty".
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    # Each epoch value is a torchmetrics compute(), which already gathers every process's counts.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True\)`")
     if cfg.data.loader == "tensor":  # its place in the epoch is in the checkpoint (MNISTDataModule.state_dict)
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     loggers: list[Logger] = [CSVLogger(run_dir, name="", version="")]  # -> <run dir>/metrics.csv
@@ -298,8 +300,11 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     if cfg.report.enabled and writer:
         _write_report(cfg, run_dir, summary, trainer, system, datamodule)
         log.info("Report with pictures: %s", (run_dir / "report.md").resolve())
-    log.info("Test accuracy %.4f, test loss %.4f (checkpoint %s)", results["test/acc"], results["test/loss"], tested)
-    log.info("Run directory: %s", run_dir.resolve())
+    if writer:
+        log.info(
+            "Test accuracy %.4f, test loss %.4f (checkpoint %s)", results["test/acc"], results["test/loss"], tested
+        )
+        log.info("Run directory: %s", run_dir.resolve())
     best = checkpoint.best_model_score
     return float(best) if best is not None else None
 
