@@ -37,9 +37,11 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return make
 
 
-def run_python(*args: str, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python ARGS...` from the repository root, as a user types it; output captured."""
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+def run_python(
+    *args: str, timeout: int = 600, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
+    """`python ARGS...` from the repository root (or `cwd`), as a user types it; output captured."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def logged_errors(caplog: pytest.LogCaptureFixture) -> list[str]:

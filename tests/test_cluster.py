@@ -3,8 +3,11 @@ launcher, SLURM's requeue signal, and the Optuna sweeper."""
 
 import csv
 import json
+import logging
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from omegaconf import DictConfig
 
 from mlptrain.errors import RunInterrupted
 from mlptrain.train import train
-from tests.conftest import run_python
+from tests.conftest import ROOT, run_python
 from tests.test_train import summary, weights
 
 MakeCfg = Callable[..., DictConfig]
@@ -113,3 +116,83 @@ def test_two_gloo_processes_train_like_one_with_the_same_global_batch(tmp_path: 
     assert len(rows_one) == len(rows_two) == 4  # a training row and a validation row per epoch
     assert all(abs(float(x[k] or 0) - float(y[k] or 0)) < 1e-6 for x, y in zip(rows_one, rows_two) for k in x)
     assert single["test_acc"] == double["test_acc"] and abs(single["test_loss"] - double["test_loss"]) < 1e-6
+
+
+class _KillAfter(Callback):
+    """Sends SIGUSR1 after a given step, then dies at the next one, as a SLURM job at its time limit."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.at = (epoch, batch)
+        self.signalled = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if self.signalled:
+            raise RuntimeError("the job is killed")  # what SLURM does once the requeue is asked for
+        if (trainer.current_epoch, args[-1]) == self.at:
+            self.signalled = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_slurm_requeue_signal_checkpoints_requeues_and_resumes(
+    make_cfg: MakeCfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    straight = make_cfg(*TWO_EPOCHS, run="straight")
+    train(straight)
+
+    bin_dir = tmp_path / "bin"  # no SLURM here: a stand-in scontrol records what Lightning asks of it
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.txt"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0"}
+    for key, value in {**slurm, "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS_PER_NODE": "1"}.items():
+        monkeypatch.setenv(key, value)
+
+    job = make_cfg(*TWO_EPOCHS, run="job")
+    with pytest.raises(RuntimeError, match="killed"):
+        train(job, callbacks=[_KillAfter(epoch=1, batch=6)])
+    assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "4242"]
+    hpc = Path(job.output_dir) / "hpc_ckpt_1.ckpt"
+    assert torch.load(hpc, weights_only=False)["MNISTDataModule"] == {"epoch": 1, "steps_done": 7}
+
+    requeued = make_cfg(*TWO_EPOCHS, "resume=auto", run="job")  # the requeued job: same command, same directory
+    with caplog.at_level(logging.INFO, logger="mlptrain"):
+        train(requeued)
+    assert f"resume=auto: resuming from {hpc}" in caplog.text  # newer than the last epoch's last.ckpt
+    a, b = weights(summary(straight)["checkpoints"]["last"]), weights(summary(requeued)["checkpoints"]["last"])
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert epoch_rows(requeued.output_dir) == epoch_rows(straight.output_dir)
+
+
+TINY = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=20", "report.enabled=false"]
+
+
+def test_submitit_local_sweep_gives_each_job_its_directory(tmp_path: Path) -> None:
+    # Started from tmp_path, so the default outputs/ tree is made there, as it would be in a user's project.
+    sweep = run_python(
+        str(ROOT / "train.py"), "-m", "hydra/launcher=submitit_local", "model.activation=relu,tanh", *TINY, cwd=tmp_path
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    jobs = sorted(path for path in sweep_dir.iterdir() if path.name.isdigit())
+    assert [job.name for job in jobs] == ["0", "1"]
+    for job, activation in zip(jobs, ("relu", "tanh")):
+        assert json.loads((job / "summary.json").read_text())["status"] == "completed"
+        assert f"activation: {activation}" in (job / "config.yaml").read_text()
+    assert list((sweep_dir / ".submitit").iterdir())  # submitit ran the jobs: its pickles and logs are there
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path: Path) -> None:
+    command = [sys.executable, str(ROOT / "train.py"), *TINY, "trainer.limit_train_batches=1"]
+    runs = [
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)
+    ]
+    assert all(run.wait(timeout=300) == 0 for run in runs)
+    run_dirs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(run_dirs) == 2 and all((run_dir / "summary.json").is_file() for run_dir in run_dirs)
+
+
+def test_several_processes_per_job_in_a_local_sweep_are_refused(tmp_path: Path) -> None:
+    sweep = run_python("train.py", "-m", "trainer=ddp", *TINY, f"hydra.sweep.dir={tmp_path}", timeout=300)
+    assert "trainer.devices=2 inside a -m sweep" in sweep.stderr + sweep.stdout
+    assert not (tmp_path / "0" / "summary.json").exists()

@@ -324,7 +324,7 @@ class MNISTDataModule(L.LightningDataModule):
         if self.trainer is None:
             return {}
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "steps_done": progress.completed}
+        return {"epoch": self.trainer.current_epoch, "steps_done": progress.processed}  # steps whose update is made
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume mid-epoch: the restored epoch skips the mini-batches the checkpointed run had trained on."""
