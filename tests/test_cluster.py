@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
@@ -196,3 +197,20 @@ def test_several_processes_per_job_in_a_local_sweep_are_refused(tmp_path: Path) 
     sweep = run_python("train.py", "-m", "trainer=ddp", *TINY, f"hydra.sweep.dir={tmp_path}", timeout=300)
     assert "trainer.devices=2 inside a -m sweep" in sweep.stderr + sweep.stdout
     assert not (tmp_path / "0" / "summary.json").exists()
+
+
+def test_optuna_search_maximises_val_acc_and_survives_a_failed_trial(tmp_path: Path) -> None:
+    # lr 1e5 makes the loss NaN: that trial fails, is recorded as failed, and the search goes on.
+    search = run_python(
+        "train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=4", "optimizer=sgd",
+        "optimizer.lr=choice(0.05,100000.0)", *TINY, f"hydra.sweep.dir={tmp_path}", timeout=300,
+    )  # fmt: skip
+    assert search.returncode == 0, search.stderr[-3000:]
+    summaries = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("*/summary.json"))]
+    assert len(summaries) == 4
+    statuses = {summary["status"] for summary in summaries}
+    assert statuses == {"completed", "failed"}
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    best = max(summary["best_val_acc"] for summary in summaries if summary["status"] == "completed")
+    assert results["best_value"] == pytest.approx(best)
+    assert results["best_params"]["optimizer.lr"] == 0.05
