@@ -5,6 +5,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -214,3 +215,34 @@ def test_optuna_search_maximises_val_acc_and_survives_a_failed_trial(tmp_path: P
     best = max(summary["best_val_acc"] for summary in summaries if summary["status"] == "completed")
     assert results["best_value"] == pytest.approx(best)
     assert results["best_params"]["optimizer.lr"] == 0.05
+
+
+def test_sbatch_example_runs_under_srun_and_resumes_in_its_job_directory(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"  # no SLURM here: srun runs the task itself, with the variables SLURM would set
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nexec "$@"\n')
+    (bin_dir / "srun").chmod(0o755)
+    job_id = f"{os.getpid()}{len(str(tmp_path))}"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": job_id,
+        "SLURM_SUBMIT_DIR": str(ROOT),
+        "SLURM_JOB_NAME": "mlptrain",
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NODELIST": "localhost",
+        **{key: "0" for key in ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID")},
+    }
+    run_dir = ROOT / "outputs" / "slurm" / job_id
+    command = ["bash", str(ROOT / "scripts" / "slurm" / "train.sbatch"), *TINY]
+    try:
+        first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+        requeued = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # same job id
+        assert requeued.returncode == 0, requeued.stderr[-3000:]
+        assert f"resume=auto: resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in requeued.stdout
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
