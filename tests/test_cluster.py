@@ -5,6 +5,8 @@ import csv
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,8 +18,9 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mlptrain.errors import RunInterrupted
 from mlptrain.train import train
@@ -246,3 +249,24 @@ def test_sbatch_example_runs_under_srun_and_resumes_in_its_job_directory(tmp_pat
         assert f"resume=auto: resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in requeued.stdout
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def readme_cluster_commands() -> list[list[str]]:
+    section = (ROOT / "README.md").read_text().split("## Running on a cluster")[1].split("\n## ")[0]
+    block = re.search(r"```text\n(.*?)```", section, flags=re.S).group(1)
+    return [shlex.split(line, comments=True)[2:] for line in block.splitlines() if line.startswith("python train.py")]
+
+
+@pytest.mark.parametrize("args", readme_cluster_commands(), ids=" ".join)
+def test_readme_cluster_commands_compose(args: list[str], tmp_path: Path) -> None:
+    # Each sweep's first point; the launcher's settings resolved as submitit would receive them.
+    overrides = [re.sub(r"=([^,\[]+),.*", r"=\1", arg) for arg in args if arg != "-m"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    if "hydra/launcher=slurm" in args:
+        assert launcher["tasks_per_node"] == launcher["gpus_per_node"] == cfg.trainer.devices == 4
+        assert launcher["additional_parameters"] == {"signal": "USR1@120", "requeue": True}
+        assert launcher["max_num_timeout"] == 0
+    if "hparams_search=optuna" in args:
+        assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.direction == "maximize"
