@@ -193,8 +193,6 @@ def bench_setup(name: str, rounds: int, epochs: int, device: torch.device) -> li
         ),
         "NumPy, backprop by hand": lambda: numpy_run(cfg, epochs),
     }
-    if cfg.optimizer._target_ != "torch.optim.SGD":  # compile_steps compiles SGD's update only
-        del systems["mlptrain, steps_per_call=50, compile_steps=10"]
     results: dict[str, dict[str, Any]] = {
         s: {"warmup": [], "epochs": [], "acc": [], "rss": [], "cuda": []} for s in systems
     }

@@ -40,10 +40,12 @@ def test_groups_are_the_documented_ones() -> None:
         "trainer",
         "logger",
         "experiment",
+        "hparams_search",
         "baselines",
+        "hydra",  # hydra/launcher/slurm.yaml: tested in tests/test_cluster.py
     }
     assert {"3b1b", "nielsen", "modern"} <= set(GROUPS["experiment"])
-    assert {"cpu", "gpu", "auto"} <= set(GROUPS["trainer"])
+    assert {"cpu", "gpu", "auto", "ddp"} <= set(GROUPS["trainer"])
 
 
 @pytest.mark.parametrize("choice", CHOICES)

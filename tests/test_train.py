@@ -274,18 +274,22 @@ def test_steps_per_call_limits_are_explained(
 
 
 @pytest.mark.parametrize(
-    "sgd", [["optimizer.momentum=0.9", "optimizer.nesterov=true"], ["optimizer.weight_decay=0.01"]]
+    "setup",
+    [
+        ["optimizer=sgd", "optimizer.momentum=0.9", "optimizer.nesterov=true", "scheduler=cosine"],
+        ["optimizer=sgd", "optimizer.weight_decay=0.01", "scheduler=cosine"],
+        ["optimizer=sgd", "scheduler=onecycle"],  # OneCycleLR cycles SGD's momentum, even from 0
+        ["optimizer=adam", "optimizer.weight_decay=0.001", "scheduler=cosine"],
+        ["optimizer=adamw", "scheduler=onecycle"],  # ... and Adam's beta1
+    ],
+    ids=["sgd-nesterov", "sgd-decay", "sgd-onecycle", "adam", "adamw-onecycle"],
 )
-def test_compiled_sgd_steps_match_the_eager_ones(
-    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture, sgd: list[str]
+def test_compiled_steps_match_the_eager_ones(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture, setup: list[str]
 ) -> None:
-    """compile_steps=5 (torch.compile of 5 updates at a time) against plain steps, float64, cosine schedule."""
-    common = [
-        "optimizer=sgd",
-        *sgd,
-        "scheduler=cosine",
-        *FLOAT64_SHORT,
-    ]
+    """compile_steps=5 (torch.compile of 5 updates at a time) against plain steps, float64: the same weights,
+    optimizer state and per-epoch metrics."""
+    common = [*setup, *FLOAT64_SHORT]
     eager = make_cfg(*common, run="eager")
     compiled = make_cfg(*common, "steps_per_call=10", "compile_steps=5", run="compiled")
     train(eager)
@@ -293,14 +297,28 @@ def test_compiled_sgd_steps_match_the_eager_ones(
     a, b = weights(summary(eager)["checkpoints"]["last"]), weights(summary(compiled)["checkpoints"]["last"])
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-10, atol=1e-12), key
+    states = [torch.load(summary(cfg)["checkpoints"]["last"], weights_only=False)["optimizer_states"][0]["state"]
+              for cfg in (eager, compiled)]  # fmt: skip
+    for index, state in states[0].items():
+        for key, value in state.items():
+            other = states[1][index][key].to(value.dtype)  # Adam's step count: float32 or float64
+            assert torch.allclose(value, other, rtol=1e-9, atol=1e-12), (index, key)
     assert summary(compiled)["global_steps"] == summary(eager)["global_steps"] == 140
+    rows = [list(csv.DictReader((Path(cfg.output_dir) / "metrics.csv").open())) for cfg in (eager, compiled)]
+    for row_eager, row_compiled in zip(*rows, strict=True):
+        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+            if row_eager[key]:
+                assert abs(float(row_eager[key]) - float(row_compiled[key])) < 1e-6, key
     assert not [r for r in caplog.records if "torch.compile failed" in r.getMessage()]  # it did not fall back
 
 
 def test_compile_steps_limits_are_explained(make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture) -> None:
     for overrides, message in (
         (["steps_per_call=10", "compile_steps=3", "optimizer=sgd"], "must divide steps_per_call=10"),
-        (["steps_per_call=10", "compile_steps=5"], "compiles SGD's update"),
+        (
+            ["steps_per_call=10", "compile_steps=5", "optimizer=adam", "+optimizer.amsgrad=true"],
+            "not dampening, amsgrad",
+        ),
     ):
         caplog.clear()
         with pytest.raises(SystemExit):

@@ -19,6 +19,7 @@ from mlptrain.model import MLP
 LOSSES = ("cross_entropy", "mse", "binary_cross_entropy")
 MSE_REDUCTIONS = ("half_sum", "sum", "mean")
 SCHEDULERS = ("none", "cosine", "step", "onecycle")
+COMPILED_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW")  # compile_steps
 STAGES = ("train", "val", "test")
 
 log = logging.getLogger(__name__)
@@ -153,30 +154,78 @@ class MLPSystem(L.LightningModule):
                 f"compile_steps={self.compile_steps} must divide steps_per_call={self.steps_per_call}: each "
                 "training step runs its mini-batches in compiled groups of compile_steps."
             )
-        if optimizer.get("_target_") != "torch.optim.SGD" or optimizer.get("dampening", 0):
+        kind = optimizer.get("_target_")
+        unsupported = [key for key in ("dampening", "amsgrad", "maximize") if optimizer.get(key)]
+        if kind not in COMPILED_OPTIMIZERS or unsupported:
             raise ConfigError(
-                "compile_steps compiles SGD's update (momentum, Nesterov and weight decay included) and no other "
-                f"optimizer yet; this config has {optimizer.get('_target_')}. Use optimizer=sgd or compile_steps=0."
+                "compile_steps compiles the updates of SGD (momentum, Nesterov, weight decay), Adam and AdamW "
+                f"(not dampening, amsgrad or maximize); this config has {kind} {' '.join(unsupported)}. Use "
+                "optimizer=sgd, adam or adamw, or compile_steps=0."
             )
         if self.log_grad_norms:
             raise ConfigError("compile_steps does not log gradient norms: set log_grad_norms=false or compile_steps=0.")
 
-    def _sgd_steps(
+    def _state_keys(self, torch_optimizer: Optimizer) -> tuple[str, ...]:
+        """The optimizer's per-parameter state tensors that the compiled updates carry along."""
+        if self.hparams.optimizer["_target_"] == "torch.optim.SGD":
+            return ("momentum_buffer",) if torch_optimizer.param_groups[0]["momentum"] else ()
+        return ("exp_avg", "exp_avg_sq")
+
+    def _update(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], state: list[list[torch.Tensor]], s: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        """One optimizer step as a pure function, computed as torch.optim's single-tensor code computes it.
+
+        `state` holds one list per _state_keys() entry; `s` this step's scalars from _step_scalars(), which
+        follow the schedule (OneCycleLR also cycles SGD's momentum and Adam's beta1).
+        """
+        config = self.hparams.optimizer
+        decay = config.get("weight_decay", 0.0)
+        if config["_target_"] == "torch.optim.SGD":  # s = (lr, momentum)
+            if decay:  # g + wd p; buf = momentum buf + g; p -= lr (g + momentum buf if nesterov, else buf)
+                grads = [g + decay * p for g, p in zip(grads, params)]
+            if state:
+                state = [[s[1] * b + g for b, g in zip(state[0], grads)]]
+                grads = [g + s[1] * b for g, b in zip(grads, state[0])] if config.get("nesterov") else state[0]
+            return [p - s[0] * g for p, g in zip(params, grads)], state
+        # Adam / AdamW: s = (lr, lr / (1 - beta1^t), sqrt(1 - beta2^t), beta1, beta2) for this step t.
+        eps = config.get("eps", 1e-8)
+        if decay and config["_target_"] == "torch.optim.AdamW":
+            params = [p * (1 - s[0] * decay) for p in params]
+        elif decay:
+            grads = [g + decay * p for g, p in zip(grads, params)]
+        exp_avg = [m.lerp(g, 1 - s[3]) for m, g in zip(state[0], grads)]
+        exp_avg_sq = [v * s[4] + (1 - s[4]) * g * g for v, g in zip(state[1], grads)]
+        params = [p - s[1] * (m / (v.sqrt() / s[2] + eps)) for p, m, v in zip(params, exp_avg, exp_avg_sq)]
+        return params, [exp_avg, exp_avg_sq]
+
+    def _step_scalars(self, torch_optimizer: Optimizer, scheduler: Any, steps: int) -> list[list[float]]:
+        """The coming steps' scalars, as the optimizer would read them step by step; steps the scheduler."""
+        group = torch_optimizer.param_groups[0]
+        sgd = self.hparams.optimizer["_target_"] == "torch.optim.SGD"
+        done = 0 if sgd else int(torch_optimizer.state[self.model.layers[0].weight]["step"])
+        rows = []
+        for i in range(steps):
+            if sgd:
+                rows.append([group["lr"], group["momentum"]])
+            else:
+                (beta1, beta2), t = group["betas"], done + i + 1
+                rows.append([group["lr"], group["lr"] / (1 - beta1**t), (1 - beta2**t) ** 0.5, beta1, beta2])
+            if scheduler is not None:
+                scheduler.step()
+        return rows
+
+    def _functional_steps(
         self,
         params: list[torch.Tensor],
-        buffers: list[torch.Tensor],
+        state: list[list[torch.Tensor]],
         xs: torch.Tensor,
         ys: torch.Tensor,
-        lrs: torch.Tensor,
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """compile_steps SGD updates as one pure function, for torch.compile: xs (C, B, 784), ys (C, B), lrs (C,).
-
-        The update is torch.optim.SGD's: g (+ weight_decay p); buf = momentum buf + g; p -= lr (g + momentum buf
-        if nesterov, else buf). Returns the new parameters and buffers, the C losses and outputs (C, B, 10).
-        """
+        scalars: torch.Tensor,
+    ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]], torch.Tensor, torch.Tensor]:
+        """compile_steps updates as one pure function, for torch.compile: xs (C, B, 784), ys (C, B), scalars
+        (C, k). Returns the new parameters and optimizer state, the C losses and outputs (C, B, 10)."""
         names = [name for name, _ in self.model.named_parameters()]
-        config = self.hparams.optimizer
-        momentum, decay = config.get("momentum", 0.0), config.get("weight_decay", 0.0)
 
         def loss_of(values: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             output = torch.func.functional_call(self.model, dict(zip(names, values)), (x,))
@@ -185,50 +234,53 @@ class MLPSystem(L.LightningModule):
         losses, outputs = [], []
         for i in range(xs.shape[0]):
             grads, (loss, output) = torch.func.grad_and_value(loss_of, has_aux=True)(params, xs[i], ys[i])
-            if decay:
-                grads = [g + decay * p for g, p in zip(grads, params)]
-            if momentum:
-                buffers = [momentum * b + g for b, g in zip(buffers, grads)]
-                grads = [g + momentum * b for g, b in zip(grads, buffers)] if config.get("nesterov") else buffers
-            params = [p - lrs[i] * g for p, g in zip(params, grads)]
+            params, state = self._update(params, grads, state, scalars[i])
             losses.append(loss.detach())
             outputs.append(output.detach())
-        return params, buffers, torch.stack(losses), torch.stack(outputs)
+        return params, state, torch.stack(losses), torch.stack(outputs)
 
     def _compiled_group(self, optimizer: Any, group: list[tuple[torch.Tensor, torch.Tensor]], scheduler: Any) -> Any:
         """Run a group of compile_steps mini-batches as one compiled call and return (losses (C,), outputs
         (C, B, 10), labels (C, B)); None where it cannot, and then nothing has changed (run it eagerly)."""
         torch_optimizer = optimizer.optimizer
         params = list(self.model.parameters())
-        momentum = self.hparams.optimizer.get("momentum", 0.0)
-        buffers = [torch_optimizer.state.get(p, {}).get("momentum_buffer") for p in params] if momentum else []
-        if any(b is None for b in buffers) or len({len(y) for _, y in group}) != 1:
-            return None  # SGD's first step creates its momentum buffers; a short last batch changes shapes
-        lrs = []
-        for _ in group:  # the learning rate of each step, as the scheduler would set it step by step
-            lrs.append(torch_optimizer.param_groups[0]["lr"])
-            if scheduler is not None:
-                scheduler.step()
+        keys = self._state_keys(torch_optimizer)
+        if any(key not in torch_optimizer.state.get(p, {}) for p in params for key in keys):
+            return None  # the optimizer's first step creates its state
+        if len({len(y) for _, y in group}) != 1:
+            return None  # a short last batch changes the shapes
+        state = [[torch_optimizer.state[p][key] for p in params] for key in keys]
+        schedule = scheduler.state_dict() if scheduler is not None else None
+        hyper = {
+            key: torch_optimizer.param_groups[0][key]
+            for key in ("lr", "momentum", "betas")
+            if key in torch_optimizer.param_groups[0]
+        }
+        rows = self._step_scalars(torch_optimizer, scheduler, len(group))
         if self._compiled is None:
-            self._compiled = torch.compile(self._sgd_steps, fullgraph=True)
+            self._compiled = torch.compile(self._functional_steps, fullgraph=True)
         xs, ys = torch.stack([x for x, _ in group]), torch.stack([y for _, y in group])
-        lr_tensor = torch.tensor(lrs, dtype=params[0].dtype, device=self.device)
+        scalars = torch.tensor(rows, dtype=params[0].dtype, device=self.device)
         try:
-            new_params, new_buffers, losses, outputs = self._compiled(
-                [p.detach() for p in params], [b.detach() for b in buffers], xs, ys, lr_tensor
+            new_params, new_state, losses, outputs = self._compiled(
+                [p.detach() for p in params], [[t.detach() for t in ts] for ts in state], xs, ys, scalars
             )
         except Exception as error:  # no C++ compiler, an unsupported platform, ...: train on, eagerly
             log.warning("torch.compile failed (%s); compile_steps is off for the rest of this run.", error)
             self.compile_steps = 0
-            torch_optimizer.param_groups[0]["lr"] = lrs[0]  # undo the scheduler steps taken above
-            if scheduler is not None:
-                scheduler.last_epoch -= len(group)
+            if scheduler is not None:  # undo the scheduler steps taken above
+                scheduler.load_state_dict(schedule)
+                torch_optimizer.param_groups[0].update(hyper)
             return None
         with torch.no_grad():
             for p, new in zip(params, new_params):
                 p.copy_(new)
-            for b, new in zip(buffers, new_buffers):
-                b.copy_(new)
+            for old_tensors, new_tensors in zip(state, new_state):
+                for old, new in zip(old_tensors, new_tensors):
+                    old.copy_(new)
+            if "exp_avg" in keys:
+                for p in params:
+                    torch_optimizer.state[p]["step"] += len(group)
         for _ in group:
             optimizer._on_before_step()
             optimizer._on_after_step()
