@@ -15,6 +15,7 @@ def test_bench_reports_every_system_doing_the_same_work(tmp_path: Path) -> None:
     assert set(by_system) == {
         "mlptrain (Lightning Trainer)",
         "mlptrain, steps_per_call=50",
+        "mlptrain, steps_per_call=50, compile_steps=10",
         "bare eager PyTorch loop",
         "mlptrain, loader=dataloader",
         "NumPy, backprop by hand",
