@@ -102,15 +102,20 @@ def test_ranks_share_every_global_batch_without_overlap(world_size: int) -> None
 
 def test_resume_at_skips_the_mini_batches_already_trained_on() -> None:
     n = 100
-    loader = TensorBatches(torch.zeros(n, 1), torch.arange(n), 10, EpochPermutation(n, seed=0), steps_per_call=3)
+    loader = TensorBatches(torch.arange(n)[:, None], torch.arange(n), 10, EpochPermutation(n, seed=0), steps_per_call=3)
     loader.sampler.set_epoch(4)
 
-    def labels() -> torch.Tensor:
-        return torch.cat([y for group in loader for _, y in group])
+    def labels() -> torch.Tensor:  # each item: (xs (K, B, 1), ys (K, B)), the K mini-batches gathered at once
+        return torch.cat([ys.flatten() for _, ys in loader])
 
     whole = labels()
     loader.resume_at(epoch=4, done=6)
     assert torch.equal(labels(), whole[60:])
+    single = TensorBatches(torch.arange(n)[:, None], torch.arange(n), 10, EpochPermutation(n, seed=0))
+    single.sampler.set_epoch(4)
+    assert torch.equal(torch.cat([y for _, y in single]), whole)  # the same batches as one at a time
+    xs, ys = next(iter(loader))
+    assert xs.shape == (3, 10, 1) and torch.equal(xs[..., 0], ys)
     assert torch.equal(labels(), whole)  # the pass after it is whole again
     loader.resume_at(epoch=3, done=6)  # saved at the end of epoch 3: epoch 4 starts at its beginning
     assert torch.equal(labels(), whole)
@@ -236,3 +241,13 @@ def test_failed_download_says_what_to_do(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(datasets.MNIST, "download", offline)
     with pytest.raises(DataError, match="Downloading MNIST into .* failed .*Check the network"):
         prepare_mnist(tmp_path, download=True)
+
+
+def test_a_smaller_last_batch_comes_as_a_list_of_pairs() -> None:
+    n = 95  # nine batches of 10 and one of 5
+    loader = TensorBatches(torch.arange(n)[:, None], torch.arange(n), 10, EpochPermutation(n, seed=1), steps_per_call=4)
+    items = list(loader)
+    assert [type(item) for item in items] == [tuple, tuple, list]
+    assert [len(y) for _, y in items[-1]] == [10, 5]
+    seen = torch.cat([*(ys.flatten() for _, ys in items[:2]), *(y for _, y in items[-1])])
+    assert torch.equal(seen.sort().values, torch.arange(n))

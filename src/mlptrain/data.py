@@ -157,8 +157,10 @@ class TensorBatches:
     ) -> None:
         self.images, self.labels = images, labels  # (N, 784) float, (N,) int64
         self.batch_size = batch_size
-        # With steps_per_call = K > 1, each item is a list of K consecutive mini-batches, for a training
-        # step that makes K updates (MLPSystem's steps_per_call); the batches and their order do not change.
+        # With steps_per_call = K > 1, each item holds K consecutive mini-batches, for a training step that
+        # makes K updates (MLPSystem's steps_per_call); the batches and their order do not change. They are
+        # gathered in one indexing operation, as (xs (K, B, 784), ys (K, B)), or as a list of K (x, y) pairs
+        # where the epoch's last, smaller batch is among them.
         self.steps_per_call = steps_per_call
         self.rank, self.world_size = rank, world_size
         # The two DataLoader attributes Lightning inspects: it calls sampler.set_epoch every epoch.
@@ -183,25 +185,36 @@ class TensorBatches:
         return -(-self.num_batches // self.steps_per_call)
 
     def __iter__(self) -> Iterator[Any]:
-        if self.steps_per_call == 1:
-            yield from self._batches()
+        if self.sampler is None:
+            yield from self._eval_batches()
             return
-        batches = self._batches()
-        while chunk := list(itertools.islice(batches, self.steps_per_call)):
-            yield chunk
+        indices = self._train_indices()
+        if self.steps_per_call == 1:
+            for index in indices:
+                yield self.images[index], self.labels[index]
+            return
+        while chunk := list(itertools.islice(indices, self.steps_per_call)):
+            index = torch.cat(chunk)
+            x, y = self.images[index], self.labels[index]
+            sizes = [len(part) for part in chunk]
+            if len(set(sizes)) == 1:
+                yield x.view(len(chunk), sizes[0], -1), y.view(len(chunk), sizes[0])
+            else:
+                yield list(zip(x.split(sizes), y.split(sizes)))
 
     def _eval_shard(self) -> range:
         size, rest = divmod(len(self.labels), self.world_size)  # cut as tensor_split cuts
         start = self.rank * size + min(self.rank, rest)
         return range(start, start + size + (self.rank < rest))
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.sampler is None:
-            shard = self._eval_shard()
-            for start in range(shard.start, shard.stop, self.batch_size):
-                end = min(start + self.batch_size, shard.stop)
-                yield self.images[start:end], self.labels[start:end]
-            return
+    def _eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        shard = self._eval_shard()
+        for start in range(shard.start, shard.stop, self.batch_size):
+            end = min(start + self.batch_size, shard.stop)
+            yield self.images[start:end], self.labels[start:end]
+
+    def _train_indices(self) -> Iterator[torch.Tensor]:
+        """This epoch's mini-batches as index tensors: this rank's share, after those already trained on."""
         skip = 0
         if self._resume is not None:
             epoch, done = self._resume
@@ -209,9 +222,7 @@ class TensorBatches:
             self._resume = None
         order = self.sampler.permutation().to(self.labels.device)
         for index in order.split(self.batch_size)[skip : self.num_batches]:
-            if self.world_size > 1:
-                index = index.tensor_split(self.world_size)[self.rank]
-            yield self.images[index], self.labels[index]
+            yield index.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else index
 
 
 class MNISTDataModule(L.LightningDataModule):

@@ -2,7 +2,7 @@
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import lightning as L
@@ -239,16 +239,14 @@ class MLPSystem(L.LightningModule):
             outputs.append(output.detach())
         return params, state, torch.stack(losses), torch.stack(outputs)
 
-    def _compiled_group(self, optimizer: Any, group: list[tuple[torch.Tensor, torch.Tensor]], scheduler: Any) -> Any:
-        """Run a group of compile_steps mini-batches as one compiled call and return (losses (C,), outputs
-        (C, B, 10), labels (C, B)); None where it cannot, and then nothing has changed (run it eagerly)."""
+    def _compiled_group(self, optimizer: Any, xs: torch.Tensor, ys: torch.Tensor, scheduler: Any) -> Any:
+        """Run compile_steps mini-batches xs (C, B, 784), ys (C, B) as one compiled call and return (losses (C,),
+        outputs (C, B, 10), labels (C, B)); None where it cannot, and then nothing has changed (run them eagerly)."""
         torch_optimizer = optimizer.optimizer
         params = list(self.model.parameters())
         keys = self._state_keys(torch_optimizer)
         if any(key not in torch_optimizer.state.get(p, {}) for p in params for key in keys):
             return None  # the optimizer's first step creates its state
-        if len({len(y) for _, y in group}) != 1:
-            return None  # a short last batch changes the shapes
         state = [[torch_optimizer.state[p][key] for p in params] for key in keys]
         schedule = scheduler.state_dict() if scheduler is not None else None
         hyper = {
@@ -256,10 +254,9 @@ class MLPSystem(L.LightningModule):
             for key in ("lr", "momentum", "betas")
             if key in torch_optimizer.param_groups[0]
         }
-        rows = self._step_scalars(torch_optimizer, scheduler, len(group))
+        rows = self._step_scalars(torch_optimizer, scheduler, len(xs))
         if self._compiled is None:
             self._compiled = torch.compile(self._functional_steps, fullgraph=True)
-        xs, ys = torch.stack([x for x, _ in group]), torch.stack([y for _, y in group])
         scalars = torch.tensor(rows, dtype=params[0].dtype, device=self.device)
         try:
             new_params, new_state, losses, outputs = self._compiled(
@@ -280,8 +277,8 @@ class MLPSystem(L.LightningModule):
                     old.copy_(new)
             if "exp_avg" in keys:
                 for p in params:
-                    torch_optimizer.state[p]["step"] += len(group)
-        for _ in group:
+                    torch_optimizer.state[p]["step"] += len(xs)
+        for _ in range(len(xs)):
             optimizer._on_before_step()
             optimizer._on_after_step()
         return losses, outputs, ys
@@ -323,12 +320,20 @@ class MLPSystem(L.LightningModule):
         scheduler = self.lr_schedulers() if self.scheduler_interval == "step" else None
         first_step = self.global_step
         results: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (losses, outputs, labels) per group
-        size = self.compile_steps or len(batch)
-        for start in range(0, len(batch), size):
-            group = batch[start : start + size]
-            whole = self.compile_steps and len(group) == size  # a short last group would need its own compile
-            compiled = self._compiled_group(optimizer, group, scheduler) if whole else None
-            results += [compiled] if compiled is not None else self._eager_group(optimizer, group, scheduler)
+        if isinstance(batch, list):  # (x, y) pairs: the epoch's last call, its last mini-batch smaller
+            xs, ys = [x for x, _ in batch], [y for _, y in batch]
+        else:  # (xs (K, B, 784), ys (K, B)): K mini-batches of one size
+            xs, ys = batch
+        size = self.compile_steps or len(xs)
+        for start in range(0, len(xs), size):
+            group = (xs[start : start + size], ys[start : start + size])
+            # A short last group, or batches of two sizes, would need a compile of their own.
+            whole = self.compile_steps and torch.is_tensor(xs) and len(group[0]) == size
+            compiled = self._compiled_group(optimizer, *group, scheduler) if whole else None
+            if compiled is None:
+                results += self._eager_group(optimizer, zip(*group), scheduler)
+            else:
+                results.append(compiled)
         # The metrics and the NaN flag see the K steps at once: one update each instead of K.
         step_losses = torch.cat([losses for losses, _, _ in results])
         outputs = torch.cat([o.flatten(0, 1) for _, o, _ in results])  # (K * B, 10)
@@ -341,7 +346,7 @@ class MLPSystem(L.LightningModule):
         return None
 
     def _eager_group(
-        self, optimizer: Any, group: list[tuple[torch.Tensor, torch.Tensor]], scheduler: Any
+        self, optimizer: Any, group: Iterable[tuple[torch.Tensor, torch.Tensor]], scheduler: Any
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         results = []
         for x, y in group:  # what Lightning's automatic loop does for each mini-batch, minus its overhead
