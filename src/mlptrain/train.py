@@ -176,7 +176,8 @@ def _keep_metrics(trainer: L.Trainer, previous: str) -> None:
 def _check_processes(cfg: DictConfig) -> None:
     """Hydra sweeps and Lightning's own process launcher cannot be combined: refuse that before it starts."""
     devices = cfg.trainer.get("devices", 1)
-    several = devices == -1 or (isinstance(devices, int) and devices > 1) or isinstance(devices, (list, str))
+    one = devices in (1, "1", "auto") or (OmegaConf.is_list(devices) and len(devices) == 1)
+    several = not one or cfg.trainer.get("num_nodes", 1) > 1
     launched = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
     if several and not launched and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise ConfigError(
