@@ -2,6 +2,7 @@
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -212,7 +213,9 @@ class MLPSystem(L.LightningModule):
                 (beta1, beta2), t = group["betas"], done + i + 1
                 rows.append([group["lr"], group["lr"] / (1 - beta1**t), (1 - beta2**t) ** 0.5, beta1, beta2])
             if scheduler is not None:
-                scheduler.step()
+                with warnings.catch_warnings():  # it looks for optimizer.step() calls, which compiled steps do not make
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                    scheduler.step()
         return rows
 
     def _functional_steps(
