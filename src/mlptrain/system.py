@@ -181,20 +181,18 @@ class MLPSystem(L.LightningModule):
         follow the schedule (OneCycleLR also cycles SGD's momentum and Adam's beta1).
         """
         config = self.hparams.optimizer
-        decay = config.get("weight_decay", 0.0)
-        if config["_target_"] == "torch.optim.SGD":  # s = (lr, momentum)
-            if decay:  # g + wd p; buf = momentum buf + g; p -= lr (g + momentum buf if nesterov, else buf)
-                grads = [g + decay * p for g, p in zip(grads, params)]
+        decay, kind = config.get("weight_decay", 0.0), config["_target_"]
+        if decay and kind == "torch.optim.AdamW":  # decoupled: the weights shrink
+            params = [p * (1 - s[0] * decay) for p in params]
+        elif decay:  # SGD and Adam: an L2 term added to the gradient
+            grads = [g + decay * p for g, p in zip(grads, params)]
+        if kind == "torch.optim.SGD":  # s = (lr, momentum); buf = momentum buf + g; p -= lr (g + momentum buf | buf)
             if state:
                 state = [[s[1] * b + g for b, g in zip(state[0], grads)]]
                 grads = [g + s[1] * b for g, b in zip(grads, state[0])] if config.get("nesterov") else state[0]
             return [p - s[0] * g for p, g in zip(params, grads)], state
         # Adam / AdamW: s = (lr, lr / (1 - beta1^t), sqrt(1 - beta2^t), beta1, beta2) for this step t.
         eps = config.get("eps", 1e-8)
-        if decay and config["_target_"] == "torch.optim.AdamW":
-            params = [p * (1 - s[0] * decay) for p in params]
-        elif decay:
-            grads = [g + decay * p for g, p in zip(grads, params)]
         exp_avg = [m.lerp(g, 1 - s[3]) for m, g in zip(state[0], grads)]
         exp_avg_sq = [v * s[4] + (1 - s[4]) * g * g for v, g in zip(state[1], grads)]
         params = [p - s[1] * (m / (v.sqrt() / s[2] + eps)) for p, m, v in zip(params, exp_avg, exp_avg_sq)]
