@@ -1,7 +1,6 @@
 """A real sweep (`python train.py -m`) and scripts/report.py over it."""
 
 import csv
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,15 +10,11 @@ from tests.conftest import run_python
 SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=20", "report.enabled=false", "progress_bar=false"]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return run_python(*args)
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 activations x 2 seeds, and a learning rate that diverges in one more setting."""
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    done = _run(
+    done = run_python(
         "train.py",
         "-m",
         "model.activation=relu,tanh",
@@ -40,7 +35,7 @@ def test_a_failed_job_does_not_stop_the_sweep(sweep: Path) -> None:
 
 
 def test_report_folds_seeds_into_mean_and_std(sweep: Path) -> None:
-    done = _run("scripts/report.py", str(sweep))
+    done = run_python("scripts/report.py", str(sweep))
     assert done.returncode == 0, done.stderr
     table = (sweep / "sweep_report.md").read_text()
     assert "varied: model.activation, optimizer.lr, seed." in table
@@ -57,5 +52,5 @@ def test_report_folds_seeds_into_mean_and_std(sweep: Path) -> None:
 
 
 def test_report_on_a_folder_without_runs(tmp_path: Path) -> None:
-    done = _run("scripts/report.py", str(tmp_path))
+    done = run_python("scripts/report.py", str(tmp_path))
     assert done.returncode == 1 and "No summary.json below" in done.stderr
