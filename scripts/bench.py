@@ -1,8 +1,9 @@
-"""Seconds per epoch of the trainer (as it is, with steps_per_call=50, and for SGD also compiled) against a
-bare PyTorch loop, the DataLoader path and the NumPy baseline.
+"""Seconds per epoch of the trainer (as `python train.py` runs it, in Lightning's own loop, and compiled)
+against a bare PyTorch loop, the DataLoader path and the NumPy baseline; and whole runs, end to end.
 
     python scripts/bench.py                          # both setups below, 3 rounds of 2 epochs per system
     python scripts/bench.py setups=[nielsen] rounds=5 epochs=3 out=bench.json
+    python scripts/bench.py e2e=true                 # python train.py experiment=nielsen against network.py, 30 epochs
 
 In one process, the systems take turns (round 1: each system, round 2: each system, ...), each round a fresh
 model trained for `epochs` epochs on the same batches, so that load on a shared machine hits them alike. The
@@ -10,12 +11,23 @@ first epoch of every round is left out of "s/epoch", the median of the others, w
 warm-up column is round 1's first epoch (with torch.compile, compiling happens there). Every system
 trains the same network the same way and reports the test accuracy it reached, so that none can win by
 doing less work. Peak memory is the process's resident set growth while the system ran
-(host) and torch's peak allocation (CUDA).
+(host) and torch's peak allocation (CUDA). The `mlptrain` row is the trainer with no speed settings: the path
+that `steps_per_call=auto compile=auto` picks for the setup's whole run (its `path` field says which), timed
+for `epochs` epochs.
+
+With e2e=true, whole processes are timed from start to exit, `runs` times each, taking turns:
+`python train.py experiment=nielsen` with a cold compile cache (a fresh TORCHINDUCTOR_CACHE_DIR) and with a
+warm one, against the Nielsen-style network of scripts/nielsen_network.py trained for the same epochs on the
+same batches in a process of its own (loading MNIST, and the test accuracy after every epoch as network.py
+prints it, included).
 """
 
 import json
 import logging
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,17 +45,29 @@ from mlptrain.compare import epoch_batches
 from mlptrain.data import MNISTDataModule, TensorBatches
 from mlptrain.model import MLP
 from mlptrain.numpy_mlp import NumpyBaseline
+from mlptrain.step import choose_path
 from mlptrain.system import make_loss
 from mlptrain.train import train
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
 SETUPS = {
     # 784-256-256-10 ReLU, cross-entropy, Adam 1e-3, batch 128
     "relu": ["model.hidden=[256,256]", "optimizer=adam", "scheduler=none", "data.batch_size=128"],
     # Nielsen's 784-30-10 sigmoid, quadratic cost, SGD 3.0, batch 10
     "nielsen": ["experiment=nielsen"],
 }
-DEFAULTS = {"setups": list(SETUPS), "rounds": 3, "epochs": 2, "out": "bench.json", "device": "auto"}
+DEFAULTS = {
+    "setups": list(SETUPS),
+    "rounds": 3,
+    "epochs": 2,
+    "out": "bench.json",
+    "device": "auto",
+    "e2e": False,  # true: whole processes, python train.py experiment=nielsen against network.py (below)
+    "runs": 3,  # e2e: runs of each
+    "e2e_epochs": 30,
+    "mode": "table",  # nielsen_network: one process training the network.py baseline (what e2e times)
+}
 
 
 def _compose(overrides: list[str], run_dir: Path) -> DictConfig:
@@ -105,8 +129,15 @@ class _EpochTimes(L.Callback):
             self.seconds.append(time.perf_counter() - self.started)
 
 
+def as_train_py_runs_it(cfg: DictConfig) -> tuple[DictConfig, str]:
+    """The config with steps_per_call and compile set to what auto picks for the setup's whole run, so that a
+    benchmark of a few epochs times the path a full `python train.py` takes."""
+    path = choose_path(cfg)
+    return OmegaConf.merge(cfg, {"steps_per_call": path.steps_per_call, "compile": path.compile}), path.why
+
+
 def lightning_run(cfg: DictConfig, epochs: int) -> tuple[list[float], float]:
-    """mlptrain's trainer as a user runs it (validation each epoch is not timed)."""
+    """mlptrain's trainer (validation each epoch is not timed)."""
     timer = _EpochTimes()
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = OmegaConf.merge(cfg, {"output_dir": run_dir, "trainer": {"max_epochs": epochs}})
@@ -181,12 +212,13 @@ def bench_setup(name: str, rounds: int, epochs: int, device: torch.device) -> li
             [*SETUPS[name], f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"], Path(scratch)
         )
     n_train = 60_000 - cfg.data.val_size
+    as_is, path = as_train_py_runs_it(cfg)
     systems: dict[str, Callable[[], tuple[list[float], float]]] = {
-        "mlptrain (Lightning Trainer)": lambda: lightning_run(cfg, epochs),
-        "mlptrain, steps_per_call=50": lambda: lightning_run(OmegaConf.merge(cfg, {"steps_per_call": 50}), epochs),
-        "mlptrain, steps_per_call=50, compile_steps=10": lambda: lightning_run(
-            OmegaConf.merge(cfg, {"steps_per_call": 50, "compile_steps": 10}), epochs
+        "mlptrain": lambda: lightning_run(as_is, epochs),
+        "mlptrain, Lightning's loop (steps_per_call=1)": lambda: lightning_run(
+            OmegaConf.merge(cfg, {"steps_per_call": 1, "compile": False}), epochs
         ),
+        "mlptrain, compile=true": lambda: lightning_run(OmegaConf.merge(cfg, {"compile": True}), epochs),
         "bare eager PyTorch loop": lambda: eager_run(cfg, epochs, device),
         "mlptrain, loader=dataloader": lambda: lightning_run(
             OmegaConf.merge(cfg, {"data": {"loader": "dataloader"}}), epochs
@@ -228,6 +260,7 @@ def bench_setup(name: str, rounds: int, epochs: int, device: torch.device) -> li
                 "peak_cuda_mb": max(result["cuda"]) if result["cuda"] else None,
                 "test_acc": statistics.median(result["acc"]),
                 "epochs_timed": len(result["epochs"]),
+                **({"path": path} if system == "mlptrain" else {}),
             }
         )
     return rows
@@ -248,9 +281,79 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def nielsen_network_process(epochs: int) -> None:
+    """Train network.py's design (scripts/nielsen_network.py) as experiment=nielsen sets it up, printing the test
+    accuracy after each epoch as network.py does: the baseline that e2e times as a process of its own."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from nielsen_network import NielsenBaseline
+
+    with tempfile.TemporaryDirectory() as scratch:
+        cfg = _compose(["experiment=nielsen"], Path(scratch))
+    L.seed_everything(cfg.seed, verbose=False)
+    baseline = NielsenBaseline(hidden=cfg.model.hidden, lr=cfg.optimizer.lr)
+    baseline.load_weights(
+        [(layer.weight.detach().numpy(), layer.bias.detach().numpy()) for layer in MLP(**cfg.model).layers]
+    )
+    data = _tensor_data(cfg, torch.device("cpu"))
+    x, y = data.splits["train"].images.numpy(), data.splits["train"].labels.numpy()  # type: ignore[union-attr]
+    test_x, test_y = data.splits["test"].images.numpy(), data.splits["test"].labels.numpy()  # type: ignore[union-attr]
+    for epoch in range(epochs):
+        baseline.fit_epoch(x, y, epoch_batches(len(y), cfg.data.batch_size, cfg.data.shuffle_seed, epoch, None))
+        print(f"Epoch {epoch}: {int((baseline.predict(test_x) == test_y).sum())} / {len(test_y)}", flush=True)
+
+
+def end_to_end(runs: int, epochs: int) -> list[dict[str, Any]]:
+    """Whole processes timed start to exit, systems taking turns: the trainer with a cold and with a warm
+    compile cache, and the Nielsen-style network. Returns one row per system with the median and the runs."""
+    warm_cache = tempfile.mkdtemp(prefix="bench-inductor-")
+    train_py = [sys.executable, "train.py", "experiment=nielsen", f"trainer.max_epochs={epochs}"]
+    network_py = [sys.executable, "scripts/bench.py", "mode=nielsen_network", f"e2e_epochs={epochs}"]
+
+    def timed(command: list[str], cache: str) -> float:
+        with tempfile.TemporaryDirectory() as run_dir:
+            extra = [f"hydra.run.dir={run_dir}"] if command is train_py else []
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+            started = time.perf_counter()
+            subprocess.run([*command, *extra], cwd=ROOT, env=env, check=True, capture_output=True)
+            return time.perf_counter() - started
+
+    timed(train_py, warm_cache)  # fills the warm cache; not timed
+    seconds: dict[str, list[float]] = {"mlptrain, cold compile cache": [], "mlptrain, warm compile cache": [],
+                                       "nielsen_network": []}  # fmt: skip
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as cold_cache:
+            seconds["mlptrain, cold compile cache"].append(timed(train_py, cold_cache))
+        seconds["mlptrain, warm compile cache"].append(timed(train_py, warm_cache))
+        seconds["nielsen_network"].append(timed(network_py, warm_cache))
+    baseline = statistics.median(seconds["nielsen_network"])
+    return [
+        {
+            "system": name,
+            "epochs": epochs,
+            "wall_s": statistics.median(runs_s),
+            "runs_s": runs_s,
+            "x_nielsen_network": statistics.median(runs_s) / baseline,
+        }
+        for name, runs_s in seconds.items()
+    ]
+
+
 if __name__ == "__main__":
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the table is the output
     args = OmegaConf.merge(DEFAULTS, OmegaConf.from_cli())
+    if args.mode == "nielsen_network":
+        nielsen_network_process(args.e2e_epochs)
+        sys.exit(0)
+    if args.e2e:
+        rows = end_to_end(args.runs, args.e2e_epochs)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.runs} runs of each, taking turns")
+        print("| system | epochs | wall s (median) | runs | × nielsen_network |\n|---|---|---|---|---|")
+        for r in rows:
+            runs_s = ", ".join(f"{t:.1f}" for t in r["runs_s"])
+            print(f"| {r['system']} | {r['epochs']} | {r['wall_s']:.1f} | {runs_s} | {r['x_nielsen_network']:.2f} |")
+        Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+        print(f"JSON: {args.out}")
+        sys.exit(0)
     wanted = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = torch.device("cpu" if wanted == "auto" else wanted)
     rows = [row for name in args.setups for row in bench_setup(name, args.rounds, args.epochs, device)]

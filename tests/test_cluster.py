@@ -141,7 +141,8 @@ class _KillAfter(Callback):
 def test_slurm_requeue_signal_checkpoints_requeues_and_resumes(
     make_cfg: MakeCfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    straight = make_cfg(*TWO_EPOCHS, run="straight")
+    setup = [*TWO_EPOCHS, "steps_per_call=1"]  # Lightning's loop, where the kill below lands at mini-batch 7
+    straight = make_cfg(*setup, run="straight")
     train(straight)
 
     bin_dir = tmp_path / "bin"  # no SLURM here: a stand-in scontrol records what Lightning asks of it
@@ -153,14 +154,14 @@ def test_slurm_requeue_signal_checkpoints_requeues_and_resumes(
     for key, value in {**slurm, "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NTASKS_PER_NODE": "1"}.items():
         monkeypatch.setenv(key, value)
 
-    job = make_cfg(*TWO_EPOCHS, run="job")
+    job = make_cfg(*setup, run="job")
     with pytest.raises(RuntimeError, match="killed"):
         train(job, callbacks=[_KillAfter(epoch=1, batch=6)])
     assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "4242"]
     hpc = Path(job.output_dir) / "hpc_ckpt_1.ckpt"
     assert torch.load(hpc, weights_only=False)["MNISTDataModule"] == {"epoch": 1, "steps_done": 7}
 
-    requeued = make_cfg(*TWO_EPOCHS, "resume=auto", run="job")  # the requeued job: same command, same directory
+    requeued = make_cfg(*setup, "resume=auto", run="job")  # the requeued job: same command, same directory
     with caplog.at_level(logging.INFO, logger="mlptrain"):
         train(requeued)
     assert f"resume=auto: resuming from {hpc}" in caplog.text  # newer than the last epoch's last.ckpt

@@ -1,4 +1,6 @@
-"""CUDA runs: skipped where there is no GPU (CI has none); run them on a GPU machine with `pytest tests/test_gpu.py`."""
+"""CUDA runs: skipped where there is no GPU (CI has none). On a GPU machine, `pytest tests/test_gpu.py` checks
+every path that differs there: the data on the device, the fast and compiled steps against Lightning's loop,
+and the CUDA random-generator state in checkpoints."""
 
 import json
 from pathlib import Path
@@ -7,13 +9,17 @@ import pytest
 import torch
 
 from mlptrain.data import MNISTDataModule
+from mlptrain.errors import RunInterrupted
 from mlptrain.train import train
+from tests.test_cluster import TWO_EPOCHS, _SigtermAt, epoch_rows
+from tests.test_train import FLOAT64_SHORT, summary, weights
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GPU = "trainer.accelerator=gpu"
 
 
 def test_data_lives_on_the_gpu_when_training_there(make_cfg) -> None:
-    cfg = make_cfg("trainer.accelerator=gpu", "trainer.limit_train_batches=null", "model.hidden=[64]")
+    cfg = make_cfg(GPU, "trainer.limit_train_batches=null", "model.hidden=[64]")
     train(cfg)
     result = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
     assert result["device"].startswith("cuda") and result["test_acc"] >= 0.92
@@ -24,3 +30,46 @@ def test_tensor_batches_are_gathered_on_the_device() -> None:
     data.setup(device=torch.device("cuda", 0))
     x, y = next(iter(data.train_dataloader()))
     assert x.is_cuda and y.is_cuda and x.shape == (128, 784)
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        ["optimizer=sgd", "optimizer.momentum=0.9", "optimizer.nesterov=true", "optimizer.weight_decay=0.01"],
+        ["optimizer=adam", "optimizer.weight_decay=0.001", "scheduler=onecycle", "trainer.gradient_clip_val=0.5"],
+        ["optimizer=adamw", "scheduler=cosine", "log_grad_norms=true"],
+    ],
+    ids=["sgd", "adam-clip", "adamw"],
+)
+def test_fast_and_compiled_steps_match_lightnings_loop_on_the_gpu(make_cfg, setup: list[str]) -> None:
+    """The CPU test (tests/test_train.py::test_every_path_makes_the_plain_paths_updates) on CUDA, where torch.optim
+    picks its foreach kernels and the compiled steps run Triton code."""
+    common = [GPU, *setup, *FLOAT64_SHORT]
+    plain = make_cfg(*common, "steps_per_call=1", "compile=false", run="plain")
+    train(plain)
+    for name, path in {
+        "several": ["steps_per_call=7", "compile=false"],
+        "compiled": ["steps_per_call=20", "compile=true"],
+    }.items():
+        other = make_cfg(*common, *path, run=name)
+        train(other)
+        a, b = weights(summary(plain)["checkpoints"]["last"]), weights(summary(other)["checkpoints"]["last"])
+        for key in a:
+            assert torch.allclose(a[key], b[key], rtol=1e-10, atol=1e-10), (name, key)
+        assert summary(other)["global_steps"] == summary(plain)["global_steps"] == 140
+        assert summary(other)["test_acc"] == pytest.approx(summary(plain)["test_acc"], abs=1e-9)
+
+
+def test_checkpoints_hold_the_cuda_generator_and_resume_dropout_exactly(make_cfg) -> None:
+    setup = [GPU, *TWO_EPOCHS]  # dropout 0.2: a resume must restore where the CUDA generator was
+    straight = make_cfg(*setup, run="straight")
+    train(straight)
+    assert "cuda" in torch.load(summary(straight)["checkpoints"]["last"], weights_only=False)["rng_states"]
+    stopped = make_cfg(*setup, run="stopped")
+    with pytest.raises(RunInterrupted):
+        train(stopped, callbacks=[_SigtermAt(epoch=1, batch=0)])  # mid-epoch
+    resumed = make_cfg(*setup, "resume=auto", run="stopped")
+    train(resumed)
+    a, b = weights(summary(straight)["checkpoints"]["last"]), weights(summary(resumed)["checkpoints"]["last"])
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert epoch_rows(resumed.output_dir) == epoch_rows(straight.output_dir)

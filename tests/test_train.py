@@ -3,6 +3,7 @@
 import csv
 import gzip
 import json
+import logging
 import re
 import shutil
 import signal
@@ -15,9 +16,10 @@ import torch
 from omegaconf import DictConfig
 
 from mlptrain.data import EMBEDDED_DIR, SHA256
+from mlptrain.step import choose_path
 from mlptrain.system import MLPSystem
 from mlptrain.train import main, train
-from tests.conftest import logged_errors, run_python
+from tests.conftest import compose_config, logged_errors, run_python
 
 MakeCfg = Callable[..., DictConfig]
 # 2 epochs of 70 mini-batches of 10 images in float64, where two ways of making the same updates must agree.
@@ -163,9 +165,9 @@ def test_asking_for_a_gpu_without_one(make_cfg: MakeCfg, caplog: pytest.LogCaptu
     assert error.startswith("The trainer config is not valid") and "trainer.*" in error
 
 
-@pytest.mark.parametrize(("steps_per_call", "calls"), [(1, 50), (10, 5)])  # 50 mini-batches an epoch either way
+@pytest.mark.parametrize("steps_per_call", [1, 10])  # 50 mini-batches an epoch either way
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_earlier_checkpoints(
-    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture, steps_per_call: int, calls: int
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture, steps_per_call: int
 ) -> None:
     # A step schedule that multiplies the learning rate by 1e30 after the first epoch: epoch 1 diverges.
     cfg = make_cfg(
@@ -175,8 +177,8 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_earlier_checkpoints(
         "scheduler.gamma=1e30",
         "trainer.max_epochs=3",
         f"steps_per_call={steps_per_call}",
-        f"trainer.limit_train_batches={calls}",
-        f"check_finite_every_n_steps={calls // 5}",
+        "trainer.limit_train_batches=50",
+        "check_finite_every_n_steps=10",
     )
     with pytest.raises(SystemExit):
         main(cfg)
@@ -234,96 +236,150 @@ def test_hydra_names_unknown_keys_and_groups(tmp_path: Path) -> None:
     assert group.returncode != 0 and "Available options in 'optimizer'" in group.stderr
 
 
+OPTIMIZERS = {
+    "sgd-nesterov-decay": [
+        "optimizer=sgd",
+        "optimizer.momentum=0.9",
+        "optimizer.nesterov=true",
+        "optimizer.weight_decay=0.01",
+    ],
+    "adam": ["optimizer=adam", "optimizer.weight_decay=0.001"],
+    "adamw-default-decay": ["optimizer=adamw", "~optimizer.weight_decay"],  # torch's AdamW default, 0.01
+}
+SCHEDULES = {"none": ["scheduler=none"], "cosine": ["scheduler=cosine"], "onecycle": ["scheduler=onecycle"]}
+CLIPPED = {  # gradient clipping, both algorithms, and the gradient norms logged before it
+    "sgd-cosine-clip-norm": [*OPTIMIZERS["sgd-nesterov-decay"], "scheduler=cosine", "trainer.gradient_clip_val=0.5"],
+    "adam-onecycle-cycled-clip-value": [
+        *OPTIMIZERS["adam"],
+        "scheduler=onecycle",
+        "scheduler.cycle_momentum=true",  # beta1 cycled step by step: scheduled values inside a compiled group
+        "trainer.gradient_clip_val=0.01",
+        "+trainer.gradient_clip_algorithm=value",
+    ],
+}
+SETUPS = {
+    **{f"{o}-{s}": [*OPTIMIZERS[o], *SCHEDULES[s]] for o in OPTIMIZERS for s in SCHEDULES},
+    **{name: [*setup, "log_grad_norms=true"] for name, setup in CLIPPED.items()},
+}
+PATHS = {
+    "several": ["steps_per_call=7", "compile=false"],
+    # 70 mini-batches an epoch, 20 a call: groups of 10 compiled, and short groups and the first update eager
+    "compiled": ["steps_per_call=20", "compile=true"],
+}
+
+
+def _optimizer_state(cfg: DictConfig) -> dict:
+    return torch.load(summary(cfg)["checkpoints"]["last"], weights_only=False)["optimizer_states"][0]["state"]
+
+
+def _epoch_values(cfg: DictConfig) -> list[dict[str, float]]:
+    rows = csv.DictReader((Path(cfg.output_dir) / "metrics.csv").open())
+    wanted = ("train/", "val/", "test/", "grad_norm/", "lr-")
+    return [{k: float(v) for k, v in row.items() if v and k.startswith(wanted)} for row in rows]
+
+
+@pytest.mark.parametrize("setup", SETUPS.values(), ids=SETUPS.keys())
+def test_every_path_makes_the_plain_paths_updates(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture, setup: list[str]
+) -> None:
+    """Several mini-batches per training step, eager and compiled, against Lightning's own loop (one
+    optimizer.step() per step), float64: weights, optimizer state and epoch metrics agree to 1e-10."""
+    common = [*setup, *FLOAT64_SHORT]
+    plain = make_cfg(*common, "steps_per_call=1", "compile=false", run="plain")
+    train(plain)
+    for name, path in PATHS.items():
+        other = make_cfg(*common, *path, run=name)
+        train(other)
+        a, b = weights(summary(plain)["checkpoints"]["last"]), weights(summary(other)["checkpoints"]["last"])
+        for key in a:
+            assert torch.allclose(a[key], b[key], rtol=1e-10, atol=1e-10), (name, key, (a[key] - b[key]).abs().max())
+        states = _optimizer_state(plain), _optimizer_state(other)
+        assert states[0].keys() == states[1].keys() and states[0], name
+        for index, state in states[0].items():
+            for key, value in state.items():
+                assert torch.allclose(value, states[1][index][key].to(value.dtype), rtol=1e-10, atol=1e-10), key
+        assert summary(other)["global_steps"] == summary(plain)["global_steps"] == 140
+        rows = _epoch_values(plain), _epoch_values(other)
+        assert [row.keys() for row in rows[0]] == [row.keys() for row in rows[1]], name
+        for row_plain, row_other in zip(*rows):
+            for key, value in row_plain.items():
+                assert row_other[key] == pytest.approx(value, rel=1e-10, abs=1e-10), (name, key)
+    assert not [r for r in caplog.records if "torch.compile failed" in r.getMessage()]  # it did compile
+
+
 @pytest.mark.parametrize(
-    "setup",
+    ("overrides", "path"),
     [
-        ["optimizer=sgd", "optimizer.momentum=0.9", "scheduler=cosine"],
-        ["optimizer=adam", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5"],
-        ["optimizer=adamw", "scheduler=onecycle"],
+        ([], "50 mini-batches per training step, not compiled (3,910 updates, fewer than the 20,000"),
+        (["experiment=nielsen"], "50 mini-batches per training step, compiled (150,000 updates, at least 20,000"),
+        (["experiment=modern", "trainer.max_epochs=60"], "not compiled (dropout: compiled code would draw"),
+        (["data.loader=dataloader"], "Lightning's loop, one mini-batch per training step: data.loader=dataloader"),
+        (["trainer=ddp"], "Lightning's loop, one mini-batch per training step: with several processes"),
+        (["trainer.precision=bf16-mixed"], "trainer.precision=bf16-mixed needs Lightning's mixed-precision loop"),
+        (["+trainer.max_steps=100"], "trainer.max_steps counts Lightning's training steps"),
+        (["optimizer._target_=torch.optim.RMSprop", "~optimizer.betas"], "torch.optim.RMSprop has no functional"),
+        (["steps_per_call=1"], "Lightning's loop, one mini-batch per training step: steps_per_call=1"),
+        (["steps_per_call=8", "compile=true"], "8 mini-batches per training step, compiled (compile=true)"),
+        (["optimizer=sgd", "scheduler=onecycle", "scheduler.cycle_momentum=true"], "SGD's momentum is cycled"),
     ],
 )
-def test_several_steps_per_call_make_the_same_updates(make_cfg: MakeCfg, setup: list[str]) -> None:
-    """steps_per_call=7 against 1, float64: the same weights bit for bit, the same step count and metrics."""
-    common = [*setup, *FLOAT64_SHORT]
-    one, seven = make_cfg(*common, run="one"), make_cfg(*common, "steps_per_call=7", run="seven")
-    train(one)
-    train(seven)
-    a, b = weights(summary(one)["checkpoints"]["last"]), weights(summary(seven)["checkpoints"]["last"])
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert summary(one)["global_steps"] == summary(seven)["global_steps"] == 140
-    rows = [list(csv.DictReader((Path(cfg.output_dir) / "metrics.csv").open())) for cfg in (one, seven)]
-    for metric in ("train/loss", "train/acc", "val/acc", "test/acc"):
-        values = [[float(r[metric]) for r in run if r.get(metric)] for run in rows]
-        assert values[0] == pytest.approx(values[1], rel=1e-6), metric  # torchmetrics sums in float32
+def test_the_training_path_is_chosen_from_the_config(tmp_path: Path, overrides: list[str], path: str) -> None:
+    assert path in choose_path(compose_config(overrides, tmp_path)).why  # the real config, not the small run
+
+
+def test_the_chosen_path_is_logged_in_one_line(make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    train(make_cfg("trainer.limit_train_batches=20", "report.enabled=false"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Training path:")]
+    assert lines == ["Training path: 50 mini-batches per training step, not compiled (20 updates, fewer than the "
+                     "20,000 that pay for compiling)"]  # fmt: skip
+
+
+def test_an_optimizer_without_a_functional_update_trains_in_lightnings_loop(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    cfg = make_cfg(
+        "optimizer._target_=torch.optim.RMSprop", "~optimizer.betas", "steps_per_call=4", "report.enabled=false"
+    )
+    train(cfg)
+    assert any("torch.optim.RMSprop has no functional update" in r.getMessage() for r in caplog.records)
+    assert summary(cfg)["global_steps"] == 100 and summary(cfg)["test_acc"] > 0.85
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 7])
+@pytest.mark.parametrize(("limit", "updates"), [("30", 30), ("0.1", 39)])  # 391 mini-batches an epoch
+def test_limit_train_batches_counts_mini_batches_on_every_path(
+    make_cfg: MakeCfg, steps_per_call: int, limit: str, updates: int
+) -> None:
+    cfg = make_cfg(f"steps_per_call={steps_per_call}", f"trainer.limit_train_batches={limit}", "trainer.max_epochs=2",
+                   "report.enabled=false")  # fmt: skip
+    train(cfg)
+    assert summary(cfg)["global_steps"] == 2 * updates
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["steps_per_call=0"], "steps_per_call must be a positive integer"),
-        (["steps_per_call=4", "data.loader=dataloader"], "needs data.loader=tensor"),
-        (["steps_per_call=4", "trainer.gradient_clip_val=1.0"], "does not clip gradients"),
+        (["steps_per_call=0"], "steps_per_call must be auto or a positive integer, got 0"),
+        (
+            ["steps_per_call=4", "data.loader=dataloader"],
+            "steps_per_call=4 cannot be used here: data.loader=dataloader",
+        ),
+        (["compile=maybe"], "compile must be auto, true or false, got 'maybe'"),
+        (["steps_per_call=1", "compile=true"], "but this run makes one per step (steps_per_call=1)"),
+        (
+            ["optimizer=sgd", "scheduler=onecycle", "scheduler.cycle_momentum=true", "compile=true"],
+            "compile=true does not compile SGD with a momentum that scheduler.cycle_momentum=true changes",
+        ),
     ],
 )
-def test_steps_per_call_limits_are_explained(
+def test_speed_settings_that_cannot_hold_are_explained(
     make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture, overrides: list[str], message: str
 ) -> None:
     with pytest.raises(SystemExit):
         main(make_cfg(*overrides))
     assert message in logged_errors(caplog)[0]
-
-
-@pytest.mark.parametrize(
-    "setup",
-    [
-        ["optimizer=sgd", "optimizer.momentum=0.9", "optimizer.nesterov=true", "scheduler=cosine"],
-        ["optimizer=sgd", "optimizer.weight_decay=0.01", "scheduler=cosine"],
-        ["optimizer=sgd", "scheduler=onecycle"],  # OneCycleLR cycles SGD's momentum, even from 0
-        ["optimizer=adam", "optimizer.weight_decay=0.001", "scheduler=cosine"],
-        ["optimizer=adamw", "scheduler=onecycle"],  # ... and Adam's beta1
-    ],
-    ids=["sgd-nesterov", "sgd-decay", "sgd-onecycle", "adam", "adamw-onecycle"],
-)
-def test_compiled_steps_match_the_eager_ones(
-    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture, setup: list[str]
-) -> None:
-    """compile_steps=5 (torch.compile of 5 updates at a time) against plain steps, float64: the same weights,
-    optimizer state and per-epoch metrics."""
-    common = [*setup, *FLOAT64_SHORT]
-    eager = make_cfg(*common, run="eager")
-    compiled = make_cfg(*common, "steps_per_call=10", "compile_steps=5", run="compiled")
-    train(eager)
-    train(compiled)
-    a, b = weights(summary(eager)["checkpoints"]["last"]), weights(summary(compiled)["checkpoints"]["last"])
-    for key in a:
-        assert torch.allclose(a[key], b[key], rtol=1e-10, atol=1e-12), key
-    states = [torch.load(summary(cfg)["checkpoints"]["last"], weights_only=False)["optimizer_states"][0]["state"]
-              for cfg in (eager, compiled)]  # fmt: skip
-    for index, state in states[0].items():
-        for key, value in state.items():
-            other = states[1][index][key].to(value.dtype)  # Adam's step count: float32 or float64
-            assert torch.allclose(value, other, rtol=1e-9, atol=1e-12), (index, key)
-    assert summary(compiled)["global_steps"] == summary(eager)["global_steps"] == 140
-    rows = [list(csv.DictReader((Path(cfg.output_dir) / "metrics.csv").open())) for cfg in (eager, compiled)]
-    for row_eager, row_compiled in zip(*rows, strict=True):
-        for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
-            if row_eager[key]:
-                assert abs(float(row_eager[key]) - float(row_compiled[key])) < 1e-6, key
-    assert not [r for r in caplog.records if "torch.compile failed" in r.getMessage()]  # it did not fall back
-
-
-def test_compile_steps_limits_are_explained(make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture) -> None:
-    for overrides, message in (
-        (["steps_per_call=10", "compile_steps=3", "optimizer=sgd"], "must divide steps_per_call=10"),
-        (
-            ["steps_per_call=10", "compile_steps=5", "optimizer=adam", "+optimizer.amsgrad=true"],
-            "not dampening, amsgrad",
-        ),
-    ):
-        caplog.clear()
-        with pytest.raises(SystemExit):
-            main(make_cfg(*overrides))
-        assert message in logged_errors(caplog)[0]
 
 
 def test_compile_failure_falls_back_to_eager_steps(
@@ -346,11 +402,12 @@ def test_compile_failure_falls_back_to_eager_steps(
         "report.enabled=false",
     ]
     plain, fallback = (
-        make_cfg(*common, run="plain"),
-        make_cfg(*common, "steps_per_call=10", "compile_steps=5", run="fb"),
+        make_cfg(*common, "steps_per_call=1", run="plain"),
+        make_cfg(*common, "steps_per_call=10", "compile=true", run="fb"),
     )
     train(plain)
     train(fallback)
-    assert any("torch.compile failed (no C++ compiler)" in r.getMessage() for r in caplog.records)
+    warnings = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert len(warnings) == 1 and "(no C++ compiler)" in warnings[0]
     a, b = weights(summary(plain)["checkpoints"]["last"]), weights(summary(fallback)["checkpoints"]["last"])
     assert all(torch.equal(a[k], b[k]) for k in a)  # the steps it could not compile ran eagerly, exactly

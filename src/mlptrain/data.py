@@ -154,9 +154,13 @@ class TensorBatches:
         steps_per_call: int = 1,
         rank: int = 0,
         world_size: int = 1,
+        limit: int | float | None = None,
     ) -> None:
         self.images, self.labels = images, labels  # (N, 784) float, (N,) int64
         self.batch_size = batch_size
+        # trainer.limit_train_batches, applied here in mini-batches whatever steps_per_call is (Lightning's
+        # would count training steps): a count, or a fraction of the epoch's batches as Lightning takes it.
+        self.limit = limit
         # With steps_per_call = K > 1, each item holds K consecutive mini-batches, for a training step that
         # makes K updates (MLPSystem's steps_per_call); the batches and their order do not change. They are
         # gathered in one indexing operation, as (xs (K, B, 784), ys (K, B)), or as a list of K (x, y) pairs
@@ -179,7 +183,10 @@ class TensorBatches:
             return -(-len(self._eval_shard()) // self.batch_size)
         full, rest = divmod(len(self.labels), self.batch_size)
         # A last batch smaller than the number of ranks would leave some rank nothing: it is dropped.
-        return full + (rest >= self.world_size)
+        batches = full + (rest >= self.world_size)
+        if isinstance(self.limit, float):
+            return int(batches * self.limit)
+        return batches if self.limit is None else min(batches, self.limit)
 
     def __len__(self) -> int:
         return -(-self.num_batches // self.steps_per_call)
@@ -242,6 +249,7 @@ class MNISTDataModule(L.LightningDataModule):
         loader: str = "tensor",
         num_workers: int = 0,
         steps_per_call: int = 1,
+        limit_train_batches: int | float | None = None,
     ) -> None:
         super().__init__()
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -263,14 +271,13 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.loader={loader!r} is not known. Use one of: {', '.join(LOADERS)}.")
         if not (isinstance(num_workers, int) and num_workers >= 0):
             raise ConfigError(f"data.num_workers must be an integer >= 0, got {num_workers!r}.")
-        if not (isinstance(steps_per_call, int) and steps_per_call >= 1):
-            raise ConfigError(f"steps_per_call must be a positive integer, got {steps_per_call!r}.")
         if steps_per_call > 1 and loader != "tensor":
             raise ConfigError(
                 f"steps_per_call={steps_per_call} needs data.loader=tensor (the DataLoader path serves one "
                 "mini-batch at a time): set data.loader=tensor or steps_per_call=1."
             )
         self.steps_per_call = steps_per_call
+        self.limit_train_batches = limit_train_batches
         self.root = Path(dir).expanduser() if dir else EMBEDDED_DIR
         self.download = download
         self.val_size, self.train_size = val_size, train_size
@@ -320,7 +327,16 @@ class MNISTDataModule(L.LightningDataModule):
             if not train:
                 return TensorBatches(x, labels.to(device), self.eval_batch_size, rank=rank, world_size=world)
             sampler = EpochPermutation(len(labels), self.shuffle_seed)
-            return TensorBatches(x, labels.to(device), self.batch_size, sampler, self.steps_per_call, rank, world)
+            return TensorBatches(
+                x,
+                labels.to(device),
+                self.batch_size,
+                sampler,
+                self.steps_per_call,
+                rank,
+                world,
+                self.limit_train_batches,
+            )
 
         self.splits = {
             "train": batches(full.data[train_idx], full.targets[train_idx], train=True),

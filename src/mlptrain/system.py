@@ -2,8 +2,7 @@
 
 import logging
 import time
-import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
@@ -11,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.optim import Optimizer
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mlptrain.errors import ConfigError, NonFiniteLossError
 from mlptrain.model import MLP
+from mlptrain.step import Clip, FastSteps
 
 LOSSES = ("cross_entropy", "mse", "binary_cross_entropy")
 MSE_REDUCTIONS = ("half_sum", "sum", "mean")
 SCHEDULERS = ("none", "cosine", "step", "onecycle")
-COMPILED_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW")  # compile_steps
 STAGES = ("train", "val", "test")
 
 log = logging.getLogger(__name__)
@@ -82,11 +81,39 @@ def _check_positive(key: str, value: Any) -> None:
         raise ConfigError(f"{key} must be a positive number, got {value!r}.")
 
 
+class ExampleMean(Metric):
+    """The mean of per-mini-batch values over an epoch's examples, summed in float64 on the device.
+
+    torchmetrics' MeanMetric will not do: with nan_strategy="disable" (whose checks would pull a value to
+    the host every step) it drops the weights, and it rounds every value to float32 first.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("examples", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: torch.Tensor, examples: torch.Tensor) -> None:
+        """values (K,) of K mini-batches of `examples` (K,) examples each."""
+        self.total += (values.double() * examples).sum()
+        self.examples += examples.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.examples
+
+
 class MLPSystem(L.LightningModule):
     """Trains an `MLP` and reports `train/loss`, `train/acc`, `val/loss`, `val/acc`, `test/loss`, `test/acc`.
 
     Every argument is a plain dict of the config group of the same name, so the hyperparameters
     saved in checkpoints rebuild the run with `MLPSystem.load_from_checkpoint(path)`.
+
+    steps_per_call = 1 is Lightning's own loop: one mini-batch and one `optimizer.step()` per training step.
+    K > 1 gives each training step K mini-batches, and `step.FastSteps` makes their K updates with the same
+    maths (torch.optim's functional updates, autograd's gradients), without Lightning's per-step overhead;
+    `compile` also runs them through torch.compile. How train(cfg) chooses: `step.choose_path`.
     """
 
     def __init__(
@@ -98,7 +125,9 @@ class MLPSystem(L.LightningModule):
         check_finite_every_n_steps: int = 50,
         log_grad_norms: bool = False,
         steps_per_call: int = 1,
-        compile_steps: int = 0,
+        compile: bool = False,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -107,24 +136,26 @@ class MLPSystem(L.LightningModule):
         self.optimizer_factory = self._optimizer_factory(optimizer)
         self._check_scheduler(scheduler)
         self.check_finite_every_n_steps = check_finite_every_n_steps
-        self.log_grad_norms = log_grad_norms
-        # K > 1: each training step gets K mini-batches and makes K updates itself (manual optimization),
-        # the same updates in the same order as K automatic steps, without Lightning's per-step overhead.
-        self.steps_per_call = steps_per_call
         self.automatic_optimization = steps_per_call == 1
-        self.compile_steps = compile_steps
-        self._check_compile_steps(optimizer)
-        self._compiled: Callable[..., Any] | None = None
+        self.fast: FastSteps | None = None  # made with the optimizer, in configure_optimizers
+        # Updates made: Lightning's global_step counts training steps, which make K updates each when K > 1.
+        self.updates_done = 0
+        self.updates_checked = 0  # where the host last looked at the NaN flag
         for stage in STAGES:
-            # nan_strategy/validate_args off: their checks pull a value to the host every step.
-            setattr(self, f"{stage}_loss", MeanMetric(nan_strategy="disable"))
+            # validate_args off: its checks pull a value to the host every step.
+            setattr(self, f"{stage}_loss", ExampleMean())
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=10, average="micro", validate_args=False))
         # The training metrics' running sums go into checkpoints, so an epoch resumed midway reports
         # the same train/loss and train/acc as one that ran through.
         self.train_loss.persistent(True)
         self.train_acc.persistent(True)
-        # Epoch and global step of the first non-finite training loss, -1 while none: kept on the
-        # device and read only every check_finite_every_n_steps steps and before checkpoints.
+        # log_grad_norms: each layer's weight-gradient norm (before clipping), averaged over the epoch's examples.
+        self.norms_of = (
+            [name for name, _ in self.model.named_parameters() if "weight" in name] if log_grad_norms else []
+        )
+        self.grad_norms = torch.nn.ModuleList(ExampleMean() for _ in self.norms_of)
+        # Epoch and update of the first non-finite training loss, -1 while none: kept on the
+        # device and read only every check_finite_every_n_steps updates and before checkpoints.
         self.register_buffer("nonfinite_epoch", torch.tensor(-1), persistent=False)
         self.register_buffer("nonfinite_step", torch.tensor(-1), persistent=False)
 
@@ -145,145 +176,6 @@ class MLPSystem(L.LightningModule):
             ) from error
         return factory
 
-    def _check_compile_steps(self, optimizer: Mapping[str, Any]) -> None:
-        if self.compile_steps == 0:
-            return
-        if not (isinstance(self.compile_steps, int) and self.compile_steps > 0):
-            raise ConfigError(f"compile_steps must be 0 (off) or a positive integer, got {self.compile_steps!r}.")
-        if self.steps_per_call % self.compile_steps:
-            raise ConfigError(
-                f"compile_steps={self.compile_steps} must divide steps_per_call={self.steps_per_call}: each "
-                "training step runs its mini-batches in compiled groups of compile_steps."
-            )
-        kind = optimizer.get("_target_")
-        unsupported = [key for key in ("dampening", "amsgrad", "maximize") if optimizer.get(key)]
-        if kind not in COMPILED_OPTIMIZERS or unsupported:
-            raise ConfigError(
-                "compile_steps compiles the updates of SGD (momentum, Nesterov, weight decay), Adam and AdamW "
-                f"(not dampening, amsgrad or maximize); this config has {kind} {' '.join(unsupported)}. Use "
-                "optimizer=sgd, adam or adamw, or compile_steps=0."
-            )
-        if self.log_grad_norms:
-            raise ConfigError("compile_steps does not log gradient norms: set log_grad_norms=false or compile_steps=0.")
-
-    def _state_keys(self, torch_optimizer: Optimizer) -> tuple[str, ...]:
-        """The optimizer's per-parameter state tensors that the compiled updates carry along."""
-        if self.hparams.optimizer["_target_"] == "torch.optim.SGD":
-            return ("momentum_buffer",) if torch_optimizer.param_groups[0]["momentum"] else ()
-        return ("exp_avg", "exp_avg_sq")
-
-    def _update(
-        self, params: list[torch.Tensor], grads: list[torch.Tensor], state: list[list[torch.Tensor]], s: torch.Tensor
-    ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-        """One optimizer step as a pure function, computed as torch.optim's single-tensor code computes it.
-
-        `state` holds one list per _state_keys() entry; `s` this step's scalars from _step_scalars(), which
-        follow the schedule (OneCycleLR also cycles SGD's momentum and Adam's beta1).
-        """
-        config = self.hparams.optimizer
-        decay, kind = config.get("weight_decay", 0.0), config["_target_"]
-        if decay and kind == "torch.optim.AdamW":  # decoupled: the weights shrink
-            params = [p * (1 - s[0] * decay) for p in params]
-        elif decay:  # SGD and Adam: an L2 term added to the gradient
-            grads = [g + decay * p for g, p in zip(grads, params)]
-        if kind == "torch.optim.SGD":  # s = (lr, momentum); buf = momentum buf + g; p -= lr (g + momentum buf | buf)
-            if state:
-                state = [[s[1] * b + g for b, g in zip(state[0], grads)]]
-                grads = [g + s[1] * b for g, b in zip(grads, state[0])] if config.get("nesterov") else state[0]
-            return [p - s[0] * g for p, g in zip(params, grads)], state
-        # Adam / AdamW: s = (lr, lr / (1 - beta1^t), sqrt(1 - beta2^t), beta1, beta2) for this step t.
-        eps = config.get("eps", 1e-8)
-        exp_avg = [m.lerp(g, 1 - s[3]) for m, g in zip(state[0], grads)]
-        exp_avg_sq = [v * s[4] + (1 - s[4]) * g * g for v, g in zip(state[1], grads)]
-        params = [p - s[1] * (m / (v.sqrt() / s[2] + eps)) for p, m, v in zip(params, exp_avg, exp_avg_sq)]
-        return params, [exp_avg, exp_avg_sq]
-
-    def _step_scalars(self, torch_optimizer: Optimizer, scheduler: Any, steps: int) -> list[list[float]]:
-        """The coming steps' scalars, as the optimizer would read them step by step; steps the scheduler."""
-        group = torch_optimizer.param_groups[0]
-        sgd = self.hparams.optimizer["_target_"] == "torch.optim.SGD"
-        done = 0 if sgd else int(torch_optimizer.state[self.model.layers[0].weight]["step"])
-        rows = []
-        for i in range(steps):
-            if sgd:
-                rows.append([group["lr"], group["momentum"]])
-            else:
-                (beta1, beta2), t = group["betas"], done + i + 1
-                rows.append([group["lr"], group["lr"] / (1 - beta1**t), (1 - beta2**t) ** 0.5, beta1, beta2])
-            if scheduler is not None:
-                with warnings.catch_warnings():  # it looks for optimizer.step() calls, which compiled steps do not make
-                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                    scheduler.step()
-        return rows
-
-    def _functional_steps(
-        self,
-        params: list[torch.Tensor],
-        state: list[list[torch.Tensor]],
-        xs: torch.Tensor,
-        ys: torch.Tensor,
-        scalars: torch.Tensor,
-    ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]], torch.Tensor, torch.Tensor]:
-        """compile_steps updates as one pure function, for torch.compile: xs (C, B, 784), ys (C, B), scalars
-        (C, k). Returns the new parameters and optimizer state, the C losses and outputs (C, B, 10)."""
-        names = [name for name, _ in self.model.named_parameters()]
-
-        def loss_of(values: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            output = torch.func.functional_call(self.model, dict(zip(names, values)), (x,))
-            return self.loss_fn(output, y), output
-
-        losses, outputs = [], []
-        for i in range(xs.shape[0]):
-            grads, (loss, output) = torch.func.grad_and_value(loss_of, has_aux=True)(params, xs[i], ys[i])
-            params, state = self._update(params, grads, state, scalars[i])
-            losses.append(loss.detach())
-            outputs.append(output.detach())
-        return params, state, torch.stack(losses), torch.stack(outputs)
-
-    def _compiled_group(self, optimizer: Any, xs: torch.Tensor, ys: torch.Tensor, scheduler: Any) -> Any:
-        """Run compile_steps mini-batches xs (C, B, 784), ys (C, B) as one compiled call and return (losses (C,),
-        outputs (C, B, 10), labels (C, B)); None where it cannot, and then nothing has changed (run them eagerly)."""
-        torch_optimizer = optimizer.optimizer
-        params = list(self.model.parameters())
-        keys = self._state_keys(torch_optimizer)
-        if any(key not in torch_optimizer.state.get(p, {}) for p in params for key in keys):
-            return None  # the optimizer's first step creates its state
-        state = [[torch_optimizer.state[p][key] for p in params] for key in keys]
-        schedule = scheduler.state_dict() if scheduler is not None else None
-        hyper = {
-            key: torch_optimizer.param_groups[0][key]
-            for key in ("lr", "momentum", "betas")
-            if key in torch_optimizer.param_groups[0]
-        }
-        rows = self._step_scalars(torch_optimizer, scheduler, len(xs))
-        if self._compiled is None:
-            self._compiled = torch.compile(self._functional_steps, fullgraph=True)
-        scalars = torch.tensor(rows, dtype=params[0].dtype, device=self.device)
-        try:
-            new_params, new_state, losses, outputs = self._compiled(
-                [p.detach() for p in params], [[t.detach() for t in ts] for ts in state], xs, ys, scalars
-            )
-        except Exception as error:  # no C++ compiler, an unsupported platform, ...: train on, eagerly
-            log.warning("torch.compile failed (%s); compile_steps is off for the rest of this run.", error)
-            self.compile_steps = 0
-            if scheduler is not None:  # undo the scheduler steps taken above
-                scheduler.load_state_dict(schedule)
-                torch_optimizer.param_groups[0].update(hyper)
-            return None
-        with torch.no_grad():
-            for p, new in zip(params, new_params):
-                p.copy_(new)
-            for old_tensors, new_tensors in zip(state, new_state):
-                for old, new in zip(old_tensors, new_tensors):
-                    old.copy_(new)
-            if "exp_avg" in keys:
-                for p in params:
-                    torch_optimizer.state[p]["step"] += len(xs)
-        for _ in range(len(xs)):
-            optimizer._on_before_step()
-            optimizer._on_after_step()
-        return losses, outputs, ys
-
     @staticmethod
     def _check_scheduler(scheduler: Mapping[str, Any]) -> None:
         name = scheduler.get("name")
@@ -302,73 +194,58 @@ class MLPSystem(L.LightningModule):
         x, y = batch
         output = self.model(x)  # (B, 10)
         loss = self.loss_fn(output, y)
-        # Weighted by batch size, so the epoch value is the mean over examples; the weight is made on the
-        # device because a Python number would be copied to the GPU, a synchronising copy every step.
-        getattr(self, f"{stage}_loss").update(loss.detach(), torch.full_like(loss.detach(), len(y)))
-        getattr(self, f"{stage}_acc").update(output.detach().argmax(-1), y)
+        self._update_metrics(stage, loss.detach()[None], output.detach(), y)
         return loss
+
+    def _update_metrics(self, stage: str, losses: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """losses (K,) of K equal-sized mini-batches whose outputs (K*B, 10) and labels (K*B,) are given."""
+        # Weighted by examples, so the epoch value is the mean over examples; the weight is made on the
+        # device because a Python number would be copied to the GPU, a synchronising copy every step.
+        size = torch.full_like(losses, len(labels) // len(losses), dtype=torch.float64)
+        getattr(self, f"{stage}_loss").update(losses, size)
+        getattr(self, f"{stage}_acc").update(outputs.argmax(-1), labels)
 
     def _log_epoch(self, stage: str) -> None:
         for name in ("loss", "acc"):
             metric = getattr(self, f"{stage}_{name}")
             self.log(f"{stage}/{name}", metric.compute())
             metric.reset()
+        if stage == "train":
+            for name, metric in zip(self.norms_of, self.grad_norms):
+                self.log(f"grad_norm/{name}", metric.compute())
+                metric.reset()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         if self.automatic_optimization:
-            return self._train_loss(batch)
-        optimizer = self.optimizers()
+            loss = self._step("train", batch)
+            self.batch_examples = len(batch[1])  # the weight of this step's gradient norms
+            self._flag_nonfinite(~torch.isfinite(loss.detach()), self.global_step)
+            self.updates_done = self.global_step + 1
+            return loss
+        # One optimizer.step() per training step, with no gradients: it changes no weight (the updates are
+        # FastSteps'), and advances Lightning's step count, which checkpoints and loggers go by.
+        self.optimizers().step()
         scheduler = self.lr_schedulers() if self.scheduler_interval == "step" else None
-        first_step = self.global_step
-        results: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (losses, outputs, labels) per group
         if isinstance(batch, list):  # (x, y) pairs: the epoch's last call, its last mini-batch smaller
             xs, ys = [x for x, _ in batch], [y for _, y in batch]
         else:  # (xs (K, B, 784), ys (K, B)): K mini-batches of one size
             xs, ys = batch
-        size = self.compile_steps or len(xs)
-        for start in range(0, len(xs), size):
-            group = (xs[start : start + size], ys[start : start + size])
-            # A short last group, or batches of two sizes, would need a compile of their own.
-            whole = self.compile_steps and torch.is_tensor(xs) and len(group[0]) == size
-            compiled = self._compiled_group(optimizer, *group, scheduler) if whole else None
-            if compiled is None:
-                results += self._eager_group(optimizer, zip(*group), scheduler)
-            else:
-                results.append(compiled)
-        # The metrics and the NaN flag see the K steps at once: one update each instead of K.
-        step_losses = torch.cat([losses for losses, _, _ in results])
-        outputs = torch.cat([o.flatten(0, 1) for _, o, _ in results])  # (K * B, 10)
-        labels = torch.cat([y.flatten() for _, _, y in results])
-        sizes = torch.cat([torch.full_like(losses, y.shape[-1]) for losses, _, y in results])
-        self.train_loss.update((step_losses * sizes).sum() / sizes.sum(), sizes.sum())
-        self.train_acc.update(outputs.argmax(-1), labels)
-        bad = ~torch.isfinite(step_losses)
-        self._flag_nonfinite(bad.any(), first_step + bad.int().argmax())
+        losses, outputs, labels, norms = self.fast.run(xs, ys, scheduler)
+        sizes = torch.tensor([len(y) for y in ys], device=losses.device)
+        if len(set(sizes.tolist())) == 1:
+            self._update_metrics("train", losses, outputs, labels)
+        else:  # the last mini-batch is smaller: one metric update per batch size
+            for size in sizes.unique():
+                rows = sizes == size
+                picked = torch.repeat_interleave(rows, sizes)
+                self._update_metrics("train", losses[rows], outputs[picked], labels[picked])
+        if norms is not None:
+            for metric, column in zip(self.grad_norms, norms.T):
+                metric.update(column, sizes.double())
+        bad = ~torch.isfinite(losses)
+        self._flag_nonfinite(bad.any(), self.updates_done + bad.int().argmax())
+        self.updates_done += len(ys)
         return None
-
-    def _eager_group(
-        self, optimizer: Any, group: Iterable[tuple[torch.Tensor, torch.Tensor]], scheduler: Any
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        results = []
-        for x, y in group:  # what Lightning's automatic loop does for each mini-batch, minus its overhead
-            output = self.model(x)
-            loss = self.loss_fn(output, y)
-            optimizer.optimizer.zero_grad()
-            loss.backward()
-            if self.log_grad_norms:
-                self.on_before_optimizer_step(optimizer.optimizer)
-            optimizer.optimizer.step()
-            optimizer._on_before_step()  # Lightning's own step count (global_step) advances as it would
-            optimizer._on_after_step()
-            if scheduler is not None:
-                scheduler.step()
-            results.append((loss.detach()[None], output.detach()[None], y[None]))
-        return results
-
-    def _train_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        loss = self._step("train", batch)
-        self._flag_nonfinite(~torch.isfinite(loss.detach()), self.global_step)
-        return loss
 
     def _flag_nonfinite(self, bad: torch.Tensor, step: int | torch.Tensor) -> None:
         first_bad = bad & (self.nonfinite_step < 0)
@@ -377,7 +254,8 @@ class MLPSystem(L.LightningModule):
         self.nonfinite_step.copy_(torch.where(first_bad, step, self.nonfinite_step))
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if (batch_idx + 1) % self.check_finite_every_n_steps == 0:
+        if self.updates_done - self.updates_checked >= self.check_finite_every_n_steps:
+            self.updates_checked = self.updates_done
             self.raise_if_nonfinite()
 
     def on_train_epoch_start(self) -> None:  # not called when a run resumes in the middle of an epoch
@@ -389,9 +267,15 @@ class MLPSystem(L.LightningModule):
         self.epoch_started = time.perf_counter()  # a run resumed mid-epoch has no on_train_epoch_start for it
         if not self.automatic_optimization and self.trainer.world_size > 1:
             raise ConfigError(
-                "steps_per_call > 1 runs its updates outside Lightning's distributed wrapper, so gradients would "
-                "not be synchronised across devices: use steps_per_call=1 with several devices."
+                "steps_per_call > 1 makes its updates outside Lightning's distributed wrapper, so gradients would "
+                "not be synchronised across devices: use steps_per_call=auto or 1 with several devices."
             )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["updates_done"] = self.updates_done
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.updates_done = self.updates_checked = checkpoint.get("updates_done", checkpoint.get("global_step", 0))
 
     def on_train_epoch_end(self) -> None:
         # Runs before ModelCheckpoint saves this epoch, so weights after a NaN are never checkpointed.
@@ -407,11 +291,11 @@ class MLPSystem(L.LightningModule):
             log.info("epoch %d  %s  (%.1f s)", self.current_epoch, shown, time.perf_counter() - self.epoch_started)
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        if self.log_grad_norms:  # each layer's weight-gradient norm, averaged over the epoch's steps on the device
-            norms = {
-                f"grad_norm/{name}": p.grad.norm() for name, p in self.model.named_parameters() if "weight" in name
-            }
-            self.log_dict(norms, on_step=False, on_epoch=True)
+        if self.norms_of and self.automatic_optimization:  # the fast path computes its norms in its step
+            parameters = dict(self.model.named_parameters())
+            size = torch.tensor(float(self.batch_examples), dtype=torch.float64, device=self.device)
+            for name, metric in zip(self.norms_of, self.grad_norms):
+                metric.update(parameters[name].grad.norm(), size)
 
     def raise_if_nonfinite(self) -> None:
         step = int(self.nonfinite_step)
@@ -454,16 +338,24 @@ class MLPSystem(L.LightningModule):
         return {"none": None, "step": "epoch"}.get(self.hparams.scheduler["name"], "step")
 
     def _total_steps(self) -> int:
-        """Optimizer steps in the whole fit: Lightning counts training steps, of K mini-batches each when K > 1."""
-        total = int(self.trainer.estimated_stepping_batches)
+        """Optimizer updates in the whole fit, for the schedules that need it."""
+        total = int(self.trainer.estimated_stepping_batches)  # also loads the training batches
         if self.automatic_optimization:
             return total
-        per_epoch_calls = self.trainer.num_training_batches  # set by estimated_stepping_batches, limits applied
-        batches = self.trainer.datamodule.splits["train"].num_batches
-        return min(batches, per_epoch_calls * self.steps_per_call) * self.trainer.max_epochs
+        return self.trainer.max_epochs * self.trainer.train_dataloader.num_batches  # training steps make K each
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
+        if not self.automatic_optimization:
+            clip = self.hparams.gradient_clip_val
+            self.fast = FastSteps(
+                self.model,
+                self.loss_fn,
+                optimizer,
+                compile=self.hparams.compile,
+                clip=Clip(clip, self.hparams.gradient_clip_algorithm) if clip else None,
+                norms_of=self.norms_of,
+            )
         config = self.hparams.scheduler
         name = config["name"]
         if name == "none":
@@ -481,5 +373,7 @@ class MLPSystem(L.LightningModule):
                 max_lr=[group["lr"] for group in optimizer.param_groups],
                 total_steps=total_steps,
                 pct_start=config.get("pct_start", 0.3),
+                # Off unless asked: cycling would override the momentum or beta1 the optimizer was given.
+                cycle_momentum=config.get("cycle_momentum", False),
             )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}

@@ -26,6 +26,7 @@ from torchvision import datasets
 
 from mlptrain.data import MNISTDataModule, to_inputs
 from mlptrain.errors import ConfigError, MlptrainError, RunInterrupted
+from mlptrain.step import choose_path
 from mlptrain.system import MLPSystem
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def _progress_bar(setting: Any) -> bool:
 
 
 def _make_trainer(
-    cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback] = ()
+    cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback] = (), steps_per_call: int = 1
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -128,9 +129,14 @@ def _make_trainer(
     loggers: list[Logger] = [CSVLogger(run_dir, name="", version="")]  # -> <run dir>/metrics.csv
     if cfg.logger.tensorboard:
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False))
+    settings = _container(cfg.trainer)
+    if cfg.data.loader == "tensor":  # the batches apply it, in mini-batches (TensorBatches.limit)
+        settings["limit_train_batches"] = None
+    if steps_per_call > 1:  # FastSteps clips inside its updates (MLPSystem gets the setting)
+        settings["gradient_clip_val"] = None
     try:
         trainer = L.Trainer(
-            **_container(cfg.trainer),
+            **settings,
             default_root_dir=run_dir,
             logger=loggers,
             callbacks=callbacks,
@@ -221,9 +227,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         raise ConfigError(
             f"check_finite_every_n_steps must be a positive integer, got {cfg.check_finite_every_n_steps!r}."
         )
-    if cfg.steps_per_call != 1 and cfg.trainer.get("gradient_clip_val"):
-        raise ConfigError("steps_per_call > 1 does not clip gradients: set trainer.gradient_clip_val=null.")
     _check_processes(cfg)
+    path = choose_path(cfg) if cfg.train else None
     ckpt_path = _resume_path(cfg, run_dir) if cfg.train else cfg.ckpt_path
     writer = rank_zero_only.rank == 0  # with several processes, one writes the run's files
     metrics_csv = run_dir / "metrics.csv"
@@ -233,8 +238,15 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = MNISTDataModule(**_container(cfg.data), steps_per_call=cfg.steps_per_call)
-    if cfg.train:
+    steps_per_call = path.steps_per_call if path else 1
+    datamodule = MNISTDataModule(
+        **_container(cfg.data),
+        steps_per_call=steps_per_call,
+        limit_train_batches=cfg.trainer.get("limit_train_batches"),
+    )
+    if path:
+        if writer:
+            log.info("Training path: %s", path.why)
         system = MLPSystem(
             model=_container(cfg.model),
             loss=_container(cfg.loss),
@@ -242,12 +254,14 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             scheduler=_container(cfg.scheduler),
             check_finite_every_n_steps=cfg.check_finite_every_n_steps,
             log_grad_norms=cfg.log_grad_norms,
-            steps_per_call=cfg.steps_per_call,
-            compile_steps=cfg.compile_steps,
+            steps_per_call=path.steps_per_call,
+            compile=path.compile,
+            gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
+            gradient_clip_algorithm=cfg.trainer.get("gradient_clip_algorithm") or "norm",
         )
     else:
         system = _load_for_test(cfg.ckpt_path)
-    trainer, checkpoint = _make_trainer(cfg, run_dir, callbacks)
+    trainer, checkpoint = _make_trainer(cfg, run_dir, callbacks, steps_per_call)
     if previous_metrics:
         _keep_metrics(trainer, previous_metrics)
 
@@ -275,6 +289,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             if trainer.interrupted:
                 raise KeyboardInterrupt
         summary["checkpoints"] = _checkpoint_paths(checkpoint)  # before test() restores the callback from a file
+        summary["global_steps"] = system.updates_done  # and the module's count, from the tested checkpoint
         tested = checkpoint.best_model_path or ckpt_path
         results = trainer.test(system, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]
     except MlptrainError as error:
@@ -358,10 +373,11 @@ def _write_summary(
         fields,
         best_val_acc=float(best) if best is not None else None,
         epochs=trainer.current_epoch,
-        global_steps=trainer.global_step,
         wall_time_s=round(time.perf_counter() - start, 3),
     )
     summary.setdefault("checkpoints", _checkpoint_paths(checkpoint))
+    # Optimizer updates (Lightning's global_step counts training steps, of several updates each on the fast path)
+    summary.setdefault("global_steps", getattr(trainer.lightning_module, "updates_done", trainer.global_step))
     if rank_zero_only.rank == 0:  # one summary per run, whatever the number of processes
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
