@@ -13,6 +13,7 @@ with what it computed, so checkpoints, schedulers and resuming see an ordinary o
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -56,10 +57,12 @@ def _sgd_update(params: Tensors, grads: Tensors, state: State, group: Mapping[st
     return {"momentum_buffer": buffers} if group["momentum"] else {}  # type: ignore[dict-item]
 
 
-def _adam_update(params: Tensors, grads: Tensors, state: State, group: Mapping[str, Any], hyper: Mapping) -> State:
+def _adam_update(
+    params: Tensors, grads: Tensors, state: State, group: Mapping[str, Any], hyper: Mapping, decoupled: bool = False
+) -> State:
     beta1, beta2 = hyper["betas"] if "betas" in hyper else group["betas"]
     # AdamW, or Adam(decoupled_weight_decay=True) on torch versions that have it: the same decoupled maths.
-    update = adamw if group.get("decoupled_weight_decay") else adam
+    update = adamw if decoupled or group.get("decoupled_weight_decay") else adam
     amsgrad = group["amsgrad"]
     update(
         params,
@@ -92,27 +95,19 @@ class Update:
     scheduled: tuple[str, ...]  # param_group keys a schedule may change step by step (passed as `hyper`)
 
 
-# AdamW before Adam: on recent torch AdamW is a subclass of Adam.
+def _adam_state(group: Mapping[str, Any]) -> tuple[str, ...]:
+    return ("exp_avg", "exp_avg_sq", "step", *(("max_exp_avg_sq",) if group["amsgrad"] else ()))
+
+
 UPDATES: dict[type[Optimizer], Update] = {
-    AdamW: Update(
-        _adam_update,
-        lambda group: ("exp_avg", "exp_avg_sq", "step", *(("max_exp_avg_sq",) if group["amsgrad"] else ())),
-        ("lr", "betas"),
-    ),
-    Adam: Update(
-        _adam_update,
-        lambda group: ("exp_avg", "exp_avg_sq", "step", *(("max_exp_avg_sq",) if group["amsgrad"] else ())),
-        ("lr", "betas"),
-    ),
     SGD: Update(_sgd_update, lambda group: ("momentum_buffer",) if group["momentum"] else (), ("lr", "momentum")),
+    Adam: Update(_adam_update, _adam_state, ("lr", "betas")),
+    AdamW: Update(partial(_adam_update, decoupled=True), _adam_state, ("lr", "betas")),
 }
 
 
 def find_update(optimizer: Optimizer) -> Update | None:
-    for kind, update in UPDATES.items():
-        if type(optimizer) is kind:
-            return update
-    return None
+    return UPDATES.get(type(optimizer))  # the class itself: a subclass may change the update
 
 
 def unsupported_reason(optimizer_class: type, optimizer_kwargs: Mapping[str, Any]) -> str | None:
@@ -272,7 +267,7 @@ class FastSteps:
             size = COMPILE_GROUP if self.compile else len(xs) - start
             group = (xs[start : start + size], ys[start : start + size])
             # A short group, or batches of two sizes (the epoch's last is smaller), would each compile anew.
-            whole = len(group[0]) == size and len({len(y) for y in group[1]}) == 1
+            whole = len(group[0]) == size and (torch.is_tensor(ys) or len({len(y) for y in group[1]}) == 1)
             results = self._compiled_group(*group, scheduler) if self.compile and whole else None
             if results is None:
                 results = self._eager_group(*group, scheduler)

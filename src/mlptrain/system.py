@@ -194,15 +194,16 @@ class MLPSystem(L.LightningModule):
         x, y = batch
         output = self.model(x)  # (B, 10)
         loss = self.loss_fn(output, y)
-        self._update_metrics(stage, loss.detach()[None], output.detach(), y)
+        # The batch size is made on the device: a Python number would be copied to the GPU every step.
+        size = torch.full((1,), len(y), dtype=torch.float64, device=loss.device)
+        self._update_metrics(stage, loss.detach()[None], size, output.detach(), y)
         return loss
 
-    def _update_metrics(self, stage: str, losses: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor) -> None:
-        """losses (K,) of K equal-sized mini-batches whose outputs (K*B, 10) and labels (K*B,) are given."""
-        # Weighted by examples, so the epoch value is the mean over examples; the weight is made on the
-        # device because a Python number would be copied to the GPU, a synchronising copy every step.
-        size = torch.full_like(losses, len(labels) // len(losses), dtype=torch.float64)
-        getattr(self, f"{stage}_loss").update(losses, size)
+    def _update_metrics(
+        self, stage: str, losses: torch.Tensor, sizes: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor
+    ) -> None:
+        """losses (K,) of K mini-batches of sizes (K,), whose outputs (sum(sizes), 10) and labels are given."""
+        getattr(self, f"{stage}_loss").update(losses, sizes)  # weighted: the epoch value is the mean over examples
         getattr(self, f"{stage}_acc").update(outputs.argmax(-1), labels)
 
     def _log_epoch(self, stage: str) -> None:
@@ -231,17 +232,13 @@ class MLPSystem(L.LightningModule):
         else:  # (xs (K, B, 784), ys (K, B)): K mini-batches of one size
             xs, ys = batch
         losses, outputs, labels, norms = self.fast.run(xs, ys, scheduler)
-        sizes = torch.tensor([len(y) for y in ys], device=losses.device)
-        if len(set(sizes.tolist())) == 1:
-            self._update_metrics("train", losses, outputs, labels)
-        else:  # the last mini-batch is smaller: one metric update per batch size
-            for size in sizes.unique():
-                rows = sizes == size
-                picked = torch.repeat_interleave(rows, sizes)
-                self._update_metrics("train", losses[rows], outputs[picked], labels[picked])
-        if norms is not None:
-            for metric, column in zip(self.grad_norms, norms.T):
-                metric.update(column, sizes.double())
+        if torch.is_tensor(ys):  # (K, B)
+            sizes = torch.full((len(ys),), ys.shape[1], dtype=torch.float64, device=losses.device)
+        else:
+            sizes = torch.tensor([len(y) for y in ys], dtype=torch.float64, device=losses.device)
+        self._update_metrics("train", losses, sizes, outputs, labels)
+        for metric, column in zip(self.grad_norms, norms.T if norms is not None else ()):
+            metric.update(column, sizes)
         bad = ~torch.isfinite(losses)
         self._flag_nonfinite(bad.any(), self.updates_done + bad.int().argmax())
         self.updates_done += len(ys)
