@@ -34,8 +34,9 @@ State = dict[str, Tensors]  # optimizer state key -> one tensor per parameter, i
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 COMPILE_GROUP = 10  # updates per compiled call: more unrolls a longer graph for little gain (docs/benchmarks.md)
 AUTO_STEPS_PER_CALL = 50  # mini-batches per Lightning training step when steps_per_call=auto
-# compile=auto compiles runs of at least this many updates: compiling costs 5-25 s on a CPU (less with a warm
-# cache) and saves 0.2-0.8 ms an update (docs/benchmarks.md), so shorter runs would lose time by it.
+# compile=auto compiles runs of at least this many updates: compiling costs 25-40 s on a 2-core CPU the first
+# time (a few seconds with inductor's cache warm) and saves 0.3-1.4 ms an update (docs/benchmarks.md), so shorter
+# runs would lose time by it.
 COMPILE_MIN_UPDATES = 20_000
 
 
