@@ -2,13 +2,14 @@
 
     train_step(params, state, x, y, hyper) -> (new params, new state, loss, output, gradient norms)
 
-The gradients come from autograd (`torch.func.grad_and_value` over `functional_call`); the update is
-torch.optim's own functional code (`torch.optim.sgd.sgd`, `adam.adam`, `adamw.adamw`, the functions the
-optimizer classes call), applied to copies so that the inputs are left as they were. `FastSteps` runs it
-for several mini-batches per Lightning training step, eagerly or in groups compiled by `torch.compile`,
-and keeps the `torch.optim.Optimizer` (its state, its param_groups that the schedulers change) in step
-with what it computed, so checkpoints, schedulers and resuming see an ordinary optimizer.
-"""
+The gradients come from autograd; the update is torch.optim's own functional code (`torch.optim.sgd.sgd`,
+`adam.adam`, `adamw.adamw`, the functions the optimizer classes call). With functional=True the step is pure
+(`torch.func` over copies of the inputs), which is what torch.compile traces and vmap can batch; with
+functional=False the same maths runs through the model's own parameters, in place, which is faster uncompiled.
+`FastSteps` runs it for several mini-batches per Lightning training step, eagerly or in groups compiled by
+`torch.compile`, and keeps the `torch.optim.Optimizer` (its state, its param_groups that the schedulers
+change) in step with what it computed, so checkpoints, schedulers and resuming see an ordinary optimizer.
+`choose_path` decides, from the config, how a run makes its updates."""
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -427,13 +428,13 @@ def _plain_reason(cfg: DictConfig) -> str | None:
         return "with several processes Lightning's loop synchronises the gradients"
     if str(trainer.get("precision", "32-true")) not in ("32-true", "32", "64-true", "64"):
         return f"trainer.precision={trainer.precision} needs Lightning's mixed-precision loop (loss scaling)"
-    counted = (
-        trainer.get("max_steps", -1) not in (-1, None),
-        trainer.get("val_check_interval") not in (None, 1.0),
-        trainer.get("accumulate_grad_batches", 1) != 1,
-    )
-    for key, set_ in zip(("max_steps", "val_check_interval", "accumulate_grad_batches"), counted):
-        if set_:
+    counted = {  # trainer keys that count Lightning's training steps, which would each hold several mini-batches
+        "max_steps": trainer.get("max_steps", -1) not in (-1, None),
+        "val_check_interval": trainer.get("val_check_interval") not in (None, 1.0),
+        "accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1) != 1,
+    }
+    for key, is_set in counted.items():
+        if is_set:
             return f"trainer.{key} counts Lightning's training steps, which would each hold several mini-batches"
     return None
 
