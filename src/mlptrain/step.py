@@ -364,7 +364,7 @@ class FastSteps:
 
     def _scheduled_rows(self, steps: int, scheduler: Any, like: torch.Tensor) -> torch.Tensor:
         """The next `steps` updates' lr (and betas), as the optimizer would read them step by step; steps
-        the scheduler. SGD's momentum is not among them: a cycled momentum is not compiled (see compile_reason)."""
+        the scheduler. SGD's momentum is not among them: a cycled momentum is not compiled (see choose_path)."""
         rows = []
         for _ in range(steps):
             group = self._group()
@@ -377,7 +377,7 @@ class FastSteps:
         first = next(iter(params.values()))
         state = {key: [t.to(first.device) for t in tensors] for key, tensors in state.items()}  # Adam's CPU step count
         schedule = scheduler.state_dict() if scheduler is not None else None
-        scheduled = {key: self._group()[key] for key in self.update.scheduled}
+        scheduled = self._hyper()  # to put back if compiling fails
         rows = self._scheduled_rows(len(xs), scheduler, first)
         if self._compiled is None:
             # what _scheduled_rows passes as tensors is left out; SGD's momentum stays (it is not cycled here)
