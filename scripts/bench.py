@@ -152,7 +152,7 @@ def eager_run(cfg: DictConfig, epochs: int, device: torch.device) -> tuple[list[
     L.seed_everything(cfg.seed, verbose=False)
     model = MLP(**plain["model"]).to(device)
     optimizer = instantiate(cfg.optimizer)(model.parameters())
-    loss_fn = make_loss(**plain["loss"], output_activation=plain["model"]["output_activation"])
+    loss_fn = make_loss(**plain["loss"])
     data = _tensor_data(cfg, device)
     batches: TensorBatches = data.splits["train"]  # type: ignore[assignment]
     seconds = []

@@ -9,21 +9,19 @@
 
 import sys
 
-from omegaconf import OmegaConf
-
+from mlptrain.config import parse_arguments
 from mlptrain.errors import MlptrainError
 from mlptrain.predict import image_pixels, load, probabilities, test_image
 
 
-def run(args: dict) -> None:
-    if not args.get("ckpt_path") or (args.get("image") is None) == (args.get("index") is None):
-        raise MlptrainError("Give ckpt_path=PATH.ckpt and one of image=PATH or index=N (a test-set image).")
-    system, config = load(args["ckpt_path"])
+def run(arguments: list[str]) -> None:
+    args = parse_arguments(arguments)
+    system, config = load(args.ckpt_path)
     data = config.get("data", {})
-    if args.get("image") is not None:
-        pixels, truth = image_pixels(args["image"]), None
+    if args.image is not None:
+        pixels, truth = image_pixels(args.image), None
     else:
-        pixels, truth = test_image(int(args["index"]), data.get("dir"))
+        pixels, truth = test_image(args.index, data.get("dir"))
     probs = probabilities(system, pixels, data.get("normalize", "standard"))
     for digit, p in enumerate(probs):
         print(f"{digit}  {p:6.1%}  {'#' * round(40 * p)}")
@@ -32,7 +30,7 @@ def run(args: dict) -> None:
 
 if __name__ == "__main__":
     try:
-        run(OmegaConf.to_container(OmegaConf.from_cli()))
+        run(sys.argv[1:])
     except MlptrainError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -16,7 +16,7 @@ from mlptrain.data import (
     TensorBatches,
     prepare_mnist,
 )
-from mlptrain.errors import ConfigError, DataError
+from mlptrain.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -142,26 +142,6 @@ def test_normalizations(tensor_data: MNISTDataModule) -> None:
     assert torch.allclose(x, (images - MEAN) / STD, atol=1e-5)
     assert x.mean().item() == pytest.approx(0.0, abs=0.01)
     assert x.std().item() == pytest.approx(1.0, abs=0.01)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "key"),
-    [
-        ({"batch_size": 0}, "data.batch_size"),
-        ({"batch_size": 2.5}, "data.batch_size"),
-        ({"eval_batch_size": -1}, "data.eval_batch_size"),
-        ({"val_size": 0}, "data.val_size"),
-        ({"val_size": 60_000}, "data.val_size"),
-        ({"train_size": 0}, "data.train_size"),
-        ({"train_size": 50_001}, "data.train_size"),
-        ({"normalize": "minmax"}, "unit, standard"),
-        ({"loader": "ffcv"}, "tensor, dataloader"),
-        ({"num_workers": -1}, "data.num_workers"),
-    ],
-)
-def test_bad_data_config(kwargs: dict, key: str) -> None:
-    with pytest.raises(ConfigError, match=key):
-        MNISTDataModule(**kwargs)
 
 
 @pytest.fixture

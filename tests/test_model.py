@@ -3,7 +3,6 @@ import itertools
 import pytest
 import torch
 
-from mlptrain.errors import ConfigError
 from mlptrain.model import MLP
 
 
@@ -61,16 +60,3 @@ def test_dropout_only_while_training() -> None:
     assert torch.equal(model(x), model(x))
     model.train()
     assert not torch.equal(model(x), model(x))
-
-
-@pytest.mark.parametrize("hidden", [[0], [16, -1], [1.5], ["a"], [True]])
-def test_bad_widths(hidden: list) -> None:
-    with pytest.raises(ConfigError, match="model.hidden"):
-        MLP(hidden=hidden)
-
-
-def test_bad_init_and_dropout() -> None:
-    with pytest.raises(ConfigError, match="default, xavier, kaiming, normal"):
-        MLP(init="glorot")
-    with pytest.raises(ConfigError, match="model.dropout"):
-        MLP(dropout=1.0)

@@ -2,6 +2,7 @@
 
 import csv
 import gzip
+import importlib.util
 import json
 import logging
 import re
@@ -113,6 +114,16 @@ def test_tensorboard_logger_writes_events_besides_metrics_csv(make_cfg: MakeCfg)
     assert (Path(cfg.output_dir) / "metrics.csv").is_file()
 
 
+def test_tensorboard_without_the_package_says_which_extra_to_install(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if "tensorboard" in name else real(name, *a))
+    with pytest.raises(SystemExit):
+        main(make_cfg("logger=tensorboard"))
+    assert 'pip install -e ".[tensorboard]"' in logged_errors(caplog)[0]
+
+
 @pytest.fixture
 def corrupt_data(tmp_path: Path) -> Path:
     raw = tmp_path / "corrupt" / "MNIST" / "raw"
@@ -126,13 +137,17 @@ def corrupt_data(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.activation=relux"], "model.activation='relux' is not a known activation. Use one of: identity, step"),
-        (["model.hidden=[16,0]"], "model.hidden must be a list of positive integer widths"),
-        (["optimizer.lr=0"], "optimizer.lr must be a positive number, got 0"),
-        (["optimizer=sgd", "optimizer.lr=-1"], "optimizer.lr must be a positive number, got -1"),
-        (["data.batch_size=0"], "data.batch_size must be a positive integer, got 0"),
+        (["model.activation=relux"], "model.activation='relux' is not a known activation: use one of identity, step"),
+        (["model.hidden=[16,0]"], "model.hidden=[16, 0] is out of range: each value must be >= 1"),
+        (["optimizer.lr=0"], "optimizer.lr=0.0 is out of range: it must be > 0"),
+        (["data.batch_size=0"], "data.batch_size=0 is out of range: it must be >= 1"),
         (["model.output_activation=softmax"], "needs model.output_activation=none (got 'softmax')"),
-        (["loss=mse", "loss.reduction=l2"], "loss.reduction='l2' is not known"),
+        (["loss=mse", "loss.reduction=l2"], "loss.reduction='l2' is not one of its choices"),
+        (
+            ["optimizer.lr=0", "data.batch_size=0"],
+            "data.batch_size=0 is out of range: it must be >= 1. Change it on the command line or in conf/data/. "
+            "optimizer.lr=0.0",
+        ),
         (["train=false"], "train=false evaluates a checkpoint on the test set: also give ckpt_path"),
         (["ckpt_path=no/such.ckpt"], "ckpt_path=no/such.ckpt is not a file"),
         (["data.dir={tmp}/empty"], "train-images-idx3-ubyte(.gz) is missing and data.download is false"),
@@ -225,8 +240,33 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_command_line_errors_have_no_traceback(tmp_path: Path) -> None:
     bad = _cli("model.activation=relux", f"hydra.run.dir={tmp_path}")
     assert bad.returncode == 1
-    assert "is not a known activation. Use one of:" in bad.stdout + bad.stderr
+    assert "is not a known activation: use one of" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+# What a default run may print: our log lines, Lightning's device line, its model summary, and the lines
+# saying which checkpoint is tested. Anything else (an advertisement, a warning) is noise.
+OURS = re.compile(r"^\[[\d-]+ [\d:,]+\]\[mlptrain\.\w+\]\[INFO\] - ")
+LIGHTNING = (
+    "GPU available: ",
+    "`Trainer.fit` stopped: `max_epochs=2` reached.",
+    "Restoring states from the checkpoint path at ",
+    "Loaded model weights from the checkpoint at ",
+)
+SUMMARY = re.compile(
+    r"^([┏┃┡│└].*|(Trainable|Non-trainable|Total) params: .*|Total estimated .*|Modules in .*|Total FLOPs: .*)$"
+)
+
+
+def test_a_default_run_prints_only_its_own_lines(tmp_path: Path) -> None:
+    done = _cli("trainer.max_epochs=2", "trainer.limit_train_batches=20", f"hydra.run.dir={tmp_path}")
+    assert done.returncode == 0, done.stderr
+    lines = [line.rstrip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    noise = [line for line in lines if not (OURS.match(line) or line.startswith(LIGHTNING) or SUMMARY.match(line))]
+    assert not noise, noise
+    assert "Total FLOPs: 218 K" in lines  # 2 × (784·128 + 128·64 + 64·10) multiply-adds for one image
+    assert sum(" - epoch " in line for line in lines) == 2
+    assert any(" - Test accuracy " in line for line in lines)
 
 
 def test_hydra_names_unknown_keys_and_groups(tmp_path: Path) -> None:

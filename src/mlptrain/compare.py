@@ -27,6 +27,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mlptrain.config import check
 from mlptrain.data import EpochPermutation, MNISTDataModule, TensorBatches
 from mlptrain.errors import ConfigError, MlptrainError
 from mlptrain.model import MLP
@@ -165,9 +166,7 @@ def gradient_parity(
         for layer, (weight, bias) in zip(model.layers, initial):
             layer.weight.copy_(torch.from_numpy(weight))
             layer.bias.copy_(torch.from_numpy(bias))
-    loss_fn = make_loss(
-        **OmegaConf.to_container(cfg.loss, resolve=True), output_activation=model_cfg["output_activation"]
-    )
+    loss_fn = make_loss(**OmegaConf.to_container(cfg.loss, resolve=True))
     loss_fn(model(torch.from_numpy(x).double()), torch.from_numpy(y)).backward()
     rows = []
     for i, (layer, (dw, db)) in enumerate(zip(model.layers, baseline.gradients(x.astype(np.float64), y))):
@@ -189,7 +188,7 @@ def compare(cfg: DictConfig) -> list[dict[str, Any]]:
     """Train the trainer and every baseline in cfg.baselines; write the tables and the plot; return the epoch rows."""
     from mlptrain.plots import plot_test_accuracy  # matplotlib is only needed here
 
-    check_baselines(cfg)
+    check(cfg)  # before any training: a comparison that would not compare like with like is refused
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, verbose=False)
@@ -275,14 +274,3 @@ def comparison_markdown(cfg: DictConfig, rows: list[dict[str, Any]], parity: lis
             for p in parity
         ]
     return "\n".join(lines) + "\n"
-
-
-def check_baselines(cfg: DictConfig) -> None:
-    """Refuse, before any training, comparisons that would not compare like with like."""
-    if not cfg.get("baselines"):
-        raise ConfigError("baselines is empty: name some, e.g. baselines=[numpy,centroid,logistic].")
-    if "numpy" in cfg.baselines and cfg.scheduler.name != "none":
-        raise ConfigError(
-            f"The NumPy baseline trains at a constant learning rate but scheduler={cfg.scheduler.name}: add "
-            "scheduler=none so that both follow the same rule."
-        )

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 from torchvision import datasets, transforms
 
-from mlptrain.errors import ConfigError, DataError
+from mlptrain.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "data"
 # Pixel mean and standard deviation over the 60,000 training images, on the [0, 1] scale.
 MEAN, STD = 0.1307, 0.3081
 N_TRAIN_FILE = 60_000
+N_TEST_FILE = 10_000
 LOADERS = ("tensor", "dataloader")
 NORMALIZATIONS = ("unit", "standard")
 
@@ -252,30 +253,7 @@ class MNISTDataModule(L.LightningDataModule):
         limit_train_batches: int | float | None = None,
     ) -> None:
         super().__init__()
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                raise ConfigError(f"data.{key} must be a positive integer, got {value!r}.")
-        if not (isinstance(val_size, int) and 0 < val_size < N_TRAIN_FILE):
-            raise ConfigError(
-                f"data.val_size must be an integer between 1 and {N_TRAIN_FILE - 1} (validation images "
-                f"taken out of the 60,000 training images), got {val_size!r}."
-            )
-        if train_size is not None and not (isinstance(train_size, int) and 0 < train_size <= N_TRAIN_FILE - val_size):
-            raise ConfigError(
-                f"data.train_size must be null (all {N_TRAIN_FILE - val_size} images left after validation) or an "
-                f"integer between 1 and that, got {train_size!r}."
-            )
-        if normalize not in NORMALIZATIONS:
-            raise ConfigError(f"data.normalize={normalize!r} is not known. Use one of: {', '.join(NORMALIZATIONS)}.")
-        if loader not in LOADERS:
-            raise ConfigError(f"data.loader={loader!r} is not known. Use one of: {', '.join(LOADERS)}.")
-        if not (isinstance(num_workers, int) and num_workers >= 0):
-            raise ConfigError(f"data.num_workers must be an integer >= 0, got {num_workers!r}.")
-        if steps_per_call > 1 and loader != "tensor":
-            raise ConfigError(
-                f"steps_per_call={steps_per_call} needs data.loader=tensor (the DataLoader path serves one "
-                "mini-batch at a time): set data.loader=tensor or steps_per_call=1."
-            )
+        # The values' ranges and choices are mlptrain.config's rules, checked before this is built.
         self.steps_per_call = steps_per_call
         self.limit_train_batches = limit_train_batches
         self.root = Path(dir).expanduser() if dir else EMBEDDED_DIR

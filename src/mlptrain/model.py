@@ -1,15 +1,35 @@
 """The multi-layer perceptron: a plain nn.Module, layer by layer a' = σ(W a + b)."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from mlptrain.activations import Maxout, make_activation, make_output_activation
-from mlptrain.errors import ConfigError
 
-INITS = ("default", "xavier", "kaiming", "normal")
+
+def _xavier(layer: nn.Linear) -> None:  # Glorot & Bengio 2010, uniform; zero biases
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
+def _kaiming(layer: nn.Linear) -> None:  # He et al. 2015, normal, fan-in, ReLU gain; zero biases
+    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    nn.init.zeros_(layer.bias)
+
+
+def _normal(layer: nn.Linear) -> None:  # Nielsen's network.py: every weight and bias ~ N(0, 1)
+    nn.init.normal_(layer.weight)
+    nn.init.normal_(layer.bias)
+
+
+INITS: dict[str, Callable[[nn.Linear], None]] = {
+    "default": lambda layer: None,  # PyTorch's own, drawn when the layer was made
+    "xavier": _xavier,
+    "kaiming": _kaiming,
+    "normal": _normal,
+}
 
 
 class MLP(nn.Module):
@@ -34,16 +54,6 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         hidden = list(hidden)
-        if not all(isinstance(width, int) and not isinstance(width, bool) and width > 0 for width in hidden):
-            raise ConfigError(
-                f"model.hidden must be a list of positive integer widths, e.g. [16, 16] "
-                f"(or [] for logistic regression); got {hidden}."
-            )
-        if init not in INITS:
-            raise ConfigError(f"model.init={init!r} is not known. Use one of: {', '.join(INITS)}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout is a probability in [0, 1); got {dropout}.")
-
         self.activations = nn.ModuleList(
             make_activation(
                 activation,
@@ -66,15 +76,7 @@ class MLP(nn.Module):
     def init_parameters(self, init: str) -> None:
         """Re-draw every weight and bias by the named scheme (`default` leaves PyTorch's own)."""
         for layer in self.layers:
-            if init == "xavier":  # Glorot & Bengio 2010, uniform; zero biases
-                nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
-            elif init == "kaiming":  # He et al. 2015, normal, fan-in, ReLU gain; zero biases
-                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-                nn.init.zeros_(layer.bias)
-            elif init == "normal":  # Nielsen's network.py: every weight and bias ~ N(0, 1)
-                nn.init.normal_(layer.weight)
-                nn.init.normal_(layer.bias)
+            INITS[init](layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = x.flatten(1)  # (B, 1, 28, 28) or (B, 784) -> (B, 784)

@@ -17,8 +17,11 @@ def load(ckpt_path: str | Path) -> tuple[MLPSystem, dict]:
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         system = MLPSystem.load_from_checkpoint(ckpt_path, map_location="cpu")
-    except (OSError, RuntimeError, KeyError, TypeError) as error:
-        raise ConfigError(f"ckpt_path={ckpt_path} is not an mlptrain checkpoint ({error}).") from error
+    except Exception as error:  # a directory, a truncated file, another program's pickle: all the same to the user
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} is not an mlptrain checkpoint ({type(error).__name__}: {error}). Point it at a "
+            ".ckpt written by train.py, e.g. outputs/<date>/<time>/checkpoints/best.ckpt."
+        ) from error
     return system.eval(), checkpoint.get("config", {})
 
 
@@ -42,8 +45,6 @@ def image_pixels(path: str | Path) -> np.ndarray:
 def test_image(index: int, data_dir: str | None = None) -> tuple[np.ndarray, int]:
     """Pixels and label of test image `index` (0 to 9999)."""
     test = datasets.MNIST(Path(data_dir) if data_dir else EMBEDDED_DIR, train=False)
-    if not 0 <= index < len(test):
-        raise ConfigError(f"index={index} is not a test image: use 0 to {len(test) - 1}.")
     return test.data[index].numpy(), int(test.targets[index])
 
 

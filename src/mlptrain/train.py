@@ -1,6 +1,7 @@
 """train(cfg): build the data, the model and the Lightning Trainer from the config, fit, test, write the run."""
 
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import platform
@@ -24,6 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torchvision import datasets
 
+from mlptrain.config import check
 from mlptrain.data import MNISTDataModule, to_inputs
 from mlptrain.errors import ConfigError, MlptrainError, RunInterrupted
 from mlptrain.step import choose_path
@@ -86,16 +88,53 @@ class _CheckpointOnStop(Callback):
         self.checkpoint.last_model_path = str(path)
 
 
+class _DropLines(logging.Filter):
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+# Lines other libraries print that say nothing about this run: an advertisement, a TPU count on machines
+# without one, a note on how Lightning counts steps; and, on a machine without CUDA, torch's remark that
+# it has no CUDA compiler while it compiles for the CPU.
+_LIGHTNING_NOISE = _DropLines(
+    "💡 Tip:", "TPU available: False", "Loading `train_dataloader` to estimate number of stepping batches"
+)
+_NO_CUDA_NOISE = _DropLines("No CUDA runtime is found")
+
+
+def quiet_console(tensor_loader: bool) -> None:
+    """Silence, narrowly (by logger or module, and message) and in this one place, what is not ours to say."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_LIGHTNING_NOISE)  # a filter already there is not added twice
+    if not torch.cuda.is_available():
+        logging.getLogger("torch.utils.cpp_extension").addFilter(_NO_CUDA_NOISE)
+    # Lightning 2.6 calls an API that torch 2.10+ deprecates; nothing a user can change.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    # The run directory already holds Hydra's files, which CSVLogger would warn about as "not empty".
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    # Each epoch value is a torchmetrics compute(), which already gathers every process's counts.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True\)`")
+    if tensor_loader:  # its place in the epoch is in the checkpoint (MNISTDataModule.state_dict)
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+
+
 def _container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def _progress_bar(setting: Any) -> bool:
+def _progress_bar(setting: str | bool) -> bool:
     if setting == "auto":
         return sys.stderr.isatty()  # a bar redrawn in a log file is thousands of lines of noise
-    if isinstance(setting, bool):
-        return setting
-    raise ConfigError(f"progress_bar must be auto, true or false, got {setting!r}.")
+    return bool(setting)
 
 
 def _make_trainer(
@@ -120,14 +159,13 @@ def _make_trainer(
     ]
     if show_bar:
         callbacks.append(RichProgressBar())
-    # The run directory already holds Hydra's files, which CSVLogger would warn about as "not empty".
-    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-    # Each epoch value is a torchmetrics compute(), which already gathers every process's counts.
-    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True\)`")
-    if cfg.data.loader == "tensor":  # its place in the epoch is in the checkpoint (MNISTDataModule.state_dict)
-        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
     loggers: list[Logger] = [CSVLogger(run_dir, name="", version="")]  # -> <run dir>/metrics.csv
     if cfg.logger.tensorboard:
+        if not any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
+            raise ConfigError(
+                "logger=tensorboard writes TensorBoard event files, but the tensorboard package is not installed: "
+                'pip install -e ".[tensorboard]" (or pip install tensorboard), or use logger=csv.'
+            )
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False))
     settings = _container(cfg.trainer)
     if cfg.data.loader == "tensor":  # the batches apply it, in mini-batches (TensorBatches.limit)
@@ -152,12 +190,8 @@ def _make_trainer(
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     """The checkpoint training starts from: ckpt_path, or with resume=auto the newest in the run directory."""
-    if cfg.resume in (None, False):
+    if cfg.resume is None:
         return cfg.ckpt_path
-    if cfg.resume != "auto":
-        raise ConfigError(f"resume must be null or auto, got {cfg.resume!r}.")
-    if cfg.ckpt_path is not None:
-        raise ConfigError("Give resume=auto or ckpt_path, not both: resume=auto finds the checkpoint itself.")
     # last.ckpt: the end of an epoch, or where a SIGTERM stopped the run; hpc_ckpt_N.ckpt: Lightning's
     # SLURM requeue (SIGUSR1) writes these into the run directory.
     candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
@@ -217,17 +251,14 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     and summary.json. `callbacks` are added to the Trainer's (scripts/compare.py records epochs with one).
     Raises MlptrainError subclasses for problems the user can fix.
     """
+    check(cfg)
     run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output_dir={run_dir} is a file, not a directory: give a directory, or leave it to Hydra.")
     if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a file. Give the path of a .ckpt file, or ckpt_path=null.")
-    if not cfg.train and cfg.ckpt_path is None:
-        raise ConfigError("train=false evaluates a checkpoint on the test set: also give ckpt_path=path/to/best.ckpt.")
-    if not (isinstance(cfg.check_finite_every_n_steps, int) and cfg.check_finite_every_n_steps > 0):
-        raise ConfigError(
-            f"check_finite_every_n_steps must be a positive integer, got {cfg.check_finite_every_n_steps!r}."
-        )
     _check_processes(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     path = choose_path(cfg) if cfg.train else None
     ckpt_path = _resume_path(cfg, run_dir) if cfg.train else cfg.ckpt_path
     writer = rank_zero_only.rank == 0  # with several processes, one writes the run's files
@@ -261,6 +292,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         )
     else:
         system = _load_for_test(cfg.ckpt_path)
+    quiet_console(tensor_loader=cfg.data.loader == "tensor")
     trainer, checkpoint = _make_trainer(cfg, run_dir, callbacks, steps_per_call)
     if previous_metrics:
         _keep_metrics(trainer, previous_metrics)

@@ -1,0 +1,254 @@
+"""The catalogue: every key of the schema (mlptrain.config) and every rule, broken on purpose.
+
+Generated, not written by hand: each preset of each config group is composed, and for every leaf key a
+value of the wrong type is made from the key's declared type; every rule in RULES is broken by its own
+examples. Each must end the command (train.py, scripts/compare.py, scripts/predict.py) with exit status
+1 and one paragraph that names the key, without a traceback, before any training starts.
+"""
+
+import functools
+import runpy
+import sys
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from types import UnionType
+from typing import Any
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from mlptrain.config import CHECKED_WHERE_USED, PREDICT_RULES, RULES, PredictConfig, Rule, check
+from mlptrain.errors import ConfigError
+from tests.conftest import CONF_DIR, ROOT
+
+GROUPS = ("model", "data", "loss", "optimizer", "scheduler", "trainer", "logger")
+# Every preset as the override that picks it; [] is the default config.
+CONTEXTS = [[]] + [[f"{group}={path.stem}"] for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
+ABSENT = object()
+WRONG = {int: "abc", float: "abc", bool: "maybe", list: "[abc]"}  # a value of each declared type's wrong kind
+
+
+def composed(config: str, overrides: list[str]) -> DictConfig:
+    return _composed(config, tuple(overrides))
+
+
+@functools.cache  # the catalogue composes each preset once, not once per key
+def _composed(config: str, overrides: tuple[str, ...]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config, overrides=["output_dir=/tmp/mlptrain-schema-test", *overrides])
+
+
+def leaves(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, type | None]]:
+    """(dotted key, declared type) of every leaf; the type comes from the node's schema dataclass."""
+    schema = OmegaConf.get_type(node)
+    hints = typing.get_type_hints(schema) if schema not in (dict, None) else {}
+    for key in node:
+        if key == "hydra":
+            continue
+        child = node[key] if not OmegaConf.is_missing(node, key) else None
+        if isinstance(child, DictConfig) and OmegaConf.get_type(child) not in (dict, None):
+            yield from leaves(child, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", hints.get(key)
+
+
+def wrong_value(declared: Any) -> str | None:
+    """A command-line value that no value of `declared` can be parsed from; None where any text would do."""
+    if isinstance(declared, UnionType) or typing.get_origin(declared) is typing.Union:
+        declared = next(arg for arg in typing.get_args(declared) if arg is not type(None))
+    return WRONG.get(typing.get_origin(declared) or declared)
+
+
+def catalogue() -> tuple[list[tuple[list[str], str]], set[str]]:
+    """(overrides, key the message must name) for every typed leaf in every context; and every leaf seen."""
+    cases, seen = {}, set()
+    for context in CONTEXTS:
+        for key, declared in leaves(composed("train", context)):
+            seen.add(key)
+            value = wrong_value(declared)
+            if value is not None and key not in cases:
+                cases[key] = ([*context, f"{key}={value}"], key)
+    return list(cases.values()), seen
+
+
+TYPE_CASES, ALL_KEYS = catalogue()
+
+
+def context_of(rule: Rule, config: str) -> list[str]:
+    """The first preset whose config has the rule's key (e.g. optimizer=sgd for optimizer.momentum)."""
+    for context in CONTEXTS:
+        if OmegaConf.select(composed(config, context), rule.key, default=ABSENT) is not ABSENT:
+            return context
+    raise AssertionError(f"no preset has {rule.key}")
+
+
+def rule_cases(config: str) -> list[tuple[list[str], str]]:
+    compare_only = [rule for rule in RULES if rule.key.startswith("baselines")]
+    rules = compare_only if config == "compare" else [rule for rule in RULES if rule not in compare_only]
+    return [([*context_of(rule, config), *example], rule.key) for rule in rules for example in rule.examples]
+
+
+RULE_CASES = rule_cases("train")
+COMPARE_RULE_CASES = rule_cases("compare")
+
+
+def run_command(script: str, arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The command as a user runs it, but in this process (no start-up per case): exit status and output."""
+    GlobalHydra.instance().clear()
+    old_argv = sys.argv
+    sys.argv = [str(ROOT / script), *arguments]
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.argv = old_argv
+        GlobalHydra.instance().clear()
+    output = capsys.readouterr()
+    return status, output.out + output.err
+
+
+def assert_refused(status: int, output: str, key: str) -> None:
+    assert status == 1, output
+    assert "Traceback" not in output, output
+    assert key in output, f"the message does not name {key}: {output}"
+    assert "Epoch" not in output and "epoch 0" not in output  # refused before training
+
+
+def hydra_args(tmp_path: Path) -> list[str]:
+    return [f"hydra.run.dir={tmp_path}", "hydra.output_subdir=null"]
+
+
+def test_every_leaf_key_can_be_broken() -> None:
+    """A new key needs a type that can be wrong, a rule, or an entry in CHECKED_WHERE_USED: else this fails."""
+    typed = {key for _, key in TYPE_CASES}
+    ruled = {rule.key for rule in RULES}
+    unjudged = ALL_KEYS - typed - ruled - set(CHECKED_WHERE_USED)
+    assert not unjudged, f"nothing refuses a bad value of {sorted(unjudged)}: give them a type or a rule"
+    assert len(ALL_KEYS) > 60  # the walk found the config, not an empty node
+
+
+@pytest.mark.parametrize(("overrides", "key"), TYPE_CASES, ids=[key for _, key in TYPE_CASES])
+def test_a_value_of_the_wrong_type_is_refused_at_composition(
+    overrides: list[str], key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_refused(*run_command("train.py", [*overrides, *hydra_args(tmp_path)], capsys), key)
+
+
+@pytest.mark.parametrize(("overrides", "key"), RULE_CASES, ids=[" ".join(o) for o, _ in RULE_CASES])
+def test_a_value_that_breaks_a_rule_is_refused_before_training(
+    overrides: list[str], key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConfigError, match=key) as error:  # the rule itself refuses it, not a later accident
+        check(composed("train", overrides))
+    assert "\n" not in str(error.value)
+    assert_refused(*run_command("train.py", [*overrides, *hydra_args(tmp_path)], capsys), key)
+
+
+@pytest.mark.parametrize("key", sorted(CHECKED_WHERE_USED))
+def test_keys_checked_where_they_are_used(key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    override, _ = CHECKED_WHERE_USED[key]
+    check(composed("train", [override]))  # no rule can judge these ...
+    status, output = run_command("train.py", [override, *hydra_args(tmp_path)], capsys)
+    assert_refused(status, output, key.rsplit(".", 1)[-1])  # ... using them does (Lightning names its own argument)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [*TYPE_CASES[::4], *RULE_CASES[::4], *COMPARE_RULE_CASES],
+    ids=lambda case: case if isinstance(case, str) else " ".join(case),
+)
+def test_compare_refuses_the_same_values(
+    overrides: list[str], key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """scripts/compare.py takes every key train.py takes: a quarter of the catalogue, and its own rules."""
+    assert_refused(*run_command("scripts/compare.py", [*overrides, *hydra_args(tmp_path)], capsys), key)
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bad")
+    whole = folder / "whole.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, whole)
+    truncated = folder / "truncated.ckpt"
+    truncated.write_bytes(whole.read_bytes()[:300])
+    not_an_image = folder / "digit.png"
+    not_an_image.write_text("not a picture")
+    (folder / "empty_sweep" / "0").mkdir(parents=True)
+    return {"dir": folder, "truncated": truncated, "not_an_image": not_an_image, "sweep": folder / "empty_sweep"}
+
+
+PREDICT_TYPE_CASES = [
+    ([f"{key}={wrong_value(declared)}"], key)
+    for key, declared in typing.get_type_hints(PredictConfig).items()
+    if wrong_value(declared) is not None
+]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "key"),
+    [*PREDICT_TYPE_CASES, *[(list(example), rule.key) for rule in PREDICT_RULES for example in rule.examples]],
+)
+def test_predict_refuses_bad_arguments(
+    arguments: list[str], key: str, bad_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_ckpt = [f"ckpt_path={bad_files['truncated']}", *arguments]
+    status, output = run_command("scripts/predict.py", with_ckpt, capsys)
+    assert status == 1 and "Traceback" not in output and key in output, output
+
+
+@pytest.mark.parametrize(
+    ("script", "arguments", "key"),
+    [
+        ("train.py", ["train=false", "ckpt_path={truncated}"], "ckpt_path"),
+        ("train.py", ["ckpt_path={dir}"], "ckpt_path"),
+        ("scripts/predict.py", ["ckpt_path={dir}", "index=0"], "ckpt_path"),
+        ("scripts/predict.py", ["ckpt_path={truncated}", "index=0"], "ckpt_path"),
+        ("scripts/report.py", ["{sweep}"], "summary.json"),
+    ],
+)
+def test_bad_paths_and_files(
+    script: str,
+    arguments: list[str],
+    key: str,
+    bad_files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    arguments = [argument.format(**bad_files) for argument in arguments]
+    if script == "train.py":
+        arguments += hydra_args(tmp_path)
+    status, output = run_command(script, arguments, capsys)
+    assert status == 1 and "Traceback" not in output and key in output, output
+    assert str(bad_files["truncated"]) not in output or "not an mlptrain checkpoint" in output or "could not" in output
+
+
+def test_an_image_that_is_not_an_image(bad_files: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """Needs a real checkpoint to get as far as the image: the smallest run there is."""
+    status, output = run_command(
+        "train.py",
+        [
+            *hydra_args(tmp_path),
+            "model.hidden=[]",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            "trainer.num_sanity_val_steps=0",
+            "report.enabled=false",
+            "progress_bar=false",
+        ],
+        capsys,
+    )
+    assert status == 0, output
+    status, output = run_command(
+        "scripts/predict.py",
+        [f"ckpt_path={tmp_path}/checkpoints/best.ckpt", f"image={bad_files['not_an_image']}"],
+        capsys,
+    )
+    assert status == 1 and "Traceback" not in output and "image=" in output and "could not be read" in output, output
