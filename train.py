@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from mlptrain.train import main
+from mlptrain.cli import main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

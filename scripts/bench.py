@@ -17,7 +17,7 @@ for `epochs` epochs.
 
 With e2e=true, whole processes are timed from start to exit, `runs` times each, taking turns:
 `python train.py experiment=nielsen` with a cold compile cache (a fresh TORCHINDUCTOR_CACHE_DIR) and with a
-warm one, against the Nielsen-style network of scripts/nielsen_network.py trained for the same epochs on the
+warm one, against the Nielsen-style network of mlptrain.baselines.nielsen_network trained for the same epochs on the
 same batches in a process of its own (loading MNIST, and the test accuracy after every epoch as network.py
 prints it, included).
 """
@@ -41,12 +41,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain.compare import epoch_batches
+from mlptrain.baselines.numpy_mlp import NumpyBaseline
 from mlptrain.data import MNISTDataModule, TensorBatches
+from mlptrain.losses import make_loss
 from mlptrain.model import MLP
-from mlptrain.numpy_mlp import NumpyBaseline
 from mlptrain.step import choose_path
-from mlptrain.system import make_loss
 from mlptrain.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,19 +113,11 @@ class _PeakRSS:
         return None if self.start is None else (self.peak - self.start) / 2**20
 
 
-class _EpochTimes(L.Callback):
-    """From the start of each training epoch to the start of its validation, which the other systems skip."""
+class _EpochSeconds(L.Callback):
+    """The module's own epoch times (training only: the other systems skip validation), kept after the fit."""
 
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.started = time.perf_counter()
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            _sync(pl_module.device)
-            self.seconds.append(time.perf_counter() - self.started)
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds = list(pl_module.epoch_seconds)
 
 
 def as_train_py_runs_it(cfg: DictConfig) -> tuple[DictConfig, str]:
@@ -138,7 +129,7 @@ def as_train_py_runs_it(cfg: DictConfig) -> tuple[DictConfig, str]:
 
 def lightning_run(cfg: DictConfig, epochs: int) -> tuple[list[float], float]:
     """mlptrain's trainer (validation each epoch is not timed)."""
-    timer = _EpochTimes()
+    timer = _EpochSeconds()
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = OmegaConf.merge(cfg, {"output_dir": run_dir, "trainer": {"max_epochs": epochs}})
         train(cfg, callbacks=[timer])
@@ -154,7 +145,7 @@ def eager_run(cfg: DictConfig, epochs: int, device: torch.device) -> tuple[list[
     optimizer = instantiate(cfg.optimizer)(model.parameters())
     loss_fn = make_loss(**plain["loss"])
     data = _tensor_data(cfg, device)
-    batches: TensorBatches = data.splits["train"]  # type: ignore[assignment]
+    batches: TensorBatches = data.train_dataloader()  # type: ignore[assignment]
     seconds = []
     for epoch in range(epochs):
         batches.sampler.set_epoch(epoch)
@@ -166,9 +157,9 @@ def eager_run(cfg: DictConfig, epochs: int, device: torch.device) -> tuple[list[
             optimizer.step()
         _sync(device)
         seconds.append(time.perf_counter() - started)
-    test: TensorBatches = data.splits["test"]  # type: ignore[assignment]
+    test_x, test_y = (torch.from_numpy(array).to(device) for array in data.arrays("test"))
     with torch.no_grad():
-        accuracy = (model(test.images).argmax(-1) == test.labels).float().mean().item()
+        accuracy = (model(test_x).argmax(-1) == test_y).float().mean().item()
     return seconds, accuracy
 
 
@@ -182,16 +173,15 @@ def numpy_run(cfg: DictConfig, epochs: int) -> tuple[list[float], float]:
         [(layer.weight.detach().numpy(), layer.bias.detach().numpy()) for layer in torch_model.layers]
     )
     data = _tensor_data(cfg, torch.device("cpu"))
-    train_split: TensorBatches = data.splits["train"]  # type: ignore[assignment]
-    x, y = train_split.images.numpy(), train_split.labels.numpy()
+    x, y = data.arrays("train")
     seconds = []
     for epoch in range(epochs):
-        batches = epoch_batches(len(y), cfg.data.batch_size, cfg.data.shuffle_seed, epoch, None)
+        batches = data.epoch_batches(epoch)
         started = time.perf_counter()
         baseline.fit_epoch(x, y, batches)
         seconds.append(time.perf_counter() - started)
-    test: TensorBatches = data.splits["test"]  # type: ignore[assignment]
-    accuracy = float((baseline.predict(test.images.numpy()) == test.labels.numpy()).mean())
+    test_x, test_y = data.arrays("test")
+    accuracy = float((baseline.predict(test_x) == test_y).mean())
     return seconds, accuracy
 
 
@@ -282,10 +272,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def nielsen_network_process(epochs: int) -> None:
-    """Train network.py's design (scripts/nielsen_network.py) as experiment=nielsen sets it up, printing the test
-    accuracy after each epoch as network.py does: the baseline that e2e times as a process of its own."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from nielsen_network import NielsenBaseline
+    """Train network.py's design (mlptrain.baselines.nielsen_network) as experiment=nielsen sets it up, printing
+    the test accuracy after each epoch as network.py does: the baseline that e2e times as a process of its own."""
+    from mlptrain.baselines.nielsen_network import NielsenBaseline
 
     with tempfile.TemporaryDirectory() as scratch:
         cfg = _compose(["experiment=nielsen"], Path(scratch))
@@ -295,10 +284,9 @@ def nielsen_network_process(epochs: int) -> None:
         [(layer.weight.detach().numpy(), layer.bias.detach().numpy()) for layer in MLP(**cfg.model).layers]
     )
     data = _tensor_data(cfg, torch.device("cpu"))
-    x, y = data.splits["train"].images.numpy(), data.splits["train"].labels.numpy()  # type: ignore[union-attr]
-    test_x, test_y = data.splits["test"].images.numpy(), data.splits["test"].labels.numpy()  # type: ignore[union-attr]
+    (x, y), (test_x, test_y) = data.arrays("train"), data.arrays("test")
     for epoch in range(epochs):
-        baseline.fit_epoch(x, y, epoch_batches(len(y), cfg.data.batch_size, cfg.data.shuffle_seed, epoch, None))
+        baseline.fit_epoch(x, y, data.epoch_batches(epoch))
         print(f"Epoch {epoch}: {int((baseline.predict(test_x) == test_y).sum())} / {len(test_y)}", flush=True)
 
 

@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
+from mlptrain.cli import main
 from mlptrain.compare import compare
-from mlptrain.train import main
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="compare")

@@ -11,12 +11,13 @@ import sys
 
 from mlptrain.config import parse_arguments
 from mlptrain.errors import MlptrainError
-from mlptrain.predict import image_pixels, load, probabilities, test_image
+from mlptrain.predict import image_pixels, probabilities, test_image
+from mlptrain.system import load_checkpoint
 
 
 def run(arguments: list[str]) -> None:
     args = parse_arguments(arguments)
-    system, config = load(args.ckpt_path)
+    system, config = load_checkpoint(args.ckpt_path)
     data = config.get("data", {})
     if args.image is not None:
         pixels, truth = image_pixels(args.image), None

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from mlptrain.errors import MlptrainError
-from mlptrain.sweep import summarize
+from mlptrain.sweep_report import summarize
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():

@@ -3,7 +3,11 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_python
+
+pytestmark = pytest.mark.slow  # subprocesses: see pyproject.toml's markers
 
 
 def test_bench_reports_every_system_doing_the_same_work(tmp_path: Path) -> None:

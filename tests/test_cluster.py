@@ -27,6 +27,8 @@ from mlptrain.train import train
 from tests.conftest import ROOT, run_python
 from tests.test_train import summary, weights
 
+pytestmark = pytest.mark.slow  # subprocesses: see pyproject.toml's markers
+
 MakeCfg = Callable[..., DictConfig]
 # Two epochs of 60 mini-batches of 10 images, with dropout, so that a resume must also restore where
 # the random draws were.

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mlptrain.compare import NearestCentroid, compare, epoch_batches
-from mlptrain.data import EpochPermutation
-from mlptrain.train import main
-from tests.conftest import CONF_DIR, ROOT, SMALL, logged_errors, run_python
+from mlptrain.baselines.centroid import NearestCentroid
+from mlptrain.cli import main
+from mlptrain.compare import compare
+from mlptrain.data import MNISTDataModule
+from tests.conftest import CONF_DIR, SMALL, logged_errors, run_python
 
 ALL = "baselines=[numpy,centroid,logistic,nielsen_network]"
 
@@ -23,15 +24,9 @@ def compare_config(tmp_path: Path, *overrides: str):
 @pytest.fixture(scope="module")
 def nielsen_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     """experiment=nielsen, 2 epochs of 300 mini-batches, every baseline."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(ROOT / "scripts"))  # where `python scripts/compare.py` finds nielsen_network
-        run_dir = tmp_path_factory.mktemp("compare")
-        rows = compare(
-            compare_config(
-                run_dir, "experiment=nielsen", ALL, "trainer.max_epochs=2", "trainer.limit_train_batches=300"
-            )
-        )
-    return run_dir, rows
+    run_dir = tmp_path_factory.mktemp("compare")
+    cfg = compare_config(run_dir, "experiment=nielsen", ALL, "trainer.max_epochs=2", "trainer.limit_train_batches=300")
+    return run_dir, compare(cfg)
 
 
 def by_system(rows: list[dict]) -> dict[str, list[dict]]:
@@ -41,6 +36,7 @@ def by_system(rows: list[dict]) -> dict[str, list[dict]]:
     return systems
 
 
+@pytest.mark.slow
 def test_every_system_is_trained_and_evaluated_every_epoch(nielsen_run: tuple[Path, list[dict]]) -> None:
     run_dir, rows = nielsen_run
     systems = by_system(rows)
@@ -50,6 +46,7 @@ def test_every_system_is_trained_and_evaluated_every_epoch(nielsen_run: tuple[Pa
         assert len(list(csv.DictReader(file))) == 10
 
 
+@pytest.mark.slow
 def test_hand_written_nets_follow_the_trainer_step_for_step(nielsen_run: tuple[Path, list[dict]]) -> None:
     """Same initial weights and batches: float32 NumPy and float64 network.py track autograd's run."""
     systems = by_system(nielsen_run[1])
@@ -60,12 +57,14 @@ def test_hand_written_nets_follow_the_trainer_step_for_step(nielsen_run: tuple[P
     assert systems["numpy"][0]["train_loss"] == pytest.approx(systems["mlptrain"][0]["train_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_simple_baselines_reach_their_usual_accuracy(nielsen_run: tuple[Path, list[dict]]) -> None:
     systems = by_system(nielsen_run[1])
     assert 0.78 < systems["centroid"][-1]["test_acc"] < 0.85  # nearest class mean on MNIST: ~82%
     assert systems["logistic"][-1]["test_acc"] > 0.85
 
 
+@pytest.mark.slow
 def test_gradient_parity_table(nielsen_run: tuple[Path, list[dict]]) -> None:
     with (nielsen_run[0] / "gradient_parity.csv").open() as file:
         parity = list(csv.DictReader(file))
@@ -73,6 +72,7 @@ def test_gradient_parity_table(nielsen_run: tuple[Path, list[dict]]) -> None:
     assert len(parity) == 8 and all(float(row["max_rel_diff"]) < 1e-10 for row in parity)
 
 
+@pytest.mark.slow
 def test_markdown_table_and_plot(nielsen_run: tuple[Path, list[dict]]) -> None:
     run_dir = nielsen_run[0]
     table = (run_dir / "comparison.md").read_text()
@@ -84,12 +84,20 @@ def test_markdown_table_and_plot(nielsen_run: tuple[Path, list[dict]]) -> None:
 
 
 def test_baseline_batches_are_the_trainers() -> None:
-    sampler = EpochPermutation(1000, seed=5)
-    sampler.set_epoch(3)
-    batches = epoch_batches(1000, 64, 5, 3, None)
-    assert np.array_equal(np.concatenate(batches), sampler.permutation().numpy())
-    assert [len(b) for b in batches] == [64] * 15 + [40]
-    assert len(epoch_batches(1000, 64, 5, 3, 4)) == 4 and len(epoch_batches(1000, 64, 5, 3, 0.5)) == 8
+    """The batches the baselines get (data.epoch_batches) are those the trainer's loader serves, in its order."""
+    data = MNISTDataModule(train_size=1000, batch_size=64, shuffle_seed=5)
+    data.setup()
+    loader = data.train_dataloader()
+    loader.sampler.set_epoch(3)
+    served = [labels.numpy() for _, labels in loader]
+    _, y = data.arrays("train")
+    given = data.epoch_batches(3)
+    assert [len(index) for index in given] == [64] * 15 + [40]
+    assert len(served) == len(given) and all(np.array_equal(y[i], s) for i, s in zip(given, served))
+    assert not np.array_equal(np.concatenate(given), np.concatenate(data.epoch_batches(4)))  # a fresh shuffle
+    for limit, count in ((4, 4), (0.5, 8)):
+        limited = MNISTDataModule(train_size=1000, batch_size=64, shuffle_seed=5, limit_train_batches=limit)
+        assert len(limited.epoch_batches(3)) == count
 
 
 def test_centroid_predicts_the_nearest_mean() -> None:
@@ -121,13 +129,13 @@ def test_comparisons_that_are_not_like_for_like_are_refused_before_training(
     if not any(o.startswith("baselines=") for o in overrides):
         overrides = ["baselines=[numpy]", *overrides]
     cfg = compare_config(tmp_path, *overrides)
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     with pytest.raises(SystemExit):
         main(cfg, compare)
     assert message in logged_errors(caplog)[0]
     assert not (tmp_path / "mlptrain").exists()
 
 
+@pytest.mark.slow
 def test_the_readme_command(tmp_path: Path) -> None:
     done = run_python(
         "scripts/compare.py",

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from mlptrain import numpy_mlp
 from mlptrain.activations import HIDDEN_ACTIVATIONS
+from mlptrain.baselines import numpy_mlp
+from mlptrain.baselines.numpy_mlp import NumpyBaseline, NumpyMLP
+from mlptrain.losses import make_loss
 from mlptrain.model import MLP
-from mlptrain.numpy_mlp import NumpyBaseline, NumpyMLP
-from mlptrain.system import make_loss
 
 LOSSES = [
     ("cross_entropy", "half_sum"),

@@ -95,12 +95,14 @@ def _script(*args: str) -> subprocess.CompletedProcess:
     return run_python(*args, timeout=300)
 
 
+@pytest.mark.slow
 def test_plot_activations_script(tmp_path: Path) -> None:
     done = _script("scripts/plot_activations.py", f"out={tmp_path / 'a.png'}")
     assert done.returncode == 0, done.stderr
     assert "13 activations drawn" in done.stdout and png_size(tmp_path / "a.png") == (1536, 1248)
 
 
+@pytest.mark.slow
 def test_predict_a_test_image_and_a_users_picture(run: Path, tmp_path: Path) -> None:
     best = run / "checkpoints" / "best.ckpt"
     done = _script("scripts/predict.py", f"ckpt_path={best}", "index=0")
@@ -116,6 +118,7 @@ def test_predict_a_test_image_and_a_users_picture(run: Path, tmp_path: Path) -> 
     assert drawn.returncode == 0 and "prediction: 7" in drawn.stdout
 
 
+@pytest.mark.slow
 def test_predict_errors_are_one_line(run: Path, tmp_path: Path) -> None:
     (tmp_path / "not-an-image.png").write_text("hello")
     for args in (

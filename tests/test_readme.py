@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import ROOT, run_python
 
+pytestmark = pytest.mark.slow  # subprocesses: see pyproject.toml's markers
+
 SHRINK = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=5",

@@ -96,6 +96,14 @@ RULE_CASES = rule_cases("train")
 COMPARE_RULE_CASES = rule_cases("compare")
 
 
+def tiered(cases: list[tuple[list[str], str]], every: int = 5) -> list[Any]:
+    """Every case for `pytest`; every `every`-th in the fast tier (pytest -m "not slow")."""
+    return [
+        pytest.param(overrides, key, id=" ".join(overrides), marks=() if i % every == 0 else pytest.mark.slow)
+        for i, (overrides, key) in enumerate(cases)
+    ]
+
+
 def run_command(script: str, arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """The command as a user runs it, but in this process (no start-up per case): exit status and output."""
     GlobalHydra.instance().clear()
@@ -133,14 +141,14 @@ def test_every_leaf_key_can_be_broken() -> None:
     assert len(ALL_KEYS) > 60  # the walk found the config, not an empty node
 
 
-@pytest.mark.parametrize(("overrides", "key"), TYPE_CASES, ids=[key for _, key in TYPE_CASES])
+@pytest.mark.parametrize(("overrides", "key"), tiered(TYPE_CASES, every=4))
 def test_a_value_of_the_wrong_type_is_refused_at_composition(
     overrides: list[str], key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert_refused(*run_command("train.py", [*overrides, *hydra_args(tmp_path)], capsys), key)
 
 
-@pytest.mark.parametrize(("overrides", "key"), RULE_CASES, ids=[" ".join(o) for o, _ in RULE_CASES])
+@pytest.mark.parametrize(("overrides", "key"), tiered(RULE_CASES))
 def test_a_value_that_breaks_a_rule_is_refused_before_training(
     overrides: list[str], key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -158,6 +166,7 @@ def test_keys_checked_where_they_are_used(key: str, tmp_path: Path, capsys: pyte
     assert_refused(status, output, key.rsplit(".", 1)[-1])  # ... using them does (Lightning names its own argument)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [*TYPE_CASES[::4], *RULE_CASES[::4], *COMPARE_RULE_CASES],
@@ -226,29 +235,3 @@ def test_bad_paths_and_files(
     status, output = run_command(script, arguments, capsys)
     assert status == 1 and "Traceback" not in output and key in output, output
     assert str(bad_files["truncated"]) not in output or "not an mlptrain checkpoint" in output or "could not" in output
-
-
-def test_an_image_that_is_not_an_image(bad_files: dict[str, Path], tmp_path: Path, capsys) -> None:
-    """Needs a real checkpoint to get as far as the image: the smallest run there is."""
-    status, output = run_command(
-        "train.py",
-        [
-            *hydra_args(tmp_path),
-            "model.hidden=[]",
-            "trainer.max_epochs=1",
-            "trainer.limit_train_batches=2",
-            "trainer.limit_val_batches=1",
-            "trainer.limit_test_batches=1",
-            "trainer.num_sanity_val_steps=0",
-            "report.enabled=false",
-            "progress_bar=false",
-        ],
-        capsys,
-    )
-    assert status == 0, output
-    status, output = run_command(
-        "scripts/predict.py",
-        [f"ckpt_path={tmp_path}/checkpoints/best.ckpt", f"image={bad_files['not_an_image']}"],
-        capsys,
-    )
-    assert status == 1 and "Traceback" not in output and "image=" in output and "could not be read" in output, output

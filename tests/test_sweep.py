@@ -7,6 +7,8 @@ import pytest
 
 from tests.conftest import run_python
 
+pytestmark = pytest.mark.slow  # subprocesses: see pyproject.toml's markers
+
 SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=20", "report.enabled=false", "progress_bar=false"]
 
 

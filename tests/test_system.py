@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, NonFiniteLossError
-from mlptrain.system import MLPSystem, make_loss
+from mlptrain.losses import make_loss
+from mlptrain.system import MLPSystem
 from tests.conftest import compose_config
 
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}

@@ -13,7 +13,6 @@ layout. A baseline config with `trainer_overrides` instead runs the trainer itse
 (logistic regression is the trainer with no hidden layer).
 """
 
-import csv
 import logging
 import statistics
 import time
@@ -28,44 +27,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mlptrain.config import check
-from mlptrain.data import EpochPermutation, MNISTDataModule, TensorBatches
+from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError
+from mlptrain.losses import make_loss
 from mlptrain.model import MLP
-from mlptrain.system import make_loss
+from mlptrain.rundir import write_csv
 from mlptrain.train import train
 
 log = logging.getLogger(__name__)
 
 Array = np.ndarray
 TRAINER = "mlptrain"
-
-
-class NearestCentroid:
-    """Predicts the digit whose mean training image is nearest (Euclidean): the simplest baseline there is."""
-
-    name = "centroid"
-
-    def __init__(self) -> None:
-        self.centroids: Array | None = None  # (10, 784)
-
-    def fit_epoch(self, x: Array, y: Array, batch_indices: Sequence[Array]) -> None:
-        if self.centroids is None:  # one pass fits it; later epochs change nothing
-            seen = np.concatenate(batch_indices)
-            self.centroids = np.stack([x[seen][y[seen] == digit].mean(0) for digit in range(10)])
-
-    def predict(self, x: Array) -> Array:
-        # argmin ||x - c||² = argmin (||c||² - 2 x·c): (N, 10)
-        return ((self.centroids**2).sum(-1) - 2 * x @ self.centroids.T).argmin(-1)
-
-
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, limit: int | float | None) -> list[Array]:
-    """The trainer's mini-batches of an epoch as index arrays: its shuffle, its batch size, its batch limit."""
-    sampler = EpochPermutation(n, seed)
-    sampler.set_epoch(epoch)
-    batches = [index.numpy() for index in sampler.permutation().split(batch_size)]
-    if limit is None:
-        return batches
-    return batches[: limit if isinstance(limit, int) else int(limit * len(batches))]
 
 
 def _accuracy(pred: Array, y: Array) -> float:
@@ -86,20 +58,14 @@ class _RecordEpochs(L.Callback):
             for layer in pl_module.model.layers
         ]
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.started = time.perf_counter()
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.seconds = time.perf_counter() - self.started
-
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Runs before the module logs and resets its training loss, so the epoch's value is still there.
+        # Runs before the module logs and resets its training loss, so the epoch's value is still there; after
+        # its validation, which stops the module's epoch timer.
         row = {
             "system": self.name,
             "epoch": trainer.current_epoch,
-            "epoch_seconds": self.seconds,
-            "train_loss": float(pl_module.train_loss.compute()),
+            "epoch_seconds": pl_module.epoch_seconds[-1],
+            "train_loss": pl_module.epoch_train_loss(),
         }
         with torch.no_grad():
             for split, (x, y) in self.splits.items():
@@ -130,14 +96,12 @@ def _run_trainer(cfg: DictConfig, name: str, run_dir: Path, splits: Mapping[str,
 
 
 def _run_baseline(
-    baseline: Any, name: str, cfg: DictConfig, train_xy: tuple[Array, Array], splits: Mapping[str, tuple[Array, Array]]
+    baseline: Any, name: str, cfg: DictConfig, data: MNISTDataModule, splits: Mapping[str, tuple[Array, Array]]
 ) -> list[dict[str, Any]]:
-    x, y = train_xy
+    x, y = data.arrays("train")
     rows = []
     for epoch in range(cfg.trainer.max_epochs):
-        batches = epoch_batches(
-            len(y), cfg.data.batch_size, cfg.data.shuffle_seed, epoch, cfg.trainer.limit_train_batches
-        )
+        batches = data.epoch_batches(epoch)
         started = time.perf_counter()
         train_loss = baseline.fit_epoch(x, y, batches)
         row = {"system": name, "epoch": epoch, "epoch_seconds": time.perf_counter() - started, "train_loss": train_loss}
@@ -192,15 +156,11 @@ def compare(cfg: DictConfig) -> list[dict[str, Any]]:
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, verbose=False)
-    data = MNISTDataModule(**{**OmegaConf.to_container(cfg.data, resolve=True), "loader": "tensor"})
-    data.prepare_data()
-    data.setup()
-
-    def arrays(split: str) -> tuple[Array, Array]:
-        batches: TensorBatches = data.splits[split]  # type: ignore[assignment]
-        return batches.images.numpy(), batches.labels.numpy()
-
-    train_xy, splits = arrays("train"), {"val": arrays("val"), "test": arrays("test")}
+    data = MNISTDataModule(
+        **{**OmegaConf.to_container(cfg.data, resolve=True), "loader": "tensor"},
+        limit_train_batches=cfg.trainer.limit_train_batches,
+    )
+    splits = {"val": data.arrays("val"), "test": data.arrays("test")}
 
     # Built before any training, so that a baseline refusing this config stops the run at once.
     baselines = {
@@ -208,8 +168,8 @@ def compare(cfg: DictConfig) -> list[dict[str, Any]]:
     }
     trainer = _run_trainer(cfg, TRAINER, run_dir, splits)
     rows, parity = list(trainer.rows), []
-    first = epoch_batches(len(train_xy[1]), cfg.data.batch_size, cfg.data.shuffle_seed, 0, None)[0]
-    first_batch = (train_xy[0][first], train_xy[1][first])
+    (x, y), first = data.arrays("train"), data.epoch_batches(0)[0]
+    first_batch = (x[first], y[first])
     for name, baseline in baselines.items():
         if isinstance(baseline, DictConfig):
             rows += _run_trainer(OmegaConf.merge(cfg, baseline.trainer_overrides), name, run_dir, splits).rows
@@ -218,22 +178,15 @@ def compare(cfg: DictConfig) -> list[dict[str, Any]]:
             baseline.load_weights(trainer.initial)
         if hasattr(baseline, "gradients"):
             parity += [{"system": name, **row} for row in gradient_parity(cfg, trainer.initial, baseline, *first_batch)]
-        rows += _run_baseline(baseline, name, cfg, train_xy, splits)
+        rows += _run_baseline(baseline, name, cfg, data, splits)
 
-    _write_csv(run_dir / "epochs.csv", rows)
+    write_csv(run_dir / "epochs.csv", rows)
     if parity:
-        _write_csv(run_dir / "gradient_parity.csv", parity)
+        write_csv(run_dir / "gradient_parity.csv", parity)
     (run_dir / "comparison.md").write_text(comparison_markdown(cfg, rows, parity))
     plot_test_accuracy(rows, run_dir / "test_accuracy.png")
     log.info("Comparison written to %s", run_dir.resolve())
     return rows
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _figure(value: float | None, digits: int = 4) -> str:

@@ -18,12 +18,13 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mlptrain.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
+from mlptrain.baselines.numpy_mlp import MIRRORED as NUMPY_OPTIMIZERS
 from mlptrain.data import LOADERS, N_TEST_FILE, N_TRAIN_FILE, NORMALIZATIONS
 from mlptrain.errors import ConfigError
+from mlptrain.losses import LOSSES, MSE_REDUCTIONS
 from mlptrain.model import INITS
-from mlptrain.numpy_mlp import MIRRORED as NUMPY_OPTIMIZERS
 from mlptrain.step import choose_path, optimizer_class
-from mlptrain.system import LOSSES, MSE_REDUCTIONS, SCHEDULERS
+from mlptrain.system import SCHEDULERS
 
 # ---------------------------------------------------------------------------------------------------------
 # Types. MISSING everywhere: the defaults live in conf/, next to their comments. `Any` marks keys that take
@@ -60,6 +61,9 @@ class DataConfig:
 @dataclass
 class LossConfig:
     name: str = MISSING
+    # Only mse has reductions; the others average over the mini-batch. Kept here so that a recipe such as
+    # experiment=nielsen (which sets the quadratic cost's) still composes with loss=binary_cross_entropy.
+    reduction: str | None = None
 
 
 @dataclass
@@ -185,6 +189,7 @@ SCHEMAS: dict[str, type] = {
     "data/mnist_schema": DataConfig,
     "loss/loss_schema": LossConfig,
     "loss/mse_schema": MSEConfig,
+    "optimizer/optimizer_schema": OptimizerConfig,
     "optimizer/sgd_schema": SGDConfig,
     "optimizer/adam_schema": AdamConfig,
     "scheduler/scheduler_schema": SchedulerConfig,
@@ -357,7 +362,7 @@ def _limit(key: str) -> Rule:
 
 
 def _numpy(cfg: DictConfig) -> str | None:
-    """What the NumPy baseline (mlptrain.numpy_mlp) does not mirror, refused before anything trains."""
+    """What the NumPy baseline (mlptrain.baselines.numpy_mlp) does not mirror, refused before anything trains."""
     baselines = cfg.get("baselines") or {}
     if "numpy" not in baselines:
         return None
@@ -477,7 +482,16 @@ RULES: tuple[Rule, ...] = (
     between("data.num_workers", 0),
     # loss
     one_of("loss.name", LOSSES),
-    one_of("loss.reduction", MSE_REDUCTIONS, " (half_sum is Nielsen's quadratic cost ½‖a−y‖² averaged over examples)"),
+    rule(
+        "loss.reduction",
+        lambda cfg: (
+            cfg.loss.name == "mse"
+            and cfg.loss.reduction not in MSE_REDUCTIONS
+            and f"loss.reduction={cfg.loss.reduction!r} is not one of its choices: use one of "
+            f"{', '.join(MSE_REDUCTIONS)} (half_sum is Nielsen's quadratic cost ½‖a−y‖² averaged over examples)."
+        ),
+        ("loss=mse", "loss.reduction=no_such_choice"),
+    ),
     rule(
         "model.output_activation",
         _loss_and_output,

@@ -126,8 +126,10 @@ class EpochPermutation(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def permutation(self) -> torch.Tensor:
-        state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, dtype=np.uint64)[0]
+    def permutation(self, epoch: int | None = None) -> torch.Tensor:
+        """The order of `epoch` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        state = np.random.SeedSequence([self.seed, epoch]).generate_state(1, dtype=np.uint64)[0]
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(int(state)))
 
     def __iter__(self) -> Iterator[int]:
@@ -221,6 +223,12 @@ class TensorBatches:
             end = min(start + self.batch_size, shard.stop)
             yield self.images[start:end], self.labels[start:end]
 
+    def epoch_order(self, epoch: int) -> list[torch.Tensor]:
+        """The mini-batches of `epoch` as index tensors, in the order training takes them (the batch limit
+        applied): the one place the batch order is made, for the trainer and for the baselines alike."""
+        order = self.sampler.permutation(epoch).to(self.labels.device)
+        return list(order.split(self.batch_size)[: self.num_batches])
+
     def _train_indices(self) -> Iterator[torch.Tensor]:
         """This epoch's mini-batches as index tensors: this rank's share, after those already trained on."""
         skip = 0
@@ -228,8 +236,7 @@ class TensorBatches:
             epoch, done = self._resume
             skip = done if epoch == self.sampler.epoch else 0
             self._resume = None
-        order = self.sampler.permutation().to(self.labels.device)
-        for index in order.split(self.batch_size)[skip : self.num_batches]:
+        for index in self.epoch_order(self.sampler.epoch)[skip:]:
             yield index.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else index
 
 
@@ -263,6 +270,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.normalize, self.loader, self.num_workers = normalize, loader, num_workers
         self.splits: dict[str, TensorBatches | Subset] = {}
+        self._test_pixels: tuple[torch.Tensor, torch.Tensor]
         self._resume: dict[str, int] = {}
 
     def prepare_data(self) -> None:
@@ -289,6 +297,7 @@ class MNISTDataModule(L.LightningDataModule):
             transform = transforms.Compose(steps)
             full = datasets.MNIST(self.root, train=True, transform=transform)
             test = datasets.MNIST(self.root, train=False, transform=transform)
+            self._test_pixels = (test.data, test.targets)
             self.splits = {
                 "train": Subset(full, train_idx.tolist()),
                 "val": Subset(full, val_idx.tolist()),
@@ -299,6 +308,7 @@ class MNISTDataModule(L.LightningDataModule):
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         full = datasets.MNIST(self.root, train=True)
         test = datasets.MNIST(self.root, train=False)
+        self._test_pixels = (test.data, test.targets)
 
         def batches(images: torch.Tensor, labels: torch.Tensor, train: bool) -> TensorBatches:
             x = to_inputs(images.to(device), self.normalize)  # once, on the device
@@ -323,6 +333,25 @@ class MNISTDataModule(L.LightningDataModule):
         }
         if self._resume:
             self.load_state_dict(self._resume)
+
+    def test_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test set as it is on file, for pictures: images (10000, 28, 28) uint8 and labels (10000,)."""
+        self.setup()
+        return self._test_pixels
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """A split as the network sees it, for code outside Lightning (baselines, benchmarks): x (N, 784)
+        float32, normalised as configured, and y (N,) int64, on the CPU. Needs loader=tensor."""
+        self.setup()
+        batches = self.splits[split]
+        if not isinstance(batches, TensorBatches):
+            raise TypeError("arrays() serves the tensor loader's splits: build the data module with loader='tensor'.")
+        return batches.images.cpu().numpy(), batches.labels.cpu().numpy()
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The training mini-batches of `epoch` as index arrays into arrays("train"), in the trainer's order."""
+        self.setup()
+        return [index.cpu().numpy() for index in self.splits["train"].epoch_order(epoch)]  # type: ignore[union-attr]
 
     def state_dict(self) -> dict[str, int]:
         """Where in its epoch training stands, saved in every checkpoint: (epoch, training steps done in it)."""

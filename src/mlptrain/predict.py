@@ -7,22 +7,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import datasets
 
-from mlptrain.data import EMBEDDED_DIR, MEAN, STD
+from mlptrain.data import EMBEDDED_DIR
 from mlptrain.errors import ConfigError
 from mlptrain.system import MLPSystem
-
-
-def load(ckpt_path: str | Path) -> tuple[MLPSystem, dict]:
-    """The trained system, in eval mode on the CPU, and the run config stored with it."""
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        system = MLPSystem.load_from_checkpoint(ckpt_path, map_location="cpu")
-    except Exception as error:  # a directory, a truncated file, another program's pickle: all the same to the user
-        raise ConfigError(
-            f"ckpt_path={ckpt_path} is not an mlptrain checkpoint ({type(error).__name__}: {error}). Point it at a "
-            ".ckpt written by train.py, e.g. outputs/<date>/<time>/checkpoints/best.ckpt."
-        ) from error
-    return system.eval(), checkpoint.get("config", {})
 
 
 def image_pixels(path: str | Path) -> np.ndarray:
@@ -50,8 +37,4 @@ def test_image(index: int, data_dir: str | None = None) -> tuple[np.ndarray, int
 
 def probabilities(system: MLPSystem, pixels: np.ndarray, normalize: str = "standard") -> np.ndarray:
     """(10,) probability per digit for (28, 28) uint8 pixels, normalised as the model was trained."""
-    x = torch.from_numpy(pixels.astype(np.float32) / 255).reshape(1, 784)
-    if normalize == "standard":
-        x = (x - MEAN) / STD
-    with torch.no_grad():
-        return system.probabilities(system(x.to(system.dtype)))[0].numpy()
+    return system.probabilities_of(torch.from_numpy(pixels)[None], normalize)[0].float().numpy()

@@ -3,55 +3,26 @@
 import logging
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch.optim import Optimizer
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mlptrain.data import to_inputs
 from mlptrain.errors import ConfigError, NonFiniteLossError
+from mlptrain.losses import make_loss
 from mlptrain.model import MLP
 from mlptrain.step import Clip, FastSteps
 
-LOSSES = ("cross_entropy", "mse", "binary_cross_entropy")
-MSE_REDUCTIONS = {"half_sum": 0.5, "sum": 1.0, "mean": 0.1}  # each one's factor on Σ_j (a_j - y_j)²
 SCHEDULERS = ("none", "cosine", "step", "onecycle")
 STAGES = ("train", "val", "test")
 
 log = logging.getLogger(__name__)
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def make_loss(name: str, reduction: str = "half_sum") -> LossFn:
-    """loss(output (B, 10), labels (B,)) -> scalar, averaged over the B examples.
-
-    mse compares the output with the one-hot target y; per example, with a = output:
-      half_sum: ½ Σ_j (a_j - y_j)²   Nielsen's quadratic cost C = 1/2n Σ_x ‖y(x) - a‖²
-      sum:        Σ_j (a_j - y_j)²   3Blue1Brown's cost, twice the above
-      mean:   1/10 Σ_j (a_j - y_j)²  PyTorch's F.mse_loss (mean over every element)
-    cross_entropy is softmax cross-entropy on logits, so the output layer must be `none`.
-    binary_cross_entropy is Nielsen's network2 cost on sigmoid outputs, summed over the 10 outputs:
-      -Σ_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)], so the output layer must be `sigmoid`.
-    (mlptrain.config holds those rules and the names allowed.)
-    """
-    scale = MSE_REDUCTIONS[reduction] if name == "mse" else 1.0
-
-    def mse(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        target = F.one_hot(labels, output.shape[-1]).to(output.dtype)  # (B, 10)
-        if reduction == "mean":
-            return F.mse_loss(output, target)
-        return scale * (output - target).square().sum(-1).mean()
-
-    def binary_cross_entropy(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        target = F.one_hot(labels, output.shape[-1]).to(output.dtype)
-        return F.binary_cross_entropy(output, target, reduction="sum") / len(labels)
-
-    return {"cross_entropy": F.cross_entropy, "mse": mse, "binary_cross_entropy": binary_cross_entropy}[name]
 
 
 class ExampleMean(Metric):
@@ -113,6 +84,7 @@ class MLPSystem(L.LightningModule):
         # Updates made: Lightning's global_step counts training steps, which make K updates each when K > 1.
         self.updates_done = 0
         self.updates_checked = 0  # where the host last looked at the NaN flag
+        self.epoch_seconds: list[float] = []  # each epoch's training time, validation excluded
         for stage in STAGES:
             # validate_args off: its checks pull a value to the host every step.
             setattr(self, f"{stage}_loss", ExampleMean())
@@ -218,12 +190,12 @@ class MLPSystem(L.LightningModule):
             self.raise_if_nonfinite()
 
     def on_train_epoch_start(self) -> None:  # not called when a run resumes in the middle of an epoch
-        self.epoch_started = time.perf_counter()
+        self._start_epoch_timer()
         self.train_loss.reset()
         self.train_acc.reset()
 
     def on_fit_start(self) -> None:
-        self.epoch_started = time.perf_counter()  # a run resumed mid-epoch has no on_train_epoch_start for it
+        self._start_epoch_timer()  # a run resumed mid-epoch has no on_train_epoch_start for it
         if not self.automatic_optimization and self.trainer.world_size > 1:
             raise ConfigError(
                 "steps_per_call > 1 makes its updates outside Lightning's distributed wrapper, so gradients would "
@@ -241,13 +213,37 @@ class MLPSystem(L.LightningModule):
         self.raise_if_nonfinite()
         if not self.automatic_optimization and self.scheduler_interval == "epoch":
             self.lr_schedulers().step()  # what Lightning does for epoch-interval schedulers in automatic mode
+        self._stop_epoch_timer()  # where there was no validation to stop it
         self._log_epoch("train")
         if self.trainer.is_global_zero:  # one line per epoch, for logs where no progress bar is drawn
             values = self.trainer.callback_metrics
             shown = "  ".join(
                 f"{key} {float(values[key]):.4f}" for key in sorted(values) if key.split("/")[0] in STAGES
             )
-            log.info("epoch %d  %s  (%.1f s)", self.current_epoch, shown, time.perf_counter() - self.epoch_started)
+            log.info("epoch %d  %s  (%.1f s training)", self.current_epoch, shown, self.epoch_seconds[-1])
+
+    def _start_epoch_timer(self) -> None:
+        self.epoch_started: float | None = time.perf_counter()
+
+    def _stop_epoch_timer(self) -> None:
+        if getattr(self, "epoch_started", None) is None or self.trainer.sanity_checking:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the epoch's kernels, not only their launches
+        self.epoch_seconds.append(time.perf_counter() - self.epoch_started)
+        self.epoch_started = None
+
+    def on_validation_start(self) -> None:
+        self._stop_epoch_timer()  # an epoch's time is its training, not its validation
+
+    def epoch_train_loss(self) -> float:
+        """The mean training loss over the examples of the epoch so far (read before the epoch's end resets it)."""
+        return float(self.train_loss.compute())
+
+    @property
+    def diverged(self) -> bool:
+        """Whether a training loss has been NaN or infinite (read from the device: a synchronisation)."""
+        return int(self.nonfinite_step) >= 0
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         if self.norms_of and self.automatic_optimization:  # the fast path computes its norms in its step
@@ -282,8 +278,24 @@ class MLPSystem(L.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """The network's output, the predicted digit, and a probability per digit (B, 10)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        output = self.model(x)
-        return {"output": output, "pred": output.argmax(-1), "probs": self.probabilities(output)}
+        output, probs = self._infer(x)
+        return {"output": output, "pred": output.argmax(-1), "probs": probs}
+
+    def _infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.model(x.to(self.dtype))
+        return output, self.probabilities(output)
+
+    @torch.no_grad()
+    def probabilities_of(self, images: torch.Tensor, normalize: str, batch_size: int = 1000) -> torch.Tensor:
+        """Inference: images (N, 28, 28) uint8, as on file -> a probability per digit (N, 10), in eval mode.
+
+        Inputs are made by data.to_inputs, as in training (`normalize` as the model was trained)."""
+        was_training = self.training
+        self.eval()
+        inputs = to_inputs(images.to(self.device), normalize)
+        probs = torch.cat([self._infer(x)[1] for x in inputs.split(batch_size)])
+        self.train(was_training)
+        return probs
 
     def probabilities(self, output: torch.Tensor) -> torch.Tensor:
         """Outputs as probabilities: softmax of logits; softmax outputs as they are; sigmoid outputs normalised."""
@@ -336,3 +348,16 @@ class MLPSystem(L.LightningModule):
                 cycle_momentum=config.get("cycle_momentum", False),
             )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+
+def load_checkpoint(path: str | Path) -> tuple[MLPSystem, dict[str, Any]]:
+    """A checkpoint written by train.py: the system on the CPU, and the run's config stored with it."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        system = MLPSystem.load_from_checkpoint(path, map_location="cpu")
+    except Exception as error:  # a directory, a truncated file, another program's pickle: all the same to the user
+        raise ConfigError(
+            f"ckpt_path={path} could not be loaded as an mlptrain checkpoint ({type(error).__name__}: {error}). "
+            "Point it at a .ckpt written by train.py, e.g. outputs/<date>/<time>/checkpoints/best.ckpt."
+        ) from error
+    return system, checkpoint.get("config", {})

@@ -2,13 +2,11 @@
 
 import importlib.metadata
 import importlib.util
-import json
 import logging
-import platform
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,110 +19,18 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
-from torchvision import datasets
 
+from mlptrain.callbacks import CheckpointOnStop, RecordRun
 from mlptrain.config import check
-from mlptrain.data import MNISTDataModule, to_inputs
+from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunInterrupted
+from mlptrain.report import write_run_report
+from mlptrain.rundir import checkpoint_paths, keep_metrics, library_versions, resume_path, write_summary
 from mlptrain.step import choose_path
-from mlptrain.system import MLPSystem
+from mlptrain.system import MLPSystem, load_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-def library_versions() -> dict[str, str]:
-    """Versions that decide what a run computes, stored with every summary and checkpoint."""
-    versions = {"python": platform.python_version(), "cuda": str(torch.version.cuda)}
-    for package in ("mlptrain", "torch", "lightning", "torchmetrics", "torchvision", "hydra-core", "numpy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
-class _RecordRun(Callback):
-    """Stores the resolved config and library versions in every checkpoint, so each file describes its run,
-    and the random number generators' states, so that dropout draws on after a resume as it would have."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint["config"] = self.config
-        checkpoint["library_versions"] = library_versions()
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("rng_states", {})
-        if "torch" in states:
-            torch.set_rng_state(states["torch"])
-        if "cuda" in states and torch.cuda.device_count() == len(states["cuda"]):
-            torch.cuda.set_rng_state_all(states["cuda"])
-
-
-class _CheckpointOnStop(Callback):
-    """Writes last.ckpt where a SIGTERM stopped training: a cluster's preemption or time limit, or `kill`.
-
-    Lightning stops on SIGTERM only after the training step in progress has finished, so this is a
-    clean point mid-epoch, and resume=auto continues from it with the results unchanged. Ctrl-C can
-    land in the middle of a step and keeps the last epoch's checkpoint instead.
-    """
-
-    def __init__(self, checkpoint: ModelCheckpoint) -> None:
-        self.checkpoint = checkpoint
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or not trainer.training:
-            return
-        if int(pl_module.nonfinite_step) >= 0:  # type: ignore[arg-type]
-            return  # weights after a NaN are never checkpointed
-        path = Path(self.checkpoint.dirpath) / f"{self.checkpoint.CHECKPOINT_NAME_LAST}{self.checkpoint.FILE_EXTENSION}"
-        trainer.save_checkpoint(path)
-        self.checkpoint.last_model_path = str(path)
-
-
-class _DropLines(logging.Filter):
-    def __init__(self, *starts: str) -> None:
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.starts)
-
-
-# Lines other libraries print that say nothing about this run: an advertisement, a TPU count on machines
-# without one, a note on how Lightning counts steps; and, on a machine without CUDA, torch's remark that
-# it has no CUDA compiler while it compiles for the CPU.
-_LIGHTNING_NOISE = _DropLines(
-    "💡 Tip:", "TPU available: False", "Loading `train_dataloader` to estimate number of stepping batches"
-)
-_NO_CUDA_NOISE = _DropLines("No CUDA runtime is found")
-
-
-def quiet_console(tensor_loader: bool) -> None:
-    """Silence, narrowly (by logger or module, and message) and in this one place, what is not ours to say."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_LIGHTNING_NOISE)  # a filter already there is not added twice
-    if not torch.cuda.is_available():
-        logging.getLogger("torch.utils.cpp_extension").addFilter(_NO_CUDA_NOISE)
-    # Lightning 2.6 calls an API that torch 2.10+ deprecates; nothing a user can change.
-    warnings.filterwarnings(
-        "ignore",
-        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-        category=FutureWarning,
-        module=r"lightning\.pytorch\.utilities\._pytree",
-    )
-    # The run directory already holds Hydra's files, which CSVLogger would warn about as "not empty".
-    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-    # Each epoch value is a torchmetrics compute(), which already gathers every process's counts.
-    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True\)`")
-    if tensor_loader:  # its place in the epoch is in the checkpoint (MNISTDataModule.state_dict)
-        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
 
 def _container(cfg: DictConfig) -> dict[str, Any]:
@@ -153,8 +59,8 @@ def _make_trainer(
     callbacks: list[Callback] = [
         checkpoint,
         LearningRateMonitor(logging_interval="epoch"),
-        _RecordRun(_container(cfg)),
-        _CheckpointOnStop(checkpoint),
+        RecordRun(_container(cfg)),
+        CheckpointOnStop(checkpoint),
         *extra_callbacks,
     ]
     if show_bar:
@@ -188,31 +94,6 @@ def _make_trainer(
     return trainer, checkpoint
 
 
-def _resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
-    """The checkpoint training starts from: ckpt_path, or with resume=auto the newest in the run directory."""
-    if cfg.resume is None:
-        return cfg.ckpt_path
-    # last.ckpt: the end of an epoch, or where a SIGTERM stopped the run; hpc_ckpt_N.ckpt: Lightning's
-    # SLURM requeue (SIGUSR1) writes these into the run directory.
-    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
-    found = [path for path in candidates if path.is_file()]
-    if not found:
-        log.info("resume=auto: no checkpoint in %s yet, so training starts from the beginning", run_dir.resolve())
-        return None
-    newest = max(found, key=lambda path: path.stat().st_mtime)
-    log.info("resume=auto: resuming from %s", newest.resolve())
-    return str(newest)
-
-
-def _keep_metrics(trainer: L.Trainer, previous: str) -> None:
-    """Put back the rows of metrics.csv that CSVLogger deletes when a resumed run reuses its directory."""
-    for logger in trainer.loggers:
-        if isinstance(logger, CSVLogger) and rank_zero_only.rank == 0:
-            writer = logger.experiment  # made now: this is where the old file is deleted
-            Path(writer.metrics_file_path).write_text(previous)
-            writer.metrics_keys = sorted(previous.splitlines()[0].split(","))
-
-
 def _check_processes(cfg: DictConfig) -> None:
     """Hydra sweeps and Lightning's own process launcher cannot be combined: refuse that before it starts."""
     devices = cfg.trainer.get("devices", 1)
@@ -225,16 +106,6 @@ def _check_processes(cfg: DictConfig) -> None:
             "with the sweep's command line. Run several-device jobs one at a time (no -m), or sweep them with "
             "hydra/launcher=slurm, where SLURM starts one task per device (tasks_per_node = trainer.devices)."
         )
-
-
-def _load_for_test(ckpt_path: str) -> MLPSystem:
-    try:
-        return MLPSystem.load_from_checkpoint(ckpt_path, map_location="cpu")
-    except Exception as error:
-        raise ConfigError(
-            f"ckpt_path={ckpt_path} could not be loaded as an mlptrain checkpoint ({error}). Point it at a "
-            ".ckpt written by mlptrain, e.g. outputs/<date>/<time>/checkpoints/best.ckpt."
-        ) from error
 
 
 def _device_name(trainer: L.Trainer) -> str:
@@ -260,7 +131,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     _check_processes(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = choose_path(cfg) if cfg.train else None
-    ckpt_path = _resume_path(cfg, run_dir) if cfg.train else cfg.ckpt_path
+    ckpt_path = resume_path(cfg.resume, cfg.ckpt_path, run_dir) if cfg.train else cfg.ckpt_path
     writer = rank_zero_only.rank == 0  # with several processes, one writes the run's files
     metrics_csv = run_dir / "metrics.csv"
     previous_metrics = metrics_csv.read_text() if ckpt_path and metrics_csv.is_file() else None
@@ -291,11 +162,10 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             gradient_clip_algorithm=cfg.trainer.get("gradient_clip_algorithm") or "norm",
         )
     else:
-        system = _load_for_test(cfg.ckpt_path)
-    quiet_console(tensor_loader=cfg.data.loader == "tensor")
+        system, _ = load_checkpoint(cfg.ckpt_path)
     trainer, checkpoint = _make_trainer(cfg, run_dir, callbacks, steps_per_call)
     if previous_metrics:
-        _keep_metrics(trainer, previous_metrics)
+        keep_metrics(trainer, previous_metrics)
 
     summary: dict[str, Any] = {
         "status": "running",
@@ -310,7 +180,10 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     try:
         if cfg.train:
             try:
-                trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+                with warnings.catch_warnings():
+                    if cfg.data.loader == "tensor":  # its place in the epoch is in the checkpoint: nothing is lost
+                        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+                    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
             except RuntimeError as error:
                 if "state_dict" not in str(error):
                     raise
@@ -320,18 +193,18 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
                 ) from error
             if trainer.interrupted:
                 raise KeyboardInterrupt
-        summary["checkpoints"] = _checkpoint_paths(checkpoint)  # before test() restores the callback from a file
+        summary["checkpoints"] = checkpoint_paths(checkpoint)  # before test() restores the callback from a file
         summary["global_steps"] = system.updates_done  # and the module's count, from the tested checkpoint
         tested = checkpoint.best_model_path or ckpt_path
         results = trainer.test(system, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]
     except MlptrainError as error:
-        _write_summary(run_dir, summary, start, trainer, checkpoint, status="failed", error=str(error))
+        write_summary(run_dir, summary, start, trainer, checkpoint, status="failed", error=str(error))
         kept = [path for path in (checkpoint.best_model_path, checkpoint.last_model_path) if path]
         if kept:
             raise type(error)(f"{error} Checkpoints written before it are kept: {', '.join(kept)}.") from error
         raise
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
-        _write_summary(run_dir, summary, start, trainer, checkpoint, status="interrupted")
+        write_summary(run_dir, summary, start, trainer, checkpoint, status="interrupted")
         last = checkpoint.last_model_path
         resume = (
             f"to continue where it stopped, in the same directory, run the same command with `resume=auto "
@@ -344,9 +217,14 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             f"{run_dir.resolve()}; {resume}."
         ) from stop
     summary.update(test_acc=results["test/acc"], test_loss=results["test/loss"], tested_checkpoint=tested)
-    _write_summary(run_dir, summary, start, trainer, checkpoint, status="completed")
+    write_summary(run_dir, summary, start, trainer, checkpoint, status="completed")
     if cfg.report.enabled and writer:
-        _write_report(cfg, run_dir, summary, trainer, system, datamodule)
+        # The model's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
+        config = {
+            **_container(cfg),
+            **{key: dict(system.hparams[key]) for key in ("model", "loss", "optimizer", "scheduler")},
+        }
+        write_run_report(run_dir, summary, config, system, datamodule, cfg.report.weight_tiles, cfg.report.mistakes)
         log.info("Report with pictures: %s", (run_dir / "report.md").resolve())
     if writer:
         log.info(
@@ -355,72 +233,3 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         log.info("Run directory: %s", run_dir.resolve())
     best = checkpoint.best_model_score
     return float(best) if best is not None else None
-
-
-def _write_report(
-    cfg: DictConfig,
-    run_dir: Path,
-    summary: dict[str, Any],
-    trainer: L.Trainer,
-    system: MLPSystem,
-    data: MNISTDataModule,
-) -> None:
-    from mlptrain.plots import write_report  # matplotlib is imported only when pictures are drawn
-
-    raw = datasets.MNIST(data.root, train=False)  # pixels as they were, for the pictures
-    # On this process alone, with the tested weights (test() loaded them): under DDP each rank saw a shard.
-    weight = system.model.layers[0].weight
-    inputs = to_inputs(raw.data, data.normalize).to(weight.device, weight.dtype)
-    system.eval()
-    with torch.no_grad():
-        probs = torch.cat([system.probabilities(system(x)) for x in inputs.split(data.eval_batch_size)])
-    probs = probs.float().cpu().numpy()
-    # The model's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
-    config = {
-        **_container(cfg),
-        **{key: dict(system.hparams[key]) for key in ("model", "loss", "optimizer", "scheduler")},
-    }
-    write_report(
-        run_dir,
-        summary,
-        config,
-        labels=raw.targets.numpy(),
-        probs=probs,
-        images=raw.data.numpy(),
-        first_layer=system.model.layers[0].weight.detach().float().cpu().numpy(),
-        weight_tiles=cfg.report.weight_tiles,
-        mistakes=cfg.report.mistakes,
-    )
-
-
-def _checkpoint_paths(checkpoint: ModelCheckpoint) -> dict[str, str | None]:
-    return {"best": checkpoint.best_model_path or None, "last": checkpoint.last_model_path or None}
-
-
-def _write_summary(
-    run_dir: Path, summary: dict[str, Any], start: float, trainer: L.Trainer, checkpoint: ModelCheckpoint, **fields: Any
-) -> None:
-    best = checkpoint.best_model_score
-    summary.update(
-        fields,
-        best_val_acc=float(best) if best is not None else None,
-        epochs=trainer.current_epoch,
-        wall_time_s=round(time.perf_counter() - start, 3),
-    )
-    summary.setdefault("checkpoints", _checkpoint_paths(checkpoint))
-    # Optimizer updates (Lightning's global_step counts training steps, of several updates each on the fast path)
-    summary.setdefault("global_steps", getattr(trainer.lightning_module, "updates_done", trainer.global_step))
-    if rank_zero_only.rank == 0:  # one summary per run, whatever the number of processes
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-
-def main(cfg: DictConfig, task: Callable[[DictConfig], Any] = train) -> Any:
-    """A command line's body: run `task` (train, or compare), and turn a user's mistake into one paragraph
-    and exit status 1."""
-    try:
-        return task(cfg)
-    except MlptrainError as error:
-        log.error("%s", error)
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            return None  # one failed job of a sweep must not stop the others; its summary.json says why
-        sys.exit(1)

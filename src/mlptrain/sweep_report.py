@@ -1,6 +1,5 @@
 """Gather the runs of a sweep (`python train.py -m ...`) into one table: per job, and mean ± std over seeds."""
 
-import csv
 import json
 import statistics
 from pathlib import Path
@@ -9,6 +8,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from mlptrain.errors import ConfigError
+from mlptrain.rundir import write_csv
 
 # Keys that differ between any two runs without being a choice of the sweep.
 NOT_SWEPT = {"output_dir", "data.shuffle_seed"}
@@ -105,10 +105,7 @@ def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
     jobs, swept = load_jobs(sweep_dir)
     rows = job_rows(jobs, swept)
     folded = grouped_rows(rows, swept)
-    with (sweep_dir / "sweep_jobs.csv").open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(sweep_dir / "sweep_jobs.csv", rows)
     header = f"# Sweep {sweep_dir}\n\n{len(jobs)} jobs; varied: {', '.join(swept) or 'nothing'}.\n\n"
     (sweep_dir / "sweep_report.md").write_text(
         header + markdown(rows, folded, swept) + "\n![validation accuracy per epoch](val_acc.png)\n"

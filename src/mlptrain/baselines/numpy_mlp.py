@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from mlptrain.losses import MSE_REDUCTIONS
+
 Array = np.ndarray
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -184,7 +186,7 @@ ACTIVATIONS: dict[str, Any] = {
 OUTPUT_ACTIVATIONS = {"none": Identity, "sigmoid": Sigmoid, "softmax": Softmax}
 
 
-# Losses: loss(output (B, 10), labels (B,)) -> (mean loss, grad of it w.r.t. output). Scales as in system.make_loss.
+# Losses: loss(output (B, 10), labels (B,)) -> (mean loss, grad of it w.r.t. output). Scales as in losses.make_loss.
 
 
 def make_loss(name: str, reduction: str = "half_sum") -> Any:
@@ -196,7 +198,7 @@ def make_loss(name: str, reduction: str = "half_sum") -> Any:
         grad[rows, labels] -= 1  # d/dz of -log softmax(z)_y = softmax(z) - onehot(y)
         return float(-log_p[rows, labels].mean()), grad / len(labels)
 
-    scale = {"half_sum": 0.5, "sum": 1.0, "mean": 0.1}.get(reduction)
+    scale = MSE_REDUCTIONS.get(reduction)
 
     def mse(a: Array, labels: Array) -> tuple[float, Array]:
         diff = a.copy()

@@ -6,8 +6,9 @@ sigmoid neurons, the quadratic cost, plain SGD. `NielsenBaseline` wraps it in ml
 
     python scripts/compare.py experiment=nielsen baselines=[numpy,nielsen_network]
 
-`_target_: nielsen_network.NielsenBaseline` (conf/baselines/nielsen_network.yaml) finds this file because
-Python puts the running script's folder, scripts/, on its path; put your own module here or on PYTHONPATH.
+conf/baselines/nielsen_network.yaml names it by its import path, `_target_:
+mlptrain.baselines.nielsen_network.NielsenBaseline`; a model of your own is named the same way, from any
+module Python can import (yours on PYTHONPATH, or installed).
 """
 
 from collections.abc import Sequence

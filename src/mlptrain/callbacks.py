@@ -1,0 +1,54 @@
+"""The callbacks every run adds to Lightning's Trainer: what each checkpoint records, and a checkpoint on SIGTERM."""
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from mlptrain.rundir import library_versions
+
+
+class RecordRun(Callback):
+    """Stores the resolved config and library versions in every checkpoint, so each file describes its run,
+    and the random number generators' states, so that dropout draws on after a resume as it would have."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["config"] = self.config
+        checkpoint["library_versions"] = library_versions()
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.device_count() == len(states["cuda"]):
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class CheckpointOnStop(Callback):
+    """Writes last.ckpt where a SIGTERM stopped training: a cluster's preemption or time limit, or `kill`.
+
+    Lightning stops on SIGTERM only after the training step in progress has finished, so this is a
+    clean point mid-epoch, and resume=auto continues from it with the results unchanged. Ctrl-C can
+    land in the middle of a step and keeps the last epoch's checkpoint instead.
+    """
+
+    def __init__(self, checkpoint: ModelCheckpoint) -> None:
+        self.checkpoint = checkpoint
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or not trainer.training:
+            return
+        if pl_module.diverged:
+            return  # weights after a NaN are never checkpointed
+        path = Path(self.checkpoint.dirpath) / f"{self.checkpoint.CHECKPOINT_NAME_LAST}{self.checkpoint.FILE_EXTENSION}"
+        trainer.save_checkpoint(path)
+        self.checkpoint.last_model_path = str(path)

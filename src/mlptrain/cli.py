@@ -1,0 +1,68 @@
+"""The command lines' shared body: a quiet console, and a user's mistake as one paragraph and exit status 1."""
+
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from mlptrain.errors import MlptrainError
+from mlptrain.train import train
+
+log = logging.getLogger(__name__)
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+# Lines other libraries print that say nothing about this run: an advertisement, a TPU count on machines
+# without one, a note on how Lightning counts steps; and, on a machine without CUDA, torch's remark that
+# it has no CUDA compiler while it compiles for the CPU.
+_LIGHTNING_NOISE = _DropLines(
+    "💡 Tip:", "TPU available: False", "Loading `train_dataloader` to estimate number of stepping batches"
+)
+_NO_CUDA_NOISE = _DropLines("No CUDA runtime is found")
+
+
+def quiet_console() -> None:
+    """Silence, narrowly (by logger or module, and message) and in this one place, what is not ours to say.
+    Installed once per process, by main()."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_LIGHTNING_NOISE)  # a filter already there is not added twice
+    if not torch.cuda.is_available():
+        logging.getLogger("torch.utils.cpp_extension").addFilter(_NO_CUDA_NOISE)
+    # Lightning 2.6 calls an API that torch 2.10+ deprecates; nothing a user can change.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    # The run directory already holds Hydra's files, which CSVLogger would warn about as "not empty".
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    # Each epoch value is a torchmetrics compute(), which already gathers every process's counts.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True\)`")
+
+
+def main(cfg: DictConfig, task: Callable[[DictConfig], Any] = train) -> Any:
+    """A command line's body: run `task` (train, or compare), and turn a user's mistake into one paragraph
+    and exit status 1."""
+    quiet_console()
+    try:
+        return task(cfg)
+    except MlptrainError as error:
+        log.error("%s", error)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return None  # one failed job of a sweep must not stop the others; its summary.json says why
+        sys.exit(1)
