@@ -389,9 +389,7 @@ def test_an_optimizer_without_a_functional_update_trains_in_lightnings_loop(
     make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    cfg = make_cfg(
-        "optimizer=any", "optimizer.lr=0.001", "steps_per_call=4", "report.enabled=false"
-    )
+    cfg = make_cfg("optimizer=any", "optimizer.lr=0.001", "steps_per_call=4", "report.enabled=false")
     train(cfg)
     assert any("torch.optim.RMSprop has no functional update" in r.getMessage() for r in caplog.records)
     assert summary(cfg)["global_steps"] == 100 and summary(cfg)["test_acc"] > 0.85
