@@ -1,5 +1,6 @@
 """Compose the real config with Hydra's compose API and shrink it for fast runs."""
 
+import runpy
 import subprocess
 import sys
 from collections.abc import Callable
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,3 +49,20 @@ def run_python(
 def logged_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The ERROR lines logged so far: the one-paragraph messages main() gives users."""
     return [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+
+
+def run_in_process(script: str, arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The command as a user runs it, but in this process (no start-up per case): exit status and output."""
+    GlobalHydra.instance().clear()
+    old_argv = sys.argv
+    sys.argv = [str(ROOT / script), *arguments]
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.argv = old_argv
+        GlobalHydra.instance().clear()
+    output = capsys.readouterr()
+    return status, output.out + output.err

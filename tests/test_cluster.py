@@ -197,7 +197,9 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path: Pat
     ]
     assert all(run.wait(timeout=300) == 0 for run in runs)
     run_dirs = list((tmp_path / "outputs").glob("*/*"))
-    assert len(run_dirs) == 2 and all((run_dir / "summary.json").is_file() for run_dir in run_dirs)
+    summaries = [json.loads((run_dir / "summary.json").read_text()) for run_dir in run_dirs]
+    assert len(run_dirs) == 2 and [s["status"] for s in summaries] == ["completed", "completed"]
+    assert {s["run_dir"] for s in summaries} == {str(run_dir.resolve()) for run_dir in run_dirs}
 
 
 def test_several_processes_per_job_in_a_local_sweep_are_refused(tmp_path: Path) -> None:

@@ -147,4 +147,5 @@ def test_the_readme_command(tmp_path: Path) -> None:
         f"hydra.run.dir={tmp_path}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "comparison.md").is_file()
+    table = (tmp_path / "comparison.md").read_text()
+    assert "| mlptrain | 1 |" in table and "| numpy | 1 |" in table and "| centroid | 1 |" in table

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mlptrain.plots import confusion_matrix, plot_mistakes
 from mlptrain.train import train
-from tests.conftest import run_python
+from tests.conftest import run_in_process, run_python
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -95,30 +95,30 @@ def _script(*args: str) -> subprocess.CompletedProcess:
     return run_python(*args, timeout=300)
 
 
-@pytest.mark.slow
-def test_plot_activations_script(tmp_path: Path) -> None:
-    done = _script("scripts/plot_activations.py", f"out={tmp_path / 'a.png'}")
-    assert done.returncode == 0, done.stderr
-    assert "13 activations drawn" in done.stdout and png_size(tmp_path / "a.png") == (1536, 1248)
+def test_plot_activations_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, output = run_in_process("scripts/plot_activations.py", [f"out={tmp_path / 'a.png'}"], capsys)
+    assert status == 0, output
+    assert "13 activations drawn" in output and png_size(tmp_path / "a.png") == (1536, 1248)
 
 
-@pytest.mark.slow
-def test_predict_a_test_image_and_a_users_picture(run: Path, tmp_path: Path) -> None:
+def test_predict_a_test_image_and_a_users_picture(run: Path, tmp_path: Path, capsys) -> None:
     best = run / "checkpoints" / "best.ckpt"
-    done = _script("scripts/predict.py", f"ckpt_path={best}", "index=0")
-    assert done.returncode == 0, done.stderr
-    assert "prediction: 7 (true label: 7)" in done.stdout  # test image 0 is a clear 7
-    assert len([line for line in done.stdout.splitlines() if line[:1].isdigit()]) == 10
+    status, output = run_in_process("scripts/predict.py", [f"ckpt_path={best}", "index=0"], capsys)
+    assert status == 0, output
+    assert "prediction: 7 (true label: 7)" in output  # test image 0 is a clear 7
+    assert len([line for line in output.splitlines() if line[:1].isdigit()]) == 10
     # The same 7 as a user would draw it: dark ink on white paper, 3 times larger.
     from mlptrain.predict import test_image
 
     pixels, _ = test_image(0)
     Image.fromarray(255 - pixels).resize((84, 84)).save(tmp_path / "seven.png")
-    drawn = _script("scripts/predict.py", f"ckpt_path={best}", f"image={tmp_path / 'seven.png'}")
-    assert drawn.returncode == 0 and "prediction: 7" in drawn.stdout
+    status, output = run_in_process(
+        "scripts/predict.py", [f"ckpt_path={best}", f"image={tmp_path / 'seven.png'}"], capsys
+    )
+    assert status == 0 and "prediction: 7" in output
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # subprocesses: what a user's shell sees
 def test_predict_errors_are_one_line(run: Path, tmp_path: Path) -> None:
     (tmp_path / "not-an-image.png").write_text("hello")
     for args in (

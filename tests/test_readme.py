@@ -2,12 +2,11 @@
 
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_python
+from tests.conftest import ROOT, run_in_process, run_python
 
 pytestmark = pytest.mark.slow  # subprocesses: see pyproject.toml's markers
 
@@ -25,20 +24,24 @@ def readme_commands() -> list[str]:
     return [line.strip() for block in blocks for line in block.splitlines() if line.startswith("python ")]
 
 
-def run(args: list[str], run_dir: Path) -> subprocess.CompletedProcess:
-    """Hydra commands (train.py, scripts/compare.py) shrunk and writing to run_dir; the other scripts as written."""
+def run(args: list[str], run_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Hydra commands (train.py, scripts/compare.py) shrunk and writing to run_dir; each command in this process (it
+    starts in a second, not in ten), a sweep (-m) in a process of its own: exit status, output."""
     if args[0] in ("train.py", "scripts/compare.py"):
         args = [*args, *SHRINK, f"hydra.run.dir={run_dir}"]
     elif args[0] == "scripts/plot_activations.py":
         args = [*args, f"out={run_dir / 'activations.png'}"]  # not over the committed picture
-    return run_python(*args)
+    if "-m" not in args:
+        return run_in_process(args[0], args[1:], capsys)
+    done = run_python(*args)
+    return done.returncode, done.stdout + done.stderr
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("for-readme")
-    done = run(["train.py"], run_dir)
-    assert done.returncode == 0, done.stderr
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]) -> Path:
+    run_dir = tmp_path_factory.getbasetemp() / "for-readme"
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():  # made once, by the first command that needs it
+        status, output = run(["train.py"], run_dir, capsys)
+        assert status == 0, output
     return run_dir / "checkpoints" / "last.ckpt"
 
 
@@ -50,10 +53,15 @@ def test_readme_opens_with_install_train_test() -> None:
 
 
 @pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_runs(command: str, checkpoint: Path, tmp_path: Path) -> None:
-    args = [re.sub(r"^ckpt_path=.*", f"ckpt_path={checkpoint}", arg) for arg in shlex.split(command, comments=True)]
-    done = run(args[1:] if args[0] == "python" else args, tmp_path)
-    assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+def test_readme_command_runs(
+    command: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = shlex.split(command, comments=True)
+    if any(arg.startswith("ckpt_path=") for arg in args):
+        ckpt = checkpoint(tmp_path_factory, capsys)
+        args = [re.sub(r"^ckpt_path=.*", f"ckpt_path={ckpt}", arg) for arg in args]
+    status, output = run(args[1:] if args[0] == "python" else args, tmp_path, capsys)
+    assert status == 0, f"{command}\n{output[-4000:]}"
     made = {
         "train.py": "summary.json",
         "scripts/compare.py": "comparison.md",
@@ -62,4 +70,4 @@ def test_readme_command_runs(command: str, checkpoint: Path, tmp_path: Path) -> 
     if args[1] in made:
         assert (tmp_path / made[args[1]]).is_file()
     else:
-        assert "prediction: " in done.stdout
+        assert "prediction: " in output

@@ -7,8 +7,6 @@ examples. Each must end the command (train.py, scripts/compare.py, scripts/predi
 """
 
 import functools
-import runpy
-import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +16,11 @@ from typing import Any
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from mlptrain.config import CHECKED_WHERE_USED, PREDICT_RULES, RULES, PredictConfig, Rule, check
 from mlptrain.errors import ConfigError
-from tests.conftest import CONF_DIR, ROOT
+from tests.conftest import CONF_DIR, run_in_process
 
 GROUPS = ("model", "data", "loss", "optimizer", "scheduler", "trainer", "logger")
 # Every preset as the override that picks it; [] is the default config.
@@ -104,23 +101,6 @@ def tiered(cases: list[tuple[list[str], str]], every: int = 5) -> list[Any]:
     ]
 
 
-def run_command(script: str, arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """The command as a user runs it, but in this process (no start-up per case): exit status and output."""
-    GlobalHydra.instance().clear()
-    old_argv = sys.argv
-    sys.argv = [str(ROOT / script), *arguments]
-    try:
-        runpy.run_path(str(ROOT / script), run_name="__main__")
-        status = 0
-    except SystemExit as stop:
-        status = stop.code if isinstance(stop.code, int) else 1
-    finally:
-        sys.argv = old_argv
-        GlobalHydra.instance().clear()
-    output = capsys.readouterr()
-    return status, output.out + output.err
-
-
 def assert_refused(status: int, output: str, key: str) -> None:
     assert status == 1, output
     assert "Traceback" not in output, output
@@ -145,7 +125,7 @@ def test_every_leaf_key_can_be_broken() -> None:
 def test_a_value_of_the_wrong_type_is_refused_at_composition(
     overrides: list[str], key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert_refused(*run_command("train.py", [*overrides, *hydra_args(tmp_path)], capsys), key)
+    assert_refused(*run_in_process("train.py", [*overrides, *hydra_args(tmp_path)], capsys), key)
 
 
 @pytest.mark.parametrize(("overrides", "key"), tiered(RULE_CASES))
@@ -155,14 +135,14 @@ def test_a_value_that_breaks_a_rule_is_refused_before_training(
     with pytest.raises(ConfigError, match=key) as error:  # the rule itself refuses it, not a later accident
         check(composed("train", overrides))
     assert "\n" not in str(error.value)
-    assert_refused(*run_command("train.py", [*overrides, *hydra_args(tmp_path)], capsys), key)
+    assert_refused(*run_in_process("train.py", [*overrides, *hydra_args(tmp_path)], capsys), key)
 
 
 @pytest.mark.parametrize("key", sorted(CHECKED_WHERE_USED))
 def test_keys_checked_where_they_are_used(key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     override, _ = CHECKED_WHERE_USED[key]
     check(composed("train", [override]))  # no rule can judge these ...
-    status, output = run_command("train.py", [override, *hydra_args(tmp_path)], capsys)
+    status, output = run_in_process("train.py", [override, *hydra_args(tmp_path)], capsys)
     assert_refused(status, output, key.rsplit(".", 1)[-1])  # ... using them does (Lightning names its own argument)
 
 
@@ -176,7 +156,7 @@ def test_compare_refuses_the_same_values(
     overrides: list[str], key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """scripts/compare.py takes every key train.py takes: a quarter of the catalogue, and its own rules."""
-    assert_refused(*run_command("scripts/compare.py", [*overrides, *hydra_args(tmp_path)], capsys), key)
+    assert_refused(*run_in_process("scripts/compare.py", [*overrides, *hydra_args(tmp_path)], capsys), key)
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +187,7 @@ def test_predict_refuses_bad_arguments(
     arguments: list[str], key: str, bad_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with_ckpt = [f"ckpt_path={bad_files['truncated']}", *arguments]
-    status, output = run_command("scripts/predict.py", with_ckpt, capsys)
+    status, output = run_in_process("scripts/predict.py", with_ckpt, capsys)
     assert status == 1 and "Traceback" not in output and key in output, output
 
 
@@ -232,6 +212,6 @@ def test_bad_paths_and_files(
     arguments = [argument.format(**bad_files) for argument in arguments]
     if script == "train.py":
         arguments += hydra_args(tmp_path)
-    status, output = run_command(script, arguments, capsys)
+    status, output = run_in_process(script, arguments, capsys)
     assert status == 1 and "Traceback" not in output and key in output, output
     assert str(bad_files["truncated"]) not in output or "not an mlptrain checkpoint" in output or "could not" in output
