@@ -14,8 +14,10 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 
-# A run small enough for a test: one epoch of 100 mini-batches on the CPU, no progress bar.
+# A run small enough for a test: one epoch of 100 mini-batches on the CPU, no progress bar, no pictures
+# (tests/test_plots.py draws them).
 SMALL = [
+    "report.enabled=false",
     "trainer.accelerator=cpu",
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=100",

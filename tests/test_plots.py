@@ -118,13 +118,19 @@ def test_predict_a_test_image_and_a_users_picture(run: Path, tmp_path: Path, cap
     assert status == 0 and "prediction: 7" in output
 
 
-@pytest.mark.slow  # subprocesses: what a user's shell sees
-def test_predict_errors_are_one_line(run: Path, tmp_path: Path) -> None:
+def test_predict_errors_are_one_line(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "not-an-image.png").write_text("hello")
     for args in (
         ["index=3"],
         [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"image={tmp_path / 'not-an-image.png'}"],
         [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "index=10000"],
     ):
-        done = _script("scripts/predict.py", *args)
-        assert done.returncode == 1 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+        status, output = run_in_process("scripts/predict.py", args, capsys)
+        assert status == 1 and output.startswith("error: ") and "Traceback" not in output, output
+        assert len(output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # a process of its own: what a user's shell sees
+def test_predict_error_from_the_shell(tmp_path: Path) -> None:
+    done = _script("scripts/predict.py", "index=3")
+    assert done.returncode == 1 and done.stderr.startswith("error: Give ckpt_path=") and done.stdout == ""

@@ -6,6 +6,7 @@ import itertools
 import logging
 import os
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,11 @@ def to_inputs(images: torch.Tensor, normalize: str) -> torch.Tensor:
     """MNIST images (N, 28, 28) uint8, on any device -> the network's inputs (N, 784) float32."""
     x = images.flatten(1).float().div_(255)
     return x.sub_(MEAN).div_(STD) if normalize == "standard" else x
+
+
+def _sample_inputs(image: torch.Tensor, normalize: str) -> torch.Tensor:
+    """One image (1, 28, 28) uint8 -> its inputs (784,): to_inputs on a batch of one (DataLoader workers pickle it)."""
+    return to_inputs(image, normalize)[0]
 
 
 class EpochPermutation(Sampler[int]):
@@ -291,10 +297,10 @@ class MNISTDataModule(L.LightningDataModule):
         train_idx, val_idx = self.split_indices()
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         if self.loader == "dataloader":
-            steps = [transforms.ToTensor()]
-            if self.normalize == "standard":
-                steps.append(transforms.Normalize((MEAN,), (STD,)))
-            transform = transforms.Compose(steps)
+            # Per sample, the same function as the tensor path: PIL image -> (784,) inputs.
+            transform = transforms.Compose(
+                [transforms.PILToTensor(), transforms.Lambda(partial(_sample_inputs, normalize=self.normalize))]
+            )
             full = datasets.MNIST(self.root, train=True, transform=transform)
             test = datasets.MNIST(self.root, train=False, transform=transform)
             self._test_pixels = (test.data, test.targets)
