@@ -71,7 +71,7 @@ def test_sigterm_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(make_cfg
         train(stopped, callbacks=[_SigtermAt(epoch=1, batch=6)])  # step 7 of 60 / 4 of 15: mid-epoch
     last = Path(stopped.output_dir) / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=False)
-    assert saved["MNISTDataModule"] == {"epoch": 1, "steps_done": 7}
+    assert saved["MNISTDataModule"] == {"epoch": 1, "batches_done": 7 * steps_per_call}  # 7 steps trained
     assert summary(stopped)["status"] == "interrupted"
 
     resumed = make_cfg(*setup, "resume=auto", run="stopped")  # the same directory, as a requeued job has
@@ -161,7 +161,7 @@ def test_slurm_requeue_signal_checkpoints_requeues_and_resumes(
         train(job, callbacks=[_KillAfter(epoch=1, batch=6)])
     assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "4242"]
     hpc = Path(job.output_dir) / "hpc_ckpt_1.ckpt"
-    assert torch.load(hpc, weights_only=False)["MNISTDataModule"] == {"epoch": 1, "steps_done": 7}
+    assert torch.load(hpc, weights_only=False)["MNISTDataModule"] == {"epoch": 1, "batches_done": 7}
 
     requeued = make_cfg(*setup, "resume=auto", run="job")  # the requeued job: same command, same directory
     with caplog.at_level(logging.INFO, logger="mlptrain"):

@@ -121,6 +121,18 @@ def test_resume_at_skips_the_mini_batches_already_trained_on() -> None:
     assert torch.equal(labels(), whole)
 
 
+@pytest.mark.parametrize("state", [{"epoch": 2, "batches_done": 8}, {"epoch": 2, "steps_done": 2}])
+def test_the_data_modules_resume_state_new_and_old(state: dict) -> None:
+    """batches_done counts mini-batches; checkpoints from before it counted training steps of K mini-batches."""
+    data = MNISTDataModule(train_size=200, batch_size=10, steps_per_call=4)
+    data.setup()
+    loader = data.train_dataloader()
+    loader.sampler.set_epoch(2)
+    whole = torch.cat([ys.flatten() for _, ys in loader])
+    data.load_state_dict(state)
+    assert torch.equal(torch.cat([ys.flatten() for _, ys in loader]), whole[80:])
+
+
 def test_tensor_and_dataloader_paths_serve_the_same_batches() -> None:
     for normalize in ("unit", "standard"):
         tensor = MNISTDataModule(batch_size=64, normalize=normalize, loader="tensor")

@@ -360,18 +360,24 @@ class MNISTDataModule(L.LightningDataModule):
         return [index.cpu().numpy() for index in self.splits["train"].epoch_order(epoch)]  # type: ignore[union-attr]
 
     def state_dict(self) -> dict[str, int]:
-        """Where in its epoch training stands, saved in every checkpoint: (epoch, training steps done in it)."""
+        """Where in its epoch training stands, saved in every checkpoint: the epoch, and the mini-batches of it
+        that the module has trained on (MLPSystem.batches_done_in_epoch, which counts each one once its update
+        is made; what this module has served runs a batch ahead, as Lightning fetches one in advance)."""
         if self.trainer is None:
             return {}
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "steps_done": progress.processed}  # steps whose update is made
+        return {
+            "epoch": self.trainer.current_epoch,
+            "batches_done": self.trainer.lightning_module.batches_done_in_epoch,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume mid-epoch: the restored epoch skips the mini-batches the checkpointed run had trained on."""
         self._resume = dict(state)
         train = self.splits.get("train")
         if isinstance(train, TensorBatches) and state:
-            train.resume_at(state["epoch"], state["steps_done"] * self.steps_per_call)
+            # Checkpoints from before batches_done counted training steps of steps_per_call mini-batches each.
+            done = state["batches_done"] if "batches_done" in state else state["steps_done"] * self.steps_per_call
+            train.resume_at(state["epoch"], done)
 
     def _loader(self, split: str) -> TensorBatches | DataLoader:
         data = self.splits[split]

@@ -85,6 +85,8 @@ class MLPSystem(L.LightningModule):
         self.updates_done = 0
         self.updates_checked = 0  # where the host last looked at the NaN flag
         self.epoch_seconds: list[float] = []  # each epoch's training time, validation excluded
+        # Mini-batches trained on in the current epoch: the data module saves it, to resume mid-epoch exactly.
+        self.batches_done_in_epoch = 0
         for stage in STAGES:
             # validate_args off: its checks pull a value to the host every step.
             setattr(self, f"{stage}_loss", ExampleMean())
@@ -156,6 +158,7 @@ class MLPSystem(L.LightningModule):
             self.batch_examples = len(batch[1])  # the weight of this step's gradient norms
             self._flag_nonfinite(~torch.isfinite(loss.detach()), self.global_step)
             self.updates_done = self.global_step + 1
+            self.batches_done_in_epoch += 1
             return loss
         # One optimizer.step() per training step, with no gradients: it changes no weight (the updates are
         # FastSteps'), and advances Lightning's step count, which checkpoints and loggers go by.
@@ -176,6 +179,7 @@ class MLPSystem(L.LightningModule):
         bad = ~torch.isfinite(losses)
         self._flag_nonfinite(bad.any(), self.updates_done + bad.int().argmax())
         self.updates_done += len(ys)
+        self.batches_done_in_epoch += len(ys)
         return None
 
     def _flag_nonfinite(self, bad: torch.Tensor, step: int | torch.Tensor) -> None:
@@ -193,6 +197,7 @@ class MLPSystem(L.LightningModule):
         self._start_epoch_timer()
         self.train_loss.reset()
         self.train_acc.reset()
+        self.batches_done_in_epoch = 0
 
     def on_fit_start(self) -> None:
         self._start_epoch_timer()  # a run resumed mid-epoch has no on_train_epoch_start for it
@@ -204,9 +209,11 @@ class MLPSystem(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["updates_done"] = self.updates_done
+        checkpoint["batches_done_in_epoch"] = self.batches_done_in_epoch
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.updates_done = self.updates_checked = checkpoint.get("updates_done", checkpoint.get("global_step", 0))
+        self.batches_done_in_epoch = checkpoint.get("batches_done_in_epoch", 0)
 
     def on_train_epoch_end(self) -> None:
         # Runs before ModelCheckpoint saves this epoch, so weights after a NaN are never checkpointed.
