@@ -26,9 +26,10 @@ SMALL = [
 ]
 
 
-def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+def compose_config(overrides: list[str], output_dir: Path, config: str = "train") -> DictConfig:
+    """conf/train.yaml (or conf/compare.yaml) composed with `overrides`, writing to output_dir."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[f"output_dir={output_dir}", *overrides])
+        return compose(config, overrides=[f"output_dir={output_dir}", *overrides])
 
 
 @pytest.fixture

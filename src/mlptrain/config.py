@@ -323,11 +323,21 @@ def rule(key: str, broken: Callable[[DictConfig], str | None], *examples: tuple[
     return Rule(key, broken, examples)
 
 
+_STEPS_PER_CALL = rule(
+    "steps_per_call",
+    lambda cfg: (
+        not (cfg.steps_per_call == "auto" or (_is_int(cfg.steps_per_call) and cfg.steps_per_call >= 1))
+        and f"steps_per_call={cfg.steps_per_call!r} is not allowed: use auto or a positive integer."
+    ),
+    ("steps_per_call=0",),
+    ("steps_per_call=fast",),
+)
+_COMPILE = one_of("compile", ["auto", True, False])
+
+
 def _refused_path(cfg: DictConfig) -> str | None:
     """steps_per_call and compile against the rest of the run: step.choose_path decides, and refuses."""
-    wanted, compiling = cfg.steps_per_call, cfg.compile
-    well_typed = (wanted == "auto" or (_is_int(wanted) and wanted >= 1)) and compiling in ("auto", True, False)
-    if not cfg.train or not well_typed:  # a value of the wrong kind has its own rule
+    if not cfg.train or _STEPS_PER_CALL.broken(cfg) or _COMPILE.broken(cfg):  # those have their own message
         return None
     try:
         choose_path(cfg)
@@ -439,16 +449,8 @@ RULES: tuple[Rule, ...] = (
     one_of("progress_bar", ["auto", True, False]),
     one_of("matmul_precision", ["highest", "high", "medium"]),
     between("check_finite_every_n_steps", 1),
-    rule(
-        "steps_per_call",
-        lambda cfg: (
-            not (cfg.steps_per_call == "auto" or (_is_int(cfg.steps_per_call) and cfg.steps_per_call >= 1))
-            and f"steps_per_call={cfg.steps_per_call!r} is not allowed: use auto or a positive integer."
-        ),
-        ("steps_per_call=0",),
-        ("steps_per_call=fast",),
-    ),
-    one_of("compile", ["auto", True, False]),
+    _STEPS_PER_CALL,
+    _COMPILE,
     rule("compile", _refused_path, ("compile=true", "steps_per_call=1")),
     rule("steps_per_call", _refused_path, ("steps_per_call=5", "data.loader=dataloader")),
     between("report.weight_tiles", 1),

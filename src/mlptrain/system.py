@@ -85,6 +85,7 @@ class MLPSystem(L.LightningModule):
         self.updates_done = 0
         self.updates_checked = 0  # where the host last looked at the NaN flag
         self.epoch_seconds: list[float] = []  # each epoch's training time, validation excluded
+        self.epoch_started: float | None = None  # while an epoch's training is being timed
         # Mini-batches trained on in the current epoch: the data module saves it, to resume mid-epoch exactly.
         self.batches_done_in_epoch = 0
         for stage in STAGES:
@@ -230,10 +231,10 @@ class MLPSystem(L.LightningModule):
             log.info("epoch %d  %s  (%.1f s training)", self.current_epoch, shown, self.epoch_seconds[-1])
 
     def _start_epoch_timer(self) -> None:
-        self.epoch_started: float | None = time.perf_counter()
+        self.epoch_started = time.perf_counter()
 
     def _stop_epoch_timer(self) -> None:
-        if getattr(self, "epoch_started", None) is None or self.trainer.sanity_checking:
+        if self.epoch_started is None or self.trainer.sanity_checking:
             return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the epoch's kernels, not only their launches

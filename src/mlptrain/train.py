@@ -144,7 +144,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     datamodule = MNISTDataModule(
         **_container(cfg.data),
         steps_per_call=steps_per_call,
-        limit_train_batches=cfg.trainer.get("limit_train_batches"),
+        limit_train_batches=cfg.trainer.limit_train_batches,
     )
     if path:
         if writer:
@@ -158,8 +158,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             log_grad_norms=cfg.log_grad_norms,
             steps_per_call=path.steps_per_call,
             compile=path.compile,
-            gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
-            gradient_clip_algorithm=cfg.trainer.get("gradient_clip_algorithm") or "norm",
+            gradient_clip_val=cfg.trainer.gradient_clip_val,
+            gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
         )
     else:
         system, _ = load_checkpoint(cfg.ckpt_path)
