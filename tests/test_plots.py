@@ -35,6 +35,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "log_grad_norms=true",
             "report.weight_tiles=12",
             "report.mistakes=7",
+            "report.network_images=2",
+            "report.landscape=pca",
         ],
         run_dir,
     )
@@ -45,13 +47,48 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_picture_is_a_png_of_the_expected_size(run: Path) -> None:
     sizes = {
         name: png_size(run / name)
-        for name in ("curves.png", "confusion.png", "weights.png", "mistakes.png", "grad_norms.png")
+        for name in (
+            "curves.png",
+            "confusion.png",
+            "weights.png",
+            "mistakes.png",
+            "grad_norms.png",
+            "network.png",
+            "landscape.png",
+        )
     }
     assert sizes["curves.png"] == (1200, 480)
     assert sizes["confusion.png"] == (900, 780)
     assert sizes["grad_norms.png"] == (840, 540)
     assert sizes["weights.png"] == (1248, 348)  # 12 tiles: 8 columns, 2 rows
     assert sizes["mistakes.png"] == (1020, 468)  # 7 images: 5 columns, 2 rows
+    assert sizes["network.png"] == (1320, 1104)  # 2 test images, one row each
+    assert sizes["landscape.png"] == (900, 720)
+
+
+def test_the_weights_path_is_kept_in_the_checkpoints_and_redraws_the_landscape(run: Path, tmp_path: Path) -> None:
+    import torch
+
+    from mlptrain.anatomy import flatten
+    from mlptrain.system import load_checkpoint
+
+    last = run / "checkpoints" / "last.ckpt"
+    kept = torch.load(last, weights_only=False)["callbacks"]["WeightTrajectory"]
+    # 2 epochs of 100 mini-batches, 50 a training step: a point every 10 updates is asked, one a step is taken.
+    assert kept["updates"] == [0, 50, 100, 150, 200]
+    system, _ = load_checkpoint(last)
+    torch.testing.assert_close(kept["points"][-1], flatten(system.model))  # the path ends at the final weights
+    assert len(kept["points"]) == 5 and not torch.equal(kept["points"][0], kept["points"][-1])
+    # One command on the checkpoint draws it again, the same picture.
+    from tests.conftest import compose_config
+
+    cfg = compose_config(
+        ["train=false", f"ckpt_path={last}", "report.landscape=pca", "report.network_images=0", "progress_bar=false"],
+        tmp_path,
+    )
+    train(cfg)
+    assert (tmp_path / "landscape.png").read_bytes() == (run / "landscape.png").read_bytes()
+    assert not (tmp_path / "network.png").exists()
 
 
 def test_confusion_matrix_counts_the_whole_test_set(run: Path) -> None:
@@ -71,7 +108,7 @@ def test_report_page_shows_the_figures_and_pictures(run: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert f"| test accuracy | {100 * summary['test_acc']:.2f}% |" in report
     assert "| network | 784-20-10 |" in report
-    for picture in ("curves.png", "confusion.png", "weights.png", "mistakes.png", "grad_norms.png"):
+    for picture in ("curves.png", "confusion.png", "weights.png", "mistakes.png", "grad_norms.png", "network.png"):
         assert f"]({picture})" in report
 
 
@@ -116,6 +153,22 @@ def test_predict_a_test_image_and_a_users_picture(run: Path, tmp_path: Path, cap
         "scripts/predict.py", [f"ckpt_path={best}", f"image={tmp_path / 'seven.png'}"], capsys
     )
     assert status == 0 and "prediction: 7" in output
+
+
+def test_predict_draws_the_network_and_the_nudges(run: Path, tmp_path: Path, capsys) -> None:
+    best = run / "checkpoints" / "best.ckpt"
+    network, nudges = tmp_path / "network.png", tmp_path / "nudges.png"
+    arguments = [f"ckpt_path={best}", "index=1", f"network={network}", f"nudges={nudges}"]
+    status, output = run_in_process("scripts/predict.py", arguments, capsys)
+    assert status == 0, output
+    assert png_size(network) == (1320, 552) and png_size(nudges) == (1440, 1140)
+    # A user's picture needs its digit for the nudges: the cost is measured against it.
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "blank.png")
+    arguments = [f"ckpt_path={best}", f"image={tmp_path / 'blank.png'}", f"nudges={nudges}"]
+    status, output = run_in_process("scripts/predict.py", arguments, capsys)
+    assert status == 1 and "label=D" in output
+    status, output = run_in_process("scripts/predict.py", [*arguments, "label=3"], capsys)
+    assert status == 0, output
 
 
 def test_predict_errors_are_one_line(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

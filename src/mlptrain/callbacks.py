@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mlptrain.anatomy import flatten
 from mlptrain.rundir import library_versions
 
 
@@ -52,3 +53,45 @@ class CheckpointOnStop(Callback):
         path = Path(self.checkpoint.dirpath) / f"{self.checkpoint.CHECKPOINT_NAME_LAST}{self.checkpoint.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
         self.checkpoint.last_model_path = str(path)
+
+
+class WeightTrajectory(Callback):
+    """Keeps the weights as training moves them, for landscape.png: at the start and about `per_epoch` times
+    an epoch (after a training step, so every K updates at most on the fast path). The points go into the
+    checkpoints, so a resumed run continues the same path."""
+
+    def __init__(self, per_epoch: int = 10) -> None:
+        self.per_epoch = per_epoch
+        self.points: list[torch.Tensor] = []  # each (P,), the parameters in model.parameters() order, on the CPU
+        self.updates: list[int] = []  # the update count at each point
+        self.every = 1
+
+    def _keep(self, pl_module: L.LightningModule) -> None:
+        self.points.append(flatten(pl_module.model).cpu())
+        self.updates.append(pl_module.updates_done)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        updates_per_epoch = trainer.num_training_batches * pl_module.hparams.steps_per_call
+        self.every = max(1, int(updates_per_epoch) // self.per_epoch)
+        if not self.points:
+            self._keep(pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if pl_module.updates_done - self.updates[-1] >= self.every:
+            self._keep(pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.updates_done != self.updates[-1]:
+            self._keep(pl_module)
+
+    def path(self) -> torch.Tensor:
+        """(T, P): the points kept, in order."""
+        return torch.stack(self.points)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"points": self.path() if self.points else None, "updates": list(self.updates)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        points = state_dict.get("points")
+        self.points = list(points) if points is not None else []
+        self.updates = list(state_dict.get("updates", []))

@@ -11,6 +11,7 @@ reads data or writes a file. tests/test_schema.py breaks every key and every rul
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -141,6 +142,8 @@ class ReportConfig:
     enabled: bool = MISSING
     weight_tiles: int = MISSING
     mistakes: int = MISSING
+    network_images: int = MISSING
+    landscape: str | None = MISSING
 
 
 @dataclass
@@ -178,6 +181,9 @@ class PredictConfig:
     ckpt_path: str = MISSING  # a checkpoint written by train.py
     image: str | None = None  # a picture of one digit
     index: int | None = None  # or an image of the MNIST test set
+    label: int | None = None  # the image's true digit, for nudges= with image= (index= knows its own)
+    network: str | None = None  # write network.png here: the activations layer by layer for this image
+    nudges: str | None = None  # write nudges.png here: what backpropagation wants changed for this image
 
 
 # Where each schema is registered: conf/train.yaml and conf/compare.yaml name theirs in their defaults,
@@ -455,6 +461,18 @@ RULES: tuple[Rule, ...] = (
     rule("steps_per_call", _refused_path, ("steps_per_call=5", "data.loader=dataloader")),
     between("report.weight_tiles", 1),
     between("report.mistakes", 1),
+    between("report.network_images", 0, 10),
+    one_of("report.landscape", (None, "pca", "random")),
+    rule(
+        "report.landscape",
+        lambda cfg: (
+            cfg.report.landscape is not None
+            and cfg.data.loader != "tensor"
+            and "report.landscape draws the training loss on training images the tensor loader holds: "
+            "set data.loader=tensor, or report.landscape=null."
+        ),
+        ("report.landscape=pca", "data.loader=dataloader"),
+    ),
     # model
     each_between("model.hidden", 1),
     rule("model.activation", _activation, ("model.activation=relux",), ("model.activation={min_val: 1}",)),
@@ -592,6 +610,29 @@ PREDICT_RULES: tuple[Rule, ...] = (
         ("index=3", "image=README.md"),
     ),
     between("index", 0, N_TEST_FILE - 1, hint="The test set's images are numbered from 0."),
+    between("label", 0, 9, hint="A digit."),
+    *(
+        rule(
+            key,
+            lambda cfg, key=key: (
+                cfg[key] is not None
+                and not Path(cfg[key]).resolve().parent.is_dir()
+                and f"{key}={cfg[key]} is in a folder that does not exist: make the folder, or name one that does."
+            ),
+            (f"{key}=no/such/folder/picture.png", "index=1"),
+        )
+        for key in ("network", "nudges")
+    ),
+    rule(
+        "label",
+        lambda cfg: (
+            cfg.nudges is not None
+            and cfg.image is not None
+            and cfg.label is None
+            and "nudges= needs the image's true digit to compute its cost: add label=D (0 to 9)."
+        ),
+        ("nudges=n.png", "image=README.md"),
+    ),
 )
 
 

@@ -230,3 +230,205 @@ def plot_val_acc_per_job(metrics_files: Sequence[Path], labels: Sequence[str], p
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def _brightness(values: np.ndarray) -> np.ndarray:
+    """Activations as grey levels in [0, 1]: 0 is black for non-negative layers; with negative values
+    (tanh, softsign) 0 is mid-grey, so −1 is as dark as +1 is bright."""
+    top = float(np.abs(values).max()) or 1.0
+    return values / top if values.min() >= 0 else 0.5 + 0.5 * values / top
+
+
+def plot_network(examples: Sequence[dict[str, Any]], path: Path, units: int = 16, edge_units: int = 3) -> None:
+    """The network lighting up, one row per example: the image as the input layer, each hidden layer's
+    neurons with brightness = activation, the output neurons with each digit's probability.
+
+    Each example is a dict of `activations` and `weights` (anatomy.layer_activations), `probs` (10,),
+    `image` (28, 28) and `title`. Layers wider than `units` show their `units` most active neurons. Into
+    the `edge_units` most active neurons of each layer, the 8 inputs with the largest |weight × activation|
+    are drawn as edges, red where they push the neuron up, blue where they push it down.
+    """
+    from mlptrain.anatomy import strongest
+
+    figure, rows = plt.subplots(len(examples), 1, figsize=(11, 4.6 * len(examples)), dpi=120, squeeze=False)
+    for axes, example in zip(rows[:, 0], examples):
+        activations = [np.asarray(a, dtype=np.float64) for a in example["activations"]]
+        weights = [np.asarray(w, dtype=np.float64) for w in example["weights"]]
+        probs = np.asarray(example["probs"], dtype=np.float64)
+        axes.set_facecolor("#101018")
+        # Where each layer's drawn neurons are: the input's are its pixels, inside the image.
+        pixel = np.arange(784)
+        positions = [np.stack([-0.4 + (pixel % 28 + 0.5) / 28 * 0.8, 0.9 - (pixel // 28 + 0.5) / 28 * 0.8], 1)]
+        shown = [pixel]
+        for column, a in enumerate(activations[1:], start=1):
+            keep = np.arange(len(a)) if column == len(activations) - 1 else strongest(a, units)
+            ys = np.linspace(0.95, 0.05, len(keep)) if len(keep) > 1 else np.array([0.5])
+            shown.append(keep)
+            positions.append(np.stack([np.full(len(keep), float(column)), ys], 1))
+        axes.imshow(example["image"], cmap="gray", extent=(-0.4, 0.4, 0.1, 0.9), vmin=0, vmax=255, zorder=1)
+        # Edges into the most active neurons of each layer, from the drawn neurons of the layer before.
+        for layer, weight in enumerate(weights):
+            into = activations[layer + 1] if layer + 1 < len(activations) - 1 else probs
+            contribution = weight * activations[layer][None, :]  # (n_out, n_in): what each input gave each unit
+            drawn = {int(u): i for i, u in enumerate(shown[layer + 1])}
+            targets = [int(u) for u in np.argsort(-np.abs(into), kind="stable") if int(u) in drawn][:edge_units]
+            sources = shown[layer]
+            scale = np.abs(contribution[np.ix_(targets, sources)]).max() or 1.0
+            for target in targets:
+                values = contribution[target, sources]
+                for s in np.argsort(-np.abs(values), kind="stable")[:8]:
+                    start, end = positions[layer][s], positions[layer + 1][drawn[target]]
+                    strength = abs(values[s]) / scale
+                    axes.plot(
+                        [start[0], end[0]],
+                        [start[1], end[1]],
+                        color="#ff5a4e" if values[s] > 0 else "#4ea3ff",
+                        alpha=0.25 + 0.75 * strength,
+                        linewidth=0.4 + 2.2 * strength,
+                        zorder=2,
+                    )
+        # The neurons, brightness = activation; the output's brightness is each digit's probability.
+        last = len(activations) - 1
+        for column in range(1, last + 1):
+            values = probs if column == last else activations[column][shown[column]]
+            grey = np.clip(values, 0, 1) if column == last else _brightness(values)
+            xy = positions[column]
+            axes.scatter(xy[:, 0], xy[:, 1], s=150, c=np.repeat(grey[:, None], 3, 1), edgecolors="#8a8a9a", zorder=3)
+            width = len(activations[column])
+            if column == last:
+                label = "output: P(digit)"
+                answer = int(probs.argmax())
+                for digit, (x, y) in enumerate(xy):
+                    weight = "bold" if digit == answer else "normal"
+                    text = f"{digit}  {100 * probs[digit]:5.1f}%"
+                    axes.text(x + 0.09, y, text, color="white", va="center", fontsize=8, fontweight=weight)
+                axes.scatter(*xy[answer], s=330, facecolors="none", edgecolors="#ffd54a", linewidths=2, zorder=4)
+            elif len(shown[column]) < width:
+                label = f"hidden {column}: the {len(shown[column])}\nmost active of {width}"
+            else:
+                label = f"hidden {column}: {width} neurons"
+            lo, hi = float(activations[column].min()), float(activations[column].max())
+            if column < last:
+                label += f"\na from {lo:.2f} to {hi:.2f}"
+            axes.text(column, 1.02, label, color="black", ha="center", va="bottom", fontsize=8)
+        axes.text(0, 1.02, "input: 784 pixels", color="black", ha="center", va="bottom", fontsize=8)
+        axes.set_xlim(-0.55, last + 0.55)
+        axes.set_ylim(0.0, 1.0)
+        axes.set_xticks([])
+        axes.set_yticks([])
+        axes.set_title(example["title"], fontsize=10, pad=40)
+    figure.suptitle(
+        "Activations layer by layer: bright = active (mid-grey = 0 where activations can be negative).\n"
+        "Edges: into the most active neurons, the 8 largest weight × activation, red pushing up, blue down",
+        fontsize=8.5,
+    )
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def plot_nudges(nudges: Any, image: np.ndarray, label: int, path: Path, tiles: int = 16) -> list[int]:
+    """Backpropagation for one example (an anatomy.Nudges): what the cost wants of each output, of the first
+    layer's weights (one 28×28 tile per hidden unit, the `tiles` with the largest changes) and of every
+    bias. Returns the units whose tiles are drawn."""
+    output = nudges.output.double().cpu().numpy()
+    wanted = nudges.output_change.double().cpu().numpy()
+    first = nudges.weight_changes[0].double().cpu().numpy()
+    biases = [b.double().cpu().numpy() for b in nudges.bias_changes]
+    units = np.sort(np.argsort(-np.linalg.norm(first, axis=1), kind="stable")[:tiles]).tolist()
+
+    figure = plt.figure(figsize=(12, 9.5), dpi=120)
+    top, bottom = figure.subfigures(2, 1, height_ratios=[1, 1.25])
+    panels = top.subplots(1, 3, width_ratios=[0.7, 1.4, 1.6])
+    panels[0].imshow(image, cmap="gray_r")
+    panels[0].set_title(f"the example: a {label}\ncost {nudges.loss:.4f}", fontsize=9)
+    panels[0].axis("off")
+    digits = np.arange(10)
+    panels[1].bar(digits - 0.2, output, width=0.4, color="#9a9a9a", label="output now")
+    colours = ["#d62728" if w > 0 else "#1f77b4" for w in wanted]
+    panels[1].bar(digits + 0.2, wanted, width=0.4, color=colours, label="desired change −∂C/∂output")
+    panels[1].axhline(0, color="black", linewidth=0.6)
+    panels[1].set_xticks(digits)
+    panels[1].set_xlabel("output neuron (digit)")
+    panels[1].set_title(f"Output layer: up for the {label}, down for the others", fontsize=9)
+    panels[1].legend(fontsize=7)
+    for layer, change in enumerate(biases):
+        offset = layer * 1.0
+        xs = np.linspace(0, 0.9, len(change)) + offset
+        panels[2].bar(
+            xs, change, width=0.9 / max(len(change), 1), color=["#d62728" if c > 0 else "#1f77b4" for c in change]
+        )
+    names = [f"hidden {i + 1}" for i in range(len(biases) - 1)] + ["output"]
+    panels[2].set_xticks([i + 0.45 for i in range(len(biases))], names, fontsize=8)
+    panels[2].axhline(0, color="black", linewidth=0.6)
+    panels[2].set_title("Bias changes −∂C/∂b, layer by layer (red up, blue down)", fontsize=9)
+
+    columns = min(len(units), 8)
+    rows = -(-len(units) // columns)
+    grid = bottom.subplots(rows, columns, squeeze=False)
+    bound = np.abs(first[units]).max() or 1.0
+    for axes in grid.flat:
+        axes.axis("off")
+    for axes, unit in zip(grid.flat, units):
+        axes.imshow(first[unit].reshape(28, 28), cmap="RdBu_r", vmin=-bound, vmax=bound)
+        axes.set_title(f"unit {unit}: Δb {biases[0][unit]:+.2g}", fontsize=7)
+    bottom.suptitle(
+        f"First-layer weight changes −∂C/∂W, the {len(units)} units of {len(first)} with the largest (one colour "
+        "scale): each tile is the image times the unit's error, so weights from bright pixels get the big nudges",
+        fontsize=9,
+    )
+    figure.savefig(path)
+    plt.close(figure)
+    return units
+
+
+def plot_landscape(
+    surface: np.ndarray,
+    alphas: Sequence[float],
+    betas: Sequence[float],
+    path_xy: np.ndarray,
+    how: str,
+    explained: tuple[float, float] | None,
+    examples: int,
+    path: Path,
+) -> None:
+    """The training loss over a plane through the weights (len(betas), len(alphas)) as contours, and the
+    path the weights took (T, 2) projected onto it, from its start (circle) to its end (star)."""
+    figure, axes = plt.subplots(figsize=(7.5, 6), dpi=120)
+    low, high = float(surface.min()), float(surface.max())
+    levels = np.geomspace(max(low, 1e-6), high, 25) if high > 10 * max(low, 1e-6) else np.linspace(low, high, 25)
+    filled = axes.contourf(
+        alphas,
+        betas,
+        surface,
+        levels=levels,
+        cmap="viridis",
+        extend="both",
+        norm=matplotlib.colors.LogNorm() if levels[0] * 10 < levels[-1] else None,
+    )
+    axes.contour(alphas, betas, surface, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
+    figure.colorbar(
+        filled, ax=axes, ticks=levels[::4], format="%.3g", label=f"training loss on {examples:,} fixed training images"
+    )
+    axes.plot(
+        path_xy[:, 0],
+        path_xy[:, 1],
+        color="#ff7043",
+        marker=".",
+        markersize=3,
+        linewidth=1.2,
+        label="path of the weights",
+    )
+    axes.scatter(*path_xy[0], s=90, marker="o", color="white", edgecolors="black", zorder=3, label="start")
+    axes.scatter(*path_xy[-1], s=220, marker="*", color="#ffd54a", edgecolors="black", zorder=3, label="end")
+    if explained is not None:
+        axes.set_xlabel(f"direction 1 ({100 * explained[0]:.1f}% of the path's variance)")
+        axes.set_ylabel(f"direction 2 ({100 * explained[1]:.1f}%)")
+    else:
+        axes.set_xlabel("direction 1")
+        axes.set_ylabel("direction 2")
+    axes.set_title(f"The cost surface around the final weights\nDirections: {how}", fontsize=9)
+    axes.legend(fontsize=7, loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -1,12 +1,18 @@
 """report.md: a finished run's figures and pictures on one page (mlptrain.plots draws the pictures)."""
 
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from mlptrain.data import MNISTDataModule
+from mlptrain.anatomy import grid_around, layer_activations, loss_surface, pca_directions, random_directions
+from mlptrain.data import MNISTDataModule, to_inputs
 from mlptrain.system import MLPSystem
+
+log = logging.getLogger(__name__)
 
 PICTURES = (
     ("curves.png", "Loss and accuracy per epoch"),
@@ -14,7 +20,10 @@ PICTURES = (
     ("confusion.png", "Confusion matrix of the test set"),
     ("weights.png", "What the first hidden layer's units look for"),
     ("mistakes.png", "The most confident mistakes"),
+    ("network.png", "The network lighting up: activations layer by layer"),
+    ("landscape.png", "The path down the cost surface"),
 )
+LANDSCAPE_EXAMPLES = 1000  # the first training images of the split: the cost landscape.png draws
 
 
 def write_run_report(
@@ -23,14 +32,15 @@ def write_run_report(
     config: dict[str, Any],
     system: MLPSystem,
     data: MNISTDataModule,
-    weight_tiles: int = 64,
-    mistakes: int = 25,
+    settings: Mapping[str, Any],
+    path: torch.Tensor | None = None,
 ) -> list[str]:
     """Every picture of a finished run, and report.md, a page showing them; returns the files written.
 
     The test set's probabilities come from `system` with the weights it holds (the tested ones), computed on
     this process alone: under DDP each rank's metrics saw a shard. `config` is the run's, with the model's own
-    hyperparameters (from the checkpoint, in test-only mode).
+    hyperparameters (from the checkpoint, in test-only mode). `settings`: the config's report group. `path`:
+    the weights along training (T, P) (callbacks.WeightTrajectory), for landscape.png.
     """
     from mlptrain import plots  # matplotlib is imported only when pictures are drawn
 
@@ -45,12 +55,62 @@ def write_run_report(
     matrix = plots.plot_confusion(labels, probs.argmax(1), run_dir / "confusion.png")
     np.savetxt(run_dir / "confusion.csv", matrix, fmt="%d", delimiter=",")
     plots.plot_weights(
-        system.model.layers[0].weight.detach().float().cpu().numpy(), run_dir / "weights.png", weight_tiles
+        system.model.layers[0].weight.detach().float().cpu().numpy(), run_dir / "weights.png", settings["weight_tiles"]
     )
-    plots.plot_mistakes(images, labels, probs, run_dir / "mistakes.png", mistakes)
-    written += ["confusion.png", "confusion.csv", "weights.png", "mistakes.png", "report.md"]
+    plots.plot_mistakes(images, labels, probs, run_dir / "mistakes.png", settings["mistakes"])
+    written += ["confusion.png", "confusion.csv", "weights.png", "mistakes.png"]
+    if settings["network_images"]:
+        examples = [
+            network_example(system, images[i], data.normalize, f"test image #{i}, a {labels[i]}")
+            for i in range(settings["network_images"])
+        ]
+        plots.plot_network(examples, run_dir / "network.png")
+        written.append("network.png")
+    if settings["landscape"]:
+        if path is None or len(path) < 3:
+            log.info("landscape.png not drawn: fewer than 3 points of the weights' path were kept")
+        else:
+            draw_landscape(system, data, path, settings["landscape"], run_dir / "landscape.png")
+            written.append("landscape.png")
+    written.append("report.md")
     _write_page(run_dir, summary, config, written)
     return written
+
+
+def network_example(system: MLPSystem, image: np.ndarray, normalize: str, title: str) -> dict[str, Any]:
+    """What plots.plot_network draws for one image (28, 28) uint8: its activations, the weights between
+    layers and each digit's probability, as the model was trained (its input normalisation)."""
+    pixels = torch.as_tensor(np.asarray(image))
+    probs = system.probabilities_of(pixels[None], normalize)[0]
+    x = to_inputs(pixels[None].to(system.device), normalize)[0]
+    activations, weights = layer_activations(system.model, x)
+    answer = int(probs.argmax())
+    return {
+        "activations": [a.float().cpu().numpy() for a in activations],
+        "weights": [w.detach().float().cpu().numpy() for w in weights],
+        "probs": probs.float().cpu().numpy(),
+        "image": np.asarray(image),
+        "title": f"{title}: answered {answer} ({100 * float(probs[answer]):.1f}%)",
+    }
+
+
+def draw_landscape(system: MLPSystem, data: MNISTDataModule, path: torch.Tensor, how: str, file: Path) -> None:
+    """landscape.png: the training loss on the first LANDSCAPE_EXAMPLES training images over a plane through
+    the path's last point, `how` = pca (the path's principal directions) or random, with the path on it."""
+    from mlptrain import plots
+
+    x, y = data.arrays("train")
+    weight = system.model.layers[0].weight
+    x = torch.from_numpy(x[:LANDSCAPE_EXAMPLES]).to(weight.device, weight.dtype)
+    y = torch.from_numpy(y[:LANDSCAPE_EXAMPLES]).to(weight.device)
+    points = path.to(weight.dtype)
+    plane = pca_directions(points) if how == "pca" else random_directions(system.model, points[-1])
+    coordinates = plane.coordinates(points)
+    alphas, betas = grid_around(coordinates, at_least=0.0 if how == "pca" else 1.0)
+    surface = loss_surface(system.model, system.loss_fn, x, y, plane, alphas, betas)
+    plots.plot_landscape(
+        surface.numpy(), alphas, betas, coordinates.cpu().numpy(), plane.how, plane.explained, len(y), file
+    )
 
 
 def _write_page(run_dir: Path, summary: dict[str, Any], config: dict[str, Any], written: list[str]) -> None:

@@ -21,7 +21,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain.callbacks import CheckpointOnStop, RecordRun
+from mlptrain.callbacks import CheckpointOnStop, RecordRun, WeightTrajectory
 from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunInterrupted
@@ -163,7 +163,13 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         )
     else:
         system, _ = load_checkpoint(cfg.ckpt_path)
-    trainer, checkpoint = _make_trainer(cfg, run_dir, callbacks, steps_per_call)
+    trajectory = WeightTrajectory() if cfg.report.landscape else None
+    if trajectory is not None and not cfg.train:  # the path kept in the checkpoint's training
+        trajectory.load_state_dict(
+            torch.load(cfg.ckpt_path, weights_only=False).get("callbacks", {}).get("WeightTrajectory", {})
+        )
+    extra = [*callbacks, trajectory] if trajectory is not None else callbacks
+    trainer, checkpoint = _make_trainer(cfg, run_dir, extra, steps_per_call)
     if previous_metrics:
         keep_metrics(trainer, previous_metrics)
 
@@ -224,7 +230,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             **_container(cfg),
             **{key: dict(system.hparams[key]) for key in ("model", "loss", "optimizer", "scheduler")},
         }
-        write_run_report(run_dir, summary, config, system, datamodule, cfg.report.weight_tiles, cfg.report.mistakes)
+        path = trajectory.path() if trajectory is not None and trajectory.points else None
+        write_run_report(run_dir, summary, config, system, datamodule, _container(cfg.report), path)
         log.info("Report with pictures: %s", (run_dir / "report.md").resolve())
     if writer:
         log.info(
