@@ -31,7 +31,7 @@ def run(arguments: list[str]) -> None:
     for digit, p in enumerate(probs):
         print(f"{digit}  {p:6.1%}  {'#' * round(40 * p)}")
     print(f"prediction: {probs.argmax()}" + ("" if truth is None else f" (true label: {truth})"))
-    name = f"test image #{args.index}" if args.image is None else str(args.image)
+    name = f"test image #{args.index}, a {truth}" if args.image is None else str(args.image)
     if args.network is not None:
         draw_network(system, pixels, data.get("normalize", "standard"), name, Path(args.network))
         print(f"network picture: {args.network}")

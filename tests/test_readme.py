@@ -10,7 +10,8 @@ from tests.conftest import ROOT, run_in_process, run_python
 
 pytestmark = pytest.mark.slow  # subprocesses: see pyproject.toml's markers
 
-SHRINK = [
+SHRINK = [  # and no pictures: tests/test_plots.py draws every one of them
+    "report.enabled=false",
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=5",
     "trainer.limit_val_batches=2",
@@ -31,6 +32,8 @@ def run(args: list[str], run_dir: Path, capsys: pytest.CaptureFixture[str]) -> t
         args = [*args, *SHRINK, f"hydra.run.dir={run_dir}"]
     elif args[0] == "scripts/plot_activations.py":
         args = [*args, f"out={run_dir / 'activations.png'}"]  # not over the committed picture
+    elif args[0] == "scripts/predict.py":  # its pictures into run_dir, not the working directory
+        args = [re.sub(r"^(network|nudges)=", rf"\1={run_dir}/", arg) for arg in args]
     if "-m" not in args:
         return run_in_process(args[0], args[1:], capsys)
     done = run_python(*args)
@@ -71,3 +74,5 @@ def test_readme_command_runs(
         assert (tmp_path / made[args[1]]).is_file()
     else:
         assert "prediction: " in output
+        for picture in re.findall(r"(?:network|nudges)=(\S+)", command):
+            assert (tmp_path / picture).is_file()

@@ -67,6 +67,20 @@ def test_one_epoch_learns_mnist_and_writes_the_run(make_cfg: MakeCfg) -> None:
     assert saved["config"]["data"]["val_size"] == 10_000 and saved["config"]["seed"] == 42
 
 
+def test_last_ckpt_is_the_last_epoch_even_when_it_is_not_the_best(make_cfg: MakeCfg) -> None:
+    # A learning rate of 1e-12 leaves every prediction as the first epoch made it: val/acc never improves again.
+    cfg = make_cfg(
+        "trainer.max_epochs=3", "trainer.limit_train_batches=5", "optimizer=sgd", "optimizer.lr=1e-12", "scheduler=none"
+    )
+    train(cfg)
+    folder = Path(cfg.output_dir) / "checkpoints"
+    best, last = (torch.load(folder / name, weights_only=False) for name in ("best.ckpt", "last.ckpt"))
+    assert best["epoch"] == 0 and best["updates_done"] == 5
+    assert last["epoch"] == 2 and last["updates_done"] == 15  # what resume=auto continues from
+    summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
+    assert summary["checkpoints"] == {"best": str(folder / "best.ckpt"), "last": str(folder / "last.ckpt")}
+
+
 @pytest.mark.slow  # several whole runs
 def test_same_seed_repeats_exactly_and_another_seed_does_not(make_cfg: MakeCfg) -> None:
     runs = [make_cfg("seed=3", run="a"), make_cfg("seed=3", run="b"), make_cfg("seed=4", run="c")]

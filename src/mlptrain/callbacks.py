@@ -1,7 +1,7 @@
 """The callbacks every run adds to Lightning's Trainer: what each checkpoint records, and a checkpoint on SIGTERM."""
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -10,6 +10,32 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mlptrain.anatomy import flatten
 from mlptrain.rundir import library_versions
+
+
+class Checkpoints(NamedTuple):
+    """A run's two checkpoints: best.ckpt, the best val/acc so far, and last.ckpt, written at every epoch's
+    end (and where a SIGTERM stopped training). Two callbacks: since Lightning 2.6, save_last=True writes
+    last.ckpt only at the epochs that also write a best checkpoint, so a resume would repeat epochs."""
+
+    best: ModelCheckpoint
+    last: ModelCheckpoint
+
+    @classmethod
+    def into(cls, dirpath: Path) -> "Checkpoints":
+        best = ModelCheckpoint(
+            dirpath=dirpath,
+            filename="best",
+            monitor="val/acc",
+            mode="max",
+            save_top_k=1,
+            auto_insert_metric_name=False,
+        )
+        # No monitor: its one kept checkpoint is the latest, written over each epoch.
+        last = ModelCheckpoint(dirpath=dirpath, filename="last", save_top_k=1, enable_version_counter=False)
+        return cls(best, last)
+
+    def paths(self) -> dict[str, str | None]:
+        return {"best": self.best.best_model_path or None, "last": self.last.best_model_path or None}
 
 
 class RecordRun(Callback):
@@ -42,17 +68,17 @@ class CheckpointOnStop(Callback):
     land in the middle of a step and keeps the last epoch's checkpoint instead.
     """
 
-    def __init__(self, checkpoint: ModelCheckpoint) -> None:
-        self.checkpoint = checkpoint
+    def __init__(self, last: ModelCheckpoint) -> None:
+        self.last = last  # Checkpoints.last
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or not trainer.training:
             return
         if pl_module.diverged:
             return  # weights after a NaN are never checkpointed
-        path = Path(self.checkpoint.dirpath) / f"{self.checkpoint.CHECKPOINT_NAME_LAST}{self.checkpoint.FILE_EXTENSION}"
+        path = Path(self.last.dirpath) / f"{self.last.filename}{self.last.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
-        self.checkpoint.last_model_path = str(path)
+        self.last.best_model_path = str(path)
 
 
 class WeightTrajectory(Callback):

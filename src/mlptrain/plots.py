@@ -337,8 +337,8 @@ def plot_nudges(nudges: Any, image: np.ndarray, label: int, path: Path, tiles: i
     biases = [b.double().cpu().numpy() for b in nudges.bias_changes]
     units = np.sort(np.argsort(-np.linalg.norm(first, axis=1), kind="stable")[:tiles]).tolist()
 
-    figure = plt.figure(figsize=(12, 9.5), dpi=120)
-    top, bottom = figure.subfigures(2, 1, height_ratios=[1, 1.25])
+    figure = plt.figure(figsize=(12, 8.5), dpi=120)
+    top, bottom = figure.subfigures(2, 1, height_ratios=[1, 1.1])
     panels = top.subplots(1, 3, width_ratios=[0.7, 1.4, 1.6])
     panels[0].imshow(image, cmap="gray_r")
     panels[0].set_title(f"the example: a {label}\ncost {nudges.loss:.4f}", fontsize=9)
@@ -371,7 +371,7 @@ def plot_nudges(nudges: Any, image: np.ndarray, label: int, path: Path, tiles: i
         axes.axis("off")
     for axes, unit in zip(grid.flat, units):
         axes.imshow(first[unit].reshape(28, 28), cmap="RdBu_r", vmin=-bound, vmax=bound)
-        axes.set_title(f"unit {unit}: Δb {biases[0][unit]:+.2g}", fontsize=7)
+        axes.set_title(f"unit {unit}: Δb {biases[0][unit] + 0.0:+.2g}", fontsize=7)  # + 0.0: no "-0"
     bottom.suptitle(
         f"First-layer weight changes −∂C/∂W, the {len(units)} units of {len(first)} with the largest (one colour "
         "scale): each tile is the image times the unit's error, so weights from bright pixels get the big nudges",

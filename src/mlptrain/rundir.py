@@ -12,7 +12,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -55,21 +54,18 @@ def keep_metrics(trainer: L.Trainer, previous: str) -> None:
             writer.metrics_keys = sorted(previous.splitlines()[0].split(","))
 
 
-def checkpoint_paths(checkpoint: ModelCheckpoint) -> dict[str, str | None]:
-    return {"best": checkpoint.best_model_path or None, "last": checkpoint.last_model_path or None}
-
-
 def write_summary(
-    run_dir: Path, summary: dict[str, Any], start: float, trainer: L.Trainer, checkpoint: ModelCheckpoint, **fields: Any
+    run_dir: Path, summary: dict[str, Any], start: float, trainer: L.Trainer, checkpoints: Any, **fields: Any
 ) -> None:
-    best = checkpoint.best_model_score
+    """summary.json; `checkpoints`: the run's callbacks.Checkpoints."""
+    best = checkpoints.best.best_model_score
     summary.update(
         fields,
         best_val_acc=float(best) if best is not None else None,
         epochs=trainer.current_epoch,
         wall_time_s=round(time.perf_counter() - start, 3),
     )
-    summary.setdefault("checkpoints", checkpoint_paths(checkpoint))
+    summary.setdefault("checkpoints", checkpoints.paths())
     # Optimizer updates (Lightning's global_step counts training steps, of several updates each on the fast path)
     summary.setdefault("global_steps", getattr(trainer.lightning_module, "updates_done", trainer.global_step))
     if rank_zero_only.rank == 0:  # one summary per run, whatever the number of processes

@@ -15,18 +15,18 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain.callbacks import CheckpointOnStop, RecordRun, WeightTrajectory
+from mlptrain.callbacks import CheckpointOnStop, Checkpoints, RecordRun, WeightTrajectory
 from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunInterrupted
 from mlptrain.report import write_run_report
-from mlptrain.rundir import checkpoint_paths, keep_metrics, library_versions, resume_path, write_summary
+from mlptrain.rundir import keep_metrics, library_versions, resume_path, write_summary
 from mlptrain.step import choose_path
 from mlptrain.system import MLPSystem, load_checkpoint
 
@@ -45,22 +45,14 @@ def _progress_bar(setting: str | bool) -> bool:
 
 def _make_trainer(
     cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback] = (), steps_per_call: int = 1
-) -> tuple[L.Trainer, ModelCheckpoint]:
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val/acc",
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-        auto_insert_metric_name=False,
-    )
+) -> tuple[L.Trainer, Checkpoints]:
+    checkpoints = Checkpoints.into(run_dir / "checkpoints")
     show_bar = _progress_bar(cfg.progress_bar)
     callbacks: list[Callback] = [
-        checkpoint,
+        *checkpoints,
         LearningRateMonitor(logging_interval="epoch"),
         RecordRun(_container(cfg)),
-        CheckpointOnStop(checkpoint),
+        CheckpointOnStop(checkpoints.last),
         *extra_callbacks,
     ]
     if show_bar:
@@ -91,7 +83,7 @@ def _make_trainer(
         raise ConfigError(
             f"The trainer config is not valid: {error}. Check the trainer.* keys (conf/trainer/)."
         ) from error
-    return trainer, checkpoint
+    return trainer, checkpoints
 
 
 def _check_processes(cfg: DictConfig) -> None:
@@ -169,7 +161,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             torch.load(cfg.ckpt_path, weights_only=False).get("callbacks", {}).get("WeightTrajectory", {})
         )
     extra = [*callbacks, trajectory] if trajectory is not None else callbacks
-    trainer, checkpoint = _make_trainer(cfg, run_dir, extra, steps_per_call)
+    trainer, checkpoints = _make_trainer(cfg, run_dir, extra, steps_per_call)
     if previous_metrics:
         keep_metrics(trainer, previous_metrics)
 
@@ -199,19 +191,19 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
                 ) from error
             if trainer.interrupted:
                 raise KeyboardInterrupt
-        summary["checkpoints"] = checkpoint_paths(checkpoint)  # before test() restores the callback from a file
+        summary["checkpoints"] = checkpoints.paths()  # before test() restores the callback from a file
         summary["global_steps"] = system.updates_done  # and the module's count, from the tested checkpoint
-        tested = checkpoint.best_model_path or ckpt_path
+        tested = checkpoints.best.best_model_path or ckpt_path
         results = trainer.test(system, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]
     except MlptrainError as error:
-        write_summary(run_dir, summary, start, trainer, checkpoint, status="failed", error=str(error))
-        kept = [path for path in (checkpoint.best_model_path, checkpoint.last_model_path) if path]
+        write_summary(run_dir, summary, start, trainer, checkpoints, status="failed", error=str(error))
+        kept = [path for path in checkpoints.paths().values() if path]
         if kept:
             raise type(error)(f"{error} Checkpoints written before it are kept: {', '.join(kept)}.") from error
         raise
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
-        write_summary(run_dir, summary, start, trainer, checkpoint, status="interrupted")
-        last = checkpoint.last_model_path
+        write_summary(run_dir, summary, start, trainer, checkpoints, status="interrupted")
+        last = checkpoints.paths()["last"]
         resume = (
             f"to continue where it stopped, in the same directory, run the same command with `resume=auto "
             f"hydra.run.dir={run_dir.resolve()}` added (or `ckpt_path={last}` for a new directory)"
@@ -223,7 +215,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             f"{run_dir.resolve()}; {resume}."
         ) from stop
     summary.update(test_acc=results["test/acc"], test_loss=results["test/loss"], tested_checkpoint=tested)
-    write_summary(run_dir, summary, start, trainer, checkpoint, status="completed")
+    write_summary(run_dir, summary, start, trainer, checkpoints, status="completed")
     if cfg.report.enabled and writer:
         # The model's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
         config = {
@@ -238,5 +230,5 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             "Test accuracy %.4f, test loss %.4f (checkpoint %s)", results["test/acc"], results["test/loss"], tested
         )
         log.info("Run directory: %s", run_dir.resolve())
-    best = checkpoint.best_model_score
+    best = checkpoints.best.best_model_score
     return float(best) if best is not None else None
