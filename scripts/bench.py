@@ -3,6 +3,7 @@ against a bare PyTorch loop, the DataLoader path and the NumPy baseline; and who
 
     python scripts/bench.py                          # both setups below, 3 rounds of 2 epochs per system
     python scripts/bench.py setups=[nielsen] rounds=5 epochs=3 out=bench.json
+    python scripts/bench.py setups=[relu] overrides=[data.train_size=10000]   # any config override, every setup
     python scripts/bench.py e2e=true                 # python train.py experiment=nielsen against network.py, 30 epochs
 
 In one process, the systems take turns (round 1: each system, round 2: each system, ...), each round a fresh
@@ -65,6 +66,7 @@ DEFAULTS = {
     "e2e": False,  # true: whole processes, python train.py experiment=nielsen against network.py (below)
     "runs": 3,  # e2e: runs of each
     "e2e_epochs": 30,
+    "overrides": [],  # config overrides added to every setup, e.g. [data.train_size=10000] for a quicker table
     "mode": "table",  # nielsen_network: one process training the network.py baseline (what e2e times)
 }
 
@@ -196,12 +198,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_setup(name: str, rounds: int, epochs: int, device: torch.device) -> list[dict[str, Any]]:
+def bench_setup(
+    name: str, rounds: int, epochs: int, device: torch.device, overrides: list[str] = ()
+) -> list[dict[str, Any]]:
+    accelerator = f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"
     with tempfile.TemporaryDirectory() as scratch:
-        cfg = _compose(
-            [*SETUPS[name], f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"], Path(scratch)
-        )
-    n_train = 60_000 - cfg.data.val_size
+        cfg = _compose([*SETUPS[name], *overrides, accelerator], Path(scratch))
+    n_train = cfg.data.train_size or 60_000 - cfg.data.val_size
     as_is, path = as_train_py_runs_it(cfg)
     systems: dict[str, Callable[[], tuple[list[float], float]]] = {
         "mlptrain": lambda: lightning_run(as_is, epochs),
@@ -344,7 +347,9 @@ if __name__ == "__main__":
         sys.exit(0)
     wanted = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = torch.device("cpu" if wanted == "auto" else wanted)
-    rows = [row for name in args.setups for row in bench_setup(name, args.rounds, args.epochs, device)]
+    rows = [
+        row for name in args.setups for row in bench_setup(name, args.rounds, args.epochs, device, list(args.overrides))
+    ]
     header = (
         f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, rounds {args.rounds} x {args.epochs} epochs"

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.slow  # subprocesses: see pyproject.toml's markers
 
 def test_bench_reports_every_system_doing_the_same_work(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    done = run_python("scripts/bench.py", "setups=[relu]", "rounds=1", "epochs=2", f"out={out}")
+    args = ["setups=[relu]", "rounds=1", "epochs=2", "overrides=[data.train_size=10000]", f"out={out}"]
+    done = run_python("scripts/bench.py", *args)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     by_system = {row["system"]: row for row in rows}
@@ -25,10 +26,10 @@ def test_bench_reports_every_system_doing_the_same_work(tmp_path: Path) -> None:
         "NumPy, backprop by hand",
     }
     assert by_system["bare eager PyTorch loop"]["x_eager"] == 1.0
-    # The trainer as `python train.py` runs the relu setup (10 epochs of 391 updates): several a step, not compiled.
-    assert by_system["mlptrain"]["path"].startswith("50 mini-batches per training step, not compiled (3,910 updates")
+    # The trainer as `python train.py` runs this setup (10 epochs of 79 updates): several a step, not compiled.
+    assert by_system["mlptrain"]["path"].startswith("50 mini-batches per training step, not compiled (790 updates")
     assert all(row["s_per_epoch"] > 0 and row["epochs_timed"] == 1 for row in rows)
     # Same initial weights, same batches, same optimizer: the same accuracy, whoever is fastest.
     accuracies = [row["test_acc"] for row in rows]
-    assert min(accuracies) > 0.95 and max(accuracies) - min(accuracies) < 0.005
+    assert min(accuracies) > 0.92 and max(accuracies) - min(accuracies) < 0.005
     assert "| relu | bare eager PyTorch loop |" in done.stdout

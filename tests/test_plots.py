@@ -66,6 +66,7 @@ def test_every_picture_is_a_png_of_the_expected_size(run: Path) -> None:
     assert sizes["landscape.png"] == (900, 720)
 
 
+@pytest.mark.slow  # a test-only run of its own; the fast tier sees landscape.png drawn in the module's run
 def test_the_weights_path_is_kept_in_the_checkpoints_and_redraws_the_landscape(run: Path, tmp_path: Path) -> None:
     import torch
 

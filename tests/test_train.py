@@ -319,7 +319,13 @@ CLIPPED = {  # gradient clipping, both algorithms, and the gradient norms logged
     ],
 }
 SETUPS = {
-    **{f"{o}-{s}": [*OPTIMIZERS[o], *SCHEDULES[s]] for o in OPTIMIZERS for s in SCHEDULES},
+    # A constant rate is what every schedule's steps also pass: Adam and AdamW are taken with schedules only.
+    **{
+        f"{o}-{s}": [*OPTIMIZERS[o], *SCHEDULES[s]]
+        for o in OPTIMIZERS
+        for s in SCHEDULES
+        if s != "none" or o[:3] == "sgd"
+    },
     **{name: [*setup, "log_grad_norms=true"] for name, setup in CLIPPED.items()},
 }
 PATHS = {
