@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mlptrain import population
 from mlptrain.errors import MlptrainError
 from mlptrain.train import train
 
@@ -63,6 +64,9 @@ def main(cfg: DictConfig, task: Callable[[DictConfig], Any] = train) -> Any:
         return task(cfg)
     except MlptrainError as error:
         log.error("%s", error)
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        # (A population's member is a sweep's job too; Hydra's run-time config is one per process, and a
+        # member's may be another's or already gone.)
+        in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if in_sweep or population.current() is not None:
             return None  # one failed job of a sweep must not stop the others; its summary.json says why
         sys.exit(1)

@@ -25,14 +25,18 @@ def make_loss(name: str, reduction: str | None = "half_sum") -> LossFn:
     """
     scale = MSE_REDUCTIONS[reduction] if name == "mse" else 1.0
 
+    def one_hot(labels: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
+        # F.one_hot checks its labels on the host, which torch.func.vmap (populations) cannot trace.
+        return (labels[..., None] == torch.arange(classes, device=labels.device)).to(dtype)  # (B, 10)
+
     def mse(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        target = F.one_hot(labels, output.shape[-1]).to(output.dtype)  # (B, 10)
+        target = one_hot(labels, output.shape[-1], output.dtype)
         if reduction == "mean":
             return F.mse_loss(output, target)
         return scale * (output - target).square().sum(-1).mean()
 
     def binary_cross_entropy(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        target = F.one_hot(labels, output.shape[-1]).to(output.dtype)
+        target = one_hot(labels, output.shape[-1], output.dtype)
         return F.binary_cross_entropy(output, target, reduction="sum") / len(labels)
 
     return {"cross_entropy": F.cross_entropy, "mse": mse, "binary_cross_entropy": binary_cross_entropy}[name]

@@ -81,6 +81,7 @@ class MLPSystem(L.LightningModule):
         self.check_finite_every_n_steps = check_finite_every_n_steps
         self.automatic_optimization = steps_per_call == 1
         self.fast: FastSteps | None = None  # made with the optimizer, in configure_optimizers
+        self.make_steps: Callable[..., FastSteps] = FastSteps  # a population's member makes a MemberSteps
         # Updates made: Lightning's global_step counts training steps, which make K updates each when K > 1.
         self.updates_done = 0
         self.updates_checked = 0  # where the host last looked at the NaN flag
@@ -327,7 +328,7 @@ class MLPSystem(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if not self.automatic_optimization:
             clip = self.hparams.gradient_clip_val
-            self.fast = FastSteps(
+            self.fast = self.make_steps(
                 self.model,
                 self.loss_fn,
                 optimizer,

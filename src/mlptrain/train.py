@@ -4,9 +4,11 @@ import importlib.metadata
 import importlib.util
 import logging
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +23,20 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from mlptrain import population
 from mlptrain.callbacks import CheckpointOnStop, Checkpoints, RecordRun, WeightTrajectory
 from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunInterrupted
+from mlptrain.population import MemberSteps
 from mlptrain.report import write_run_report
 from mlptrain.rundir import keep_metrics, library_versions, resume_path, write_summary
+from mlptrain.step import Path as TrainingPath
 from mlptrain.step import choose_path
 from mlptrain.system import MLPSystem, load_checkpoint
 
 log = logging.getLogger(__name__)
+_SEEDING = threading.Lock()
 
 
 def _container(cfg: DictConfig) -> dict[str, Any]:
@@ -107,6 +113,21 @@ def _device_name(trainer: L.Trainer) -> str:
     return str(device)
 
 
+def _build_system(cfg: DictConfig, path: TrainingPath) -> MLPSystem:
+    return MLPSystem(
+        model=_container(cfg.model),
+        loss=_container(cfg.loss),
+        optimizer=_container(cfg.optimizer),
+        scheduler=_container(cfg.scheduler),
+        check_finite_every_n_steps=cfg.check_finite_every_n_steps,
+        log_grad_norms=cfg.log_grad_norms,
+        steps_per_call=path.steps_per_call,
+        compile=path.compile,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
+    )
+
+
 def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     """Run the experiment that `cfg` (conf/train.yaml, composed) describes; return the best val/acc.
 
@@ -130,7 +151,17 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     if writer:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    member = population.current()
+    with _SEEDING:  # a population's members (threads) each seed the generator and draw their weights in turn
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        system = _build_system(cfg, path) if path else load_checkpoint(cfg.ckpt_path)[0]
+    if str(cfg.trainer.precision) in ("64-true", "64"):
+        # Lightning loads a resumed checkpoint's weights before it converts the model to float64: into float32
+        # weights, which would round them (1e-7) and make the resumed run differ from one that ran through.
+        system.double()
+    if member is not None:
+        system.make_steps = partial(MemberSteps, *member)
+        member[0].wait_for_the_others(member[1])
 
     steps_per_call = path.steps_per_call if path else 1
     datamodule = MNISTDataModule(
@@ -138,23 +169,10 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         steps_per_call=steps_per_call,
         limit_train_batches=cfg.trainer.limit_train_batches,
     )
-    if path:
-        if writer:
-            log.info("Training path: %s", path.why)
-        system = MLPSystem(
-            model=_container(cfg.model),
-            loss=_container(cfg.loss),
-            optimizer=_container(cfg.optimizer),
-            scheduler=_container(cfg.scheduler),
-            check_finite_every_n_steps=cfg.check_finite_every_n_steps,
-            log_grad_norms=cfg.log_grad_norms,
-            steps_per_call=path.steps_per_call,
-            compile=path.compile,
-            gradient_clip_val=cfg.trainer.gradient_clip_val,
-            gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
+    if path and writer:
+        log.info(
+            "Training path: %s", path.why if member is None else f"{path.why}, with the other members of a population"
         )
-    else:
-        system, _ = load_checkpoint(cfg.ckpt_path)
     trajectory = WeightTrajectory() if cfg.report.landscape else None
     if trajectory is not None and not cfg.train:  # the path kept in the checkpoint's training
         trajectory.load_state_dict(

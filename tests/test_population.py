@@ -1,0 +1,140 @@
+"""hydra/launcher=population: a sweep's jobs trained as one stacked model, each with the results of a run alone."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlptrain.train import train
+from tests.conftest import compose_config, run_in_process
+
+pytestmark = pytest.mark.slow  # whole sweeps
+
+# 2 epochs of 70 mini-batches of 10 images, float64: the population's updates must be each run's own.
+SHORT = [
+    "model.hidden=[20]",
+    "data.train_size=700",
+    "data.batch_size=10",
+    "steps_per_call=20",
+    "trainer.max_epochs=2",
+    "trainer.precision=64-true",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "report.enabled=false",
+    "progress_bar=false",
+]
+
+
+def sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str], *overrides: str) -> Path:
+    """`python train.py -m hydra/launcher=population ...`, in this process; returns the sweep folder."""
+    folder = tmp_path / "sweep"
+    given = {override.split("=")[0] for override in overrides}
+    short = [override for override in SHORT if override.split("=")[0] not in given]
+    status, output = run_in_process(
+        "train.py", ["-m", "hydra/launcher=population", *overrides, *short, f"hydra.sweep.dir={folder}"], capsys
+    )
+    assert status == 0, output[-3000:]
+    return folder
+
+
+def alone(tmp_path: Path, name: str, *overrides: str) -> Path:
+    """The same job as a run of its own."""
+    cfg = compose_config([*SHORT, *overrides], tmp_path / name)
+    train(cfg)
+    return Path(cfg.output_dir)
+
+
+def epoch_values(run: Path) -> list[dict[str, float]]:
+    import csv
+
+    rows = csv.DictReader((run / "metrics.csv").open())
+    wanted = ("train/", "val/", "test/", "lr-")
+    return [{k: float(v) for k, v in row.items() if v and k.startswith(wanted)} for row in rows]
+
+
+def assert_same_run(a: Path, b: Path, tolerance: float = 1e-9) -> None:
+    ckpt_a = torch.load(a / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt_b = torch.load(b / "checkpoints" / "last.ckpt", weights_only=False)
+    for key, value in ckpt_a["state_dict"].items():
+        torch.testing.assert_close(ckpt_b["state_dict"][key], value, rtol=tolerance, atol=tolerance)
+    state_a, state_b = ckpt_a["optimizer_states"][0]["state"], ckpt_b["optimizer_states"][0]["state"]
+    assert state_a.keys() == state_b.keys()
+    for index, values in state_a.items():
+        for key, value in values.items():
+            torch.testing.assert_close(state_b[index][key].to(value.dtype), value, rtol=tolerance, atol=tolerance)
+    rows_a, rows_b = epoch_values(a), epoch_values(b)
+    assert [row.keys() for row in rows_a] == [row.keys() for row in rows_b]
+    for row_a, row_b in zip(rows_a, rows_b):
+        for key, value in row_a.items():
+            assert row_b[key] == pytest.approx(value, rel=tolerance, abs=tolerance), key
+    summary_a, summary_b = (json.loads((run / "summary.json").read_text()) for run in (a, b))
+    assert summary_a["status"] == summary_b["status"] == "completed"
+    assert summary_a["global_steps"] == summary_b["global_steps"] == 140
+
+
+def test_each_member_gets_the_weights_and_metrics_of_its_own_run(tmp_path: Path, capsys) -> None:
+    """4 jobs (2 seeds x 2 learning rates) of AdamW with a cosine schedule, against each run alone."""
+    folder = sweep(tmp_path, capsys, "seed=1,2", "optimizer.lr=0.001,0.01")
+    jobs = [("seed=1", "optimizer.lr=0.001"), ("seed=1", "optimizer.lr=0.01"), ("seed=2", "optimizer.lr=0.001")]
+    jobs.append(("seed=2", "optimizer.lr=0.01"))
+    for number, overrides in enumerate(jobs):
+        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *overrides))
+    assert (folder / "multirun.yaml").is_file() and (folder / "0" / ".hydra" / "overrides.yaml").is_file()
+    assert "with the other members of a population" in (folder / "0" / "train.log").read_text()
+
+
+def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp_path: Path, capsys) -> None:
+    folder = sweep(tmp_path, capsys, "optimizer=sgd", "scheduler=none", "seed=1", "optimizer.lr=0.1,1e30,0.2")
+    failed = json.loads((folder / "1" / "summary.json").read_text())
+    assert failed["status"] == "failed"
+    assert "The training loss became NaN or infinite at epoch 0" in failed["error"]  # a run alone's message
+    for number, lr in ((0, "0.1"), (2, "0.2")):
+        run = alone(tmp_path, f"alone{number}", "optimizer=sgd", "scheduler=none", "seed=1", f"optimizer.lr={lr}")
+        assert_same_run(folder / str(number), run)
+
+
+def test_jobs_that_cannot_be_stacked_run_one_after_another(tmp_path: Path, capsys) -> None:
+    folder = sweep(tmp_path, capsys, "model.hidden=[20],[30]", "trainer.max_epochs=1")
+    for number in (0, 1):
+        summary = json.loads((folder / str(number) / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        assert "with the other members" not in (folder / str(number) / "train.log").read_text()
+    status, output = run_in_process("scripts/report.py", [str(folder)], capsys)
+    assert status == 0 and (folder / "sweep_report.md").is_file(), output
+
+
+def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+    import time
+
+    from mlptrain.population import Population
+
+    calls: list[str] = []
+    original = Population.run
+
+    def run_then_stop(self: Population, member: str, request: tuple) -> object:
+        calls.append(member)
+        if len(calls) == 11:  # both members are in epoch 1 (4 calls an epoch), one of them at its second call
+            os.kill(os.getpid(), signal.SIGTERM)  # as a cluster's preemption sends it: to the process
+            time.sleep(0.5)  # the launcher's handler runs in the main thread
+        return original(self, member, request)
+
+    monkeypatch.setattr(Population, "run", run_then_stop)
+    overrides = ("optimizer=sgd", "optimizer.momentum=0.9", "scheduler=none", "seed=1,2")
+    folder = sweep(tmp_path, capsys, *overrides)
+    for number in (0, 1):
+        assert json.loads((folder / str(number) / "summary.json").read_text())["status"] == "interrupted"
+        saved = torch.load(folder / str(number) / "checkpoints" / "last.ckpt", weights_only=False)
+        assert saved["MNISTDataModule"]["epoch"] == 1 and 0 < saved["MNISTDataModule"]["batches_done"] < 70
+    monkeypatch.setattr(Population, "run", original)
+    sweep(tmp_path, capsys, *overrides, "resume=auto")  # the same command, the same folder: each job resumes
+    for number, seed in ((0, 1), (1, 2)):
+        run = alone(
+            tmp_path, f"alone{number}", "optimizer=sgd", "optimizer.momentum=0.9", "scheduler=none", f"seed={seed}"
+        )
+        assert_same_run(folder / str(number), run)
