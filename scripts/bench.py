@@ -5,6 +5,7 @@ against a bare PyTorch loop, the DataLoader path and the NumPy baseline; and who
     python scripts/bench.py setups=[nielsen] rounds=5 epochs=3 out=bench.json
     python scripts/bench.py setups=[relu] overrides=[data.train_size=10000]   # any config override, every setup
     python scripts/bench.py e2e=true                 # python train.py experiment=nielsen against network.py, 30 epochs
+    python scripts/bench.py populations=true runs=3  # sweeps trained as populations, against one run and job by job
 
 In one process, the systems take turns (round 1: each system, round 2: each system, ...), each round a fresh
 model trained for `epochs` epochs on the same batches, so that load on a shared machine hits them alike. The
@@ -67,6 +68,7 @@ DEFAULTS = {
     "runs": 3,  # e2e: runs of each
     "e2e_epochs": 30,
     "overrides": [],  # config overrides added to every setup, e.g. [data.train_size=10000] for a quicker table
+    "populations": False,  # true: sweeps as populations (hydra/launcher=population) against one run and job by job
     "mode": "table",  # nielsen_network: one process training the network.py baseline (what e2e times)
 }
 
@@ -329,11 +331,85 @@ def end_to_end(runs: int, epochs: int) -> list[dict[str, Any]]:
     ]
 
 
+# The sweeps of issue 12's targets: (fixed overrides, swept overrides). One run is the sweep's first job alone.
+POPULATION_SWEEPS = {
+    "10 seeds of experiment=nielsen, 3 epochs": (
+        ["experiment=nielsen", "trainer.max_epochs=3"],
+        ["seed=1,2,3,4,5,6,7,8,9,10"],
+    ),
+    "the default network, 3 seeds x 4 learning rates": ([], ["seed=1,2,3", "optimizer.lr=0.0005,0.001,0.002,0.004"]),
+}
+
+
+def populations(runs: int) -> list[dict[str, Any]]:
+    """Whole commands timed from start to exit (the last summary.json is written just before), with their peak
+    resident memory: each sweep as a population, its first job alone (`runs` times each, taking turns), and
+    the sweep job by job with Hydra's basic launcher (once: it takes longest). No pictures (report.enabled=false)."""
+
+    def timed(args: list[str]) -> tuple[float, float]:
+        with tempfile.TemporaryDirectory() as out:
+            where = [f"hydra.sweep.dir={out}"] if "-m" in args else [f"hydra.run.dir={out}"]
+            command = [sys.executable, "train.py", *args, "report.enabled=false", *where]
+            started = time.perf_counter()
+            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(process.pid, 0)
+            seconds = time.perf_counter() - started
+            if status != 0:
+                raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
+            return seconds, usage.ru_maxrss / 1024  # KiB on Linux -> MiB
+
+    rows = []
+    for sweep, (fixed, swept) in POPULATION_SWEEPS.items():
+        first = [override.split(",")[0] for override in swept]
+        jobs = 1
+        for override in swept:
+            jobs *= len(override.split(","))
+        systems = {
+            "one run": [*fixed, *first],
+            "population": ["-m", "hydra/launcher=population", *fixed, *swept],
+        }
+        measured: dict[str, list[tuple[float, float]]] = {name: [] for name in systems}
+        for _ in range(runs):
+            for name, args in systems.items():
+                measured[name].append(timed(args))
+        measured["job by job"] = [timed(["-m", *fixed, *swept])]
+        one = statistics.median(seconds for seconds, _ in measured["one run"])
+        for name, results in measured.items():
+            wall = statistics.median(seconds for seconds, _ in results)
+            rows.append(
+                {
+                    "sweep": sweep,
+                    "system": name,
+                    "jobs": 1 if name == "one run" else jobs,
+                    "wall_s": wall,
+                    "runs_s": [round(seconds, 1) for seconds, _ in results],
+                    "x_one_run": wall / one,
+                    "peak_rss_mb": max(memory for _, memory in results),
+                }
+            )
+    return rows
+
+
 if __name__ == "__main__":
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the table is the output
     args = OmegaConf.merge(DEFAULTS, OmegaConf.from_cli())
     if args.mode == "nielsen_network":
         nielsen_network_process(args.e2e_epochs)
+        sys.exit(0)
+    if args.populations:
+        rows = populations(args.runs)
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; one run, population: median of {args.runs}"
+        )
+        print("| sweep | system | jobs | wall s | runs | × one run | peak RSS MiB |\n|---|---|---|---|---|---|---|")
+        for r in rows:
+            runs_s = ", ".join(f"{t:.1f}" for t in r["runs_s"])
+            print(
+                f"| {r['sweep']} | {r['system']} | {r['jobs']} | {r['wall_s']:.1f} | {runs_s} | {r['x_one_run']:.2f} "
+                f"| {r['peak_rss_mb']:.0f} |"
+            )
+        Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+        print(f"JSON: {args.out}")
         sys.exit(0)
     if args.e2e:
         rows = end_to_end(args.runs, args.e2e_epochs)

@@ -29,7 +29,7 @@ def run(args: list[str], run_dir: Path, capsys: pytest.CaptureFixture[str]) -> t
     """Hydra commands (train.py, scripts/compare.py) shrunk and writing to run_dir; each command in this process (it
     starts in a second, not in ten), a sweep (-m) in a process of its own: exit status, output."""
     if args[0] in ("train.py", "scripts/compare.py"):
-        args = [*args, *SHRINK, f"hydra.run.dir={run_dir}"]
+        args = [*args, *SHRINK, f"hydra.{'sweep' if '-m' in args else 'run'}.dir={run_dir}"]
     elif args[0] == "scripts/plot_activations.py":
         args = [*args, f"out={run_dir / 'activations.png'}"]  # not over the committed picture
     elif args[0] == "scripts/predict.py":  # its pictures into run_dir, not the working directory
@@ -70,7 +70,9 @@ def test_readme_command_runs(
         "scripts/compare.py": "comparison.md",
         "scripts/plot_activations.py": "activations.png",
     }
-    if args[1] in made:
+    if "-m" in args:  # a sweep: a folder per job
+        assert len(list(tmp_path.glob(f"*/{made[args[1]]}"))) == len(re.search(r"seed=(\S+)", command)[1].split(","))
+    elif args[1] in made:
         assert (tmp_path / made[args[1]]).is_file()
     else:
         assert "prediction: " in output

@@ -1,10 +1,12 @@
 """MNIST: the checked files on disk, the official split, and mini-batches for training."""
 
+import functools
 import gzip
 import hashlib
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -246,6 +248,41 @@ class TensorBatches:
             yield index.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else index
 
 
+def split_indices(split_seed: int, val_size: int, train_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices into the 60k training file; the same for a given split_seed on every call and rank."""
+    order = torch.randperm(N_TRAIN_FILE, generator=torch.Generator().manual_seed(split_seed))
+    end = None if train_size is None else val_size + train_size
+    return order[val_size:end].sort().values, order[:val_size].sort().values
+
+
+_SHARED_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _split_inputs_cached(
+    root: Path, split_seed: int, val_size: int, train_size: int | None, normalize: str, device: torch.device
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+    full = datasets.MNIST(root, train=True)
+    test = datasets.MNIST(root, train=False)
+    train, val = split_indices(split_seed, val_size, train_size)
+    indices = {"train": train, "val": val}
+    inputs = {
+        split: (to_inputs(full.data[index].to(device), normalize), full.targets[index].to(device))
+        for split, index in indices.items()
+    }
+    inputs["test"] = (to_inputs(test.data.to(device), normalize), test.targets.to(device))
+    return inputs, (test.data, test.targets)
+
+
+def _split_inputs(
+    root: Path, split_seed: int, val_size: int, train_size: int | None, normalize: str, device: torch.device
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+    """The splits as the network's inputs on `device`, made once and shared (read only) by every data module
+    of this process that asks for the same: the members of a population hold one copy of MNIST, not one each."""
+    with _SHARED_LOCK:
+        return _split_inputs_cached(root, split_seed, val_size, train_size, normalize, device)
+
+
 class MNISTDataModule(L.LightningDataModule):
     """MNIST with the official split: validation carved from the 60k training images, test = the 10k."""
 
@@ -283,10 +320,8 @@ class MNISTDataModule(L.LightningDataModule):
         prepare_mnist(self.root, self.download)
 
     def split_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(train, val) indices into the 60k training file; the same for a given split_seed on every call and rank."""
-        order = torch.randperm(N_TRAIN_FILE, generator=torch.Generator().manual_seed(self.split_seed))
-        end = None if self.train_size is None else self.val_size + self.train_size
-        return order[self.val_size : end].sort().values, order[: self.val_size].sort().values
+        """(train, val) indices into the 60k training file (module-level split_indices, this module's split)."""
+        return split_indices(self.split_seed, self.val_size, self.train_size)
 
     def setup(self, stage: str | None = None, device: torch.device | None = None) -> None:
         """Load the split; with loader=tensor, onto `device` (default: the trainer's device, else the CPU)."""
@@ -312,18 +347,18 @@ class MNISTDataModule(L.LightningDataModule):
             return
         if device is None:
             device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        full = datasets.MNIST(self.root, train=True)
-        test = datasets.MNIST(self.root, train=False)
-        self._test_pixels = (test.data, test.targets)
+        inputs, self._test_pixels = _split_inputs(
+            self.root, self.split_seed, self.val_size, self.train_size, self.normalize, device
+        )
 
-        def batches(images: torch.Tensor, labels: torch.Tensor, train: bool) -> TensorBatches:
-            x = to_inputs(images.to(device), self.normalize)  # once, on the device
+        def batches(split: str, train: bool) -> TensorBatches:
+            x, labels = inputs[split]
             if not train:
-                return TensorBatches(x, labels.to(device), self.eval_batch_size, rank=rank, world_size=world)
+                return TensorBatches(x, labels, self.eval_batch_size, rank=rank, world_size=world)
             sampler = EpochPermutation(len(labels), self.shuffle_seed)
             return TensorBatches(
                 x,
-                labels.to(device),
+                labels,
                 self.batch_size,
                 sampler,
                 self.steps_per_call,
@@ -332,11 +367,7 @@ class MNISTDataModule(L.LightningDataModule):
                 self.limit_train_batches,
             )
 
-        self.splits = {
-            "train": batches(full.data[train_idx], full.targets[train_idx], train=True),
-            "val": batches(full.data[val_idx], full.targets[val_idx], train=False),
-            "test": batches(test.data, test.targets, train=False),
-        }
+        self.splits = {"train": batches("train", True), "val": batches("val", False), "test": batches("test", False)}
         if self._resume:
             self.load_state_dict(self._resume)
 

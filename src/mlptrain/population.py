@@ -118,7 +118,7 @@ def stacked_updates(requests: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
     xs, ys, scheduler) with K mini-batches each, the same sizes for every member. Returns each member's
     (losses (K,), outputs (K*B, 10), labels (K*B,), gradient norms (K, n) or None), as FastSteps does."""
     # Members with the same optimizer settings side by side: their updates are one call on a slice (a view).
-    sets = _alike([(requests[name][0]._hyper(), requests[name][0]._group()) for name in requests])
+    sets = _alike([_settings(requests[name][0]) for name in requests])
     names = [name for members in sets for name in (list(requests)[m] for m in members)]
     slices, start = [], 0
     for members in sets:
@@ -127,14 +127,14 @@ def stacked_updates(requests: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
     steps: list[MemberSteps] = [requests[name][0] for name in names]
     first = steps[0]
     param_names = [name for name, _ in first.model.named_parameters()]
-    member_params = [s._group()["params"] for s in steps]
+    member_params = [s.param_group()["params"] for s in steps]
     params = [torch.stack([own[i].detach() for own in member_params]) for i in range(len(param_names))]  # (N, ...)
     states = {
         key: [
             torch.stack([s.optimizer.state[own[i]][key] for s, own in zip(steps, member_params)])
             for i in range(len(params))
         ]
-        for key in first.update.state_keys(first._group())
+        for key in first.update.state_keys(first.param_group())
     }
     clip, norms_of = first.clip, first.norms_of
 
@@ -161,19 +161,23 @@ def stacked_updates(requests: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
                 sub_state["step"] = [t[0].clone() for t in counts]
             with torch.no_grad():
                 new_state = first.update.apply(
-                    [p[part] for p in params], [g[part] for g in grads], sub_state, leader._group(), leader._hyper()
+                    [p[part] for p in params],
+                    [g[part] for g in grads],
+                    sub_state,
+                    leader.param_group(),
+                    leader.scheduled_values(),
                 )
             if "step" in new_state:
                 for t, count in zip(counts, new_state["step"]):
                     t.copy_(count.expand_as(t))
         for s, scheduler in zip(steps, schedulers):
-            s._step_scheduler(scheduler)
+            s.step_scheduler(scheduler)
         losses.append(loss)
         outputs.append(output)
         norms.append(norm)
     results = {}
     for m, (name, s) in enumerate(zip(names, steps)):
-        s._write_back(
+        s.write_back(
             dict(zip(param_names, (p[m] for p in params))),
             {key: [t[m] for t in tensors] for key, tensors in states.items()},
         )
@@ -186,12 +190,19 @@ def stacked_updates(requests: Mapping[str, tuple[Any, ...]]) -> dict[str, Any]:
     return results
 
 
-def _alike(settings: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> list[list[int]]:
-    """Indices of the members whose scheduled values and optimizer settings are all equal, set by set."""
+def _settings(steps: "MemberSteps") -> str:
+    """A member's optimizer settings, this step's scheduled values and (Adam's) step count, as a string."""
+    group = steps.param_group()
+    values = {**{k: v for k, v in group.items() if k != "params"}, **steps.scheduled_values()}
+    count = steps.optimizer.state.get(group["params"][0], {}).get("step")  # .get: the state is a defaultdict
+    return repr((sorted(values.items()), None if count is None else float(count)))
+
+
+def _alike(settings: Sequence[str]) -> list[list[int]]:
+    """Indices of the members whose settings (_settings) are equal, set by set."""
     sets: dict[str, list[int]] = {}
-    for index, (hyper, group) in enumerate(settings):
-        values = {**{k: v for k, v in group.items() if k != "params"}, **hyper}
-        sets.setdefault(repr(sorted(values.items())), []).append(index)
+    for index, key in enumerate(settings):
+        sets.setdefault(key, []).append(index)
     return list(sets.values())
 
 

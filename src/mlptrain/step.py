@@ -237,19 +237,19 @@ class FastSteps:
         self.compile = compile
         self._compiled: Callable[..., Any] | None = None
 
-    def _group(self) -> dict[str, Any]:
+    def param_group(self) -> dict[str, Any]:
         return self.optimizer.param_groups[0]
 
     def _state(self) -> State | None:
         """The optimizer's state as lists in parameter order; None before its first step has created it."""
-        keys = self.update.state_keys(self._group())
-        params = self._group()["params"]
+        keys = self.update.state_keys(self.param_group())
+        params = self.param_group()["params"]
         if any(key not in self.optimizer.state.get(p, {}) for p in params for key in keys):
             return None
         return {key: [self.optimizer.state[p][key] for p in params] for key in keys}
 
-    def _hyper(self) -> dict[str, Any]:
-        return {key: self._group()[key] for key in self.update.scheduled}
+    def scheduled_values(self) -> dict[str, Any]:
+        return {key: self.param_group()[key] for key in self.update.scheduled}
 
     def run(
         self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], scheduler: Any = None
@@ -262,7 +262,7 @@ class FastSteps:
         if self._state() is None:  # the optimizer's own first step() creates its state, as in the plain path
             results = self._first_step(xs[0], ys[0])
             start = 1
-            self._step_scheduler(scheduler)
+            self.step_scheduler(scheduler)
             for store, value in zip((losses, outputs, labels, norms), results):
                 store.append(value)
         while start < len(xs):
@@ -286,23 +286,23 @@ class FastSteps:
     def _params(self) -> dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.model.named_parameters()}
 
-    def _write_back(self, params: Mapping[str, torch.Tensor], state: State) -> None:
+    def write_back(self, params: Mapping[str, torch.Tensor], state: State) -> None:
         with torch.no_grad():
-            for p, new in zip(self._group()["params"], params.values()):
+            for p, new in zip(self.param_group()["params"], params.values()):
                 p.copy_(new)
             for key, tensors in state.items():
-                for p, new in zip(self._group()["params"], tensors):
+                for p, new in zip(self.param_group()["params"], tensors):
                     self.optimizer.state[p][key].copy_(new)
 
     @staticmethod
-    def _step_scheduler(scheduler: Any) -> None:
+    def step_scheduler(scheduler: Any) -> None:
         if scheduler is not None:  # torch warns if no optimizer.step() came first: MLPSystem makes one per call
             scheduler.step()
 
     def _first_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
         """The run's first update: train_step's gradients go to .grad, and the optimizer's own step() makes the
         update and creates its state (momentum buffers, Adam's moments and step count) as the plain path does."""
-        module_params = self._group()["params"]
+        module_params = self.param_group()["params"]
 
         def to_grad(params: Tensors, grads: Tensors, state: State, group: Mapping, hyper: Mapping) -> State:
             for p, g in zip(module_params, grads):
@@ -323,10 +323,10 @@ class FastSteps:
         losses, outputs, norms = [], [], []
         for x, y in zip(xs, ys):  # in place: the model's parameters and the optimizer's state tensors
             _, state, loss, output, norm = train_step(
-                self.model, self.loss_fn, self.update, self._group(), params, state, x, y, self._hyper(),
+                self.model, self.loss_fn, self.update, self.param_group(), params, state, x, y, self.scheduled_values(),
                 self.clip, self.norms_of, functional=False,
             )  # fmt: skip
-            self._step_scheduler(scheduler)
+            self.step_scheduler(scheduler)
             losses.append(loss)
             outputs.append(output)
             norms.append(norm)
@@ -367,9 +367,9 @@ class FastSteps:
         the scheduler. SGD's momentum is not among them: a cycled momentum is not compiled (see choose_path)."""
         rows = []
         for _ in range(steps):
-            group = self._group()
+            group = self.param_group()
             rows.append([group["lr"], *group.get("betas", ())])
-            self._step_scheduler(scheduler)
+            self.step_scheduler(scheduler)
         return torch.tensor(rows, dtype=like.dtype, device=like.device)
 
     def _compiled_group(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], scheduler: Any) -> Any:
@@ -377,11 +377,11 @@ class FastSteps:
         first = next(iter(params.values()))
         state = {key: [t.to(first.device) for t in tensors] for key, tensors in state.items()}  # Adam's CPU step count
         schedule = scheduler.state_dict() if scheduler is not None else None
-        scheduled = self._hyper()  # to put back if compiling fails
+        scheduled = self.scheduled_values()  # to put back if compiling fails
         rows = self._scheduled_rows(len(xs), scheduler, first)
         if self._compiled is None:
             # what _scheduled_rows passes as tensors is left out; SGD's momentum stays (it is not cycled here)
-            self._constants = {k: v for k, v in self._group().items() if k not in ("params", "lr", "betas")}
+            self._constants = {k: v for k, v in self.param_group().items() if k not in ("params", "lr", "betas")}
             # torch.optim's foreach implementation, as torch's own compiled optimizers use: its single-tensor
             # one, traced after torch.func's gradients, is miscompiled with L2 weight decay by torch 2.14's
             # inductor (weights off by ~lr x grad; tests/test_train.py catches it). Adam's foreach code takes
@@ -402,9 +402,9 @@ class FastSteps:
             self.compile = False
             if scheduler is not None:  # undo the scheduler steps taken above
                 scheduler.load_state_dict(schedule)
-                self._group().update(scheduled)
+                self.param_group().update(scheduled)
             return None
-        self._write_back(params, state)
+        self.write_back(params, state)
         return losses, outputs, y.flatten(), norms
 
 
