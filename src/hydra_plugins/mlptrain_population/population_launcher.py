@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
@@ -145,7 +146,10 @@ class PopulationLauncher(Launcher):
         signal.signal(signal.SIGTERM, stop)
         # Lightning's 64-true precision sets the process-wide default dtype in each training step and puts back
         # what it found; with steps in several threads, what it puts back can be another thread's float64.
+        # Hydra's run-time config, one per process, is set by each run_job and put back when its job ends:
+        # with jobs in threads, what one puts back may be another job's. Both are restored at the end.
         dtype = torch.get_default_dtype()
+        hydra_config = HydraConfig.instance().cfg
         try:
             for thread in threads:
                 thread.start()
@@ -155,4 +159,5 @@ class PopulationLauncher(Launcher):
         finally:
             signal.signal(signal.SIGTERM, previous)
             torch.set_default_dtype(dtype)
+            HydraConfig.instance().cfg = hydra_config
         return results
