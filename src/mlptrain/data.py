@@ -329,7 +329,6 @@ class MNISTDataModule(L.LightningDataModule):
             return
         if not all((self.root / "MNIST" / "raw" / name).exists() for name in SHA256):
             prepare_mnist(self.root, self.download)  # setup() called on its own, without prepare_data()
-        train_idx, val_idx = self.split_indices()
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         if self.loader == "dataloader":
             # Per sample, the same function as the tensor path: PIL image -> (784,) inputs.
@@ -337,6 +336,7 @@ class MNISTDataModule(L.LightningDataModule):
                 [transforms.PILToTensor(), transforms.Lambda(partial(_sample_inputs, normalize=self.normalize))]
             )
             full = datasets.MNIST(self.root, train=True, transform=transform)
+            train_idx, val_idx = self.split_indices()
             test = datasets.MNIST(self.root, train=False, transform=transform)
             self._test_pixels = (test.data, test.targets)
             self.splits = {

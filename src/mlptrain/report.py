@@ -33,14 +33,14 @@ def write_run_report(
     system: MLPSystem,
     data: MNISTDataModule,
     settings: Mapping[str, Any],
-    path: torch.Tensor | None = None,
+    trajectory: torch.Tensor | None = None,
 ) -> list[str]:
     """Every picture of a finished run, and report.md, a page showing them; returns the files written.
 
     The test set's probabilities come from `system` with the weights it holds (the tested ones), computed on
     this process alone: under DDP each rank's metrics saw a shard. `config` is the run's, with the model's own
-    hyperparameters (from the checkpoint, in test-only mode). `settings`: the config's report group. `path`:
-    the weights along training (T, P) (callbacks.WeightTrajectory), for landscape.png.
+    hyperparameters (from the checkpoint, in test-only mode). `settings`: the config's report group.
+    `trajectory`: the weights along training (T, P) (callbacks.WeightTrajectory), for landscape.png.
     """
     from mlptrain import plots  # matplotlib is imported only when pictures are drawn
 
@@ -67,10 +67,10 @@ def write_run_report(
         plots.plot_network(examples, run_dir / "network.png")
         written.append("network.png")
     if settings["landscape"]:
-        if path is None or len(path) < 3:
+        if trajectory is None or len(trajectory) < 3:
             log.info("landscape.png not drawn: fewer than 3 points of the weights' path were kept")
         else:
-            draw_landscape(system, data, path, settings["landscape"], run_dir / "landscape.png")
+            draw_landscape(system, data, trajectory, settings["landscape"], run_dir / "landscape.png")
             written.append("landscape.png")
     written.append("report.md")
     _write_page(run_dir, summary, config, written)
@@ -94,7 +94,7 @@ def network_example(system: MLPSystem, image: np.ndarray, normalize: str, title:
     }
 
 
-def draw_landscape(system: MLPSystem, data: MNISTDataModule, path: torch.Tensor, how: str, file: Path) -> None:
+def draw_landscape(system: MLPSystem, data: MNISTDataModule, trajectory: torch.Tensor, how: str, file: Path) -> None:
     """landscape.png: the training loss on the first LANDSCAPE_EXAMPLES training images over a plane through
     the path's last point, `how` = pca (the path's principal directions) or random, with the path on it."""
     from mlptrain import plots
@@ -103,7 +103,7 @@ def draw_landscape(system: MLPSystem, data: MNISTDataModule, path: torch.Tensor,
     weight = system.model.layers[0].weight
     x = torch.from_numpy(x[:LANDSCAPE_EXAMPLES]).to(weight.device, weight.dtype)
     y = torch.from_numpy(y[:LANDSCAPE_EXAMPLES]).to(weight.device)
-    points = path.to(weight.dtype)
+    points = trajectory.to(weight.dtype)
     plane = pca_directions(points) if how == "pca" else random_directions(system.model, points[-1])
     coordinates = plane.coordinates(points)
     alphas, betas = grid_around(coordinates, at_least=0.0 if how == "pca" else 1.0)

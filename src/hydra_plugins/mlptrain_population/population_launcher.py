@@ -26,6 +26,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
+JOB_FORMAT = (
+    "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # a job's log lines, as Hydra's job_logging writes them
+)
 
 
 @dataclass
@@ -88,15 +91,19 @@ class PopulationLauncher(Launcher):
                         results[position] = result
         return results  # type: ignore[return-value]
 
-    def _run_one(self, index: int, overrides: list[str], config: DictConfig) -> JobReturn:
-        log.info(f"\t#{index} : {' '.join(filter_overrides(overrides))}")
+    def _run_job(self, config: DictConfig, configure_logging: bool = True) -> JobReturn:
         return run_job(
             hydra_context=self.hydra_context,
             task_function=self.task_function,
             config=config,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
+            configure_logging=configure_logging,
         )
+
+    def _run_one(self, index: int, overrides: list[str], config: DictConfig) -> JobReturn:
+        log.info(f"\t#{index} : {' '.join(filter_overrides(overrides))}")
+        return self._run_job(config)
 
     def _run_population(self, jobs: list[tuple[int, list[str], DictConfig]]) -> list[JobReturn]:
         from mlptrain.population import Population, member_of
@@ -115,18 +122,12 @@ class PopulationLauncher(Launcher):
             output_dir.mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(output_dir / f"{config.hydra.job.name}.log")
             handler.addFilter(_ThisThread())
-            handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            handler.setFormatter(logging.Formatter(JOB_FORMAT))
             logging.getLogger().addHandler(handler)
             try:
                 with member_of(population, names[position]):
-                    results[position] = run_job(
-                        hydra_context=self.hydra_context,
-                        task_function=self.task_function,
-                        config=config,
-                        job_dir_key="hydra.sweep.dir",
-                        job_subdir_key="hydra.sweep.subdir",
-                        configure_logging=False,  # one process-wide logging setup; each job's file: the handler above
-                    )
+                    # one process-wide logging setup; each job's own file: the handler above
+                    results[position] = self._run_job(config, configure_logging=False)
             finally:
                 logging.getLogger().removeHandler(handler)
                 handler.close()
@@ -134,7 +135,7 @@ class PopulationLauncher(Launcher):
         for index, overrides, _ in jobs:
             log.info(f"\t#{index} : {' '.join(filter_overrides(overrides))}")
         # The jobs' lines on the console as a job's own logging shows them (Hydra's says [HYDRA] instead).
-        console = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        console = logging.Formatter(JOB_FORMAT)
         for root_handler in logging.getLogger().handlers:
             root_handler.setFormatter(console)
         threads = [threading.Thread(target=member, args=(p,), name=f"member-{names[p]}") for p in range(len(jobs))]
