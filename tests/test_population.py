@@ -74,15 +74,17 @@ def assert_same_run(a: Path, b: Path, tolerance: float = 1e-9) -> None:
     assert summary_a["global_steps"] == summary_b["global_steps"] == 140
 
 
-def test_each_member_gets_the_weights_and_metrics_of_its_own_run(tmp_path: Path, capsys) -> None:
-    """4 jobs (2 seeds x 2 learning rates) of AdamW with a cosine schedule, against each run alone."""
-    folder = sweep(tmp_path, capsys, "seed=1,2", "optimizer.lr=0.001,0.01")
+@pytest.mark.parametrize("compiled", [False, True], ids=["vmapped", "vmapped-and-compiled"])
+def test_each_member_gets_the_weights_and_metrics_of_its_own_run(tmp_path: Path, capsys, compiled: bool) -> None:
+    """4 jobs (2 seeds x 2 learning rates) of AdamW with a cosine schedule, against each run alone (uncompiled)."""
+    folder = sweep(tmp_path, capsys, "seed=1,2", "optimizer.lr=0.001,0.01", f"compile={str(compiled).lower()}")
     jobs = [("seed=1", "optimizer.lr=0.001"), ("seed=1", "optimizer.lr=0.01"), ("seed=2", "optimizer.lr=0.001")]
     jobs.append(("seed=2", "optimizer.lr=0.01"))
     for number, overrides in enumerate(jobs):
         assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *overrides))
     assert (folder / "multirun.yaml").is_file() and (folder / "0" / ".hydra" / "overrides.yaml").is_file()
-    assert "with the other members of a population" in (folder / "0" / "train.log").read_text()
+    how = "compiled" if compiled else "not compiled"
+    assert f"with the other members of a population ({how})" in (folder / "0" / "train.log").read_text()
 
 
 def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp_path: Path, capsys) -> None:

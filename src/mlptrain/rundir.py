@@ -1,6 +1,7 @@
 """A run's directory: what it resumes from, and what it writes besides the checkpoints (summary.json, CSV files)."""
 
 import csv
+import functools
 import importlib.metadata
 import json
 import logging
@@ -20,6 +21,11 @@ log = logging.getLogger(__name__)
 
 def library_versions() -> dict[str, str]:
     """Versions that decide what a run computes, stored with every summary and checkpoint."""
+    return dict(_versions())  # a copy: the caller may change it
+
+
+@functools.cache  # reading the packages' metadata takes ~15 ms, and every checkpoint of every run records them
+def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "cuda": str(torch.version.cuda)}
     for package in ("mlptrain", "torch", "lightning", "torchmetrics", "torchvision", "hydra-core", "numpy"):
         try:

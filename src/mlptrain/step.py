@@ -233,6 +233,7 @@ class FastSteps:
         if [id(p) for p in optimizer.param_groups[0]["params"]] != [id(p) for p in model.parameters()]:
             raise ValueError("FastSteps needs the optimizer built over model.parameters(), in their order")
         self.model, self.loss_fn, self.optimizer, self.update = model, loss_fn, optimizer, update
+        self.param_names = [name for name, _ in model.named_parameters()]
         self.clip, self.norms_of = clip, tuple(norms_of)
         self.compile = compile
         self._compiled: Callable[..., Any] | None = None

@@ -159,20 +159,18 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         # Lightning loads a resumed checkpoint's weights before it converts the model to float64: into float32
         # weights, which would round them (1e-7) and make the resumed run differ from one that ran through.
         system.double()
-    if member is not None:
-        system.make_steps = partial(MemberSteps, *member)
-        member[0].wait_for_the_others(member[1])
-
     steps_per_call = path.steps_per_call if path else 1
     datamodule = MNISTDataModule(
         **_container(cfg.data),
         steps_per_call=steps_per_call,
         limit_train_batches=cfg.trainer.limit_train_batches,
+        gather=member is None,  # a population gathers its members' mini-batches together
     )
+    if member is not None:
+        system.make_steps = partial(MemberSteps, *member, datamodule.train_inputs)
+        member[0].wait_for_the_others(member[1])
     if path and writer:
-        log.info(
-            "Training path: %s", path.why if member is None else f"{path.why}, with the other members of a population"
-        )
+        log.info("Training path: %s", path.why if member is None else member[0].describe(path.steps_per_call))
     trajectory = WeightTrajectory() if cfg.report.landscape else None
     if trajectory is not None and not cfg.train:  # the path kept in the checkpoint's training
         trajectory.load_state_dict(

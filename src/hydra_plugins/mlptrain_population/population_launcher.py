@@ -106,10 +106,10 @@ class PopulationLauncher(Launcher):
         return self._run_job(config)
 
     def _run_population(self, jobs: list[tuple[int, list[str], DictConfig]]) -> list[JobReturn]:
-        from mlptrain.population import Population, member_of
+        from mlptrain.population import Population, compiles, member_of
 
         names = [str(index) for index, _, _ in jobs]
-        population = Population(names)
+        population = Population(names, compile=compiles(jobs[0][2]))
         log.info(f"Population of {len(jobs)} jobs, trained together:")
         results: list[Any] = [None] * len(jobs)
 
@@ -154,9 +154,9 @@ class PopulationLauncher(Launcher):
         try:
             for thread in threads:
                 thread.start()
+            population.serve(threads)
             for thread in threads:
-                while thread.is_alive():
-                    thread.join(timeout=0.5)  # short waits: the SIGTERM handler runs in this thread
+                thread.join()
         finally:
             signal.signal(signal.SIGTERM, previous)
             torch.set_default_dtype(dtype)
