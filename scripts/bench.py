@@ -343,15 +343,19 @@ POPULATION_SWEEPS = {
 
 def populations(runs: int) -> list[dict[str, Any]]:
     """Whole commands timed from start to exit (the last summary.json is written just before), with their peak
-    resident memory: each sweep as a population, its first job alone (`runs` times each, taking turns), and
-    the sweep job by job with Hydra's basic launcher (once: it takes longest). No pictures (report.enabled=false)."""
+    resident memory: each sweep as a population (with torch.compile's cache as earlier runs left it, and with an
+    empty one), its first job alone (`runs` times each, taking turns), and the sweep job by job with Hydra's
+    basic launcher (once: it takes longest). No pictures (report.enabled=false)."""
 
     def timed(args: list[str]) -> tuple[float, float]:
-        with tempfile.TemporaryDirectory() as out:
+        cold = args[0] == "cold"
+        args = args[1:] if cold else args
+        with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cache:
             where = [f"hydra.sweep.dir={out}"] if "-m" in args else [f"hydra.run.dir={out}"]
             command = [sys.executable, "train.py", *args, "report.enabled=false", *where]
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache} if cold else None
             started = time.perf_counter()
-            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
             _, status, usage = os.wait4(process.pid, 0)
             seconds = time.perf_counter() - started
             if status != 0:
@@ -367,6 +371,7 @@ def populations(runs: int) -> list[dict[str, Any]]:
         systems = {
             "one run": [*fixed, *first],
             "population": ["-m", "hydra/launcher=population", *fixed, *swept],
+            "population, empty compile cache": ["cold", "-m", "hydra/launcher=population", *fixed, *swept],
         }
         measured: dict[str, list[tuple[float, float]]] = {name: [] for name in systems}
         for _ in range(runs):

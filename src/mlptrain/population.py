@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain.step import FastSteps, State, choose_path, gradients, updates_per_run
+from mlptrain.step import FastSteps, choose_path, gradients, updates_per_run
 
 log = logging.getLogger(__name__)
 # compile=auto compiles the gradients of a population that makes this many updates: compiling them takes 4-8 s on
@@ -220,6 +220,19 @@ def stacked_updates(
     inputs = first.inputs()
     gathered: dict[int, torch.Tensor] = {}  # where each size of mini-batch is gathered
     schedulers = [requests[name][3] for name in names]
+    scheduled = [(s, scheduler) for s, scheduler in zip(steps, schedulers) if scheduler is not None]
+    # Each set's parameters and state: views of the stacked tensors, which the updates change in place. The
+    # settings a schedule does not change are its leader's (its first member's); the others, at each update.
+    sets_of = [
+        (
+            part,
+            steps[part.start],
+            [p[part] for p in params],
+            {key: [t[part] for t in tensors] for key, tensors in states.items()},
+            _one_kernel(steps[part.start].param_group()),
+        )
+        for part in slices
+    ]
     losses, outputs, norms = [], [], []
     for i in range(len(rows)):
         size = rows[i].numel()
@@ -227,24 +240,19 @@ def stacked_updates(
             gathered[size] = inputs.new_empty((size, inputs.shape[-1]))
         x = first.rows(rows[i], gathered[size])
         grads, loss, output, norm = batched(params, x, ys[i])
-        for part in slices:  # torch.optim's update, once per set of members with the same settings
-            leader = steps[part.start]
-            sub_state: State = {key: [t[part] for t in tensors] for key, tensors in states.items()}
+        for part, leader, set_params, set_state, settings in sets_of:  # torch.optim's update, once per set
+            sub_state = dict(set_state)
             if "step" in sub_state:  # Adam's step count, a number: the same for members that made the same updates
                 counts = sub_state["step"]
                 sub_state["step"] = [t[0].clone() for t in counts]
             with torch.no_grad():
                 new_state = first.update.apply(
-                    [p[part] for p in params],
-                    [g[part] for g in grads],
-                    sub_state,
-                    _one_kernel(leader.param_group()),
-                    leader.scheduled_values(),
+                    set_params, [g[part] for g in grads], sub_state, settings, leader.scheduled_values()
                 )
             if "step" in new_state:
                 for t, count in zip(counts, new_state["step"]):
                     t.copy_(count.expand_as(t))
-        for s, scheduler in zip(steps, schedulers):
+        for s, scheduler in scheduled:
             s.step_scheduler(scheduler)
         losses.append(loss)
         outputs.append(output)
