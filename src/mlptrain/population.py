@@ -196,7 +196,7 @@ def stacked_updates(
     batched(params, x, y), where given, computes the members' gradients (`Population.gradients`); by
     default they are vmapped, uncompiled."""
     # Members with the same optimizer settings side by side: their updates are one call on a slice (a view).
-    sets = _alike([_settings(requests[name][0]) for name in requests])
+    sets = _alike([_settings(steps, scheduler) for steps, _, _, scheduler in requests.values()])
     names = [name for members in sets for name in (list(requests)[m] for m in members)]
     slices, start = [], 0
     for members in sets:
@@ -220,7 +220,9 @@ def stacked_updates(
     inputs = first.inputs()
     gathered: dict[int, torch.Tensor] = {}  # where each size of mini-batch is gathered
     schedulers = [requests[name][3] for name in names]
-    scheduled = [(s, scheduler) for s, scheduler in zip(steps, schedulers) if scheduler is not None]
+    # Only a set's leader steps its scheduler update by update (the set's updates read the leader's values). Its
+    # other members' schedulers, the same schedule at the same place, take the leader's state once a call.
+    scheduled = [(steps[part.start], schedulers[part.start]) for part in slices if schedulers[part.start] is not None]
     # Each set's parameters and state: views of the stacked tensors, which the updates change in place. The
     # settings a schedule does not change are its leader's (its first member's); the others, at each update.
     sets_of = [
@@ -257,6 +259,12 @@ def stacked_updates(
         losses.append(loss)
         outputs.append(output)
         norms.append(norm)
+    for part in slices:
+        if schedulers[part.start] is not None:
+            schedule, values = schedulers[part.start].state_dict(), steps[part.start].scheduled_values()
+            for m in range(part.start + 1, part.stop):
+                schedulers[m].load_state_dict(schedule)
+                steps[m].param_group().update(values)
     all_losses, all_outputs = torch.stack(losses, 1), torch.cat(outputs, 1)  # (N, K), (N, K*B, 10)
     all_norms = torch.stack(norms, 1) if first.norms_of else None  # (N, K, n)
     results = {}
@@ -308,12 +316,14 @@ def _one_kernel(group: Mapping[str, Any]) -> dict[str, Any]:
     return {**group, "fused": True, "foreach": False}
 
 
-def _settings(steps: "MemberSteps") -> str:
-    """A member's optimizer settings, this step's scheduled values and (Adam's) step count, as a string."""
+def _settings(steps: "MemberSteps", scheduler: Any) -> str:
+    """A member's optimizer settings, this step's scheduled values, (Adam's) step count and its step-interval
+    scheduler's state, as a string."""
     group = steps.param_group()
     values = {**{k: v for k, v in group.items() if k != "params"}, **steps.scheduled_values()}
     count = steps.optimizer.state.get(group["params"][0], {}).get("step")  # .get: the state is a defaultdict
-    return repr((sorted(values.items()), None if count is None else float(count)))
+    schedule = sorted(scheduler.state_dict().items()) if scheduler is not None else None
+    return repr((sorted(values.items()), None if count is None else float(count), schedule))
 
 
 def _alike(settings: Sequence[str]) -> list[list[int]]:
