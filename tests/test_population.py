@@ -140,3 +140,19 @@ def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
             tmp_path, f"alone{number}", "optimizer=sgd", "optimizer.momentum=0.9", "scheduler=none", f"seed={seed}"
         )
         assert_same_run(folder / str(number), run)
+
+
+def test_an_optuna_search_trains_each_batch_of_trials_as_a_population(tmp_path: Path, capsys) -> None:
+    """hparams_search=optuna with n_jobs=2: the sweeper hands the launcher 2 trials at a time, which differ in
+    the learning rate only, so each pair trains together, and Optuna is told each trial's own best val/acc."""
+    import yaml
+
+    fixed = ["optimizer.weight_decay=0.01", "data.batch_size=10", "model.activation=relu", "model.dropout=0.0"]
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"]
+    folder = sweep(tmp_path, capsys, *search, "optimizer.lr=interval(0.001,0.01)", *fixed)
+    summaries = [json.loads((folder / str(number) / "summary.json").read_text()) for number in range(4)]
+    assert [summary["status"] for summary in summaries] == ["completed"] * 4
+    for number in range(4):
+        assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
+    results = yaml.safe_load((folder / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(max(summary["best_val_acc"] for summary in summaries))
