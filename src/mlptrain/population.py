@@ -190,17 +190,15 @@ def compiles(cfg: DictConfig) -> bool:
     return bool(cfg.compile)
 
 
-def stacked_updates(
-    requests: Mapping[str, tuple[Any, ...]], batched: Callable[..., tuple[Any, ...]] | None = None
-) -> dict[str, Any]:
+def stacked_updates(requests: Mapping[str, tuple[Any, ...]], batched: Callable[..., tuple[Any, ...]]) -> dict[str, Any]:
     """Every member's updates for its mini-batches, made together: requests maps a member to (its MemberSteps,
     xs, ys, scheduler) with K mini-batches each, the same sizes for every member. Returns each member's
     (losses (K,), outputs (K*B, 10), labels (K*B,), gradient norms (K, n) or None), as FastSteps does.
-    batched(params, x, y), where given, computes the members' gradients (`Population.gradients`); by
-    default they are vmapped, uncompiled."""
+    batched(params, x, y) computes the members' gradients (`Population.gradients`)."""
     # Members with the same optimizer settings side by side: their updates are one call on a slice (a view).
     sets = _alike([_settings(steps, scheduler) for steps, _, _, scheduler in requests.values()])
-    names = [name for members in sets for name in (list(requests)[m] for m in members)]
+    order = list(requests)
+    names = [order[m] for members in sets for m in members]
     slices, start = [], 0
     for members in sets:
         slices.append(slice(start, start + len(members)))
@@ -216,7 +214,6 @@ def stacked_updates(
         ]
         for key in first.update.state_keys(first.param_group())
     }
-    batched = batched or vmapped_gradients(first)
     # every member's i-th mini-batch: rows[i] (N, B) of the inputs all members share, gathered update by update
     rows = _stack_members([requests[name][1] for name in names])
     ys = _stack_members([requests[name][2] for name in names])
@@ -320,10 +317,10 @@ def _one_kernel(group: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _settings(steps: "MemberSteps", scheduler: Any) -> str:
-    """A member's optimizer settings, this step's scheduled values, (Adam's) step count and its step-interval
-    scheduler's state, as a string."""
+    """A member's optimizer settings (this step's scheduled values among them), (Adam's) step count and its
+    step-interval scheduler's state, as a string."""
     group = steps.param_group()
-    values = {**{k: v for k, v in group.items() if k != "params"}, **steps.scheduled_values()}
+    values = {k: v for k, v in group.items() if k != "params"}
     count = steps.optimizer.state.get(group["params"][0], {}).get("step")  # .get: the state is a defaultdict
     schedule = sorted(scheduler.state_dict().items()) if scheduler is not None else None
     return repr((sorted(values.items()), None if count is None else float(count), schedule))
