@@ -295,6 +295,22 @@ def nielsen_network_process(epochs: int) -> None:
         print(f"Epoch {epoch}: {int((baseline.predict(test_x) == test_y).sum())} / {len(test_y)}", flush=True)
 
 
+def timed_process(command: list[str], cache: str | None = None) -> tuple[float, float]:
+    """Run `command` from the repository root; (seconds from start to exit, peak resident memory in MiB).
+    cache: torch.compile's cache directory for it (TORCHINDUCTOR_CACHE_DIR), else the usual one. Its stderr
+    goes to a file, not a pipe: a pipe nobody reads would block a process that writes much to it."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache} if cache is not None else None
+    with tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        if status != 0:
+            stderr.seek(0)
+            raise RuntimeError(f"{' '.join(command)} failed: {stderr.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024  # KiB on Linux -> MiB
+
+
 def end_to_end(runs: int, epochs: int) -> list[dict[str, Any]]:
     """Whole processes timed start to exit, systems taking turns: the trainer with a cold and with a warm
     compile cache, and the Nielsen-style network. Returns one row per system with the median and the runs."""
@@ -305,10 +321,7 @@ def end_to_end(runs: int, epochs: int) -> list[dict[str, Any]]:
     def timed(command: list[str], cache: str) -> float:
         with tempfile.TemporaryDirectory() as run_dir:
             extra = [f"hydra.run.dir={run_dir}"] if command is train_py else []
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
-            started = time.perf_counter()
-            subprocess.run([*command, *extra], cwd=ROOT, env=env, check=True, capture_output=True)
-            return time.perf_counter() - started
+            return timed_process([*command, *extra], cache)[0]
 
     timed(train_py, warm_cache)  # fills the warm cache; not timed
     seconds: dict[str, list[float]] = {"mlptrain, cold compile cache": [], "mlptrain, warm compile cache": [],
@@ -347,20 +360,11 @@ def populations(runs: int) -> list[dict[str, Any]]:
     empty one), its first job alone (`runs` times each, taking turns), and the sweep job by job with Hydra's
     basic launcher (once: it takes longest). No pictures (report.enabled=false)."""
 
-    def timed(args: list[str]) -> tuple[float, float]:
-        cold = args[0] == "cold"
-        args = args[1:] if cold else args
+    def timed(args: list[str], empty_cache: bool = False) -> tuple[float, float]:
         with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cache:
             where = [f"hydra.sweep.dir={out}"] if "-m" in args else [f"hydra.run.dir={out}"]
             command = [sys.executable, "train.py", *args, "report.enabled=false", *where]
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache} if cold else None
-            started = time.perf_counter()
-            process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-            _, status, usage = os.wait4(process.pid, 0)
-            seconds = time.perf_counter() - started
-            if status != 0:
-                raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
-            return seconds, usage.ru_maxrss / 1024  # KiB on Linux -> MiB
+            return timed_process(command, cache if empty_cache else None)
 
     rows = []
     for sweep, (fixed, swept) in POPULATION_SWEEPS.items():
@@ -368,15 +372,16 @@ def populations(runs: int) -> list[dict[str, Any]]:
         jobs = 1
         for override in swept:
             jobs *= len(override.split(","))
-        systems = {
-            "one run": [*fixed, *first],
-            "population": ["-m", "hydra/launcher=population", *fixed, *swept],
-            "population, empty compile cache": ["cold", "-m", "hydra/launcher=population", *fixed, *swept],
+        population = ["-m", "hydra/launcher=population", *fixed, *swept]
+        systems = {  # name: (arguments, with an empty compile cache)
+            "one run": ([*fixed, *first], False),
+            "population": (population, False),
+            "population, empty compile cache": (population, True),
         }
         measured: dict[str, list[tuple[float, float]]] = {name: [] for name in systems}
         for _ in range(runs):
-            for name, args in systems.items():
-                measured[name].append(timed(args))
+            for name, (args, empty_cache) in systems.items():
+                measured[name].append(timed(args, empty_cache))
         measured["job by job"] = [timed(["-m", *fixed, *swept])]
         one = statistics.median(seconds for seconds, _ in measured["one run"])
         for name, results in measured.items():
