@@ -11,6 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from mlptrain import signals
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 
@@ -67,5 +69,6 @@ def run_in_process(script: str, arguments: list[str], capsys: pytest.CaptureFixt
     finally:
         sys.argv = old_argv
         GlobalHydra.instance().clear()
+        signals.let_go()  # the command line holds signals until its process ends: this process goes on
     output = capsys.readouterr()
     return status, output.out + output.err

@@ -22,6 +22,8 @@ class Checkpoints(NamedTuple):
 
     @classmethod
     def into(cls, dirpath: Path) -> "Checkpoints":
+        # Both at the training epoch's end, after its validation: the checkpoint then holds the epoch's whole
+        # row of the history (MLPSystem.history), which metrics.csv is written from.
         best = ModelCheckpoint(
             dirpath=dirpath,
             filename="best",
@@ -29,9 +31,12 @@ class Checkpoints(NamedTuple):
             mode="max",
             save_top_k=1,
             auto_insert_metric_name=False,
+            save_on_train_epoch_end=True,
         )
         # No monitor: its one kept checkpoint is the latest, written over each epoch.
-        last = ModelCheckpoint(dirpath=dirpath, filename="last", save_top_k=1, enable_version_counter=False)
+        last = ModelCheckpoint(
+            dirpath=dirpath, filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True
+        )
         return cls(best, last)
 
     def paths(self) -> dict[str, str | None]:
@@ -76,6 +81,10 @@ class CheckpointOnStop(Callback):
             return
         if pl_module.diverged:
             return  # weights after a NaN are never checkpointed
+        if pl_module.epoch_done:
+            # Lightning stops between epochs: the epoch's end wrote last.ckpt at this very point, with the place
+            # in the data of the epoch it ended (this moment's would name the next epoch, with its batches done).
+            return
         path = Path(self.last.dirpath) / f"{self.last.filename}{self.last.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
         self.last.best_model_path = str(path)

@@ -1,6 +1,7 @@
 """The command lines' shared body: a quiet console, and a user's mistake as one paragraph and exit status 1."""
 
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -9,9 +10,10 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.fabric.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig
 
-from mlptrain import population
+from mlptrain import population, signals
 from mlptrain.errors import MlptrainError
 from mlptrain.train import train
 
@@ -54,12 +56,21 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     # Each epoch value is a torchmetrics compute(), which already gathers every process's counts.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True\)`")
+    if "SLURM_JOB_ID" not in os.environ:
+        # On a cluster's login node (SLURM installed, this process no job of it), Lightning hints twice a run
+        # that srun could start it. Inside a SLURM job, where leaving srun out is a real mistake, it still says so.
+        warnings.filterwarnings(
+            "ignore",
+            message="The `srun` command is available on your system but is not used",
+            category=PossibleUserWarning,
+        )
 
 
 def main(cfg: DictConfig, task: Callable[[DictConfig], Any] = train) -> Any:
     """A command line's body: run `task` (train, or compare), and turn a user's mistake into one paragraph
     and exit status 1."""
     quiet_console()
+    signals.hold()  # SIGTERM, SIGINT and SIGUSR1 are taken during training alone (mlptrain.signals)
     try:
         return task(cfg)
     except MlptrainError as error:
@@ -70,3 +81,5 @@ def main(cfg: DictConfig, task: Callable[[DictConfig], Any] = train) -> Any:
         if in_sweep or population.current() is not None:
             return None  # one failed job of a sweep must not stop the others; its summary.json says why
         sys.exit(1)
+    finally:
+        signals.drain()

@@ -19,3 +19,15 @@ class NonFiniteLossError(MlptrainError, ArithmeticError):
 
 class RunInterrupted(MlptrainError):
     """Training was stopped by Ctrl-C or SIGTERM; what was written is kept."""
+
+
+class CheckpointError(MlptrainError):
+    """A checkpoint that is missing, truncated, not mlptrain's, or would run code if it were loaded."""
+
+    def __init__(self, message: object, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason  # what is wrong with the file, in a few words, for a log line
+
+
+class RunDirError(MlptrainError):
+    """A run directory that cannot be written: its permissions, a read-only filesystem, a full disk."""

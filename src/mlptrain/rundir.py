@@ -1,22 +1,40 @@
-"""A run's directory: what it resumes from, and what it writes besides the checkpoints (summary.json, CSV files)."""
+"""A run's directory: who holds it (run.lock), what it resumes from, and every file it writes, durably
+(checkpoints through Lightning's CheckpointIO, metrics.csv from the history the checkpoints hold, summary.json).
+
+A file that matters is never written in place: it goes to a temporary file in the same directory, which is
+flushed and fsynced, then moved over the old one with os.replace, and then the directory is fsynced. A kill or
+a full disk at any moment leaves either the old file or the new one, never a piece of either."""
 
 import csv
+import errno
+import fcntl
 import functools
 import importlib.metadata
+import io
+import itertools
 import json
 import logging
+import os
 import platform
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
+from mlptrain.errors import CheckpointError, ConfigError
+
 log = logging.getLogger(__name__)
+
+LOCK_FILE = "run.lock"
+DAMAGED = ".damaged"  # a checkpoint that does not load is renamed with this added, and skipped
+_TEMPORARY = ".tmp-"  # in the names of files being written: .<name>.tmp-<pid>-<n>
+_written = itertools.count()  # makes each temporary name unique, also for a write a signal handler starts
 
 
 def library_versions() -> dict[str, str]:
@@ -35,35 +53,48 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def resume_path(resume: str | None, ckpt_path: str | None, run_dir: Path) -> str | None:
-    """The checkpoint training starts from: ckpt_path, or with resume=auto the newest in the run directory."""
-    if resume is None:
-        return ckpt_path
-    # last.ckpt: the end of an epoch, or where a SIGTERM stopped the run; hpc_ckpt_N.ckpt: Lightning's
-    # SLURM requeue (SIGUSR1) writes these into the run directory.
-    candidates = [run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")]
-    found = [path for path in candidates if path.is_file()]
-    if not found:
-        log.info("resume=auto: no checkpoint in %s yet, so training starts from the beginning", run_dir.resolve())
-        return None
-    newest = max(found, key=lambda path: path.stat().st_mtime)
-    log.info("resume=auto: resuming from %s", newest.resolve())
-    return str(newest)
+def write_durably(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write `path` through write(file) so that a crash leaves the old file or the new one, whole."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}{_TEMPORARY}{os.getpid()}-{next(_written)}")
+    try:
+        with temporary.open("wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
 
 
-def keep_metrics(trainer: L.Trainer, previous: str) -> None:
-    """Put back the rows of metrics.csv that CSVLogger deletes when a resumed run reuses its directory."""
-    for logger in trainer.loggers:
-        if isinstance(logger, CSVLogger) and rank_zero_only.rank == 0:
-            writer = logger.experiment  # made now: this is where the old file is deleted
-            Path(writer.metrics_file_path).write_text(previous)
-            writer.metrics_keys = sorted(previous.splitlines()[0].split(","))
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)  # the rename itself is in the directory's entries
+    finally:
+        os.close(descriptor)
 
 
-def write_summary(
-    run_dir: Path, summary: dict[str, Any], start: float, trainer: L.Trainer, checkpoints: Any, **fields: Any
-) -> None:
-    """summary.json; `checkpoints`: the run's callbacks.Checkpoints."""
+def write_text_durably(path: Path, text: str) -> None:
+    write_durably(path, lambda file: file.write(text.encode()))
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows of dicts as a CSV file, columns in the order they first appear, written durably."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_durably(path, text.getvalue())
+
+
+def summarize(
+    summary: dict[str, Any], start: float, trainer: L.Trainer, checkpoints: Any, **fields: Any
+) -> dict[str, Any]:
+    """summary.json's content, completed from the trainer; `checkpoints`: the run's callbacks.Checkpoints."""
     best = checkpoints.best.best_model_score
     summary.update(
         fields,
@@ -74,14 +105,186 @@ def write_summary(
     summary.setdefault("checkpoints", checkpoints.paths())
     # Optimizer updates (Lightning's global_step counts training steps, of several updates each on the fast path)
     summary.setdefault("global_steps", getattr(trainer.lightning_module, "updates_done", trainer.global_step))
+    return summary
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     if rank_zero_only.rank == 0:  # one summary per run, whatever the number of processes
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_durably(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Rows of dicts as a CSV file, columns in the order they first appear."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, columns)
-        writer.writeheader()
-        writer.writerows(rows)
+# Keys that say how a run is started or shown, not what it computes: the same run, whichever of these it had.
+HOW_STARTED = ("resume", "ckpt_path", "progress_bar")
+
+
+def completed_summary(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary of a run in `run_dir` that completed with this config (config.yaml), else None."""
+    import yaml  # Hydra's own dependency
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):  # none yet, or unreadable: not a completed run
+        return None
+    if summary.get("status") != "completed" or not isinstance(stored, dict):
+        return None
+    same = all(stored.get(key) == value for key, value in config.items() if key not in HOW_STARTED)
+    return summary if same and stored.keys() == config.keys() else None
+
+
+def write_metrics(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """metrics.csv, one row per epoch's training, per validation and for the test, from the run's history
+    (MLPSystem.history, which every checkpoint holds): a resumed run writes what one that ran through writes."""
+    if rank_zero_only.rank == 0:
+        columns = sorted(dict.fromkeys(key for row in rows for key in row), key=_column_order)
+        write_csv(run_dir / "metrics.csv", [{column: row.get(column) for column in columns} for row in rows])
+
+
+def _column_order(column: str) -> int:
+    """epoch, step, train/*, val/*, test/*, the learning rate, grad_norm/*: each group in its order of logging."""
+    prefixes = ("epoch", "step", "train/", "val/", "test/", "lr-", "grad_norm/")
+    return next((rank for rank, prefix in enumerate(prefixes) if column.startswith(prefix)), len(prefixes))
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded without running code: torch.load(weights_only=True) admits tensors and
+    plain containers, all that mlptrain's checkpoints hold. Raises CheckpointError (one paragraph) for anything
+    else: a missing, truncated or damaged file, another program's file, or a pickle that would run code."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # each of the cases above raises something else: all the same to the user
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if isinstance(error, torch.serialization.pickle.UnpicklingError) and "weights_only" in str(error):
+            reason = (
+                "it holds Python objects beyond tensors and plain containers, which mlptrain's checkpoints never "
+                "do, and loading those could run code of the file's choosing, so it was not loaded"
+            )
+        raise CheckpointError(
+            f"ckpt_path={path} could not be loaded as an mlptrain checkpoint ({reason}). Point it at a .ckpt "
+            "written by train.py, e.g. outputs/<date>/<time>/checkpoints/best.ckpt.",
+            reason,
+        ) from error
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
+        raise CheckpointError(
+            f"ckpt_path={path} is not an mlptrain checkpoint (it loads, but holds no model state and hyperparameters). "
+            "Point it at a .ckpt written by train.py, e.g. outputs/<date>/<time>/checkpoints/best.ckpt.",
+            "it holds no model state and hyperparameters",
+        )
+    return checkpoint
+
+
+class DurableCheckpointIO(CheckpointIO):
+    """Lightning's extension point for checkpoint files: every checkpoint is written durably (above), so a
+    checkpoint is replaced only once its successor is committed, and read with read_checkpoint (no code runs).
+    After each checkpoint the run's metrics.csv is rewritten from the history that checkpoint holds."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_durably(path, lambda file: torch.save(checkpoint, file))
+        if "history" in checkpoint:
+            write_metrics(self.run_dir, checkpoint["history"])
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return read_checkpoint(path)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        Path(path).unlink(missing_ok=True)
+
+
+def _progress(checkpoint: dict[str, Any]) -> tuple[int, int]:
+    """How far training had got: the epoch, then the updates made (mid-epoch checkpoints have more)."""
+    return int(checkpoint.get("epoch", 0)), int(checkpoint.get("updates_done", checkpoint.get("global_step", 0)))
+
+
+def resume_path(run_dir: Path) -> str | None:
+    """resume=auto: the checkpoint of the run directory with the most training that loads, or None (start afresh).
+
+    Candidates: Lightning's hpc_ckpt_N.ckpt (SLURM's time-limit signal), checkpoints/last.ckpt (each epoch's end,
+    or where a SIGTERM stopped training) and checkpoints/best.ckpt. One that does not load is renamed with
+    `.damaged` added and skipped, with one log line; if none loads, CheckpointError."""
+    candidates = [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt"]
+    candidates += [run_dir / "checkpoints" / "best.ckpt"]
+    loaded: list[tuple[tuple[int, int], float, Path]] = []
+    damaged: list[str] = []
+    for path in (path for path in candidates if path.is_file()):
+        try:
+            checkpoint = read_checkpoint(path)
+            if "loops" not in checkpoint or "optimizer_states" not in checkpoint:
+                raise CheckpointError(path, "it holds weights only, not the state training resumes from")
+        except CheckpointError as error:
+            aside = path.with_name(path.name + DAMAGED)
+            os.replace(path, aside)
+            log.warning(
+                "resume=auto: %s does not load (%s), so it is skipped and kept as %s", path, error.reason, aside
+            )
+            damaged.append(str(aside))
+            continue
+        loaded.append((_progress(checkpoint), path.stat().st_mtime, path))
+    if loaded:
+        newest = max(loaded)[2]
+        log.info("resume=auto: resuming from %s", newest.resolve())
+        return str(newest)
+    if damaged:
+        raise CheckpointError(
+            f"resume=auto found checkpoints in {run_dir.resolve()}, but none of them loads: each was set aside "
+            f"({', '.join(damaged)}). Training cannot continue from them; start the run afresh in a new "
+            "directory, or give ckpt_path= a checkpoint of this run you have kept elsewhere."
+        )
+    log.info("resume=auto: no checkpoint in %s yet, so training starts from the beginning", run_dir.resolve())
+    return None
+
+
+class RunLock:
+    """One process at a time holds a run directory: run.lock names the holder's host and pid.
+
+    The lock is the kernel's (flock), so it ends with its process, however that dies: a lock file left by a
+    process that has died is taken over, with one log line. The file is never removed, only emptied on
+    release: two processes always lock the same file. The processes of one DDP run count as one holder:
+    rank 0 takes the lock, and the others, which Lightning or SLURM started for the same run, do not."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self.file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        file = self.path.open("a+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            file.close()
+            raise ConfigError(
+                f"The run directory {self.path.parent.resolve()} is in use by {holder} (it holds "
+                f"{self.path.name}), so this process did not start: two processes in one directory would mix "
+                "their checkpoints and records. Wait for that run to end (a requeued job whose previous instance "
+                "is still stopping, or a second terminal), or give this run another directory (hydra.run.dir=...)."
+            ) from None
+        file.seek(0)
+        previous = file.read().strip()
+        if previous:
+            log.info("%s: took over the lock of %s, which ended without releasing it", self.path, previous)
+        file.seek(0)
+        file.truncate()
+        file.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
+        file.flush()
+        self.file = file
+        self._remove_temporary_files()
+
+    def _remove_temporary_files(self) -> None:
+        """Writes a killed holder left unfinished (no file in place is ever one of them)."""
+        for folder in (self.path.parent, self.path.parent / "checkpoints"):
+            for path in folder.glob(f".*{_TEMPORARY}*"):
+                path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.truncate(0)
+            self.file.close()  # closing releases the flock
+            self.file = None

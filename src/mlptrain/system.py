@@ -14,9 +14,10 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mlptrain.data import to_inputs
-from mlptrain.errors import ConfigError, NonFiniteLossError
+from mlptrain.errors import CheckpointError, ConfigError, NonFiniteLossError
 from mlptrain.losses import make_loss
 from mlptrain.model import MLP
+from mlptrain.rundir import read_checkpoint
 from mlptrain.step import Clip, FastSteps
 
 SCHEDULERS = ("none", "cosine", "step", "onecycle")
@@ -89,6 +90,12 @@ class MLPSystem(L.LightningModule):
         self.epoch_started: float | None = None  # while an epoch's training is being timed
         # Mini-batches trained on in the current epoch: the data module saves it, to resume mid-epoch exactly.
         self.batches_done_in_epoch = 0
+        self.epoch_done = False  # between an epoch's end (its checkpoints written) and the next one's start
+        # The run's records, one row per epoch's training and per validation, as metrics.csv has them. They go
+        # into every checkpoint, and metrics.csv is written from them (rundir.write_metrics), so a resumed run
+        # writes the rows of one that ran through, and no row twice.
+        self.history: list[dict[str, float]] = []
+        self.epoch_lrs: dict[str, float] = {}  # the learning rate at the epoch's start (a resume may be mid-epoch)
         for stage in STAGES:
             # validate_args off: its checks pull a value to the host every step.
             setattr(self, f"{stage}_loss", ExampleMean())
@@ -145,14 +152,29 @@ class MLPSystem(L.LightningModule):
         getattr(self, f"{stage}_acc").update(outputs.argmax(-1), labels)
 
     def _log_epoch(self, stage: str) -> None:
-        for name in ("loss", "acc"):
-            metric = getattr(self, f"{stage}_{name}")
-            self.log(f"{stage}/{name}", metric.compute())
+        """The epoch's values of `stage`: to Lightning (the progress bar, TensorBoard, the best checkpoint's
+        monitor) and, for training and validation, a row of the history."""
+        metrics = [(f"{stage}/{name}", getattr(self, f"{stage}_{name}")) for name in ("loss", "acc")]
+        if stage == "train":
+            metrics += [(f"grad_norm/{name}", metric) for name, metric in zip(self.norms_of, self.grad_norms)]
+        values = {}
+        for name, metric in metrics:
+            values[name] = metric.compute()
+            self.log(name, values[name])
             metric.reset()
         if stage == "train":
-            for name, metric in zip(self.norms_of, self.grad_norms):
-                self.log(f"grad_norm/{name}", metric.compute())
-                metric.reset()
+            for name, lr in self.epoch_lrs.items():
+                self.log(name, lr)
+        if stage != "test" and not self.trainer.sanity_checking:
+            row = {"epoch": self.current_epoch, "step": self.updates_done}
+            row.update(
+                {name: float(value) for name, value in values.items()}, **(self.epoch_lrs if stage == "train" else {})
+            )
+            last = self.history[-1] if self.history else {}
+            if (last.get("epoch"), last.get("step")) == (row["epoch"], row["step"]) and not last.keys() & values.keys():
+                last.update(row)  # the epoch's training joins the validation that ended it: one row an epoch
+            else:
+                self.history.append(row)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         if self.automatic_optimization:
@@ -200,6 +222,10 @@ class MLPSystem(L.LightningModule):
         self.train_loss.reset()
         self.train_acc.reset()
         self.batches_done_in_epoch = 0
+        self.epoch_done = False
+        # Named as Lightning's LearningRateMonitor names them: lr-SGD, lr-AdamW, ...
+        optimizer = self.trainer.optimizers[0]
+        self.epoch_lrs = {f"lr-{type(optimizer).__name__}": float(optimizer.param_groups[0]["lr"])}
 
     def on_fit_start(self) -> None:
         self._start_epoch_timer()  # a run resumed mid-epoch has no on_train_epoch_start for it
@@ -212,10 +238,14 @@ class MLPSystem(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["updates_done"] = self.updates_done
         checkpoint["batches_done_in_epoch"] = self.batches_done_in_epoch
+        checkpoint["history"] = [dict(row) for row in self.history]
+        checkpoint["epoch_lrs"] = dict(self.epoch_lrs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.updates_done = self.updates_checked = checkpoint.get("updates_done", checkpoint.get("global_step", 0))
         self.batches_done_in_epoch = checkpoint.get("batches_done_in_epoch", 0)
+        self.history = [dict(row) for row in checkpoint.get("history", [])]  # none in checkpoints before 0.1
+        self.epoch_lrs = dict(checkpoint.get("epoch_lrs", {}))
 
     def on_train_epoch_end(self) -> None:
         # Runs before ModelCheckpoint saves this epoch, so weights after a NaN are never checkpointed.
@@ -230,6 +260,7 @@ class MLPSystem(L.LightningModule):
                 f"{key} {float(values[key]):.4f}" for key in sorted(values) if key.split("/")[0] in STAGES
             )
             log.info("epoch %d  %s  (%.1f s training)", self.current_epoch, shown, self.epoch_seconds[-1])
+        self.epoch_done = True
 
     def _start_epoch_timer(self) -> None:
         self.epoch_started = time.perf_counter()
@@ -360,13 +391,17 @@ class MLPSystem(L.LightningModule):
 
 
 def load_checkpoint(path: str | Path) -> tuple[MLPSystem, dict[str, Any]]:
-    """A checkpoint written by train.py: the system on the CPU, and the run's config stored with it."""
+    """A checkpoint written by train.py: the system on the CPU, and the run's config stored with it.
+
+    Read once, with rundir.read_checkpoint (no code in the file runs); CheckpointError if it is not one."""
+    checkpoint = read_checkpoint(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        system = MLPSystem.load_from_checkpoint(path, map_location="cpu")
-    except Exception as error:  # a directory, a truncated file, another program's pickle: all the same to the user
-        raise ConfigError(
+        system = MLPSystem(**checkpoint["hyper_parameters"])
+        system.load_state_dict(checkpoint["state_dict"])
+    except Exception as error:  # hyperparameters or weights this version cannot build: all the same to the user
+        raise CheckpointError(
             f"ckpt_path={path} could not be loaded as an mlptrain checkpoint ({type(error).__name__}: {error}). "
             "Point it at a .ckpt written by train.py, e.g. outputs/<date>/<time>/checkpoints/best.ckpt."
         ) from error
+    system.on_load_checkpoint(checkpoint)
     return system, checkpoint.get("config", {})

@@ -17,8 +17,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.callbacks import Callback, RichProgressBar
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -27,10 +27,22 @@ from mlptrain import population
 from mlptrain.callbacks import CheckpointOnStop, Checkpoints, RecordRun, WeightTrajectory
 from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
-from mlptrain.errors import ConfigError, MlptrainError, RunInterrupted
+from mlptrain.errors import ConfigError, MlptrainError, RunDirError, RunInterrupted
 from mlptrain.population import MemberSteps
 from mlptrain.report import write_run_report
-from mlptrain.rundir import keep_metrics, library_versions, resume_path, write_summary
+from mlptrain.rundir import (
+    DurableCheckpointIO,
+    RunLock,
+    completed_summary,
+    library_versions,
+    read_checkpoint,
+    resume_path,
+    summarize,
+    write_metrics,
+    write_summary,
+    write_text_durably,
+)
+from mlptrain.signals import TrainingTakesSignals
 from mlptrain.step import Path as TrainingPath
 from mlptrain.step import choose_path
 from mlptrain.system import MLPSystem, load_checkpoint
@@ -56,14 +68,14 @@ def _make_trainer(
     show_bar = _progress_bar(cfg.progress_bar)
     callbacks: list[Callback] = [
         *checkpoints,
-        LearningRateMonitor(logging_interval="epoch"),
         RecordRun(_container(cfg)),
+        TrainingTakesSignals(),
         CheckpointOnStop(checkpoints.last),
         *extra_callbacks,
     ]
     if show_bar:
         callbacks.append(RichProgressBar())
-    loggers: list[Logger] = [CSVLogger(run_dir, name="", version="")]  # -> <run dir>/metrics.csv
+    loggers: list[Logger] = []  # metrics.csv is written from the run's history, with its checkpoints (rundir)
     if cfg.logger.tensorboard:
         if not any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
             raise ConfigError(
@@ -82,6 +94,7 @@ def _make_trainer(
             default_root_dir=run_dir,
             logger=loggers,
             callbacks=callbacks,
+            plugins=[DurableCheckpointIO(run_dir)],
             enable_progress_bar=show_bar,
             log_every_n_steps=1,  # only per-epoch values are logged; this just silences a warning on tiny runs
         )
@@ -132,8 +145,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     """Run the experiment that `cfg` (conf/train.yaml, composed) describes; return the best val/acc.
 
     Writes into cfg.output_dir: config.yaml (resolved), metrics.csv, checkpoints/{best,last}.ckpt
-    and summary.json. `callbacks` are added to the Trainer's (scripts/compare.py records epochs with one).
-    Raises MlptrainError subclasses for problems the user can fix.
+    and summary.json, holding the directory (run.lock) while it does. `callbacks` are added to the Trainer's
+    (scripts/compare.py records epochs with one). Raises MlptrainError subclasses for problems the user can fix.
     """
     check(cfg)
     run_dir = Path(cfg.output_dir)
@@ -142,14 +155,51 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a file. Give the path of a .ckpt file, or ckpt_path=null.")
     _check_processes(cfg)
+    if cfg.ckpt_path is not None and cfg.train:
+        read_checkpoint(cfg.ckpt_path)  # one that does not load, or would run code, is refused before anything
+    try:
+        return _in_run_dir(cfg, run_dir, callbacks)
+    except OSError as error:
+        if error.filename is None or run_dir.resolve() not in Path(error.filename).resolve().parents:
+            raise
+        raise RunDirError(
+            f"The run cannot write into its directory {run_dir} ({error.strerror}: {error.filename}). Files "
+            "already there are as they were: every file is replaced whole or not at all. Free space or give it "
+            "write access, and run the same command with resume=auto to go on, or give it another directory "
+            "(hydra.run.dir=...)."
+        ) from error
+
+
+def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -> float | None:
+    """train(cfg) once its config is known to be good: in run_dir, held by this process."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    writer = rank_zero_only.rank == 0  # with several processes, one holds the directory and writes its files
+    lock = RunLock(run_dir) if writer else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if cfg.train and cfg.resume == "auto":
+            done = completed_summary(run_dir, _container(cfg))
+            if done is not None:
+                log.info(
+                    "resume=auto: the run in %s is complete (test accuracy %.4f); nothing to do. Its summary: %s",
+                    run_dir.resolve(), done["test_acc"], (run_dir / "summary.json").resolve(),
+                )  # fmt: skip
+                return done.get("best_val_acc")
+        return _run(cfg, run_dir, writer, callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callback]) -> float | None:
+    """train(cfg)'s work, in a directory this process holds."""
     path = choose_path(cfg) if cfg.train else None
-    ckpt_path = resume_path(cfg.resume, cfg.ckpt_path, run_dir) if cfg.train else cfg.ckpt_path
-    writer = rank_zero_only.rank == 0  # with several processes, one writes the run's files
-    metrics_csv = run_dir / "metrics.csv"
-    previous_metrics = metrics_csv.read_text() if ckpt_path and metrics_csv.is_file() else None
+    ckpt_path = cfg.ckpt_path
+    if cfg.train and cfg.resume == "auto":
+        ckpt_path = resume_path(run_dir) or ckpt_path
     if writer:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        write_text_durably(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     member = population.current()
     with _SEEDING:  # a population's members (threads) each seed the generator and draw their weights in turn
@@ -173,13 +223,9 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         log.info("Training path: %s", path.why if member is None else member[0].describe(path.steps_per_call))
     trajectory = WeightTrajectory() if cfg.report.landscape else None
     if trajectory is not None and not cfg.train:  # the path kept in the checkpoint's training
-        trajectory.load_state_dict(
-            torch.load(cfg.ckpt_path, weights_only=False).get("callbacks", {}).get("WeightTrajectory", {})
-        )
+        trajectory.load_state_dict(read_checkpoint(cfg.ckpt_path).get("callbacks", {}).get("WeightTrajectory", {}))
     extra = [*callbacks, trajectory] if trajectory is not None else callbacks
     trainer, checkpoints = _make_trainer(cfg, run_dir, extra, steps_per_call)
-    if previous_metrics:
-        keep_metrics(trainer, previous_metrics)
 
     summary: dict[str, Any] = {
         "status": "running",
@@ -207,31 +253,36 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
                 ) from error
             if trainer.interrupted:
                 raise KeyboardInterrupt
+        history = list(system.history)  # the training's records; testing loads the best checkpoint's, older
         summary["checkpoints"] = checkpoints.paths()  # before test() restores the callback from a file
         summary["global_steps"] = system.updates_done  # and the module's count, from the tested checkpoint
         tested = checkpoints.best.best_model_path or ckpt_path
         results = trainer.test(system, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]
     except MlptrainError as error:
-        write_summary(run_dir, summary, start, trainer, checkpoints, status="failed", error=str(error))
+        write_metrics(run_dir, system.history)
+        write_summary(run_dir, summarize(summary, start, trainer, checkpoints, status="failed", error=str(error)))
         kept = [path for path in checkpoints.paths().values() if path]
         if kept:
             raise type(error)(f"{error} Checkpoints written before it are kept: {', '.join(kept)}.") from error
         raise
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
-        write_summary(run_dir, summary, start, trainer, checkpoints, status="interrupted")
+        write_summary(run_dir, summarize(summary, start, trainer, checkpoints, status="interrupted"))
         last = checkpoints.paths()["last"]
         resume = (
             f"to continue where it stopped, in the same directory, run the same command with `resume=auto "
             f"hydra.run.dir={run_dir.resolve()}` added (or `ckpt_path={last}` for a new directory)"
             if last
-            else "no checkpoint had been written yet"
+            else f"no checkpoint had been written yet: the same command with `resume=auto "
+            f"hydra.run.dir={run_dir.resolve()}` added starts it again there"
         )
         raise RunInterrupted(
             f"Training was interrupted during epoch {trainer.current_epoch}. What was written is kept in "
             f"{run_dir.resolve()}; {resume}."
         ) from stop
+    test_row = {"epoch": trainer.current_epoch, "step": system.updates_done}
+    write_metrics(run_dir, [*history, {**test_row, "test/loss": results["test/loss"], "test/acc": results["test/acc"]}])
     summary.update(test_acc=results["test/acc"], test_loss=results["test/loss"], tested_checkpoint=tested)
-    write_summary(run_dir, summary, start, trainer, checkpoints, status="completed")
+    summarize(summary, start, trainer, checkpoints, status="completed")
     if cfg.report.enabled and writer:
         # The model's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
         config = {
@@ -241,6 +292,7 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
         path = trajectory.path() if trajectory is not None and trajectory.points else None
         write_run_report(run_dir, summary, config, system, datamodule, _container(cfg.report), path)
         log.info("Report with pictures: %s", (run_dir / "report.md").resolve())
+    write_summary(run_dir, summary)  # last: a summary that says completed vouches for every file before it
     if writer:
         log.info(
             "Test accuracy %.4f, test loss %.4f (checkpoint %s)", results["test/acc"], results["test/loss"], tested

@@ -1,0 +1,39 @@
+"""python tests/killed_at_write.py N OVERRIDES...: `python train.py OVERRIDES...`, which SIGKILLs itself in the
+middle of its N-th durable write (a checkpoint, metrics.csv, config.yaml or summary.json), half the bytes
+written: what a kill or a full disk does to a write in progress. tests/test_faults.py runs it."""
+
+import io
+import os
+import runpy
+import signal
+import sys
+from pathlib import Path
+
+from mlptrain import rundir
+
+ROOT = Path(__file__).resolve().parents[1]
+dies_at = int(sys.argv.pop(1))
+writes = 0
+write_durably = rundir.write_durably
+
+
+def dying_write(path: Path, write: object) -> None:
+    global writes
+    writes += 1
+    if writes != dies_at:
+        return write_durably(path, write)
+
+    def half_then_kill(file: io.BufferedIOBase) -> None:
+        whole = io.BytesIO()
+        write(whole)
+        file.write(whole.getvalue()[: len(whole.getvalue()) // 2])
+        file.flush()
+        print(f"killed while writing {Path(path).name}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return write_durably(path, half_then_kill)
+
+
+rundir.write_durably = dying_write
+sys.argv[0] = str(ROOT / "train.py")
+runpy.run_path(sys.argv[0], run_name="__main__")

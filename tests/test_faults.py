@@ -1,0 +1,167 @@
+"""Faults a cluster deals out, for real: SIGKILLs at many points of a run (inside its writes too), SIGTERM,
+SIGINT and SIGUSR1 at every phase, and a run directory that cannot be written. After each, the same command
+with resume=auto ends with the weights, metrics.csv and results of a run that went through."""
+
+import itertools
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlptrain.errors import RunDirError
+from mlptrain.rundir import LOCK_FILE
+from mlptrain.train import train
+from tests.conftest import ROOT, compose_config
+from tests.test_train import weights
+
+pytestmark = pytest.mark.slow  # subprocesses
+
+# 3 epochs of 20 training steps (5 mini-batches each), with dropout: a resume must restore the place in the
+# epoch, the random draws and the records.
+RUN = [
+    "trainer.accelerator=cpu",
+    "data.train_size=2000",
+    "data.batch_size=20",
+    "steps_per_call=5",
+    "trainer.max_epochs=3",
+    "model.dropout=0.2",
+    "model.hidden=[32]",
+    "report.enabled=false",
+    "progress_bar=false",
+]
+RESULTS = ("status", "test_acc", "test_loss", "best_val_acc", "epochs", "global_steps", "tested_checkpoint")
+
+
+def start(run: Path, *extra: str, script: str = "train.py") -> subprocess.Popen:
+    command = [sys.executable, script, *extra, *RUN, f"hydra.run.dir={run}"]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    output, _ = process.communicate(timeout=300)
+    return process.returncode, output
+
+
+def same_as(run: Path, straight: Path) -> None:
+    a, b = weights(run / "checkpoints" / "last.ckpt"), weights(straight / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    assert (run / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
+    ours, theirs = (json.loads((folder / "summary.json").read_text()) for folder in (run, straight))
+    tested = {key: Path(ours[key]).name if key == "tested_checkpoint" else ours[key] for key in RESULTS}
+    assert tested == {key: Path(theirs[key]).name if key == "tested_checkpoint" else theirs[key] for key in RESULTS}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """A run that went through, and its wall time as a process."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    began = time.monotonic()
+    status, output = finish(start(run))
+    assert status == 0, output[-3000:]
+    return run, time.monotonic() - began
+
+
+def test_sigkill_at_many_points_then_resume_auto_equals_a_run_that_went_through(
+    straight: tuple[Path, float], tmp_path: Path
+) -> None:
+    """20 SIGKILLs, each followed by the same command with resume=auto, until they are spent: at moments spread
+    over a run (start-up, training, checkpoints, the test), a quarter of them a preemption whose SIGKILL follows
+    its SIGTERM within a tenth of a second (often inside the checkpoint the SIGTERM writes), and every other one
+    inside a write, half of it on disk. A run that completes before they are spent is compared, and the rest go
+    to a fresh one."""
+    reference, seconds = straight
+    runs = [tmp_path / "killed-0"]
+    killed: list[str] = []
+    moments = random.Random(0)
+    writes = itertools.cycle([2, 3, 1, 4, 5, 6, 7, 8])  # the n-th write of an attempt, as the run goes on
+    for attempt in itertools.count():
+        assert attempt < 80, killed
+        if attempt % 2:
+            status, output = finish(
+                start(runs[-1], str(next(writes)), "resume=auto", script="tests/killed_at_write.py")
+            )
+        else:
+            process = start(runs[-1], "resume=auto")
+            time.sleep(seconds * (0.15 + 0.75 * moments.random()))
+            if attempt % 8 == 6:
+                process.send_signal(signal.SIGTERM)
+                time.sleep(0.1 * moments.random())
+            process.kill()
+            status, output = finish(process)
+        assert "Traceback" not in output, output[-3000:]
+        if status == -signal.SIGKILL:
+            where = re.search(r"killed while writing (\S+)", output)
+            killed.append(where.group(1) if where else f"at {attempt}")
+            if len(killed) == 20:
+                break
+        elif status == 0:  # completed before the next kill
+            same_as(runs[-1], reference)
+            runs.append(tmp_path / f"killed-{len(runs)}")
+    assert {"config.yaml", "metrics.csv", "best.ckpt", "last.ckpt"} <= set(killed), killed
+    status, output = finish(start(runs[-1], "resume=auto"))
+    assert status == 0, output[-3000:]
+    for run in runs:
+        same_as(run, reference)
+        leftovers = [path.name for path in run.rglob("*") if ".tmp-" in path.name or path.name.endswith(".damaged")]
+        assert not leftovers  # every write was whole or not there: no checkpoint ever needed setting aside
+        assert (run / LOCK_FILE).read_text() == ""
+
+
+# A line each phase logs as it begins or ends, and whether the run had finished training by then.
+PHASES = {
+    "before fit": ("Training path:", False),
+    "in an epoch": ("epoch 0 ", False),
+    "in the test": ("Restoring states from the checkpoint path", True),
+    "after the summary": ("Test accuracy", True),
+}
+
+
+@pytest.mark.parametrize(
+    ("signum", "phase"),
+    [
+        *[(signal.SIGTERM, phase) for phase in PHASES],
+        (signal.SIGINT, "before fit"),
+        (signal.SIGINT, "in the test"),
+        (signal.SIGUSR1, "before fit"),
+        (signal.SIGUSR1, "in the test"),
+        (signal.SIGUSR1, "after the summary"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else value.name,
+)
+def test_a_signal_at_any_phase_ends_without_a_traceback_and_the_run_completes(
+    phase: str, signum: signal.Signals, straight: tuple[Path, float], tmp_path: Path
+) -> None:
+    marker, trained = PHASES[phase]
+    run = tmp_path / "run"
+    process = start(run)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line:
+            process.send_signal(signum)
+            break
+    status, rest = finish(process)
+    output = "".join(lines) + rest
+    assert "Traceback" not in output, output[-3000:]
+    finished = json.loads((run / "summary.json").read_text())["status"] if (run / "summary.json").exists() else None
+    if finished == "completed":  # it had written everything, or nothing was left but to write it
+        assert status == 0, output[-3000:]
+    else:  # stopped, with the one paragraph that gives the command to go on; after training, only Lightning's
+        assert status == 1 and "resume=auto" in output, output[-3000:]  # SIGTERM handling in the test stops it
+        assert not trained or signum == signal.SIGTERM, output[-3000:]
+        status, output = finish(start(run, "resume=auto"))
+        assert status == 0, output[-3000:]
+    same_as(run, straight[0])
+
+
+def test_an_unwritable_run_directory_is_one_paragraph(tmp_path: Path) -> None:
+    cfg = compose_config(RUN, Path("/sys/kernel"))  # a directory even root cannot write into
+    with pytest.raises(RunDirError, match=r"cannot write into its directory /sys/kernel \(Permission denied"):
+        train(cfg)

@@ -1,0 +1,224 @@
+"""What a run writes around its weights: metrics.csv from the history its checkpoints hold, one process per run
+directory, resume=auto past damaged checkpoints and finished runs, checkpoints that cannot run code, and
+Lightning's debugging flags. Slow tier: tests/test_faults.py (SIGKILLs, signals) and tests/test_slurm.py."""
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from mlptrain.errors import CheckpointError, ConfigError
+from mlptrain.rundir import LOCK_FILE, RunLock, read_checkpoint
+from mlptrain.train import train
+from tests.conftest import run_in_process
+from tests.test_train import summary, weights
+
+MakeCfg = Callable[..., DictConfig]
+TWO_EPOCHS = ["trainer.max_epochs=2", "trainer.limit_train_batches=10", "data.train_size=2000"]
+
+
+def rows(run_dir: str | Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((Path(run_dir) / "metrics.csv").open()))
+
+
+def test_metrics_csv_has_a_row_an_epoch_and_the_test_from_the_checkpoints_history(make_cfg: MakeCfg) -> None:
+    cfg = make_cfg(*TWO_EPOCHS, "log_grad_norms=true")
+    train(cfg)
+    table = rows(cfg.output_dir)
+    assert [row["epoch"] for row in table] == ["0", "1", "2"]  # two epochs, then the test (after epoch 2's count)
+    assert all(row["train/loss"] and row["val/acc"] and row["lr-AdamW"] for row in table[:2])
+    assert table[-1]["test/acc"] and not table[-1]["train/loss"]
+    assert float(table[-1]["test/acc"]) == summary(cfg)["test_acc"]
+    assert list(table[0])[:6] == ["epoch", "step", "train/loss", "train/acc", "val/loss", "val/acc"]
+    assert any(column.startswith("grad_norm/") for column in table[0])
+    last = read_checkpoint(summary(cfg)["checkpoints"]["last"])
+    assert [{key: str(value) for key, value in row.items()} for row in last["history"]] == [
+        {key: value for key, value in row.items() if value} for row in table[:2]
+    ]  # the file is the history the checkpoint restores, and the test row
+    assert not (Path(cfg.output_dir) / "hparams.yaml").exists()  # no CSVLogger: config.yaml is the record
+
+
+def test_resume_auto_on_a_finished_run_says_so_and_writes_nothing(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_cfg(*TWO_EPOCHS)
+    first = train(cfg)
+    run = Path(cfg.output_dir)
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    with caplog.at_level(logging.INFO, logger="mlptrain"):
+        again = train(make_cfg(*TWO_EPOCHS, "resume=auto"))  # the same run, and the same command with resume=auto
+    assert again == first
+    assert f"resume=auto: the run in {run.resolve()} is complete" in caplog.text
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+    longer = make_cfg("trainer.max_epochs=3", *TWO_EPOCHS[1:], "resume=auto")  # another run: it goes on
+    train(longer)
+    assert [row["epoch"] for row in rows(run)] == ["0", "1", "2", "3"] and summary(longer)["epochs"] == 3
+
+
+def _hold_in_another_process(run_dir: Path) -> subprocess.Popen:
+    """A process that holds run_dir's lock until its standard input closes."""
+    code = (
+        "import sys; from pathlib import Path; from mlptrain.rundir import RunLock\n"
+        f"lock = RunLock(Path({str(run_dir)!r})); lock.acquire(); print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_second_process_on_a_held_run_directory_is_refused_and_a_dead_holders_lock_taken_over(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_cfg(*TWO_EPOCHS)
+    run = Path(cfg.output_dir)
+    run.mkdir(parents=True)
+    holder = _hold_in_another_process(run)
+    try:
+        with pytest.raises(ConfigError, match=rf"is in use by host \S+ pid {holder.pid} .* did not start"):
+            train(cfg)
+        assert sorted(path.name for path in run.iterdir()) == [LOCK_FILE]  # nothing written, nothing lost
+    finally:
+        holder.kill()  # dies holding it: the kernel drops the lock, the file still names it
+        holder.wait()
+    assert f"pid {holder.pid}" in (run / LOCK_FILE).read_text()
+    with caplog.at_level(logging.INFO, logger="mlptrain"):
+        train(cfg)
+    assert f"took over the lock of host {os.uname().nodename} pid {holder.pid}" in caplog.text
+    assert summary(cfg)["status"] == "completed" and (run / LOCK_FILE).read_text() == ""  # released
+
+
+def test_the_lock_is_the_kernels_and_one_holder_at_a_time(tmp_path: Path) -> None:
+    first, second = RunLock(tmp_path), RunLock(tmp_path)
+    first.acquire()
+    with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
+        second.acquire()
+    first.release()
+    second.acquire()  # released: free again, with no log of a takeover
+    second.release()
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_resume_auto_sets_a_damaged_checkpoint_aside_and_resumes_from_one_that_loads(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture
+) -> None:
+    constant = [*TWO_EPOCHS[1:], "scheduler=none"]  # 2 epochs, then a third: as 3 that ran through
+    straight = make_cfg("trainer.max_epochs=3", *constant, run="straight")
+    train(straight)
+    cfg = make_cfg("trainer.max_epochs=2", *constant, run="cut")
+    train(cfg)
+    folder = Path(cfg.output_dir) / "checkpoints"
+    _truncate(folder / "last.ckpt")  # as a kill or a full disk leaves a file written in place
+    with caplog.at_level(logging.INFO, logger="mlptrain"):
+        train(make_cfg("trainer.max_epochs=3", *constant, "resume=auto", run="cut"))
+    assert f"{folder / 'last.ckpt'} does not load (RuntimeError: PytorchStreamReader failed" in caplog.text
+    assert f"so it is skipped and kept as {folder / 'last.ckpt.damaged'}" in caplog.text
+    assert f"resume=auto: resuming from {(folder / 'best.ckpt').resolve()}" in caplog.text
+    assert (folder / "last.ckpt.damaged").is_file()
+    a, b = weights(summary(straight)["checkpoints"]["last"]), weights(folder / "last.ckpt")
+    assert all(torch.equal(a[key], b[key]) for key in a)  # best was epoch 1's end: epoch 2 trained again
+    assert rows(cfg.output_dir) == rows(straight.output_dir)
+
+
+def test_resume_auto_with_no_checkpoint_that_loads_is_one_paragraph(
+    make_cfg: MakeCfg, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = make_cfg(*TWO_EPOCHS)
+    train(cfg)
+    folder = Path(cfg.output_dir) / "checkpoints"
+    for name in ("last.ckpt", "best.ckpt"):
+        _truncate(folder / name)
+    (Path(cfg.output_dir) / "summary.json").unlink()  # not finished, as after a kill during the test
+    args = [f"hydra.run.dir={cfg.output_dir}", "resume=auto", "report.enabled=false", *TWO_EPOCHS]
+    status, output = run_in_process("train.py", args, capsys)
+    assert status == 1 and "Traceback" not in output, output
+    assert "found checkpoints in" in output and "but none of them loads" in output
+    assert sorted(path.name for path in folder.iterdir()) == ["best.ckpt.damaged", "last.ckpt.damaged"]
+
+
+class _Payload:
+    """A pickle that runs a command when it is loaded without weights_only: what a crafted checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def crafted(make_cfg: MakeCfg, tmp_path: Path) -> tuple[Path, Path]:
+    """A real checkpoint with a payload added; the file its command would create."""
+    cfg = make_cfg(*TWO_EPOCHS, "report.landscape=pca", run="source")
+    train(cfg)
+    checkpoint = torch.load(summary(cfg)["checkpoints"]["last"], weights_only=True)
+    marker = tmp_path / "the payload ran"
+    checkpoint["hyper_parameters"]["note"] = _Payload(marker)
+    path = tmp_path / "crafted.ckpt"
+    torch.save(checkpoint, path)
+    return path, marker
+
+
+@pytest.mark.parametrize(
+    ("script", "arguments"),
+    [
+        ("train.py", ["train=false", "ckpt_path={ckpt}"]),
+        ("train.py", ["train=false", "ckpt_path={ckpt}", "report.landscape=pca"]),  # the landscape redraw
+        ("train.py", ["ckpt_path={ckpt}", *TWO_EPOCHS]),  # resuming from it
+        ("train.py", ["resume=auto", *TWO_EPOCHS]),  # as the run's own last.ckpt
+        ("scripts/predict.py", ["ckpt_path={ckpt}", "index=0"]),
+    ],
+)
+def test_a_crafted_checkpoint_runs_no_code_through_any_command(
+    script: str, arguments: list[str], crafted: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt, marker = crafted
+    arguments = [argument.format(ckpt=ckpt) for argument in arguments]
+    if script == "train.py":
+        run = tmp_path / "target"
+        if "resume=auto" in arguments:
+            (run / "checkpoints").mkdir(parents=True)
+            (run / "checkpoints" / "last.ckpt").write_bytes(ckpt.read_bytes())
+        arguments += [f"hydra.run.dir={run}", "report.enabled=false"]
+    status, output = run_in_process(script, arguments, capsys)
+    assert not marker.exists()
+    assert status == 1 and "Traceback" not in output, output
+    assert "could run code of the file's choosing, so it was not loaded" in output
+
+
+def test_read_checkpoint_refuses_what_is_not_a_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(3)}, path)  # loads, but holds no model
+    with pytest.raises(CheckpointError, match="is not an mlptrain checkpoint"):
+        read_checkpoint(path)
+
+
+DEBUG_FLAGS = [
+    "+trainer.fast_dev_run=true",
+    "+trainer.overfit_batches=2",
+    "trainer.limit_val_batches=3",
+    "+trainer.profiler=simple",
+    "+trainer.detect_anomaly=true",
+    "+trainer.max_time=00:00:10:00",
+    "+trainer.val_check_interval=5",
+]
+
+
+@pytest.mark.parametrize("flag", DEBUG_FLAGS)
+def test_lightnings_debugging_flags_run(flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [flag, *TWO_EPOCHS, f"hydra.run.dir={tmp_path}", "report.enabled=false", "trainer.accelerator=cpu"]
+    status, output = run_in_process("train.py", args, capsys)
+    assert status == 0 and "Traceback" not in output, output
+    result = json.loads((tmp_path / "summary.json").read_text())
+    assert result["status"] == "completed"
+    assert rows(tmp_path)[-1]["test/acc"] == str(result["test_acc"])

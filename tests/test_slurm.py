@@ -1,0 +1,128 @@
+"""On a real one-node SLURM (tests/slurm_cluster.py): the README's sweep through hydra/launcher=slurm, the sbatch
+script on the CPU, a preemption by `scontrol requeue` and the time-limit signal in mid-epoch. Each job ends with
+the weights and metrics.csv of a job that ran through."""
+
+import csv
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlptrain.train import train
+from tests.conftest import ROOT, compose_config, run_python
+from tests.slurm_cluster import OneNodeSlurm, why_not
+from tests.test_train import summary, weights
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+# Long enough epochs (1,000 mini-batches in Lightning's loop) that a signal sent once epoch 0 is checkpointed
+# lands in the middle of epoch 1; dropout, so that a resume must also restore where the random draws were.
+JOB = [
+    "trainer.accelerator=cpu",
+    "data.train_size=10000",
+    "data.batch_size=10",
+    "steps_per_call=1",
+    "trainer.max_epochs=2",
+    "model.dropout=0.2",
+    "model.hidden=[32]",
+    "report.enabled=false",
+    "progress_bar=false",
+]
+# scripts/slurm/train.sbatch asks for a GPU, 4 CPUs and 16 GB: this node has 2 CPUs and no GPU.
+ON_THIS_NODE = ["--gpus-per-node=0", "--cpus-per-task=1", "--mem=1G"]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneNodeSlurm]:
+    reason = why_not()
+    if reason and os.environ.get("MLPTRAIN_REQUIRE_SLURM"):  # .ci/run: there the cluster must run
+        pytest.fail(reason)
+    if reason:
+        pytest.skip(reason)
+    cluster = OneNodeSlurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Two run directories hold the same final weights, metrics.csv and results."""
+    wa, wb = weights(a / "checkpoints" / "last.ckpt"), weights(b / "checkpoints" / "last.ckpt")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[key], wb[key]) for key in wa)
+    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
+    sa, sb = (summary_of(run) for run in (a, b))
+    keys = ("status", "test_acc", "test_loss", "best_val_acc", "epochs", "global_steps")
+    assert {key: sa[key] for key in keys} == {key: sb[key] for key in keys}
+    assert sa["status"] == "completed"
+
+
+def summary_of(run: Path) -> dict:
+    return summary(compose_config([], run))
+
+
+def test_the_readme_sweep_through_the_slurm_launcher(slurm: OneNodeSlurm, tmp_path: Path) -> None:
+    tiny = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=20", "report.enabled=false"]
+    sweep = run_python(
+        "train.py", "-m", "hydra/launcher=slurm", "model.activation=relu,tanh", *tiny,
+        "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", env=slurm.env, timeout=600,
+    )  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    for number, activation in enumerate(("relu", "tanh")):
+        local = compose_config([*tiny, f"model.activation={activation}", "progress_bar=false"], tmp_path / activation)
+        train(local)
+        _same_run(tmp_path / "sweep" / str(number), Path(local.output_dir))
+    assert list((tmp_path / "sweep" / ".submitit").iterdir())  # submitted by submitit, run by SLURM
+
+
+def _submit(slurm: OneNodeSlurm, log: Path) -> tuple[str, Path]:
+    job_id = slurm.sbatch(*ON_THIS_NODE, f"--output={log}", "scripts/slurm/train.sbatch", *JOB, cwd=ROOT)
+    return job_id, ROOT / "outputs" / "slurm" / job_id
+
+
+def _once_epoch_0_is_checkpointed(slurm: OneNodeSlurm, job_id: str, run: Path) -> None:
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "last.ckpt").exists():
+        assert time.monotonic() < deadline and slurm.job(job_id)["JobState"] in ("PENDING", "RUNNING")
+        time.sleep(0.05)
+
+
+def test_the_sbatch_script_a_preemption_and_the_time_limit_signal_in_mid_epoch(
+    slurm: OneNodeSlurm, tmp_path: Path
+) -> None:
+    """Three jobs of the same command: one runs through; one is requeued by the scheduler (SIGTERM, then a new
+    start); one gets the time-limit signal (Lightning writes hpc_ckpt_N.ckpt and requeues it itself)."""
+    jobs = {name: _submit(slurm, tmp_path / f"{name}.out") for name in ("through", "preempted", "timed")}
+    try:
+        _once_epoch_0_is_checkpointed(slurm, *jobs["preempted"])
+        slurm.run("scontrol", "requeue", jobs["preempted"][0])
+        _once_epoch_0_is_checkpointed(slurm, *jobs["timed"])
+        slurm.run("scancel", "--signal=USR1", jobs["timed"][0])  # reaches the job's steps, as --signal=USR1@90 does
+        records = {
+            name: slurm.wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED"}) for name, (job_id, _) in jobs.items()
+        }
+        outputs = {name: (tmp_path / f"{name}.out").read_text() for name in jobs}
+        for name, record in records.items():
+            assert record["JobState"] == "COMPLETED", outputs[name][-3000:]
+            assert "Traceback" not in outputs[name], outputs[name][-3000:]
+        assert records["through"]["Restarts"] == "0"
+        assert records["preempted"]["Restarts"] == records["timed"]["Restarts"] == "1"
+        assert "Training was interrupted during epoch 1" in outputs["preempted"]
+        timed_run = jobs["timed"][1]
+        hpc = torch.load(timed_run / "hpc_ckpt_1.ckpt", weights_only=True)
+        assert hpc["epoch"] == 1 and 0 < hpc["MNISTDataModule"]["batches_done"] < 1000  # in mid-epoch
+        for name in ("preempted", "timed"):
+            assert "resume=auto: resuming from" in outputs[name]
+            _same_run(jobs[name][1], jobs["through"][1])
+        rows = list(csv.DictReader((jobs["timed"][1] / "metrics.csv").open()))
+        assert [row["epoch"] for row in rows] == ["0", "1", "2"]
+    finally:
+        for job_id, run in jobs.values():
+            slurm.run("scancel", job_id)
+            shutil.rmtree(run, ignore_errors=True)
