@@ -7,6 +7,7 @@ import json
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,13 +24,13 @@ from tests.test_train import weights
 
 pytestmark = pytest.mark.slow  # subprocesses
 
-# 3 epochs of 20 training steps (5 mini-batches each), with dropout: a resume must restore the place in the
-# epoch, the random draws and the records.
+# 3 epochs of 300 training steps (2 mini-batches each, about a second), with dropout: a resume must restore
+# the place in the epoch, the random draws and the records.
 RUN = [
     "trainer.accelerator=cpu",
-    "data.train_size=2000",
-    "data.batch_size=20",
-    "steps_per_call=5",
+    "data.train_size=6000",
+    "data.batch_size=10",
+    "steps_per_call=2",
     "trainer.max_epochs=3",
     "model.dropout=0.2",
     "model.hidden=[32]",
@@ -40,7 +41,9 @@ RESULTS = ("status", "test_acc", "test_loss", "best_val_acc", "epochs", "global_
 
 
 def start(run: Path, *extra: str, script: str = "train.py") -> subprocess.Popen:
-    command = [sys.executable, script, *extra, *RUN, f"hydra.run.dir={run}"]
+    """The run's command (RUN, less the keys `extra` sets) in a process, its output in one pipe."""
+    keys = {argument.split("=")[0] for argument in extra}
+    command = [sys.executable, script, *extra, *(a for a in RUN if a.split("=")[0] not in keys), f"hydra.run.dir={run}"]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -114,12 +117,15 @@ def test_sigkill_at_many_points_then_resume_auto_equals_a_run_that_went_through(
         assert (run / LOCK_FILE).read_text() == ""
 
 
-# A line each phase logs as it begins or ends, and whether the run had finished training by then.
+# A line each phase logs as it begins or ends, how long after it the signal is sent, whether the run has finished
+# training by then, and what the run needs for the phase to be there.
 PHASES = {
-    "before fit": ("Training path:", False),
-    "in an epoch": ("epoch 0 ", False),
-    "in the test": ("Restoring states from the checkpoint path", True),
-    "after the summary": ("Test accuracy", True),
+    "before fit": ("Training path:", 0.0, False, ()),
+    "in validation": ("Total FLOPs", 0.0, False, ()),  # the summary, then the sanity check's validation
+    "in an epoch": ("epoch 0 ", 0.0, False, ()),
+    "in the test": ("Restoring states from the checkpoint path", 0.0, True, ()),
+    "in the report": ("Loaded model weights from the checkpoint", 1.0, True, ("report.enabled=true",)),
+    "after the summary": ("Test accuracy", 0.0, True, ()),
 }
 
 
@@ -128,7 +134,7 @@ PHASES = {
     [
         *[(signal.SIGTERM, phase) for phase in PHASES],
         (signal.SIGINT, "before fit"),
-        (signal.SIGINT, "in the test"),
+        (signal.SIGINT, "in the report"),
         (signal.SIGUSR1, "before fit"),
         (signal.SIGUSR1, "in the test"),
         (signal.SIGUSR1, "after the summary"),
@@ -138,13 +144,14 @@ PHASES = {
 def test_a_signal_at_any_phase_ends_without_a_traceback_and_the_run_completes(
     phase: str, signum: signal.Signals, straight: tuple[Path, float], tmp_path: Path
 ) -> None:
-    marker, trained = PHASES[phase]
+    marker, delay, trained, needs = PHASES[phase]
     run = tmp_path / "run"
-    process = start(run)
+    process = start(run, *needs)
     lines = []
     for line in process.stdout:
         lines.append(line)
         if marker in line:
+            time.sleep(delay)
             process.send_signal(signum)
             break
     status, rest = finish(process)
@@ -165,3 +172,21 @@ def test_an_unwritable_run_directory_is_one_paragraph(tmp_path: Path) -> None:
     cfg = compose_config(RUN, Path("/sys/kernel"))  # a directory even root cannot write into
     with pytest.raises(RunDirError, match=r"cannot write into its directory /sys/kernel \(Permission denied"):
         train(cfg)
+
+
+def test_the_same_command_started_twice_on_one_run_directory_trains_once(
+    straight: tuple[Path, float], tmp_path: Path
+) -> None:
+    """A requeued job whose previous instance has not exited yet, or a second terminal: the second process is
+    refused, naming the first, and the first writes what a run alone writes."""
+    run = tmp_path / "run"
+    first = start(run, "resume=auto")
+    while not ((run / LOCK_FILE).exists() and (run / LOCK_FILE).read_text()):
+        assert first.poll() is None
+        time.sleep(0.05)
+    status, output = finish(start(run, "resume=auto"))
+    assert status == 1 and "Traceback" not in output, output[-3000:]
+    assert f"is in use by host {socket.gethostname()} pid {first.pid} (it holds run.lock)" in output
+    status, output = finish(first)
+    assert status == 0, output[-3000:]
+    same_as(run, straight[0])

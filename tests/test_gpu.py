@@ -64,7 +64,7 @@ def test_checkpoints_hold_the_cuda_generator_and_resume_dropout_exactly(make_cfg
     setup = [GPU, *TWO_EPOCHS]  # dropout 0.2: a resume must restore where the CUDA generator was
     straight = make_cfg(*setup, run="straight")
     train(straight)
-    assert "cuda" in torch.load(summary(straight)["checkpoints"]["last"], weights_only=False)["rng_states"]
+    assert "cuda" in torch.load(summary(straight)["checkpoints"]["last"], weights_only=True)["rng_states"]
     stopped = make_cfg(*setup, run="stopped")
     with pytest.raises(RunInterrupted):
         train(stopped, callbacks=[_SigtermAt(epoch=1, batch=0)])  # mid-epoch

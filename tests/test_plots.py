@@ -74,7 +74,7 @@ def test_the_weights_path_is_kept_in_the_checkpoints_and_redraws_the_landscape(r
     from mlptrain.system import load_checkpoint
 
     last = run / "checkpoints" / "last.ckpt"
-    kept = torch.load(last, weights_only=False)["callbacks"]["WeightTrajectory"]
+    kept = torch.load(last, weights_only=True)["callbacks"]["WeightTrajectory"]
     # 2 epochs of 100 mini-batches, 50 a training step: a point every 10 updates is asked, one a step is taken.
     assert kept["updates"] == [0, 50, 100, 150, 200]
     system, _ = load_checkpoint(last)

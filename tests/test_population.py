@@ -55,8 +55,8 @@ def epoch_values(run: Path) -> list[dict[str, float]]:
 
 
 def assert_same_run(a: Path, b: Path, tolerance: float = 1e-9) -> None:
-    ckpt_a = torch.load(a / "checkpoints" / "last.ckpt", weights_only=False)
-    ckpt_b = torch.load(b / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt_a = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt_b = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)
     for key, value in ckpt_a["state_dict"].items():
         torch.testing.assert_close(ckpt_b["state_dict"][key], value, rtol=tolerance, atol=tolerance)
     state_a, state_b = ckpt_a["optimizer_states"][0]["state"], ckpt_b["optimizer_states"][0]["state"]
@@ -131,7 +131,7 @@ def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
     folder = sweep(tmp_path, capsys, *overrides)
     for number in (0, 1):
         assert json.loads((folder / str(number) / "summary.json").read_text())["status"] == "interrupted"
-        saved = torch.load(folder / str(number) / "checkpoints" / "last.ckpt", weights_only=False)
+        saved = torch.load(folder / str(number) / "checkpoints" / "last.ckpt", weights_only=True)
         assert saved["MNISTDataModule"]["epoch"] == 1 and 0 < saved["MNISTDataModule"]["batches_done"] < 70
     monkeypatch.setattr(Population, "run", original)
     sweep(tmp_path, capsys, *overrides, "resume=auto")  # the same command, the same folder: each job resumes

@@ -15,10 +15,11 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from mlptrain.cli import main
 from mlptrain.errors import CheckpointError, ConfigError
 from mlptrain.rundir import LOCK_FILE, RunLock, read_checkpoint
 from mlptrain.train import train
-from tests.conftest import run_in_process
+from tests.conftest import logged_errors, run_in_process
 from tests.test_train import summary, weights
 
 MakeCfg = Callable[..., DictConfig]
@@ -131,7 +132,7 @@ def test_resume_auto_sets_a_damaged_checkpoint_aside_and_resumes_from_one_that_l
 
 
 def test_resume_auto_with_no_checkpoint_that_loads_is_one_paragraph(
-    make_cfg: MakeCfg, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = make_cfg(*TWO_EPOCHS)
     train(cfg)
@@ -139,10 +140,11 @@ def test_resume_auto_with_no_checkpoint_that_loads_is_one_paragraph(
     for name in ("last.ckpt", "best.ckpt"):
         _truncate(folder / name)
     (Path(cfg.output_dir) / "summary.json").unlink()  # not finished, as after a kill during the test
-    args = [f"hydra.run.dir={cfg.output_dir}", "resume=auto", "report.enabled=false", *TWO_EPOCHS]
-    status, output = run_in_process("train.py", args, capsys)
-    assert status == 1 and "Traceback" not in output, output
-    assert "found checkpoints in" in output and "but none of them loads" in output
+    with pytest.raises(SystemExit) as stop:
+        main(make_cfg(*TWO_EPOCHS, "resume=auto"))  # the command line's body: one paragraph, exit status 1
+    assert stop.value.code == 1
+    (message,) = logged_errors(caplog)
+    assert "found checkpoints in" in message and "but none of them loads" in message
     assert sorted(path.name for path in folder.iterdir()) == ["best.ckpt.damaged", "last.ckpt.damaged"]
 
 
@@ -212,6 +214,16 @@ DEBUG_FLAGS = [
     "+trainer.max_time=00:00:10:00",
     "+trainer.val_check_interval=5",
 ]
+
+
+def test_a_debugging_flag_lightning_refuses_is_one_paragraph(
+    make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(SystemExit):
+        main(make_cfg(*TWO_EPOCHS, "+trainer.val_check_interval=100"))  # more than the epoch's 10 batches
+    (message,) = logged_errors(caplog)
+    assert message.startswith("Lightning refused the trainer settings: `val_check_interval` (100) must be less")
+    assert "trainer.*" in message
 
 
 @pytest.mark.parametrize("flag", DEBUG_FLAGS)

@@ -161,7 +161,7 @@ def test_nonfinite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_pa
     with pytest.raises(NonFiniteLossError, match="at epoch 1, global step 20"):
         trainer.fit(model, datamodule=MNISTDataModule(batch_size=32))
     assert trainer.global_step == 25  # stopped at the first check after the NaN, not at the end of the epoch
-    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert saved["epoch"] == 0
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values())
 

@@ -42,7 +42,7 @@ def summary(cfg: DictConfig) -> dict:
 
 
 def weights(path: str | Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=False)["state_dict"]
+    return torch.load(path, weights_only=True)["state_dict"]
 
 
 def test_one_epoch_learns_mnist_and_writes_the_run(make_cfg: MakeCfg) -> None:
@@ -61,7 +61,7 @@ def test_one_epoch_learns_mnist_and_writes_the_run(make_cfg: MakeCfg) -> None:
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"} <= set(rows[0])
     assert float(next(r for r in rows if r["test/acc"])["test/acc"]) == pytest.approx(result["test_acc"])
-    saved = torch.load(result["checkpoints"]["best"], weights_only=False)
+    saved = torch.load(result["checkpoints"]["best"], weights_only=True)
     assert saved["hyper_parameters"]["model"]["hidden"] == [32]
     assert saved["library_versions"]["lightning"] == result["versions"]["lightning"]
     assert saved["config"]["data"]["val_size"] == 10_000 and saved["config"]["seed"] == 42
@@ -74,7 +74,7 @@ def test_last_ckpt_is_the_last_epoch_even_when_it_is_not_the_best(make_cfg: Make
     )
     train(cfg)
     folder = Path(cfg.output_dir) / "checkpoints"
-    best, last = (torch.load(folder / name, weights_only=False) for name in ("best.ckpt", "last.ckpt"))
+    best, last = (torch.load(folder / name, weights_only=True) for name in ("best.ckpt", "last.ckpt"))
     assert best["epoch"] == 0 and best["updates_done"] == 5
     assert last["epoch"] == 2 and last["updates_done"] == 15  # what resume=auto continues from
     summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
@@ -229,7 +229,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_earlier_checkpoints(
     assert "lower it" in error and "Checkpoints written before it are kept" in error
     result = summary(cfg)
     assert result["status"] == "failed" and result["epochs"] == 1
-    last = torch.load(result["checkpoints"]["last"], weights_only=False)
+    last = torch.load(result["checkpoints"]["last"], weights_only=True)
     assert last["epoch"] == 0 and all(torch.isfinite(t).all() for t in last["state_dict"].values())
     rows = list(csv.DictReader((Path(cfg.output_dir) / "metrics.csv").open()))
     assert any(row["epoch"] == "0" and row["val/acc"] for row in rows)  # epoch 0's metrics are still there
@@ -256,7 +256,7 @@ def test_interrupted_run_keeps_its_files_and_says_how_to_resume(
     assert f"interrupted during epoch 1. What was written is kept in {cfg.output_dir}" in error
     assert f"resume=auto hydra.run.dir={cfg.output_dir}" in error and f"ckpt_path={last}" in error
     assert summary(cfg)["status"] == "interrupted"
-    assert torch.load(last, weights_only=False)["epoch"] == 0
+    assert torch.load(last, weights_only=True)["epoch"] == 0
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -336,7 +336,7 @@ PATHS = {
 
 
 def _optimizer_state(cfg: DictConfig) -> dict:
-    return torch.load(summary(cfg)["checkpoints"]["last"], weights_only=False)["optimizer_states"][0]["state"]
+    return torch.load(summary(cfg)["checkpoints"]["last"], weights_only=True)["optimizer_states"][0]["state"]
 
 
 def _epoch_values(cfg: DictConfig) -> list[dict[str, float]]:

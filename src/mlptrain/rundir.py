@@ -200,12 +200,13 @@ def _progress(checkpoint: dict[str, Any]) -> tuple[int, int]:
     return int(checkpoint.get("epoch", 0)), int(checkpoint.get("updates_done", checkpoint.get("global_step", 0)))
 
 
-def resume_path(run_dir: Path) -> str | None:
+def resume_path(run_dir: Path, repair: bool = True) -> str | None:
     """resume=auto: the checkpoint of the run directory with the most training that loads, or None (start afresh).
 
     Candidates: Lightning's hpc_ckpt_N.ckpt (SLURM's time-limit signal), checkpoints/last.ckpt (each epoch's end,
     or where a SIGTERM stopped training) and checkpoints/best.ckpt. One that does not load is renamed with
-    `.damaged` added and skipped, with one log line; if none loads, CheckpointError."""
+    `.damaged` added and skipped, with one log line; if none loads, CheckpointError. `repair`: whether this
+    process renames and copies files (the one that holds the directory; DDP's other processes only choose)."""
     candidates = [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt"]
     candidates += [run_dir / "checkpoints" / "best.ckpt"]
     loaded: list[tuple[tuple[int, int], float, Path]] = []
@@ -217,6 +218,8 @@ def resume_path(run_dir: Path) -> str | None:
                 raise CheckpointError(path, "it holds weights only, not the state training resumes from")
         except CheckpointError as error:
             aside = path.with_name(path.name + DAMAGED)
+            if not repair:
+                continue
             os.replace(path, aside)
             log.warning(
                 "resume=auto: %s does not load (%s), so it is skipped and kept as %s", path, error.reason, aside
@@ -225,7 +228,13 @@ def resume_path(run_dir: Path) -> str | None:
             continue
         loaded.append((_progress(checkpoint), path.stat().st_mtime, path))
     if loaded:
-        newest = max(loaded)[2]
+        progress, _, newest = max(loaded)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if repair and newest != last and all(path != last or done < progress for done, _, path in loaded):
+            # last.ckpt always holds the newest state: a kill while it was being written left an older one (or
+            # none), and a run with nothing left to train would never write it again.
+            write_durably(last, lambda file: file.write(newest.read_bytes()))
+            log.info("resume=auto: %s is the newest state, so last.ckpt is now a copy of it", newest.name)
         log.info("resume=auto: resuming from %s", newest.resolve())
         return str(newest)
     if damaged:

@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Sequence
 from functools import partial
@@ -197,7 +198,7 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     path = choose_path(cfg) if cfg.train else None
     ckpt_path = cfg.ckpt_path
     if cfg.train and cfg.resume == "auto":
-        ckpt_path = resume_path(run_dir) or ckpt_path
+        ckpt_path = resume_path(run_dir, repair=writer) or ckpt_path
     if writer:
         write_text_durably(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     torch.set_float32_matmul_precision(cfg.matmul_precision)
@@ -250,6 +251,13 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
                 raise ConfigError(
                     f"The checkpoint {ckpt_path} holds a model of another shape than this config builds "
                     f"({error}). Resume with the model.* settings the checkpoint was trained with."
+                ) from error
+            except (ValueError, MisconfigurationException) as error:
+                if "/lightning/" not in traceback.extract_tb(error.__traceback__)[-1].filename:
+                    raise  # not Lightning checking its settings: a bug, with its traceback
+                raise ConfigError(
+                    f"Lightning refused the trainer settings: {str(error).strip()} Check the trainer.* keys "
+                    "(conf/trainer/, and those given as +trainer.NAME=VALUE)."
                 ) from error
             if trainer.interrupted:
                 raise KeyboardInterrupt
