@@ -164,7 +164,7 @@ def crafted(make_cfg: MakeCfg, tmp_path: Path) -> tuple[Path, Path]:
     cfg = make_cfg(*TWO_EPOCHS, "report.landscape=pca", run="source")
     train(cfg)
     checkpoint = torch.load(summary(cfg)["checkpoints"]["last"], weights_only=True)
-    marker = tmp_path / "the payload ran"
+    marker = tmp_path / "payload-ran"
     checkpoint["hyper_parameters"]["note"] = _Payload(marker)
     path = tmp_path / "crafted.ckpt"
     torch.save(checkpoint, path)
