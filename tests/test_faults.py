@@ -107,7 +107,7 @@ def test_sigkill_at_many_points_then_resume_auto_equals_a_run_that_went_through(
         elif status == 0:  # completed before the next kill
             same_as(runs[-1], reference)
             runs.append(tmp_path / f"killed-{len(runs)}")
-    assert {"config.yaml", "metrics.csv", "best.ckpt", "last.ckpt"} <= set(killed), killed
+    assert {"metrics.csv", "best.ckpt", "last.ckpt"} <= set(killed), killed  # each kind of write, cut in half
     status, output = finish(start(runs[-1], "resume=auto"))
     assert status == 0, output[-3000:]
     for run in runs:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from mlptrain.cli import main
 from mlptrain.errors import CheckpointError, ConfigError
 from mlptrain.rundir import LOCK_FILE, RunLock, read_checkpoint
+from mlptrain.system import load_checkpoint
 from mlptrain.train import train
 from tests.conftest import logged_errors, run_in_process
 from tests.test_train import summary, weights
@@ -234,3 +235,15 @@ def test_lightnings_debugging_flags_run(flag: str, tmp_path: Path, capsys: pytes
     result = json.loads((tmp_path / "summary.json").read_text())
     assert result["status"] == "completed"
     assert rows(tmp_path)[-1]["test/acc"] == str(result["test_acc"])
+
+
+def test_a_checkpoint_between_two_epochs_is_at_the_next_ones_start(make_cfg: MakeCfg) -> None:
+    """SLURM's signal can come after Lightning has counted an epoch as done and before the next one starts: the
+    place in the data then is the next epoch's start, not the finished epoch's count of batches in it."""
+    cfg = make_cfg(*TWO_EPOCHS)
+    train(cfg)
+    system = load_checkpoint(summary(cfg)["checkpoints"]["last"])[0]
+    system.batches_done_in_epoch, system.epoch_done, system.finished_epoch = 10, True, 1
+    assert (system.batches_done_in(1), system.batches_done_in(2)) == (10, 0)
+    system.epoch_done = False  # in epoch 2, 10 batches in
+    assert system.batches_done_in(2) == 10

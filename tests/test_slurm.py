@@ -86,11 +86,14 @@ def _submit(slurm: OneNodeSlurm, log: Path) -> tuple[str, Path]:
     return job_id, ROOT / "outputs" / "slurm" / job_id
 
 
-def _once_epoch_0_is_checkpointed(slurm: OneNodeSlurm, job_id: str, run: Path) -> None:
+def _once_epoch_1_has_begun(slurm: OneNodeSlurm, job_id: str, run: Path) -> None:
+    """Returns in epoch 1's first half: once epoch 0's checkpoint is written and a tenth of its time more."""
     deadline = time.monotonic() + 300
     while not (run / "checkpoints" / "last.ckpt").exists():
         assert time.monotonic() < deadline and slurm.job(job_id)["JobState"] in ("PENDING", "RUNNING")
         time.sleep(0.05)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["history"][-1]["epoch"] == 0
+    time.sleep(0.5)
 
 
 def test_the_sbatch_script_a_preemption_and_the_time_limit_signal_in_mid_epoch(
@@ -100,9 +103,9 @@ def test_the_sbatch_script_a_preemption_and_the_time_limit_signal_in_mid_epoch(
     start); one gets the time-limit signal (Lightning writes hpc_ckpt_N.ckpt and requeues it itself)."""
     jobs = {name: _submit(slurm, tmp_path / f"{name}.out") for name in ("through", "preempted", "timed")}
     try:
-        _once_epoch_0_is_checkpointed(slurm, *jobs["preempted"])
+        _once_epoch_1_has_begun(slurm, *jobs["preempted"])
         slurm.run("scontrol", "requeue", jobs["preempted"][0])
-        _once_epoch_0_is_checkpointed(slurm, *jobs["timed"])
+        _once_epoch_1_has_begun(slurm, *jobs["timed"])
         slurm.run("scancel", "--signal=USR1", jobs["timed"][0])  # reaches the job's steps, as --signal=USR1@90 does
         records = {
             name: slurm.wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED"}) for name, (job_id, _) in jobs.items()

@@ -52,8 +52,6 @@ def quiet_console() -> None:
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
     )
-    # The run directory already holds Hydra's files, which CSVLogger would warn about as "not empty".
-    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     # Each epoch value is a torchmetrics compute(), which already gathers every process's counts.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist=True\)`")
     if "SLURM_JOB_ID" not in os.environ:

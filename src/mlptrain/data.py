@@ -418,10 +418,8 @@ class MNISTDataModule(L.LightningDataModule):
         is made; what this module has served runs a batch ahead, as Lightning fetches one in advance)."""
         if self.trainer is None:
             return {}
-        return {
-            "epoch": self.trainer.current_epoch,
-            "batches_done": self.trainer.lightning_module.batches_done_in_epoch,
-        }
+        epoch = self.trainer.current_epoch
+        return {"epoch": epoch, "batches_done": self.trainer.lightning_module.batches_done_in(epoch)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Resume mid-epoch: the restored epoch skips the mini-batches the checkpointed run had trained on."""

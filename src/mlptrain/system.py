@@ -91,6 +91,7 @@ class MLPSystem(L.LightningModule):
         # Mini-batches trained on in the current epoch: the data module saves it, to resume mid-epoch exactly.
         self.batches_done_in_epoch = 0
         self.epoch_done = False  # between an epoch's end (its checkpoints written) and the next one's start
+        self.finished_epoch = -1  # the epoch that ended then
         # The run's records, one row per epoch's training and per validation, as metrics.csv has them. They go
         # into every checkpoint, and metrics.csv is written from them (rundir.write_metrics), so a resumed run
         # writes the rows of one that ran through, and no row twice.
@@ -235,9 +236,16 @@ class MLPSystem(L.LightningModule):
                 "not be synchronised across devices: use steps_per_call=auto or 1 with several devices."
             )
 
+    def batches_done_in(self, epoch: int) -> int:
+        """Mini-batches of `epoch` trained on. Between two epochs Lightning counts the next one before it starts,
+        and a checkpoint written then (SLURM's signal can come at any moment) is at that epoch's start."""
+        if self.epoch_done and epoch > self.finished_epoch:
+            return 0
+        return self.batches_done_in_epoch
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["updates_done"] = self.updates_done
-        checkpoint["batches_done_in_epoch"] = self.batches_done_in_epoch
+        checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
         checkpoint["history"] = [dict(row) for row in self.history]
         checkpoint["epoch_lrs"] = dict(self.epoch_lrs)
 
@@ -260,7 +268,7 @@ class MLPSystem(L.LightningModule):
                 f"{key} {float(values[key]):.4f}" for key in sorted(values) if key.split("/")[0] in STAGES
             )
             log.info("epoch %d  %s  (%.1f s training)", self.current_epoch, shown, self.epoch_seconds[-1])
-        self.epoch_done = True
+        self.epoch_done, self.finished_epoch = True, self.current_epoch
 
     def _start_epoch_timer(self) -> None:
         self.epoch_started = time.perf_counter()
