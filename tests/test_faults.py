@@ -172,6 +172,8 @@ def test_an_unwritable_run_directory_is_one_paragraph(tmp_path: Path) -> None:
     cfg = compose_config(RUN, Path("/sys/kernel"))  # a directory even root cannot write into
     with pytest.raises(RunDirError, match=r"cannot write into its directory /sys/kernel \(Permission denied"):
         train(cfg)
+    with pytest.raises(RunDirError, match=r"cannot write into its directory /sys/kernel/run \("):
+        train(compose_config(RUN, Path("/sys/kernel/run")))  # nor make one there
 
 
 def test_the_same_command_started_twice_on_one_run_directory_trains_once(

@@ -161,8 +161,9 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     try:
         return _in_run_dir(cfg, run_dir, callbacks)
     except OSError as error:
-        if error.filename is None or run_dir.resolve() not in Path(error.filename).resolve().parents:
-            raise
+        failed = Path(error.filename).resolve() if error.filename is not None else None
+        if failed is None or (failed != run_dir.resolve() and run_dir.resolve() not in failed.parents):
+            raise  # not the run directory's: reading the data, say, which says so itself
         raise RunDirError(
             f"The run cannot write into its directory {run_dir} ({error.strerror}: {error.filename}). Files "
             "already there are as they were: every file is replaced whole or not at all. Free space or give it "
