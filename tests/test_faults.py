@@ -56,9 +56,14 @@ def same_as(run: Path, straight: Path) -> None:
     a, b = weights(run / "checkpoints" / "last.ckpt"), weights(straight / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
     assert (run / "metrics.csv").read_text() == (straight / "metrics.csv").read_text()
-    ours, theirs = (json.loads((folder / "summary.json").read_text()) for folder in (run, straight))
-    tested = {key: Path(ours[key]).name if key == "tested_checkpoint" else ours[key] for key in RESULTS}
-    assert tested == {key: Path(theirs[key]).name if key == "tested_checkpoint" else theirs[key] for key in RESULTS}
+    ours, theirs = (results(folder) for folder in (run, straight))
+    assert ours == theirs and ours["status"] == "completed"
+
+
+def results(run: Path) -> dict:
+    """summary.json's results, the tested checkpoint by its name (each run has its own directory)."""
+    summary = json.loads((run / "summary.json").read_text())
+    return {key: Path(summary[key]).name if key == "tested_checkpoint" else summary[key] for key in RESULTS}
 
 
 @pytest.fixture(scope="module")

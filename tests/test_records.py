@@ -243,7 +243,7 @@ def test_a_checkpoint_between_two_epochs_is_at_the_next_ones_start(make_cfg: Mak
     cfg = make_cfg(*TWO_EPOCHS)
     train(cfg)
     system = load_checkpoint(summary(cfg)["checkpoints"]["last"])[0]
-    system.batches_done_in_epoch, system.epoch_done, system.finished_epoch = 10, True, 1
+    system.batches_done_in_epoch, system.ended_epoch = 10, 1
     assert (system.batches_done_in(1), system.batches_done_in(2)) == (10, 0)
-    system.epoch_done = False  # in epoch 2, 10 batches in
+    system.ended_epoch = None  # in epoch 2, 10 batches in
     assert system.batches_done_in(2) == 10

@@ -15,7 +15,7 @@ import torch
 from mlptrain.train import train
 from tests.conftest import ROOT, compose_config, run_python
 from tests.slurm_cluster import OneNodeSlurm, why_not
-from tests.test_train import summary, weights
+from tests.test_faults import same_as
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -51,21 +51,6 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneNodeSlurm]:
         cluster.stop()
 
 
-def _same_run(a: Path, b: Path) -> None:
-    """Two run directories hold the same final weights, metrics.csv and results."""
-    wa, wb = weights(a / "checkpoints" / "last.ckpt"), weights(b / "checkpoints" / "last.ckpt")
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[key], wb[key]) for key in wa)
-    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
-    sa, sb = (summary_of(run) for run in (a, b))
-    keys = ("status", "test_acc", "test_loss", "best_val_acc", "epochs", "global_steps")
-    assert {key: sa[key] for key in keys} == {key: sb[key] for key in keys}
-    assert sa["status"] == "completed"
-
-
-def summary_of(run: Path) -> dict:
-    return summary(compose_config([], run))
-
-
 def test_the_readme_sweep_through_the_slurm_launcher(slurm: OneNodeSlurm, tmp_path: Path) -> None:
     tiny = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=20", "report.enabled=false"]
     sweep = run_python(
@@ -77,7 +62,7 @@ def test_the_readme_sweep_through_the_slurm_launcher(slurm: OneNodeSlurm, tmp_pa
     for number, activation in enumerate(("relu", "tanh")):
         local = compose_config([*tiny, f"model.activation={activation}", "progress_bar=false"], tmp_path / activation)
         train(local)
-        _same_run(tmp_path / "sweep" / str(number), Path(local.output_dir))
+        same_as(tmp_path / "sweep" / str(number), Path(local.output_dir))
     assert list((tmp_path / "sweep" / ".submitit").iterdir())  # submitted by submitit, run by SLURM
 
 
@@ -122,7 +107,7 @@ def test_the_sbatch_script_a_preemption_and_the_time_limit_signal_in_mid_epoch(
         assert hpc["epoch"] == 1 and 0 < hpc["MNISTDataModule"]["batches_done"] < 500  # in mid-epoch
         for name in ("preempted", "timed"):
             assert "resume=auto: resuming from" in outputs[name]
-            _same_run(jobs[name][1], jobs["through"][1])
+            same_as(jobs[name][1], jobs["through"][1])
         rows = list(csv.DictReader((jobs["timed"][1] / "metrics.csv").open()))
         assert [row["epoch"] for row in rows] == ["0", "1", "2"]
     finally:

@@ -81,7 +81,7 @@ class CheckpointOnStop(Callback):
             return
         if pl_module.diverged:
             return  # weights after a NaN are never checkpointed
-        if pl_module.epoch_done:
+        if pl_module.ended_epoch is not None:
             # Lightning stops between epochs: the epoch's end wrote last.ckpt at this very point, with the place
             # in the data of the epoch it ended (this moment's would name the next epoch, with its batches done).
             return

@@ -159,18 +159,24 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 "it holds Python objects beyond tensors and plain containers, which mlptrain's checkpoints never "
                 "do, and loading those could run code of the file's choosing, so it was not loaded"
             )
-        raise CheckpointError(
-            f"ckpt_path={path} could not be loaded as an mlptrain checkpoint ({reason}). Point it at a .ckpt "
-            "written by train.py, e.g. outputs/<date>/<time>/checkpoints/best.ckpt.",
-            reason,
-        ) from error
+        raise unloadable(path, reason) from error
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
-        raise CheckpointError(
-            f"ckpt_path={path} is not an mlptrain checkpoint (it loads, but holds no model state and hyperparameters). "
-            "Point it at a .ckpt written by train.py, e.g. outputs/<date>/<time>/checkpoints/best.ckpt.",
-            "it holds no model state and hyperparameters",
-        )
+        raise unloadable(path, "holds no model state and hyperparameters", loads=True)
     return checkpoint
+
+
+def unloadable(path: str | Path, reason: str, loads: bool = False) -> CheckpointError:
+    """The one paragraph for a checkpoint that cannot be used; `reason`, a few words, also names it in log lines."""
+    problem = (
+        f"is not an mlptrain checkpoint (it loads, but {reason})"
+        if loads
+        else f"could not be loaded as an mlptrain checkpoint ({reason})"
+    )
+    return CheckpointError(
+        f"ckpt_path={path} {problem}. Point it at a .ckpt written by train.py, e.g. "
+        "outputs/<date>/<time>/checkpoints/best.ckpt.",
+        reason,
+    )
 
 
 class DurableCheckpointIO(CheckpointIO):
@@ -215,11 +221,11 @@ def resume_path(run_dir: Path, repair: bool = True) -> str | None:
         try:
             checkpoint = read_checkpoint(path)
             if "loops" not in checkpoint or "optimizer_states" not in checkpoint:
-                raise CheckpointError(path, "it holds weights only, not the state training resumes from")
+                raise unloadable(path, "holds weights only, not the state training resumes from", loads=True)
         except CheckpointError as error:
-            aside = path.with_name(path.name + DAMAGED)
             if not repair:
                 continue
+            aside = path.with_name(path.name + DAMAGED)
             os.replace(path, aside)
             log.warning(
                 "resume=auto: %s does not load (%s), so it is skipped and kept as %s", path, error.reason, aside
@@ -230,7 +236,8 @@ def resume_path(run_dir: Path, repair: bool = True) -> str | None:
     if loaded:
         progress, _, newest = max(loaded)
         last = run_dir / "checkpoints" / "last.ckpt"
-        if repair and newest != last and all(path != last or done < progress for done, _, path in loaded):
+        progress_of_last = next((done for done, _, path in loaded if path == last), None)
+        if repair and newest != last and (progress_of_last is None or progress_of_last < progress):
             # last.ckpt always holds the newest state: a kill while it was being written left an older one (or
             # none), and a run with nothing left to train would never write it again.
             write_durably(last, lambda file: file.write(newest.read_bytes()))

@@ -14,10 +14,10 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mlptrain.data import to_inputs
-from mlptrain.errors import CheckpointError, ConfigError, NonFiniteLossError
+from mlptrain.errors import ConfigError, NonFiniteLossError
 from mlptrain.losses import make_loss
 from mlptrain.model import MLP
-from mlptrain.rundir import read_checkpoint
+from mlptrain.rundir import read_checkpoint, unloadable
 from mlptrain.step import Clip, FastSteps
 
 SCHEDULERS = ("none", "cosine", "step", "onecycle")
@@ -90,8 +90,8 @@ class MLPSystem(L.LightningModule):
         self.epoch_started: float | None = None  # while an epoch's training is being timed
         # Mini-batches trained on in the current epoch: the data module saves it, to resume mid-epoch exactly.
         self.batches_done_in_epoch = 0
-        self.epoch_done = False  # between an epoch's end (its checkpoints written) and the next one's start
-        self.finished_epoch = -1  # the epoch that ended then
+        # Between an epoch's end (its checkpoints written) and the next one's start: the epoch that ended; else None.
+        self.ended_epoch: int | None = None
         # The run's records, one row per epoch's training and per validation, as metrics.csv has them. They go
         # into every checkpoint, and metrics.csv is written from them (rundir.write_metrics), so a resumed run
         # writes the rows of one that ran through, and no row twice.
@@ -223,7 +223,7 @@ class MLPSystem(L.LightningModule):
         self.train_loss.reset()
         self.train_acc.reset()
         self.batches_done_in_epoch = 0
-        self.epoch_done = False
+        self.ended_epoch = None
         # Named as Lightning's LearningRateMonitor names them: lr-SGD, lr-AdamW, ...
         optimizer = self.trainer.optimizers[0]
         self.epoch_lrs = {f"lr-{type(optimizer).__name__}": float(optimizer.param_groups[0]["lr"])}
@@ -239,7 +239,7 @@ class MLPSystem(L.LightningModule):
     def batches_done_in(self, epoch: int) -> int:
         """Mini-batches of `epoch` trained on. Between two epochs Lightning counts the next one before it starts,
         and a checkpoint written then (SLURM's signal can come at any moment) is at that epoch's start."""
-        if self.epoch_done and epoch > self.finished_epoch:
+        if self.ended_epoch is not None and epoch > self.ended_epoch:
             return 0
         return self.batches_done_in_epoch
 
@@ -268,7 +268,7 @@ class MLPSystem(L.LightningModule):
                 f"{key} {float(values[key]):.4f}" for key in sorted(values) if key.split("/")[0] in STAGES
             )
             log.info("epoch %d  %s  (%.1f s training)", self.current_epoch, shown, self.epoch_seconds[-1])
-        self.epoch_done, self.finished_epoch = True, self.current_epoch
+        self.ended_epoch = self.current_epoch
 
     def _start_epoch_timer(self) -> None:
         self.epoch_started = time.perf_counter()
@@ -407,9 +407,6 @@ def load_checkpoint(path: str | Path) -> tuple[MLPSystem, dict[str, Any]]:
         system = MLPSystem(**checkpoint["hyper_parameters"])
         system.load_state_dict(checkpoint["state_dict"])
     except Exception as error:  # hyperparameters or weights this version cannot build: all the same to the user
-        raise CheckpointError(
-            f"ckpt_path={path} could not be loaded as an mlptrain checkpoint ({type(error).__name__}: {error}). "
-            "Point it at a .ckpt written by train.py, e.g. outputs/<date>/<time>/checkpoints/best.ckpt."
-        ) from error
+        raise unloadable(path, f"{type(error).__name__}: {error}") from error
     system.on_load_checkpoint(checkpoint)
     return system, checkpoint.get("config", {})
