@@ -6,6 +6,7 @@ against a bare PyTorch loop, the DataLoader path and the NumPy baseline; and who
     python scripts/bench.py setups=[relu] overrides=[data.train_size=10000]   # any config override, every setup
     python scripts/bench.py e2e=true                 # python train.py experiment=nielsen against network.py, 30 epochs
     python scripts/bench.py populations=true runs=3  # sweeps trained as populations, against one run and job by job
+    python scripts/bench.py members=[20,200] runs=3  # N Nielsen members, 1 epoch: population against a stacked loop
 
 In one process, the systems take turns (round 1: each system, round 2: each system, ...), each round a fresh
 model trained for `epochs` epochs on the same batches, so that load on a shared machine hits them alike. The
@@ -69,7 +70,10 @@ DEFAULTS = {
     "e2e_epochs": 30,
     "overrides": [],  # config overrides added to every setup, e.g. [data.train_size=10000] for a quicker table
     "populations": False,  # true: sweeps as populations (hydra/launcher=population) against one run and job by job
-    "mode": "table",  # nielsen_network: one process training the network.py baseline (what e2e times)
+    "mode": "table",  # nielsen_network: one process training the network.py baseline (what e2e times);
+    # stacked_loop: one process training `members` Nielsen networks in a plain stacked loop (what members= times)
+    "members": None,  # N or [N, ...]: N Nielsen members, 1 epoch, population against the plain stacked loop
+    "train_size": 5000,  # members: training images
 }
 
 
@@ -295,6 +299,41 @@ def nielsen_network_process(epochs: int) -> None:
         print(f"Epoch {epoch}: {int((baseline.predict(test_x) == test_y).sum())} / {len(test_y)}", flush=True)
 
 
+def stacked_loop_process(members: int, train_size: int, epochs: int) -> None:
+    """N Nielsen networks (784-30-10 sigmoid, the quadratic cost, SGD 3.0, batch 10, N(0, 1) weights, each member
+    its own shuffle) trained as a plain stacked loop, written apart from mlptrain's engine: a baddbmm forward,
+    autograd, one in-place update; then each member's test accuracy. The yardstick of members=N."""
+    with tempfile.TemporaryDirectory() as scratch:
+        cfg = _compose(["experiment=nielsen", f"data.train_size={train_size}"], Path(scratch))
+    data = _tensor_data(cfg, torch.device("cpu"))
+    x, y = data.splits["train"].images, data.splits["train"].labels  # (n, 784), (n,)
+    test_x, test_y = data.splits["test"].images, data.splits["test"].labels
+    torch.manual_seed(cfg.seed)
+    shapes = [(784, 30), (30, 10)]
+    weights = [torch.randn(members, fan_in, fan_out, requires_grad=True) for fan_in, fan_out in shapes]
+    biases = [torch.randn(members, 1, fan_out, requires_grad=True) for _, fan_out in shapes]
+    params = [*weights, *biases]
+    target = torch.nn.functional.one_hot(y, 10).float()
+    for _ in range(epochs):
+        order = torch.stack([torch.randperm(len(y)) for _ in range(members)])  # (N, n): each member's shuffle
+        for start in range(0, len(y), 10):
+            index = order[:, start : start + 10]  # (N, B)
+            a = x[index]  # (N, B, 784)
+            for w, b in zip(weights, biases):
+                a = torch.sigmoid(torch.baddbmm(b, a, w))
+            cost = 0.5 * ((a - target[index]) ** 2).sum(-1).mean(-1)  # (N,): each member's mean over the batch
+            grads = torch.autograd.grad(cost.sum(), params)
+            with torch.no_grad():
+                for p, g in zip(params, grads):
+                    p.sub_(cfg.optimizer.lr * g)
+    with torch.no_grad():
+        a = test_x.expand(members, *test_x.shape)
+        for w, b in zip(weights, biases):
+            a = torch.sigmoid(torch.baddbmm(b, a, w))
+        accuracy = (a.argmax(-1) == test_y).float().mean(-1)  # (N,)
+    print(f"mean test accuracy {float(accuracy.mean()):.4f} over {members} members", flush=True)
+
+
 def timed_process(command: list[str], cache: str | None = None) -> tuple[float, float]:
     """Run `command` from the repository root; (seconds from start to exit, peak resident memory in MiB).
     cache: torch.compile's cache directory for it (TORCHINDUCTOR_CACHE_DIR), else the usual one. Its stderr
@@ -354,6 +393,40 @@ POPULATION_SWEEPS = {
 }
 
 
+def members_table(counts: list[int], runs: int, train_size: int) -> list[dict[str, Any]]:
+    """N Nielsen members for 1 epoch on `train_size` images, whole processes timed start to exit, taking turns:
+    `python train.py -m hydra/launcher=population experiment=nielsen ... 'seed=range(1,N+1)'` against the plain
+    stacked loop (stacked_loop_process), `runs` times each; the median of each and their ratio, and peak memory."""
+    rows = []
+    for count in counts:
+        population = [
+            sys.executable, "train.py", "-m", "hydra/launcher=population", "experiment=nielsen", "trainer.max_epochs=1",
+            f"data.train_size={train_size}", "report.enabled=false", f"seed=range(1,{count + 1})",
+        ]  # fmt: skip
+        loop = [
+            sys.executable, "scripts/bench.py", "mode=stacked_loop", f"members={count}", f"train_size={train_size}",
+        ]  # fmt: skip
+        measured: dict[str, list[tuple[float, float]]] = {"population": [], "stacked loop": []}
+        for _ in range(runs):
+            with tempfile.TemporaryDirectory() as out:
+                measured["population"].append(timed_process([*population, f"hydra.sweep.dir={out}"]))
+            measured["stacked loop"].append(timed_process(loop))
+        loop_s = statistics.median(seconds for seconds, _ in measured["stacked loop"])
+        for name, results in measured.items():
+            wall = statistics.median(seconds for seconds, _ in results)
+            rows.append(
+                {
+                    "members": count,
+                    "system": name,
+                    "wall_s": wall,
+                    "runs_s": [round(seconds, 1) for seconds, _ in results],
+                    "x_stacked_loop": wall / loop_s,
+                    "peak_rss_mb": max(memory for _, memory in results),
+                }
+            )
+    return rows
+
+
 def populations(runs: int) -> list[dict[str, Any]]:
     """Whole commands timed from start to exit (the last summary.json is written just before), with their peak
     resident memory: each sweep as a population (with torch.compile's cache as earlier runs left it, and with an
@@ -405,6 +478,23 @@ if __name__ == "__main__":
     args = OmegaConf.merge(DEFAULTS, OmegaConf.from_cli())
     if args.mode == "nielsen_network":
         nielsen_network_process(args.e2e_epochs)
+        sys.exit(0)
+    if args.mode == "stacked_loop":
+        stacked_loop_process(args.members, args.train_size, 1)
+        sys.exit(0)
+    if args.members:
+        counts = [args.members] if isinstance(args.members, int) else list(args.members)
+        rows = members_table(counts, args.runs, args.train_size)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.runs}, taking turns")
+        print("| members | system | wall s | runs | × stacked loop | peak RSS MiB |\n|---|---|---|---|---|---|")
+        for r in rows:
+            runs_s = ", ".join(f"{t:.1f}" for t in r["runs_s"])
+            print(
+                f"| {r['members']} | {r['system']} | {r['wall_s']:.1f} | {runs_s} | {r['x_stacked_loop']:.2f} "
+                f"| {r['peak_rss_mb']:.0f} |"
+            )
+        Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+        print(f"JSON: {args.out}")
         sys.exit(0)
     if args.populations:
         rows = populations(args.runs)

@@ -1,6 +1,6 @@
 """CUDA runs: skipped where there is no GPU (CI has none). On a GPU machine, `pytest tests/test_gpu.py` checks
 every path that differs there: the data on the device, the fast and compiled steps against Lightning's loop,
-and the CUDA random-generator state in checkpoints."""
+the CUDA random-generator state in checkpoints, and a population's stacked engine."""
 
 import json
 from pathlib import Path
@@ -73,3 +73,18 @@ def test_checkpoints_hold_the_cuda_generator_and_resume_dropout_exactly(make_cfg
     a, b = weights(summary(straight)["checkpoints"]["last"]), weights(summary(resumed)["checkpoints"]["last"])
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert epoch_rows(resumed.output_dir) == epoch_rows(straight.output_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compiled", [False, True], ids=["vmapped", "vmapped-and-compiled"])
+def test_a_population_on_the_gpu_gives_each_member_its_run_alone(tmp_path: Path, capsys, compiled: bool) -> None:
+    """The stacked engine on CUDA (its parameters moved there, the optimizers' views of them, Triton kernels
+    where compiled): each member's weights, optimizer state and metrics are its run alone's, float64, 1e-9."""
+    from tests.test_population import alone, assert_same_run, sweep
+
+    flag = f"compile={str(compiled).lower()}"
+    folder = sweep(tmp_path, capsys, GPU, "seed=1,2", "optimizer=sgd", "optimizer.momentum=0.9", "scheduler=none", flag)
+    for number in (0, 1):
+        setup = (GPU, "optimizer=sgd", "optimizer.momentum=0.9", "scheduler=none", f"seed={number + 1}")
+        assert json.loads((folder / str(number) / "summary.json").read_text())["device"].startswith("cuda")
+        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *setup))

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 
 from mlptrain.train import train
 from tests.conftest import compose_config, run_in_process
@@ -77,12 +79,20 @@ def assert_same_run(a: Path, b: Path, tolerance: float = 1e-9) -> None:
 @pytest.mark.parametrize("compiled", [False, True], ids=["vmapped", "vmapped-and-compiled"])
 def test_each_member_gets_the_weights_and_metrics_of_its_own_run(tmp_path: Path, capsys, compiled: bool) -> None:
     """4 jobs (2 seeds x 2 learning rates) of AdamW with a cosine schedule, against each run alone (uncompiled)."""
-    folder = sweep(tmp_path, capsys, "seed=1,2", "optimizer.lr=0.001,0.01", f"compile={str(compiled).lower()}")
+    flag = f"compile={str(compiled).lower()}"
+    folder = sweep(tmp_path, capsys, "seed=1,2", "optimizer.lr=0.001,0.01", flag)
     jobs = [("seed=1", "optimizer.lr=0.001"), ("seed=1", "optimizer.lr=0.01"), ("seed=2", "optimizer.lr=0.001")]
     jobs.append(("seed=2", "optimizer.lr=0.01"))
     for number, overrides in enumerate(jobs):
         assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *overrides))
-    assert (folder / "multirun.yaml").is_file() and (folder / "0" / ".hydra" / "overrides.yaml").is_file()
+    assert (folder / "multirun.yaml").is_file()
+    assert yaml.safe_load((folder / "3" / ".hydra" / "overrides.yaml").read_text())[:2] == [
+        "seed=2",
+        "optimizer.lr=0.01",
+    ]
+    # A job's config.yaml is the one Hydra's composition gives, though only the first job's config was composed.
+    composed = compose_config([*SHORT, "seed=2", "optimizer.lr=0.01", flag], (folder / "3").resolve())
+    assert (folder / "3" / "config.yaml").read_text() == OmegaConf.to_yaml(composed, resolve=True)
     how = "compiled" if compiled else "not compiled"
     assert f"with the other members of a population ({how})" in (folder / "0" / "train.log").read_text()
 
@@ -107,46 +117,58 @@ def test_jobs_that_cannot_be_stacked_run_one_after_another(tmp_path: Path, capsy
     assert status == 0 and (folder / "sweep_report.md").is_file(), output
 
 
+def test_a_population_is_at_most_max_members_and_one_left_over_runs_alone(tmp_path: Path, capsys) -> None:
+    folder = sweep(tmp_path, capsys, "hydra.launcher.max_members=2", "seed=1,2,3", "trainer.max_epochs=1")
+    for number in (0, 1, 2):
+        assert json.loads((folder / str(number) / "summary.json").read_text())["status"] == "completed"
+        together = "with the other members of a population" in (folder / str(number) / "train.log").read_text()
+        assert together == (number < 2)
+
+
 def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
     tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """SIGTERM in epoch 1 writes every member's last.ckpt where training stopped, in a run's own format: a run
+    alone resumes from it, and so does the sweep (resume=auto), each member to its uninterrupted result."""
     import os
+    import shutil
     import signal
-    import time
 
-    from mlptrain.population import Population
+    from mlptrain.population import PopulationSystem
 
-    calls: list[str] = []
-    original = Population.run
+    calls: list[int] = []
+    original = PopulationSystem.training_step
 
-    def run_then_stop(self: Population, member: str, request: tuple) -> object:
-        calls.append(member)
-        if len(calls) == 11:  # both members are in epoch 1 (4 calls an epoch), one of them at its second call
+    def step_then_stop(self: PopulationSystem, batch: object, batch_idx: int) -> None:
+        calls.append(batch_idx)
+        if len(calls) == 6:  # epoch 1's second training step (4 an epoch)
             os.kill(os.getpid(), signal.SIGTERM)  # as a cluster's preemption sends it: to the process
-            time.sleep(0.5)  # the launcher's handler runs in the main thread
-        return original(self, member, request)
+        return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(Population, "run", run_then_stop)
-    overrides = ("optimizer=sgd", "optimizer.momentum=0.9", "scheduler=none", "seed=1,2")
-    folder = sweep(tmp_path, capsys, *overrides)
+    monkeypatch.setattr(PopulationSystem, "training_step", step_then_stop)
+    overrides = ("optimizer=sgd", "optimizer.momentum=0.9", "scheduler=none")
+    folder = sweep(tmp_path, capsys, *overrides, "seed=1,2")
     for number in (0, 1):
         assert json.loads((folder / str(number) / "summary.json").read_text())["status"] == "interrupted"
         saved = torch.load(folder / str(number) / "checkpoints" / "last.ckpt", weights_only=True)
-        assert saved["MNISTDataModule"]["epoch"] == 1 and 0 < saved["MNISTDataModule"]["batches_done"] < 70
-    monkeypatch.setattr(Population, "run", original)
-    sweep(tmp_path, capsys, *overrides, "resume=auto")  # the same command, the same folder: each job resumes
-    for number, seed in ((0, 1), (1, 2)):
-        run = alone(
-            tmp_path, f"alone{number}", "optimizer=sgd", "optimizer.momentum=0.9", "scheduler=none", f"seed={seed}"
-        )
-        assert_same_run(folder / str(number), run)
+        assert saved["MNISTDataModule"] == {"epoch": 1, "batches_done": 40}
+    monkeypatch.setattr(PopulationSystem, "training_step", original)
+    runs = [alone(tmp_path, f"alone{number}", *overrides, f"seed={number + 1}") for number in (0, 1)]
+    # Member 1's checkpoint, resumed in its directory by a run of its own: the run that was never stopped.
+    shutil.copy(folder / "1" / "checkpoints" / "last.ckpt", tmp_path / "member.ckpt")
+    train(compose_config([*SHORT, *overrides, "seed=2", f"ckpt_path={tmp_path / 'member.ckpt'}"], folder / "1"))
+    assert_same_run(folder / "1", runs[1])
+    # The same command, the same folder: member 0 resumes; member 1, complete, is left as it is.
+    finished = (folder / "1" / "summary.json").stat().st_mtime_ns
+    sweep(tmp_path, capsys, *overrides, "seed=1,2", "resume=auto")
+    assert (folder / "1" / "summary.json").stat().st_mtime_ns == finished
+    for number in (0, 1):
+        assert_same_run(folder / str(number), runs[number])
 
 
 def test_an_optuna_search_trains_each_batch_of_trials_as_a_population(tmp_path: Path, capsys) -> None:
     """hparams_search=optuna with n_jobs=2: the sweeper hands the launcher 2 trials at a time, which differ in
     the learning rate only, so each pair trains together, and Optuna is told each trial's own best val/acc."""
-    import yaml
-
     fixed = ["optimizer.weight_decay=0.01", "data.batch_size=10", "model.activation=relu", "model.dropout=0.0"]
     search = ["hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"]
     folder = sweep(tmp_path, capsys, *search, "optimizer.lr=interval(0.001,0.01)", *fixed)

@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from lightning.fabric.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig
 
-from mlptrain import population, signals
+from mlptrain import signals
 from mlptrain.errors import MlptrainError
 from mlptrain.train import train
 
@@ -73,10 +73,8 @@ def main(cfg: DictConfig, task: Callable[[DictConfig], Any] = train) -> Any:
         return task(cfg)
     except MlptrainError as error:
         log.error("%s", error)
-        # (A population's member is a sweep's job too; Hydra's run-time config is one per process, and a
-        # member's may be another's or already gone.)
         in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-        if in_sweep or population.current() is not None:
+        if in_sweep:
             return None  # one failed job of a sweep must not stop the others; its summary.json says why
         sys.exit(1)
     finally:

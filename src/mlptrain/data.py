@@ -6,8 +6,7 @@ import hashlib
 import itertools
 import logging
 import os
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -79,8 +78,8 @@ def prepare_mnist(root: Path, download: bool = False) -> Path:
     return raw
 
 
-# Files this process has verified, with their (size, modification time) then: a population's members (threads of
-# one process) each prepare the data, and hashing MNIST's 55 MB takes 0.2 s a time.
+# Files this process has verified, with their (size, modification time) then: the runs of a sweep job by job (one
+# process) each prepare the data, and hashing MNIST's 55 MB takes 0.2 s a time.
 _VERIFIED: dict[Path, tuple[int, int]] = {}
 
 
@@ -134,19 +133,26 @@ class EpochPermutation(Sampler[int]):
     """A fresh shuffle of range(n) every epoch, fixed by (seed, epoch) alone.
 
     Lightning calls `set_epoch` before each training epoch, so a run resumed at epoch e
-    draws the same order an uninterrupted one would.
+    draws the same order an uninterrupted one would. With a list of seeds (a population's members, each
+    with its own data.shuffle_seed), `permutation` gives one order per seed, (N, n), each the one a run
+    alone with that seed draws.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int | Sequence[int]) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def permutation(self, epoch: int | None = None) -> torch.Tensor:
-        """The order of `epoch` (default: the current one)."""
+        """The order of `epoch` (default: the current one): (n,), or (N, n) for N seeds."""
         epoch = self.epoch if epoch is None else epoch
-        state = np.random.SeedSequence([self.seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+        if not isinstance(self.seed, int):
+            return torch.stack([self._order(seed, epoch) for seed in self.seed])
+        return self._order(self.seed, epoch)
+
+    def _order(self, seed: int, epoch: int) -> torch.Tensor:
+        state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
         return torch.randperm(self.n, generator=torch.Generator().manual_seed(int(state)))
 
     def __iter__(self) -> Iterator[int]:
@@ -225,13 +231,12 @@ class TensorBatches:
                 yield self.images[index], self.labels[index]
             return
         while chunk := list(itertools.islice(indices, self.steps_per_call)):
-            index = torch.cat(chunk)
-            x, y = self.images[index] if self.gather else index, self.labels[index]
-            sizes = [len(part) for part in chunk]
+            sizes = [part.shape[-1] for part in chunk]  # a part: (B,), or (N, B) for a population's N members
             if len(set(sizes)) == 1:
-                yield x.view(len(chunk), sizes[0], *x.shape[1:]), y.view(len(chunk), sizes[0])
+                index = torch.stack(chunk)  # (K, B) or (K, N, B)
+                yield self.images[index] if self.gather else index, self.labels[index]
             else:
-                yield list(zip(x.split(sizes), y.split(sizes)))
+                yield [(self.images[part] if self.gather else part, self.labels[part]) for part in chunk]
 
     def _eval_shard(self) -> range:
         size, rest = divmod(len(self.labels), self.world_size)  # cut as tensor_split cuts
@@ -247,8 +252,8 @@ class TensorBatches:
     def epoch_order(self, epoch: int) -> list[torch.Tensor]:
         """The mini-batches of `epoch` as index tensors, in the order training takes them (the batch limit
         applied): the one place the batch order is made, for the trainer and for the baselines alike."""
-        order = self.sampler.permutation(epoch).to(self.labels.device)
-        return list(order.split(self.batch_size)[: self.num_batches])
+        order = self.sampler.permutation(epoch).to(self.labels.device)  # (n,), or (N, n) for N members
+        return list(order.split(self.batch_size, dim=-1)[: self.num_batches])
 
     def _train_indices(self) -> Iterator[torch.Tensor]:
         """This epoch's mini-batches as index tensors: this rank's share, after those already trained on."""
@@ -268,13 +273,12 @@ def split_indices(split_seed: int, val_size: int, train_size: int | None) -> tup
     return order[val_size:end].sort().values, order[:val_size].sort().values
 
 
-_SHARED_LOCK = threading.Lock()
-
-
 @functools.lru_cache(maxsize=1)
-def _split_inputs_cached(
+def _split_inputs(
     root: Path, split_seed: int, val_size: int, train_size: int | None, normalize: str, device: torch.device
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+    """The splits as the network's inputs on `device`, made once and shared (read only) by every data module of
+    this process that asks for the same: the runs of a sweep job by job (one process) read MNIST once."""
     full = datasets.MNIST(root, train=True)
     test = datasets.MNIST(root, train=False)
     train, val = split_indices(split_seed, val_size, train_size)
@@ -285,15 +289,6 @@ def _split_inputs_cached(
     }
     inputs["test"] = (to_inputs(test.data.to(device), normalize), test.targets.to(device))
     return inputs, (test.data, test.targets)
-
-
-def _split_inputs(
-    root: Path, split_seed: int, val_size: int, train_size: int | None, normalize: str, device: torch.device
-) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
-    """The splits as the network's inputs on `device`, made once and shared (read only) by every data module
-    of this process that asks for the same: the members of a population hold one copy of MNIST, not one each."""
-    with _SHARED_LOCK:
-        return _split_inputs_cached(root, split_seed, val_size, train_size, normalize, device)
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -315,8 +310,12 @@ class MNISTDataModule(L.LightningDataModule):
         steps_per_call: int = 1,
         limit_train_batches: int | float | None = None,
         gather: bool = True,
+        member_shuffle_seeds: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        # A population's members' data.shuffle_seed, one each: the training mini-batches are then (N, B), each
+        # member's own rows (mlptrain.population), and shuffle_seed is not used.
+        self.member_shuffle_seeds = list(member_shuffle_seeds) if member_shuffle_seeds is not None else None
         # The values' ranges and choices are mlptrain.config's rules, checked before this is built.
         self.steps_per_call = steps_per_call
         self.gather = gather  # False: training mini-batches as rows of the inputs (TensorBatches' gather)
@@ -370,7 +369,8 @@ class MNISTDataModule(L.LightningDataModule):
             x, labels = inputs[split]
             if not train:
                 return TensorBatches(x, labels, self.eval_batch_size, rank=rank, world_size=world)
-            sampler = EpochPermutation(len(labels), self.shuffle_seed)
+            seeds = self.member_shuffle_seeds
+            sampler = EpochPermutation(len(labels), self.shuffle_seed if seeds is None else seeds)
             return TensorBatches(
                 x,
                 labels,

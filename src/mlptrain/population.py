@@ -1,33 +1,68 @@
-"""Populations: the jobs of a sweep that train same-shaped networks, trained as one stacked model.
+"""Populations: N same-shaped MLPs trained as one model with a member axis (hydra/launcher=population).
 
-Each member is an ordinary run, `train(cfg)` in a thread of its own, with its own Trainer, data order,
-checkpoints, metrics and summary. Only its updates are not its own: every member's `MemberSteps` hands
-its mini-batches (as rows of the inputs all members share) to the `Population`, and the launcher's thread,
-in `Population.serve`, makes all their updates together once every member still training has handed in
-its own. The gradients are `step.gradients` vmapped over the members (one batched matrix product per layer
-instead of one per member), compiled by torch.compile where that pays; the updates are torch.optim's
-functional code (`step.UPDATES`, its fused kernels), applied to the members' stacked tensors, once per set
-of members that share their optimizer settings. Members run their own work (Lightning's loop, evaluation,
-checkpoints) one at a time, on one core each. The launcher that groups a sweep's jobs:
-hydra_plugins/mlptrain_population.
+`PopulationSystem` holds every member's parameters stacked, (N, ...) each, for the whole run; one Lightning
+Trainer trains it in the main thread: one training loop, one validation and test loop, Lightning's checkpoint
+schedule and its SIGTERM handling. The gradients are `step.gradients` vmapped over the members (one batched
+matrix product per layer), through torch.compile where that pays. The updates are torch.optim's: the members
+with equal optimizer settings are side by side, and each such set has a torch.optim optimizer over its slice of
+the stacked tensors. Its own step() makes the set's first update, creating the state as a run alone's first
+step does; every later update is torch.optim's functional update of that state, with its fused kernel (`step.UPDATES`).
+A learning-rate schedule is a torch scheduler per set.
+
+Each member still gets what a run alone gets, in its own directory: config.yaml, metrics.csv, summary.json,
+its log, the report when asked, and best.ckpt/last.ckpt in a single run's format, which `train=false
+ckpt_path=...`, scripts/predict.py and a single run's resume take. `MemberCheckpointIO` cuts them out of the
+population's checkpoint when Lightning saves it; the population itself keeps no checkpoint of its own, and its
+resume=auto stacks the members' last.ckpt files again. A member whose loss turns NaN or infinite fails as a
+run alone fails, with its message, and is masked: its records stop, the others train on.
+
+    train_population(configs) -> each job's best val/acc (None where it failed)
+
+The launcher that groups a sweep's jobs and composes their configs: hydra_plugins/mlptrain_population.
 """
 
 import logging
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from mlptrain.step import FastSteps, choose_path, gradients, updates_per_run
+from mlptrain.callbacks import CheckpointOnStop, Checkpoints
+from mlptrain.config import check
+from mlptrain.data import MNISTDataModule
+from mlptrain.errors import MlptrainError
+from mlptrain.losses import make_loss
+from mlptrain.model import MLP
+from mlptrain.report import write_run_report
+from mlptrain.rundir import (
+    RunLock,
+    completed_summary,
+    library_versions,
+    read_checkpoint,
+    resume_path,
+    summarize,
+    write_durably,
+    write_metrics,
+    write_summary,
+    write_text_durably,
+    yaml_text,
+)
+from mlptrain.signals import TrainingTakesSignals
+from mlptrain.step import UPDATES, Clip, choose_path, gradients, population_compiles
+from mlptrain.step import Path as TrainingPath
+from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message
 
 log = logging.getLogger(__name__)
-# compile=auto compiles the gradients of a population that makes this many updates: compiling them takes 4-8 s on
-# a 2-core CPU, and saves 1-2 ms an update whatever the number of members (docs/benchmarks.md, "Populations").
-COMPILE_MIN_UPDATES = 3_000
+LOG_FORMAT = "[%s][%s][%s] - %s\n"  # a member's log lines, as Hydra's job_logging writes a run's
 
 # Keys in which the members of one population may differ: everything else must be equal to stack them.
 MEMBER_KEYS = (
@@ -43,17 +78,23 @@ MEMBER_KEYS = (
 )
 
 
+def _container(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
 def stack_key(cfg: DictConfig) -> str | None:
     """What must be equal for two jobs to train as one population, as a string; None where the job cannot be
     stacked (it then runs on its own): Lightning's own loop, dropout (its random masks come from the one
-    process-wide generator), or a config that does not resolve."""
+    process-wide generator), a checkpoint to start from, the landscape picture (it follows one member's
+    weights), TensorBoard (one log per run), or a config that does not resolve."""
     job = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("hydra", "output_dir")])
     try:
-        plain = OmegaConf.to_container(job, resolve=True)
+        plain = _container(job)
         path = choose_path(job)
     except Exception:  # the job's own run will say what is wrong
         return None
-    if not job.train or path.steps_per_call == 1 or job.model.dropout:
+    alone = job.ckpt_path is not None or job.report.landscape is not None or job.logger.tensorboard
+    if not job.train or path.steps_per_call == 1 or job.model.dropout or alone:
         return None
     for key in MEMBER_KEYS:
         *parents, last = key.split(".")
@@ -64,233 +105,20 @@ def stack_key(cfg: DictConfig) -> str | None:
     return repr(sorted(plain.items()))
 
 
-class Population:
-    """The members' meeting point: `run` blocks until every member still training has called it; `serve`, in the
-    launcher's thread, then makes all their updates at once and hands each its results."""
-
-    def __init__(self, members: Sequence[str], compile: bool = False) -> None:
-        self.compile = compile  # the members' gradients through torch.compile (see `compiles`)
-        self._eager: Callable[..., tuple[Any, ...]] | None = None
-        self._compiled: Callable[..., tuple[Any, ...]] | None = None
-        self._compiled_shape: tuple[int, ...] | None = None
-        self.waiting: dict[str, tuple[Any, ...]] = {}
-        self.active = set(members)
-        self.results: dict[str, Any] = {}
-        self.condition = threading.Condition()
-        self.stop_requested = False  # set on SIGTERM: every member stops at its next call, with a checkpoint
-        self.built: set[str] = set()
-        self.turn = threading.Lock()  # held by the one member running its own work (see _others_turn)
-        self.threads = torch.get_num_threads()  # for the stacked updates, made in the thread that made this
-
-    def describe(self, steps_per_call: int) -> str:
-        """A member's training path, as train() logs it."""
-        how = "compiled" if self.compile else "not compiled"
-        return f"{steps_per_call} mini-batches per training step, with the other members of a population ({how})"
-
-    def wait_for_the_others(self, member: str) -> None:
-        """Called once a member has drawn its initial weights: wait until every member has. Lightning sets the
-        process-wide default dtype inside each training step (64-true precision), and a model built meanwhile
-        in another thread would draw its weights in that dtype, not in the one a run alone draws them in."""
-        with self._others_turn(), self.condition:
-            self.built.add(member)
-            self.condition.notify_all()
-            self.condition.wait_for(lambda: self.active <= self.built)
-
-    def leave(self, member: str) -> None:
-        """A member is done (finished, failed or stopped): the others no longer wait for it."""
-        with self.condition:
-            self.active.discard(member)
-            self.condition.notify_all()  # the updates may be due now; members waiting for the others to be built
-
-    def run(self, member: str, request: tuple[Any, ...]) -> Any:
-        """A member's updates (its MemberSteps, xs, ys, scheduler), made with the others' by `serve`."""
-        with self._others_turn(), self.condition:
-            self.waiting[member] = request
-            self.condition.notify_all()
-            self.condition.wait_for(lambda: member in self.results)
-            result = self.results.pop(member)
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def serve(self, threads: Sequence[threading.Thread]) -> None:
-        """Make the members' updates whenever every member still training has handed in its mini-batches, until
-        every member's thread has ended. The launcher's own thread runs this: on a 2-core CPU (torch 2.14), a
-        small compiled call took 1.1 ms in a thread started later, against 0.4 ms in the main thread."""
-        while any(thread.is_alive() for thread in threads):
-            with self.condition:
-                # short waits: the launcher's SIGTERM handler runs in this thread, between them
-                if self.condition.wait_for(self._all_here, timeout=0.5):
-                    torch.set_num_threads(self.threads)  # the updates use every core (see member_of)
-                    self._update()
-
-    def _all_here(self) -> bool:
-        return bool(self.waiting) and self.active <= set(self.waiting)
-
-    @contextmanager
-    def _others_turn(self) -> Any:
-        """While a member waits for the others, one of them takes its turn. Members run their own work (Lightning's
-        loop, metrics, data, checkpoints) one at a time: each torch operation already uses every core, and a
-        dozen threads' operations at once would oversubscribe them (each thread has its own OpenMP team)."""
-        self.turn.release()
-        try:
-            yield
-        finally:
-            self.turn.acquire()
-
-    def _update(self) -> None:
-        requests, self.waiting = self.waiting, {}
-        if self.stop_requested:  # every member stops before this call, so all resume from the same place
-            self.results.update({member: SIGTERMException() for member in requests})
-            self.condition.notify_all()
-            return
-        # Members at different places (resumed from checkpoints of different steps) make their own stacks.
-        stacks: dict[tuple[int, ...], dict[str, tuple[Any, ...]]] = {}
-        for member, request in requests.items():
-            stacks.setdefault(tuple(len(y) for y in request[2]), {})[member] = request
-        for stack in stacks.values():
-            try:
-                self.results.update(stacked_updates(stack, self.gradients(next(iter(stack.values()))[0])))
-            except Exception as error:  # every member says what went wrong, rather than waiting for ever
-                self.results.update({member: error for member in stack})
-        self.condition.notify_all()
-
-    def gradients(self, steps: "MemberSteps") -> Callable[..., tuple[Any, ...]]:
-        """The members' batched gradients (`vmapped_gradients`, with any member's model: they share its shape),
-        made once, and compiled where this population compiles. Only mini-batches of the size it first compiled
-        for run compiled: an epoch's smaller last batch would compile anew, for one update in an epoch."""
-        if self._eager is None:
-            self._eager = vmapped_gradients(steps)
-            if self.compile:
-                # Dynamo keeps 8 compilations per function, then runs it uncompiled without an error: a process
-                # that trains several populations (a test session) would count each. Its disk cache stays.
-                torch.compiler.reset()
-                self._compiled = torch.compile(self._eager, fullgraph=True, dynamic=False)
-        return self._batched
-
-    def _batched(self, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
-        assert self._eager is not None
-        if self._compiled is not None and self._compiled_shape in (None, x.shape[1:]):
-            try:
-                result = self._compiled(params, x, y)
-            except Exception as error:  # no C++ compiler, an unsupported platform, ...: train on, eagerly
-                log.warning("torch.compile failed (%s); the population's updates run without compiling.", error)
-                self._compiled = None
-            else:
-                self._compiled_shape = x.shape[1:]
-                return result
-        return self._eager(params, x, y)
+def _settings(cfg: DictConfig) -> str:
+    return repr(sorted(_container(cfg.optimizer).items()))
 
 
-def compiles(cfg: DictConfig) -> bool:
-    """Whether a population of jobs configured as cfg compiles its members' gradients: compile=true, or
-    compile=auto where it makes at least COMPILE_MIN_UPDATES stacked updates."""
-    if cfg.compile == "auto":
-        return updates_per_run(cfg) >= COMPILE_MIN_UPDATES
-    return bool(cfg.compile)
-
-
-def stacked_updates(requests: Mapping[str, tuple[Any, ...]], batched: Callable[..., tuple[Any, ...]]) -> dict[str, Any]:
-    """Every member's updates for its mini-batches, made together: requests maps a member to (its MemberSteps,
-    xs, ys, scheduler) with K mini-batches each, the same sizes for every member. Returns each member's
-    (losses (K,), outputs (K*B, 10), labels (K*B,), gradient norms (K, n) or None), as FastSteps does.
-    batched(params, x, y) computes the members' gradients (`Population.gradients`)."""
-    # Members with the same optimizer settings side by side: their updates are one call on a slice (a view).
-    sets = _alike([_settings(steps, scheduler) for steps, _, _, scheduler in requests.values()])
-    order = list(requests)
-    names = [order[m] for members in sets for m in members]
-    slices, start = [], 0
-    for members in sets:
-        slices.append(slice(start, start + len(members)))
-        start += len(members)
-    steps: list[MemberSteps] = [requests[name][0] for name in names]
-    first = steps[0]
-    member_params = [s.param_group()["params"] for s in steps]
-    params = [torch.stack([own[i].detach() for own in member_params]) for i in range(len(member_params[0]))]
-    states = {
-        key: [
-            torch.stack([s.optimizer.state[own[i]][key] for s, own in zip(steps, member_params)])
-            for i in range(len(params))
-        ]
-        for key in first.update.state_keys(first.param_group())
-    }
-    # every member's i-th mini-batch: rows[i] (N, B) of the inputs all members share, gathered update by update
-    rows = _stack_members([requests[name][1] for name in names])
-    ys = _stack_members([requests[name][2] for name in names])
-    inputs = first.inputs()
-    gathered: dict[int, torch.Tensor] = {}  # where each size of mini-batch is gathered
-    schedulers = [requests[name][3] for name in names]
-    # Only a set's leader steps its scheduler update by update (the set's updates read the leader's values). Its
-    # other members' schedulers, the same schedule at the same place, take the leader's state once a call.
-    scheduled = [(steps[part.start], schedulers[part.start]) for part in slices if schedulers[part.start] is not None]
-    # Each set's parameters and state: views of the stacked tensors, which the updates change in place. The
-    # settings a schedule does not change are its leader's (its first member's); the others, at each update.
-    sets_of = [
-        (
-            part,
-            steps[part.start],
-            [p[part] for p in params],
-            {key: [t[part] for t in tensors] for key, tensors in states.items()},
-            _one_kernel(steps[part.start].param_group()),
-        )
-        for part in slices
-    ]
-    losses, outputs, norms = [], [], []
-    for i in range(len(rows)):
-        size = rows[i].numel()
-        if size not in gathered:
-            gathered[size] = inputs.new_empty((size, inputs.shape[-1]))
-        x = first.rows(rows[i], gathered[size])
-        grads, loss, output, norm = batched(params, x, ys[i])
-        for part, leader, set_params, set_state, settings in sets_of:  # torch.optim's update, once per set
-            sub_state = dict(set_state)
-            if "step" in sub_state:  # Adam's step count, a number: the same for members that made the same updates
-                counts = sub_state["step"]
-                sub_state["step"] = [t[0].clone() for t in counts]
-            with torch.no_grad():
-                new_state = first.update.apply(
-                    set_params, [g[part] for g in grads], sub_state, settings, leader.scheduled_values()
-                )
-            if "step" in new_state:
-                for t, count in zip(counts, new_state["step"]):
-                    t.copy_(count.expand_as(t))
-        for s, scheduler in scheduled:
-            s.step_scheduler(scheduler)
-        losses.append(loss)
-        outputs.append(output)
-        norms.append(norm)
-    for part in slices:
-        if schedulers[part.start] is not None:
-            schedule, values = schedulers[part.start].state_dict(), steps[part.start].scheduled_values()
-            for m in range(part.start + 1, part.stop):
-                schedulers[m].load_state_dict(schedule)
-                steps[m].param_group().update(values)
-    all_losses, all_outputs = torch.stack(losses, 1), torch.cat(outputs, 1)  # (N, K), (N, K*B, 10)
-    all_norms = torch.stack(norms, 1) if first.norms_of else None  # (N, K, n)
-    results = {}
-    for m, (name, s) in enumerate(zip(names, steps)):
-        s.write_back(
-            dict(zip(s.param_names, (p[m] for p in params))),
-            {key: [t[m] for t in tensors] for key, tensors in states.items()},
-        )
-        labels = requests[name][2]
-        results[name] = (
-            all_losses[m],
-            all_outputs[m],
-            labels.flatten() if torch.is_tensor(labels) else torch.cat(list(labels)),
-            all_norms[m] if all_norms is not None else None,
-        )
-    return results
-
-
-def vmapped_gradients(steps: "MemberSteps") -> Callable[..., tuple[Any, ...]]:
+def vmapped_gradients(
+    model: nn.Module, loss_fn: Callable[..., torch.Tensor], names: Sequence[str], clip: Clip | None,
+    norms_of: Sequence[str],
+) -> Callable[..., tuple[Any, ...]]:  # fmt: skip
     """batched(params, x, y) -> (gradients, losses (N,), outputs (N, B, 10), norms (N, n)): `step.gradients`
-    of steps' model and loss, clipped as its run clips them, vmapped over the members: params are the members'
-    parameters stacked (N, ...), x (N, B, 784), y (N, B)."""
-    names, clip, norms_of = steps.param_names, steps.clip, steps.norms_of
+    of `model` (evaluated at each member's parameters) and loss, clipped as a run clips them, vmapped over the
+    members: params are the members' parameters stacked (N, ...), x (N, B, 784), y (N, B)."""
 
     def member_gradients(values: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
-        grads, loss, output = gradients(steps.model, steps.loss_fn, dict(zip(names, values)), x, y, True)
+        grads, loss, output = gradients(model, loss_fn, dict(zip(names, values)), x, y, True)
         norms = [torch.linalg.vector_norm(grads[names.index(n)]) for n in norms_of]
         norms = torch.stack(norms) if norms else torch.zeros(0, dtype=loss.dtype, device=loss.device)
         return (clip(grads) if clip is not None else grads), loss, output, norms
@@ -301,88 +129,669 @@ def vmapped_gradients(steps: "MemberSteps") -> Callable[..., tuple[Any, ...]]:
     return batched
 
 
-def _stack_members(batches: Sequence[Any]) -> Any:
-    """Each member's K mini-batches (a (K, B, ...) tensor, or a list of K where their sizes differ) as one
-    sequence whose i-th item is every member's i-th mini-batch, (N, B, ...)."""
-    if all(torch.is_tensor(b) for b in batches):
-        return torch.stack(list(batches), 1)  # (K, N, B, ...)
-    return [torch.stack([b[i] for b in batches]) for i in range(len(batches[0]))]
-
-
-def _one_kernel(group: Mapping[str, Any]) -> dict[str, Any]:
+def _one_kernel(group: dict[str, Any]) -> dict[str, Any]:
     """The optimizer's settings, with torch.optim's fused implementation of its update: one pass over each
     stacked tensor, where the single-tensor one (torch's default on a CPU) makes one per operation, which
     for N members costs N times as much memory traffic. The same update, to rounding."""
     return {**group, "fused": True, "foreach": False}
 
 
-def _settings(steps: "MemberSteps", scheduler: Any) -> str:
-    """A member's optimizer settings (this step's scheduled values among them), (Adam's) step count and its
-    step-interval scheduler's state, as a string."""
-    group = steps.param_group()
-    values = {k: v for k, v in group.items() if k != "params"}
-    count = steps.optimizer.state.get(group["params"][0], {}).get("step")  # .get: the state is a defaultdict
-    schedule = sorted(scheduler.state_dict().items()) if scheduler is not None else None
-    return repr((sorted(values.items()), None if count is None else float(count), schedule))
+class PopulationSystem(L.LightningModule):
+    """N members' MLPs, stacked, trained on their own mini-batches (each its data.shuffle_seed's order) and
+    evaluated on the shared validation and test sets. `cfgs` are the members' configs, equal but for
+    MEMBER_KEYS; they are kept sorted by optimizer settings (`self.cfgs`), members of a set side by side."""
+
+    def __init__(self, cfgs: Sequence[DictConfig], path: TrainingPath, compile: bool = False) -> None:
+        super().__init__()
+        self.automatic_optimization = False  # the updates are made below; Lightning counts one step per call
+        order = sorted(range(len(cfgs)), key=lambda m: _settings(cfgs[m]))
+        self.cfgs = [cfgs[m] for m in order]
+        first = self.cfgs[0]
+        self.path, self.compile = path, compile
+        self.run_dirs = [Path(cfg.output_dir) for cfg in self.cfgs]
+        self.plain = [_container(cfg) for cfg in self.cfgs]  # each config resolved, for its files and checkpoints
+        self.hparams_of = [hyperparameters(cfg, path) for cfg in self.cfgs]  # what MLPSystem would save
+        self.parts: list[slice] = []  # the sets of members with equal optimizer settings, as slices of the stack
+        for m, cfg in enumerate(self.cfgs):
+            if m == 0 or _settings(cfg) != _settings(self.cfgs[m - 1]):
+                self.parts.append(slice(m, m + 1))
+            else:
+                self.parts[-1] = slice(self.parts[-1].start, m + 1)
+        models = []
+        for cfg in self.cfgs:  # each member's weights, drawn as its run alone draws them
+            L.seed_everything(cfg.seed, workers=True, verbose=False)
+            models.append(MLP(**_container(cfg.model)))
+        # The network the stacked parameters are evaluated in (torch.func.functional_call); not a submodule, so
+        # its own parameters are not the population's.
+        self.__dict__["network"] = models[0]
+        self.names = [name for name, _ in models[0].named_parameters()]
+        self.stacked = nn.ParameterList(
+            nn.Parameter(torch.stack([dict(model.named_parameters())[name].detach() for model in models]), False)
+            for name in self.names
+        )
+        del models
+        self.loss_fn = make_loss(**_container(first.loss))
+        clip = first.trainer.gradient_clip_val
+        self.clip = Clip(clip, first.trainer.gradient_clip_algorithm) if clip else None
+        self.norms_of = [name for name in self.names if "weight" in name] if first.log_grad_norms else []
+        self.update = None  # step.UPDATES' entry for the optimizer class, known once it is built
+        self.batched = vmapped_gradients(self.network, self.loss_fn, self.names, self.clip, self.norms_of)
+        self._compiled: Callable[..., tuple[Any, ...]] | None = None
+        self._compiled_shape: tuple[int, ...] | None = None
+        n = len(self.cfgs)
+        # Each member's running sums, as a run's metrics keep them: the training ones go into checkpoints.
+        for stage in ("train", "val", "test"):
+            persistent = stage == "train"
+            self.register_buffer(f"{stage}_total", torch.zeros(n, dtype=torch.float64), persistent)  # loss x size
+            self.register_buffer(f"{stage}_examples", torch.zeros(n, dtype=torch.float64), persistent)
+            self.register_buffer(f"{stage}_correct", torch.zeros(n, dtype=torch.long), persistent)
+        self.register_buffer("norm_totals", torch.zeros(n, len(self.norms_of), dtype=torch.float64), False)
+        self.register_buffer("nonfinite_epoch", torch.full((n,), -1), persistent=False)
+        self.register_buffer("nonfinite_step", torch.full((n,), -1), persistent=False)
+        self.check_finite_every_n_steps = first.check_finite_every_n_steps
+        self.updates_done = self.updates_checked = 0
+        self.batches_done_in_epoch = 0
+        self.ended_epoch: int | None = None
+        self.histories: list[list[dict[str, float]]] = [[] for _ in range(n)]
+        self.epoch_lrs: list[dict[str, float]] = [{} for _ in range(n)]
+        self.checkpoints = [Checkpoints.into(run_dir / "checkpoints") for run_dir in self.run_dirs]
+        self.failures: list[dict[str, Any] | None] = [None] * n  # a failed member's summary fields
+        self.best: list[torch.Tensor] | None = None  # each member's weights at its best val/acc, stacked
+        self.best_updates = [0] * n  # updates made at each member's best checkpoint
+        self.improved: torch.Tensor | None = None  # (N,) at an epoch's end: whose val/acc is its best so far
+        self.val_acc: torch.Tensor | None = None  # (N,) of the last validation
+        self.evaluated: list[torch.Tensor] | None = None  # the parameters validation and test use
+        self.resumed: list[dict[str, Any]] | None = None  # the members' checkpoints a resume starts from
+        self.log_name = "train.log"  # each member's log, in its directory: Hydra's job log name
+        self.started = time.perf_counter()
+
+    # -- what each member is, as a run alone would describe it ---------------------------------------------------
+
+    def active(self) -> list[int]:
+        return [m for m, failure in enumerate(self.failures) if failure is None]
+
+    def describe(self) -> str:
+        how = "compiled" if self.compile else "not compiled"
+        return (
+            f"{self.path.steps_per_call} mini-batches per training step, with the other members of a population ({how})"
+        )
+
+    def note(self, m: int, message: str, level: str = "INFO") -> None:
+        """A line in member m's log (the file a run's log goes to)."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with (self.run_dirs[m] / self.log_name).open("a") as file:
+            file.write(LOG_FORMAT % (stamp, __name__, level, message))
+
+    # -- training ------------------------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        """One torch.optim optimizer per set of members, over its slice of every stacked tensor (views: they
+        update the stack in place), and its schedule."""
+        optimizers, schedulers = [], []
+        for part in self.parts:
+            factory = instantiate(self.cfgs[part.start].optimizer)
+            optimizers.append(factory([p[part] for p in self.stacked]))
+        self.update = UPDATES[type(optimizers[0])]
+        config = _container(self.cfgs[0].scheduler)
+        if config["name"] == "none":
+            return optimizers
+        self.trainer.estimated_stepping_batches  # noqa: B018  loads the training batches, as a run does
+        total = self.trainer.max_epochs * self.trainer.train_dataloader.num_batches
+        for optimizer in optimizers:
+            schedulers.append({"scheduler": make_scheduler(optimizer, config, total), "interval": self.interval})
+        return optimizers, schedulers
+
+    @property
+    def interval(self) -> str | None:
+        return {"none": None, "step": "epoch"}.get(self.cfgs[0].scheduler.name, "step")
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        found = self.optimizers(use_pl_optimizer=False)
+        return found if isinstance(found, list) else [found]
+
+    def _schedulers(self) -> list[Any]:
+        found = self.lr_schedulers()
+        return [] if found is None else found if isinstance(found, list) else [found]
+
+    def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
+        """The members' batched gradients, compiled where this population compiles. Only mini-batches of the
+        size it first compiled for run compiled: an epoch's smaller last batch would compile anew."""
+        params = list(self.stacked)
+        if self.compile and self._compiled is None:
+            # Dynamo keeps 8 compilations per function, then runs it uncompiled without an error: a process
+            # that trains several populations (a test session) would count each. Its disk cache stays.
+            torch.compiler.reset()
+            self._compiled = torch.compile(self.batched, fullgraph=True, dynamic=False)
+        if self._compiled is not None and self._compiled_shape in (None, x.shape[1:]):
+            try:
+                result = self._compiled(params, x, y)
+            except Exception as error:  # no C++ compiler, an unsupported platform, ...: train on, eagerly
+                log.warning("torch.compile failed (%s); the population's updates run without compiling.", error)
+                self._compiled, self.compile = None, False
+            else:
+                self._compiled_shape = x.shape[1:]
+                return result
+        return self.batched(params, x, y)
+
+    def _update(self, grads: Sequence[torch.Tensor]) -> None:
+        """torch.optim's update of every set, on its slice of the stack."""
+        for part, optimizer in zip(self.parts, self._optimizers()):
+            group = optimizer.param_groups[0]
+            params, set_grads = group["params"], [g[part] for g in grads]
+            if not optimizer.state:  # its first update: the optimizer's own step() makes its state, as in a run
+                for p, g in zip(params, set_grads):
+                    p.grad = g
+                optimizer.step()
+                for p in params:
+                    p.grad = None
+                continue
+            state = {key: [optimizer.state[p][key] for p in params] for key in self.update.state_keys(group)}
+            hyper = {key: group[key] for key in self.update.scheduled}
+            with torch.no_grad():
+                self.update.apply(params, set_grads, state, _one_kernel(group), hyper)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        # One optimizer.step() per training step, with no gradients: it changes no weight and advances
+        # Lightning's step count, which checkpoints and loggers go by, as a run alone's does (MLPSystem).
+        first = self.optimizers()
+        (first[0] if isinstance(first, list) else first).step()
+        if isinstance(batch, list):  # (rows, labels) pairs: the epoch's last call, its last mini-batch smaller
+            rows, labels = [r for r, _ in batch], [y for _, y in batch]
+        else:  # (K, N, B) each: K mini-batches of one size, each member's rows of the training inputs
+            rows, labels = batch
+        inputs = self.trainer.datamodule.train_inputs()  # (n, 784), shared by every member
+        dtype = self.stacked[0].dtype
+        schedulers = self._schedulers() if self.interval == "step" else []
+        losses, correct, norms = [], [], []
+        for row, y in zip(rows, labels):  # row, y: (N, B)
+            x = inputs[row].to(dtype)  # (N, B, 784)
+            grads, loss, output, norm = self._gradients(x, y)
+            self._update(grads)
+            for scheduler in schedulers:
+                scheduler.step()
+            losses.append(loss)
+            correct.append((output.argmax(-1) == y).sum(-1))
+            norms.append(norm)
+        sizes = torch.tensor([y.shape[-1] for y in labels], dtype=torch.float64, device=self.device)  # (K,)
+        loss = torch.stack(losses, 1)  # (N, K)
+        self.train_total += (loss.double() * sizes).sum(1)
+        self.train_examples += sizes.sum()
+        self.train_correct += torch.stack(correct, 1).sum(1)
+        if self.norms_of:
+            self.norm_totals += (torch.stack(norms, 1).double() * sizes[:, None]).sum(1)
+        bad = ~torch.isfinite(loss)
+        first_bad = bad.any(1) & (self.nonfinite_step < 0)
+        self.nonfinite_epoch.copy_(torch.where(first_bad, self.current_epoch, self.nonfinite_epoch))
+        self.nonfinite_step.copy_(torch.where(first_bad, self.updates_done + bad.int().argmax(1), self.nonfinite_step))
+        self.updates_done += len(labels)
+        self.batches_done_in_epoch += len(labels)
+
+    # A member whose loss turns NaN fails alone, masked (_check_finite): the population never stops for it, and
+    # callbacks.CheckpointOnStop checkpoints it on SIGTERM.
+    diverged = False
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.updates_done - self.updates_checked >= self.check_finite_every_n_steps:
+            self.updates_checked = self.updates_done
+            self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Members whose training loss has turned NaN or infinite fail, each as a run alone fails then."""
+        for m in (self.nonfinite_step >= 0).nonzero().flatten().tolist():
+            if self.failures[m] is not None:
+                continue
+            epoch, step = int(self.nonfinite_epoch[m]), int(self.nonfinite_step[m])
+            message = nonfinite_message(epoch, step, self.cfgs[m].optimizer.get("lr"))
+            self.failures[m] = {
+                "error": message,
+                "epochs": self.trainer.current_epoch,
+                "global_steps": self.updates_done,
+            }
+            self._write_failure(m)
+
+    def _write_failure(self, m: int) -> None:
+        failure = self.failures[m]
+        assert failure is not None
+        run_dir = self.run_dirs[m]
+        write_metrics(run_dir, self.histories[m])
+        summary = self._summary(m)
+        summary.update(status="failed", error=failure["error"], epochs=failure["epochs"])
+        summary["global_steps"] = failure["global_steps"]
+        write_summary(run_dir, summary)
+        kept = [path for path in self.checkpoints[m].paths().values() if path]
+        message = failure["error"] + (f" Checkpoints written before it are kept: {', '.join(kept)}." if kept else "")
+        self.note(m, message, "ERROR")
+        log.error("Member %s: %s", run_dir, message)
+
+    def _reset_training_sums(self) -> None:
+        for buffer in (self.train_total, self.train_examples, self.train_correct, self.norm_totals):
+            buffer.zero_()
+
+    def on_train_epoch_start(self) -> None:  # not called when a run resumes in the middle of an epoch
+        self._reset_training_sums()
+        self.batches_done_in_epoch = 0
+        self.ended_epoch = None
+        self.improved = None
+        lrs = []
+        for part, optimizer in zip(self.parts, self._optimizers()):  # named as a run names them: lr-SGD, ...
+            lrs += [{f"lr-{type(optimizer).__name__}": float(optimizer.param_groups[0]["lr"])}] * (
+                part.stop - part.start
+            )
+        self.epoch_lrs = lrs
+
+    def batches_done_in(self, epoch: int) -> int:
+        """As MLPSystem.batches_done_in: the data module saves it, to resume mid-epoch exactly."""
+        if self.ended_epoch is not None and epoch > self.ended_epoch:
+            return 0
+        return self.batches_done_in_epoch
+
+    def _add_row(self, m: int, values: dict[str, float]) -> None:
+        """A row of member m's history, as MLPSystem._log_epoch makes it: an epoch's training joins the validation
+        that ended it."""
+        row = {"epoch": self.current_epoch, "step": self.updates_done, **values}
+        history = self.histories[m]
+        last = history[-1] if history else {}
+        if (last.get("epoch"), last.get("step")) == (row["epoch"], row["step"]) and not last.keys() & values.keys():
+            last.update(row)
+        else:
+            history.append(row)
+
+    def on_train_epoch_end(self) -> None:
+        self._check_finite()
+        if self.interval == "epoch":
+            for scheduler in self._schedulers():
+                scheduler.step()
+        loss = (self.train_total / self.train_examples).tolist()
+        acc = (self.train_correct.float() / self.train_examples.float()).tolist()
+        norms = (self.norm_totals / self.train_examples[:, None]).tolist()
+        for m in self.active():
+            values = {"train/loss": loss[m], "train/acc": acc[m]}
+            values.update({f"grad_norm/{name}": value for name, value in zip(self.norms_of, norms[m])})
+            self._add_row(m, {**values, **self.epoch_lrs[m]})
+        active = self.active()
+        if active:
+            log.info(
+                "epoch %d  train/loss %.4f  val/acc %.4f (means over %d members)", self.current_epoch,
+                sum(loss[m] for m in active) / len(active), self._mean_val_acc(active), len(active),
+            )  # fmt: skip
+        self._reset_training_sums()  # as a run's metrics are reset once computed: its checkpoint holds them so
+        self._keep_best()
+        self.ended_epoch = self.current_epoch
+
+    def _mean_val_acc(self, active: list[int]) -> float:
+        return float(self.val_acc[active].mean()) if self.val_acc is not None else float("nan")
+
+    def _keep_best(self) -> None:
+        """After the epoch's validation: each member whose val/acc beats its best so far keeps these weights, and
+        its best.ckpt is written with last.ckpt (MemberCheckpointIO), as a run's ModelCheckpoint(monitor=val/acc)
+        would (the first validation always counts)."""
+        if self.val_acc is None:
+            return
+        best = torch.tensor(
+            [float(c.best.best_model_score) if c.best.best_model_score is not None else -1.0 for c in self.checkpoints]
+        )
+        improved = (self.val_acc.cpu() > best) & torch.tensor([f is None for f in self.failures])
+        self.improved = improved
+        if self.best is None:
+            self.best = [p.detach().clone() for p in self.stacked]
+        else:
+            mask = improved.to(self.device)
+            for kept, p in zip(self.best, self.stacked):
+                kept.copy_(torch.where(mask.view(-1, *[1] * (p.dim() - 1)), p, kept))
+        for m in improved.nonzero().flatten().tolist():
+            score = self.val_acc[m].detach().cpu()
+            callback, path = self.checkpoints[m].best, str(self.run_dirs[m] / "checkpoints" / "best.ckpt")
+            callback.best_model_score = callback.current_score = callback.kth_value = score
+            callback.best_model_path = callback.kth_best_model_path = path
+            callback.best_k_models = {path: score}
+            self.best_updates[m] = self.updates_done
+        self.val_acc = None
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+
+    def forward(self, params: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Every member's output for the same inputs: params stacked (N, ...), x (B, 784) -> (N, B, 10)."""
+
+        def member(values: Sequence[torch.Tensor]) -> torch.Tensor:
+            return torch.func.functional_call(self.network, dict(zip(self.names, values)), (x,))
+
+        return torch.func.vmap(member)(list(params))
+
+    def _evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        x, y = batch
+        params = self.evaluated if self.evaluated is not None else list(self.stacked)
+        output = self.forward(params, x.to(params[0].dtype))  # (N, B, 10)
+        loss = torch.func.vmap(self.loss_fn, in_dims=(0, None))(output, y)  # (N,)
+        getattr(self, f"{stage}_total").add_(loss.double() * len(y))
+        getattr(self, f"{stage}_examples").add_(len(y))
+        getattr(self, f"{stage}_correct").add_((output.argmax(-1) == y).sum(-1))
+
+    def _epoch_values(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss (N,) float64, acc (N,) float32) of the stage's epoch, as a run's metrics compute them; reset."""
+        total, examples, correct = (getattr(self, f"{stage}_{name}") for name in ("total", "examples", "correct"))
+        values = total / examples, correct.float() / examples.float()
+        for buffer in (total, examples, correct):
+            buffer.zero_()
+        return values
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        loss, acc = self._epoch_values("val")
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc = acc
+        losses, accs = loss.tolist(), acc.tolist()
+        for m in self.active():
+            self._add_row(m, {"val/loss": losses[m], "val/acc": accs[m]})
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._epoch_values("test")
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["updates_done"] = self.updates_done
+        checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.updates_done = self.updates_checked = checkpoint["updates_done"]
+        self.batches_done_in_epoch = checkpoint["batches_done_in_epoch"]
+        members = checkpoint["members"]
+        self.histories = [list(member["history"]) for member in members]
+        self.epoch_lrs = [dict(member["epoch_lrs"]) for member in members]
+        for member, checkpoints in zip(members, self.checkpoints):
+            for callback in checkpoints:
+                state = member["callbacks"].get(callback.state_key)
+                if state:
+                    callback.load_state_dict(dict(state))
+        self.best_updates = [member["best_updates"] for member in members]
+        best = [member["best_weights"] for member in members]
+        if all(weights is not None for weights in best):
+            self.best = [torch.stack([weights[name] for weights in best]).to(self.device) for name in self.names]
+
+    def member_checkpoint(self, checkpoint: dict[str, Any], m: int) -> dict[str, Any]:
+        """Member m's part of the population's checkpoint, as its run alone would have saved it then."""
+        s = next(index for index, part in enumerate(self.parts) if part.start <= m < part.stop)
+        offset = m - self.parts[s].start
+        correct, examples = self.train_correct[m], int(self.train_examples[m])
+        wrong = examples - correct
+        state_dict = {f"model.{name}": p[m].detach().clone() for name, p in zip(self.names, self.stacked)}
+        state_dict.update({  # MLPSystem's training metrics: an ExampleMean and torchmetrics' micro accuracy
+            "train_loss.total": self.train_total[m].clone(),
+            "train_loss.examples": self.train_examples[m].clone(),
+            "train_acc.tp": correct.view(1).clone(),
+            "train_acc.fp": wrong.view(1).clone(),
+            "train_acc.tn": (10 * examples - correct - 2 * wrong).view(1).clone(),
+            "train_acc.fn": wrong.view(1).clone(),
+        })  # fmt: skip
+        optimizer = checkpoint["optimizer_states"][s]
+        member = {key: value for key, value in checkpoint.items() if key not in ("optimizer_states", "lr_schedulers")}
+        member.update(
+            state_dict=state_dict,
+            optimizer_states=[
+                {
+                    "state": {
+                        index: {key: t[offset].clone() if t.dim() > 0 else t.clone() for key, t in values.items()}
+                        for index, values in optimizer["state"].items()
+                    },
+                    "param_groups": optimizer["param_groups"],
+                }
+            ],
+            callbacks={callback.state_key: callback.state_dict() for callback in self.checkpoints[m]},
+            hparams_name="kwargs",
+            hyper_parameters=self.hparams_of[m],
+            config=self.plain[m],
+            library_versions=library_versions(),
+            rng_states={"torch": torch.get_rng_state()},
+            history=[dict(row) for row in self.histories[m]],
+            epoch_lrs=dict(self.epoch_lrs[m]),
+        )
+        schedulers = checkpoint.get("lr_schedulers", [])
+        member["lr_schedulers"] = [schedulers[s]] if schedulers else []
+        return member
+
+    def population_checkpoint(self) -> dict[str, Any]:
+        """The population's checkpoint, stacked from its members' (self.resumed): what Lightning restores."""
+        members = self.resumed
+        assert members is not None
+        first = members[0]
+        state_dict = {
+            f"stacked.{i}": torch.stack([c["state_dict"][f"model.{name}"] for c in members])
+            for i, name in enumerate(self.names)
+        }
+        state_dict["train_total"] = torch.stack([c["state_dict"]["train_loss.total"] for c in members])
+        state_dict["train_examples"] = torch.stack([c["state_dict"]["train_loss.examples"] for c in members])
+        state_dict["train_correct"] = torch.cat([c["state_dict"]["train_acc.tp"] for c in members])
+        optimizers, schedulers = [], []
+        for part in self.parts:
+            own = [c["optimizer_states"][0] for c in members[part]]
+            optimizers.append(
+                {
+                    "state": {
+                        index: {
+                            key: torch.stack([o["state"][index][key] for o in own]) if t.dim() > 0 else t
+                            for key, t in values.items()
+                        }
+                        for index, values in own[0]["state"].items()
+                    },
+                    "param_groups": own[0]["param_groups"],
+                }
+            )
+            schedulers += members[part.start].get("lr_schedulers", [])[:1]
+        population = {key: value for key, value in first.items() if key not in ("callbacks", "history")}
+        population.update(state_dict=state_dict, optimizer_states=optimizers, lr_schedulers=schedulers, callbacks={})
+        population["members"] = [
+            {
+                "history": c["history"],
+                "epoch_lrs": c["epoch_lrs"],
+                "callbacks": c["callbacks"],
+                "best_updates": c.get("best_updates", 0),
+                "best_weights": c.get("best_weights"),
+            }
+            for c in members
+        ]
+        return population
+
+    def _summary(self, m: int) -> dict[str, Any]:
+        cfg = self.cfgs[m]
+        summary = {
+            "status": "running",
+            "run_dir": str(self.run_dirs[m].resolve()),
+            "seed": cfg.seed,
+            "parameters": sum(p[m].numel() for p in self.stacked),
+            "device": str(self.device),
+            "processes": 1,
+            "versions": library_versions(),
+        }
+        return summarize(summary, self.started, self.trainer, self.checkpoints[m])
 
 
-def _alike(settings: Sequence[str]) -> list[list[int]]:
-    """Indices of the members whose settings (_settings) are equal, set by set."""
-    sets: dict[str, list[int]] = {}
-    for index, key in enumerate(settings):
-        sets.setdefault(key, []).append(index)
-    return list(sets.values())
+class MemberCheckpointIO(CheckpointIO):
+    """Lightning's checkpoint of the population, written as each member's: last.ckpt always, best.ckpt where
+    the member's val/acc is its best so far, then its metrics.csv from the history the checkpoint holds, all
+    durably (mlptrain.rundir). Failed members are left as they were. Loading gives the population's checkpoint
+    stacked from the members' own (PopulationSystem.resumed)."""
+
+    def __init__(self, system: PopulationSystem) -> None:
+        self.system = system
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        system = self.system
+        improved = system.improved if system.ended_epoch is not None else None
+        for m in system.active():
+            member = system.member_checkpoint(checkpoint, m)
+            folder = system.run_dirs[m] / "checkpoints"
+            folder.mkdir(parents=True, exist_ok=True)
+            last = system.checkpoints[m].last
+            if improved is not None and improved[m]:  # written first, as a run's callbacks write it
+                write_durably(folder / "best.ckpt", lambda file, saved=member: torch.save(saved, file))
+            last.best_model_path = str(folder / "last.ckpt")
+            member["callbacks"][last.state_key] = last.state_dict()
+            write_durably(folder / "last.ckpt", lambda file, saved=member: torch.save(saved, file))
+            write_metrics(system.run_dirs[m], system.histories[m])
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return self.system.population_checkpoint()
+
+    def remove_checkpoint(self, path: Any) -> None:
+        pass  # the population's own checkpoint is never written
 
 
-class MemberSteps(FastSteps):
-    """A member's FastSteps: its first update is its own (the optimizer's step() creates its state, as in a run
-    alone); every later group of updates is made with the other members', by the Population. Its mini-batches
-    come as rows of `inputs()` (the data module's gather=False), which the population gathers for all members
-    in one operation: gathering them member by member, then stacking them, moved each image twice."""
-
-    def __init__(
-        self, population: Population, member: str, inputs: Callable[[], torch.Tensor], *args: Any, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **{**kwargs, "compile": False})
-        self.population, self.member, self.inputs = population, member, inputs
-
-    def rows(self, index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The inputs of the mini-batch rows `index` (...), as (..., 784) in the model's dtype (Lightning's 64-true
-        precision converts a batch so). out: where to gather them, (index.numel(), 784) in the inputs' dtype.
-        Gathering into the same memory every update is 3x faster on a CPU than into fresh memory."""
-        inputs = self.inputs()
-        x = torch.index_select(inputs, 0, index.flatten(), out=out).view(*index.shape, inputs.shape[-1])
-        return x.to(self.param_group()["params"][0].dtype)
-
-    def _first_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
-        return super()._first_step(self.rows(x), y)
-
-    def _eager_group(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], scheduler: Any) -> tuple[Any, ...]:
-        if self.population.stop_requested:
-            raise SIGTERMException()  # as Lightning stops a run on SIGTERM: callbacks.CheckpointOnStop saves it
-        return self.population.run(self.member, (self, xs, ys, scheduler))
+def _member_hooks(system: PopulationSystem) -> None:
+    """Write each member's config.yaml and its training path, as train() does first."""
+    for m, run_dir in enumerate(system.run_dirs):
+        write_text_durably(run_dir / "config.yaml", yaml_text(system.plain[m]))
+        system.note(m, f"Training path: {system.describe()}")
 
 
-_current = threading.local()
+def _resumable(cfgs: Sequence[DictConfig]) -> list[list[tuple[DictConfig, dict[str, Any] | None]]]:
+    """The members to train, grouped by where they resume from (resume=auto: each its newest checkpoint), each
+    with its checkpoint (with its best weights and the updates made at them added), or None to start afresh."""
+    groups: dict[Any, list[tuple[DictConfig, dict[str, Any] | None]]] = {}
+    for cfg in cfgs:
+        checkpoint = None
+        if cfg.resume == "auto":
+            found = resume_path(Path(cfg.output_dir))
+            if found is not None:
+                checkpoint = read_checkpoint(found)
+                best_path = Path(cfg.output_dir) / "checkpoints" / "best.ckpt"
+                best = read_checkpoint(best_path) if best_path.is_file() else None
+                checkpoint["best_weights"] = (
+                    {
+                        key[len("model.") :]: value
+                        for key, value in best["state_dict"].items()
+                        if key.startswith("model.")
+                    }
+                    if best is not None
+                    else None
+                )
+                checkpoint["best_updates"] = best["updates_done"] if best is not None else 0
+        where = (
+            None if checkpoint is None else (checkpoint["epoch"], checkpoint["global_step"], checkpoint["updates_done"])
+        )
+        groups.setdefault(where, []).append((cfg, checkpoint))
+    return list(groups.values())
 
 
-@contextmanager
-def member_of(population: Population, member: str) -> Any:
-    """Within this block, in this thread, train(cfg) trains as `member` of `population`. The thread's own torch
-    operations use one core: a member's work is small, and a thread whose operations have used several cores
-    slows every other thread's later ones two to three times (measured on a 2-core CPU: its OpenMP team stays
-    behind). Only the population's stacked updates, in the launcher's thread, use them all."""
-    torch.set_num_threads(1)
-    population.turn.acquire()
-    _current.value = (population, member)
+def train_population(cfgs: Sequence[DictConfig], log_name: str = "train.log") -> list[float | None]:
+    """Train the jobs `cfgs` (composed, output_dir set, equal but for MEMBER_KEYS) as populations; return each
+    job's best val/acc, or None where it failed (its summary.json and log say why, as a run's would)."""
+    results: dict[int, float | None] = {}
+    locks, todo = [], []
+    for index, cfg in enumerate(cfgs):
+        run_dir = Path(cfg.output_dir)
+        try:
+            check(cfg)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(run_dir)
+            lock.acquire()
+        except MlptrainError as error:
+            log.error("%s", error)
+            results[index] = None
+            continue
+        locks.append(lock)
+        done = completed_summary(run_dir, _container(cfg)) if cfg.resume == "auto" else None
+        if done is not None:
+            log.info("resume=auto: the run in %s is complete; nothing to do.", run_dir.resolve())
+            results[index] = done.get("best_val_acc")
+        else:
+            todo.append(index)
     try:
-        yield
+        by_dir = {Path(cfgs[index].output_dir): index for index in todo}
+        for group in _resumable([cfgs[index] for index in todo]) if todo else []:
+            for run_dir, value in _train_group(group, log_name).items():
+                results[by_dir[run_dir]] = value
     finally:
-        _current.value = None
-        population.leave(member)
-        population.turn.release()
+        for lock in locks:
+            lock.release()
+    return [results.get(index) for index in range(len(cfgs))]
 
 
-def current() -> tuple[Population, str] | None:
-    """The population this thread's run belongs to, and its name in it; None for a run of its own."""
-    return getattr(_current, "value", None)
+def _train_group(group: Sequence[tuple[DictConfig, dict[str, Any] | None]], log_name: str) -> dict[Path, float | None]:
+    """One population: build, fit, test and write every member's files; each member's best val/acc."""
+    cfgs = [cfg for cfg, _ in group]
+    first = cfgs[0]
+    path = choose_path(first)
+    system = PopulationSystem(cfgs, path, population_compiles(first))
+    system.log_name = log_name
+    checkpoints = {Path(cfg.output_dir): checkpoint for cfg, checkpoint in group}
+    resumed = [checkpoints[run_dir] for run_dir in system.run_dirs]
+    system.resumed = resumed if resumed[0] is not None else None
+    if str(first.trainer.precision) in ("64-true", "64"):
+        system.double()  # as train() does: weights drawn in float32, trained in float64
+    datamodule = MNISTDataModule(
+        **_container(first.data),
+        steps_per_call=path.steps_per_call,
+        limit_train_batches=first.trainer.limit_train_batches,
+        gather=False,
+        member_shuffle_seeds=[cfg.data.shuffle_seed for cfg in system.cfgs],
+    )
+    torch.set_float32_matmul_precision(first.matmul_precision)
+    _member_hooks(system)
+    log.info("Population of %d members, trained together: %s", len(cfgs), system.describe())
+    sweep_dir = system.run_dirs[0].parent
+    last = ModelCheckpoint(  # what Lightning saves, the members' checkpoints are cut from (MemberCheckpointIO)
+        dirpath=sweep_dir / ".population", filename=f".population-{system.run_dirs[0].name}", save_top_k=1,
+        enable_version_counter=False, save_on_train_epoch_end=True,
+    )  # fmt: skip
+    callbacks: list[Callback] = [last, TrainingTakesSignals(), CheckpointOnStop(last)]
+    show_bar = sys.stderr.isatty() if first.progress_bar == "auto" else bool(first.progress_bar)
+    if show_bar:
+        callbacks.append(RichProgressBar())
+    settings = _container(first.trainer)
+    settings.update(limit_train_batches=None, gradient_clip_val=None)  # applied in mini-batches, in the updates
+    trainer = L.Trainer(
+        **settings,
+        default_root_dir=sweep_dir,
+        logger=False,
+        callbacks=callbacks,
+        plugins=[MemberCheckpointIO(system)],
+        enable_progress_bar=show_bar,
+        enable_model_summary=False,
+    )
+    system.started = time.perf_counter()
+    ckpt_path = str(resume_path(system.run_dirs[0])) if system.resumed is not None else None
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+    except (KeyboardInterrupt, SystemExit):
+        for m in system.active():
+            write_summary(system.run_dirs[m], {**system._summary(m), "status": "interrupted"})
+            system.note(m, "Training was interrupted; run the same command with resume=auto to continue.", "ERROR")
+        log.error(
+            "The population was interrupted during epoch %d. Every member's last.ckpt holds where it stopped: run "
+            "the same command with resume=auto (and hydra.sweep.dir=%s) to continue.", trainer.current_epoch,
+            sweep_dir.resolve(),
+        )  # fmt: skip
+        return {run_dir: None for run_dir in system.run_dirs}
+    system._check_finite()
+    global_steps = system.updates_done
+    if system.best is not None:
+        system.evaluated = system.best  # tested at each member's best val/acc, as a run tests its best.ckpt
+    trainer.test(system, datamodule=datamodule, verbose=False)
+    test_loss, test_acc = (values.tolist() for values in system.test_results)
+    results: dict[Path, float | None] = {run_dir: None for run_dir in system.run_dirs}
+    for m in system.active():
+        run_dir, tested = system.run_dirs[m], system.checkpoints[m].best.best_model_path or None
+        test_row = {"epoch": trainer.current_epoch, "step": system.best_updates[m]}
+        write_metrics(run_dir, [*system.histories[m], {**test_row, "test/loss": test_loss[m], "test/acc": test_acc[m]}])
+        summary = {**system._summary(m), "global_steps": global_steps}
+        summary.update(status="completed", test_acc=test_acc[m], test_loss=test_loss[m], tested_checkpoint=tested)
+        cfg = system.cfgs[m]
+        if cfg.report.enabled and tested:
+            from mlptrain.system import load_checkpoint
+
+            member = load_checkpoint(tested)[0]
+            config = _container(cfg)
+            write_run_report(run_dir, summary, config, member, datamodule, _container(cfg.report))
+        write_summary(run_dir, summary)
+        system.note(m, f"Test accuracy {test_acc[m]:.4f}, test loss {test_loss[m]:.4f} (checkpoint {tested})")
+        system.note(m, f"Run directory: {run_dir.resolve()}")
+        results[run_dir] = summary["best_val_acc"]
+    return results

@@ -44,7 +44,7 @@ def _defer(signum: int, frame: FrameType | None) -> None:
 
 def hold() -> None:
     """From here to the end of the process (a command line's), DEFERRED signals are noted outside training.
-    Not in a population member's thread, whose process is the launcher's."""
+    Called by cli.main and by the population launcher, in the main thread (elsewhere it does nothing)."""
     if _main_thread() and not _previous:
         for signum in DEFERRED:
             _previous[signum] = signal.signal(signum, _defer)

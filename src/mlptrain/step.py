@@ -9,7 +9,8 @@ functional=False the same maths runs through the model's own parameters, in plac
 `FastSteps` runs it for several mini-batches per Lightning training step, eagerly or in groups compiled by
 `torch.compile`, and keeps the `torch.optim.Optimizer` (its state, its param_groups that the schedulers
 change) in step with what it computed, so checkpoints, schedulers and resuming see an ordinary optimizer.
-`choose_path` decides, from the config, how a run makes its updates."""
+The path policy is here too: `choose_path` decides, from the config, how a run makes its updates, with
+`updates_per_run`, both compile rules (a run's and a population's) and what counts as several processes."""
 
 import importlib
 import logging
@@ -39,6 +40,9 @@ AUTO_STEPS_PER_CALL = 50  # mini-batches per Lightning training step when steps_
 # time (a few seconds with inductor's cache warm) and saves 0.3-1.4 ms an update (docs/benchmarks.md), so shorter
 # runs would lose time by it.
 COMPILE_MIN_UPDATES = 20_000
+# compile=auto compiles a population's vmapped gradients from this many updates: compiling them takes 4-8 s on a
+# 2-core CPU, and saves 1-2 ms an update whatever the number of members (docs/benchmarks.md, "Populations").
+POPULATION_COMPILE_MIN_UPDATES = 3_000
 
 
 def _sgd_update(params: Tensors, grads: Tensors, state: State, group: Mapping[str, Any], hyper: Mapping) -> State:
@@ -418,14 +422,24 @@ class Path:
     why: str
 
 
+def several_processes(trainer: DictConfig) -> bool:
+    """Whether Lightning runs this trainer config as several processes (DDP): more than one device or node.
+    devices=auto is several where Lightning would take several GPUs (accelerator auto or gpu), one elsewhere."""
+    devices = trainer.get("devices", 1)
+    if devices == "auto":
+        gpu = str(trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+        one = not (gpu and torch.cuda.device_count() > 1)
+    else:
+        one = devices in (1, "1") or (OmegaConf.is_list(devices) and len(devices) == 1)
+    return not one or trainer.get("num_nodes", 1) > 1
+
+
 def _plain_reason(cfg: DictConfig) -> str | None:
     """Why this config must run in Lightning's own loop (one mini-batch per training step), or None."""
     trainer = cfg.trainer
-    devices = trainer.get("devices", 1)
-    one_device = devices in (1, "1") or (OmegaConf.is_list(devices) and len(devices) == 1)
     if cfg.data.loader != "tensor":
         return "data.loader=dataloader serves one mini-batch at a time"
-    if not one_device or trainer.get("num_nodes", 1) != 1:
+    if several_processes(trainer):
         return "with several processes Lightning's loop synchronises the gradients"
     if str(trainer.get("precision", "32-true")) not in ("32-true", "32", "64-true", "64"):
         return f"trainer.precision={trainer.precision} needs Lightning's mixed-precision loop (loss scaling)"
@@ -517,3 +531,11 @@ def choose_path(cfg: DictConfig) -> Path:
         bool(compiling),
         f"{steps} mini-batches per training step, {'compiled' if compiling else 'not compiled'} ({why})",
     )
+
+
+def population_compiles(cfg: DictConfig) -> bool:
+    """Whether a population of jobs configured as cfg compiles its members' gradients (mlptrain.population):
+    compile=true, or compile=auto where it makes at least POPULATION_COMPILE_MIN_UPDATES updates."""
+    if cfg.compile == "auto":
+        return updates_per_run(cfg) >= POPULATION_COMPILE_MIN_UPDATES
+    return bool(cfg.compile)

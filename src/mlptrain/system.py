@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
@@ -19,6 +20,7 @@ from mlptrain.losses import make_loss
 from mlptrain.model import MLP
 from mlptrain.rundir import read_checkpoint, unloadable
 from mlptrain.step import Clip, FastSteps
+from mlptrain.step import Path as TrainingPath
 
 SCHEDULERS = ("none", "cosine", "step", "onecycle")
 STAGES = ("train", "val", "test")
@@ -82,7 +84,6 @@ class MLPSystem(L.LightningModule):
         self.check_finite_every_n_steps = check_finite_every_n_steps
         self.automatic_optimization = steps_per_call == 1
         self.fast: FastSteps | None = None  # made with the optimizer, in configure_optimizers
-        self.make_steps: Callable[..., FastSteps] = FastSteps  # a population's member makes a MemberSteps
         # Updates made: Lightning's global_step counts training steps, which make K updates each when K > 1.
         self.updates_done = 0
         self.updates_checked = 0  # where the host last looked at the NaN flag
@@ -304,12 +305,7 @@ class MLPSystem(L.LightningModule):
         step = int(self.nonfinite_step)
         if step >= 0:
             epoch = int(self.nonfinite_epoch)
-            raise NonFiniteLossError(
-                f"The training loss became NaN or infinite at epoch {epoch}, global step {step}, so "
-                f"training stopped. This usually means the learning rate is too large for this model "
-                f"and loss (optimizer.lr={self.hparams.optimizer.get('lr')}): lower it, or clip "
-                f"gradients with trainer.gradient_clip_val=1.0."
-            )
+            raise NonFiniteLossError(nonfinite_message(epoch, step, self.hparams.optimizer.get("lr")))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step("val", batch)
@@ -367,7 +363,7 @@ class MLPSystem(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if not self.automatic_optimization:
             clip = self.hparams.gradient_clip_val
-            self.fast = self.make_steps(
+            self.fast = FastSteps(
                 self.model,
                 self.loss_fn,
                 optimizer,
@@ -376,26 +372,60 @@ class MLPSystem(L.LightningModule):
                 norms_of=self.norms_of,
             )
         config = self.hparams.scheduler
-        name = config["name"]
-        if name == "none":
+        if config["name"] == "none":
             return optimizer
-        total_steps = self._total_steps()
-        if name == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                optimizer, T_max=total_steps, eta_min=config.get("min_lr", 0.0)
-            )
-        elif name == "step":
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config["step_size"], gamma=config["gamma"])
-        else:  # onecycle: warm up to the optimizer's lr, then anneal to ~0
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer,
-                max_lr=[group["lr"] for group in optimizer.param_groups],
-                total_steps=total_steps,
-                pct_start=config.get("pct_start", 0.3),
-                # Off unless asked: cycling would override the momentum or beta1 the optimizer was given.
-                cycle_momentum=config.get("cycle_momentum", False),
-            )
+        scheduler = make_scheduler(optimizer, config, self._total_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+
+def make_scheduler(optimizer: Optimizer, config: Mapping[str, Any], total_steps: int) -> Any:
+    """The learning-rate schedule that config (conf/scheduler/, not `none`) names, over `total_steps` updates."""
+    name = config["name"]
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=total_steps, eta_min=config.get("min_lr", 0.0)
+        )
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config["step_size"], gamma=config["gamma"])
+    # onecycle: warm up to the optimizer's lr, then anneal to ~0
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=total_steps,
+        pct_start=config.get("pct_start", 0.3),
+        # Off unless asked: cycling would override the momentum or beta1 the optimizer was given.
+        cycle_momentum=config.get("cycle_momentum", False),
+    )
+
+
+def nonfinite_message(epoch: int, step: int, lr: Any) -> str:
+    """What a run whose training loss became NaN or infinite says (NonFiniteLossError)."""
+    return (
+        f"The training loss became NaN or infinite at epoch {epoch}, global step {step}, so "
+        f"training stopped. This usually means the learning rate is too large for this model "
+        f"and loss (optimizer.lr={lr}): lower it, or clip gradients with trainer.gradient_clip_val=1.0."
+    )
+
+
+def hyperparameters(cfg: DictConfig, path: TrainingPath) -> dict[str, Any]:
+    """MLPSystem's arguments for the run `cfg` describes, making its updates as `path` says (step.choose_path):
+    what its checkpoints save as hyper_parameters."""
+
+    def plain(node: Any) -> Any:
+        return OmegaConf.to_container(node, resolve=True)
+
+    return {
+        "model": plain(cfg.model),
+        "loss": plain(cfg.loss),
+        "optimizer": plain(cfg.optimizer),
+        "scheduler": plain(cfg.scheduler),
+        "check_finite_every_n_steps": cfg.check_finite_every_n_steps,
+        "log_grad_norms": cfg.log_grad_norms,
+        "steps_per_call": path.steps_per_call,
+        "compile": path.compile,
+        "gradient_clip_val": cfg.trainer.gradient_clip_val,
+        "gradient_clip_algorithm": cfg.trainer.gradient_clip_algorithm,
+    }
 
 
 def load_checkpoint(path: str | Path) -> tuple[MLPSystem, dict[str, Any]]:

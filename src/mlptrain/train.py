@@ -4,12 +4,10 @@ import importlib.metadata
 import importlib.util
 import logging
 import sys
-import threading
 import time
 import traceback
 import warnings
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +22,10 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain import population
 from mlptrain.callbacks import CheckpointOnStop, Checkpoints, RecordRun, WeightTrajectory
 from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunDirError, RunInterrupted
-from mlptrain.population import MemberSteps
 from mlptrain.report import write_run_report
 from mlptrain.rundir import (
     DurableCheckpointIO,
@@ -45,11 +41,10 @@ from mlptrain.rundir import (
 )
 from mlptrain.signals import TrainingTakesSignals
 from mlptrain.step import Path as TrainingPath
-from mlptrain.step import choose_path
-from mlptrain.system import MLPSystem, load_checkpoint
+from mlptrain.step import choose_path, several_processes
+from mlptrain.system import MLPSystem, hyperparameters, load_checkpoint
 
 log = logging.getLogger(__name__)
-_SEEDING = threading.Lock()
 
 
 def _container(cfg: DictConfig) -> dict[str, Any]:
@@ -109,8 +104,7 @@ def _make_trainer(
 def _check_processes(cfg: DictConfig) -> None:
     """Hydra sweeps and Lightning's own process launcher cannot be combined: refuse that before it starts."""
     devices = cfg.trainer.get("devices", 1)
-    one = devices in (1, "1", "auto") or (OmegaConf.is_list(devices) and len(devices) == 1)
-    several = not one or cfg.trainer.get("num_nodes", 1) > 1
+    several = several_processes(cfg.trainer)
     launched = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
     if several and not launched and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise ConfigError(
@@ -128,18 +122,7 @@ def _device_name(trainer: L.Trainer) -> str:
 
 
 def _build_system(cfg: DictConfig, path: TrainingPath) -> MLPSystem:
-    return MLPSystem(
-        model=_container(cfg.model),
-        loss=_container(cfg.loss),
-        optimizer=_container(cfg.optimizer),
-        scheduler=_container(cfg.scheduler),
-        check_finite_every_n_steps=cfg.check_finite_every_n_steps,
-        log_grad_norms=cfg.log_grad_norms,
-        steps_per_call=path.steps_per_call,
-        compile=path.compile,
-        gradient_clip_val=cfg.trainer.gradient_clip_val,
-        gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
-    )
+    return MLPSystem(**hyperparameters(cfg, path))
 
 
 def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
@@ -203,10 +186,8 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     if writer:
         write_text_durably(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     torch.set_float32_matmul_precision(cfg.matmul_precision)
-    member = population.current()
-    with _SEEDING:  # a population's members (threads) each seed the generator and draw their weights in turn
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        system = _build_system(cfg, path) if path else load_checkpoint(cfg.ckpt_path)[0]
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    system = _build_system(cfg, path) if path else load_checkpoint(cfg.ckpt_path)[0]
     if str(cfg.trainer.precision) in ("64-true", "64"):
         # Lightning loads a resumed checkpoint's weights before it converts the model to float64: into float32
         # weights, which would round them (1e-7) and make the resumed run differ from one that ran through.
@@ -216,13 +197,9 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         **_container(cfg.data),
         steps_per_call=steps_per_call,
         limit_train_batches=cfg.trainer.limit_train_batches,
-        gather=member is None,  # a population gathers its members' mini-batches together
     )
-    if member is not None:
-        system.make_steps = partial(MemberSteps, *member, datamodule.train_inputs)
-        member[0].wait_for_the_others(member[1])
     if path and writer:
-        log.info("Training path: %s", path.why if member is None else member[0].describe(path.steps_per_call))
+        log.info("Training path: %s", path.why)
     trajectory = WeightTrajectory() if cfg.report.landscape else None
     if trajectory is not None and not cfg.train:  # the path kept in the checkpoint's training
         trajectory.load_state_dict(read_checkpoint(cfg.ckpt_path).get("callbacks", {}).get("WeightTrajectory", {}))

@@ -3,32 +3,36 @@
     python train.py -m hydra/launcher=population seed=1,2,3,4,5 optimizer.lr=0.1,0.5
 
 The jobs that can be stacked (the same network, loss, optimizer class, batch size, epochs and data; see
-mlptrain.population.stack_key) train together, each in a thread of its own running the ordinary
-train(cfg), so each gets the directory, files and results it would get alone. Jobs that cannot be
-stacked run one after another, as Hydra's basic launcher runs them. Hydra finds this module as a plugin
-because it lives in the hydra_plugins namespace package.
+mlptrain.population.stack_key) train together as one stacked model, in this process's main thread, each job
+with the directory, files and result it would get alone. Jobs that cannot be stacked run one after another, as
+Hydra's basic launcher runs them. Hydra finds this module as a plugin because it lives in the hydra_plugins
+namespace package.
+
+Composing a job's config takes Hydra about 0.1 s, which for a thousand jobs would be longer than training them:
+a job whose overrides differ from the last composed job's only in values of mlptrain.population.MEMBER_KEYS
+is that config with those values set, as Hydra would have set them.
 """
 
+import copy
 import logging
-import signal
-import threading
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import torch
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from mlptrain.frameworks import BasicSweeper, BasicSweeperConf
+from mlptrain.rundir import yaml_text
 
 log = logging.getLogger(__name__)
-JOB_FORMAT = (
-    "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # a job's log lines, as Hydra's job_logging writes them
-)
 
 
 @dataclass
@@ -42,13 +46,28 @@ ConfigStore.instance().store(
 )
 
 
-class _ThisThread(logging.Filter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.thread = threading.get_ident()
+@dataclass
+class SweeperConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.mlptrain_population.population_launcher.Sweeper"
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.thread == self.thread
+
+ConfigStore.instance().store(group="hydra/sweeper", name="mlptrain", node=SweeperConf, provider="mlptrain")
+
+
+class Sweeper(BasicSweeper):
+    """Hydra's basic sweeper (conf/train.yaml makes it the default of -m), checking a batch of jobs as the
+    launchers compose them: a job whose overrides differ from the last composed job's only in values of member
+    keys is not composed again. Hydra's own check composes every job's config before the launcher composes
+    them again, 0.1 s each."""
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        composed: dict[str, Override] | None = None
+        for overrides in batch:
+            parsed = _parsed(overrides)
+            if composed is not None and _member_changes(composed, parsed) is not None:
+                continue
+            self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            composed = parsed
 
 
 class PopulationLauncher(Launcher):
@@ -62,103 +81,193 @@ class PopulationLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from mlptrain.population import stack_key
+        from mlptrain import signals
+        from mlptrain.cli import quiet_console
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        quiet_console()
+        signals.hold()  # as a command line's run does: SIGTERM is Lightning's during training alone
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"Population launcher sweeping over {len(job_overrides)} jobs in {sweep_dir}")
-        jobs = []
-        for index, overrides in enumerate(job_overrides, start=initial_job_idx):
-            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(config):
-                config.hydra.job.id = f"{config.hydra.job.name}_{index}"
-                config.hydra.job.num = index
-            jobs.append((index, list(overrides), config))
+        jobs: list[Job] = []
         groups: dict[str, list[int]] = {}
-        for position, (_, _, config) in enumerate(jobs):
-            key = stack_key(config)
-            groups.setdefault(key if key is not None else f"alone {position}", []).append(position)
+        composed: Composed | None = None
+        for index, overrides in enumerate(job_overrides, start=initial_job_idx):
+            task = _derived(composed, list(overrides)) if composed is not None else None
+            if task is None:  # composed by Hydra
+                config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                composed = Composed.of(overrides, config)
+            job = Job(index, list(overrides), composed, task)
+            groups.setdefault(composed.key or f"alone {len(jobs)}", []).append(len(jobs))
+            jobs.append(job)
         results: list[JobReturn | None] = [None] * len(jobs)
-        for members in groups.values():
-            for start in range(0, len(members), self.max_members):
-                chosen = members[start : start + self.max_members]
-                if len(chosen) == 1:
-                    results[chosen[0]] = self._run_one(*jobs[chosen[0]])
-                else:
-                    for position, result in zip(chosen, self._run_population([jobs[p] for p in chosen])):
-                        results[position] = result
+        try:
+            for members in groups.values():
+                for start in range(0, len(members), self.max_members):
+                    chosen = members[start : start + self.max_members]
+                    if len(chosen) == 1:
+                        results[chosen[0]] = self._run_one(jobs[chosen[0]])
+                    else:
+                        for position, result in zip(chosen, self._run_population([jobs[p] for p in chosen])):
+                            results[position] = result
+        finally:
+            signals.drain()
         return results  # type: ignore[return-value]
 
-    def _run_job(self, config: DictConfig, configure_logging: bool = True) -> JobReturn:
+    def _run_one(self, job: "Job") -> JobReturn:
+        log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
+        config = job.composed.config
+        if job.derived is not None:  # a population's member left on its own (max_members): composed by Hydra
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, job.overrides)
+        with open_dict(config):
+            config.hydra.job.id = f"{config.hydra.job.name}_{job.index}"
+            config.hydra.job.num = job.index
         return run_job(
             hydra_context=self.hydra_context,
             task_function=self.task_function,
             config=config,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
-            configure_logging=configure_logging,
         )
 
-    def _run_one(self, index: int, overrides: list[str], config: DictConfig) -> JobReturn:
-        log.info(f"\t#{index} : {' '.join(filter_overrides(overrides))}")
-        return self._run_job(config)
+    def _run_population(self, jobs: "list[Job]") -> list[JobReturn]:
+        from mlptrain.population import train_population
 
-    def _run_population(self, jobs: list[tuple[int, list[str], DictConfig]]) -> list[JobReturn]:
-        from mlptrain.population import Population, compiles, member_of
-
-        names = [str(index) for index, _, _ in jobs]
-        population = Population(names, compile=compiles(jobs[0][2]))
         log.info(f"Population of {len(jobs)} jobs, trained together:")
-        results: list[Any] = [None] * len(jobs)
+        import time
 
-        def member(position: int) -> None:
-            config = jobs[position][2]
-            # Hydra's run-time values are one per process: each job's directory is fixed in its config first.
-            output_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-            with open_dict(config):
-                config.output_dir = str(output_dir.resolve())
-            output_dir.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(output_dir / f"{config.hydra.job.name}.log")
-            handler.addFilter(_ThisThread())
-            handler.setFormatter(logging.Formatter(JOB_FORMAT))
-            logging.getLogger().addHandler(handler)
-            try:
-                with member_of(population, names[position]):
-                    # one process-wide logging setup; each job's own file: the handler above
-                    results[position] = self._run_job(config, configure_logging=False)
-            finally:
-                logging.getLogger().removeHandler(handler)
-                handler.close()
+        print(f"TIMING prepare-start {time.perf_counter():.3f}", flush=True)
+        tasks = []
+        for job in jobs:
+            log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
+            tasks.append(job.prepare())
+        name = str(jobs[0].composed.config.hydra.job.name)
+        import time
 
-        for index, overrides, _ in jobs:
-            log.info(f"\t#{index} : {' '.join(filter_overrides(overrides))}")
-        # The jobs' lines on the console as a job's own logging shows them (Hydra's says [HYDRA] instead).
-        console = logging.Formatter(JOB_FORMAT)
-        for root_handler in logging.getLogger().handlers:
-            root_handler.setFormatter(console)
-        threads = [threading.Thread(target=member, args=(p,), name=f"member-{names[p]}") for p in range(len(jobs))]
-        previous = signal.getsignal(signal.SIGTERM)
+        print(f"TIMING prepared {time.perf_counter():.3f}", flush=True)
+        values = train_population(tasks, log_name=f"{name}.log")
+        return [
+            JobReturn(
+                overrides=job.overrides,
+                cfg=task,
+                hydra_cfg=None,  # Hydra's own launchers hand it to Hydra callbacks (hydra.callbacks), not called here
+                working_dir=str(Path.cwd()),
+                task_name=name,
+                status=JobStatus.COMPLETED,
+                _return_value=value,
+            )
+            for job, task, value in zip(jobs, tasks, values)
+        ]
 
-        def stop(signum: int, frame: Any) -> None:  # a cluster's preemption: every member checkpoints and stops
-            population.stop_requested = True
 
-        signal.signal(signal.SIGTERM, stop)
-        # Lightning's 64-true precision sets the process-wide default dtype in each training step and puts back
-        # what it found; with steps in several threads, what it puts back can be another thread's float64.
-        # Hydra's run-time config, one per process, is set by each run_job and put back when its job ends:
-        # with jobs in threads, what one puts back may be another job's. Both are restored at the end.
-        dtype = torch.get_default_dtype()
-        hydra_config = HydraConfig.instance().cfg
+class Composed(NamedTuple):
+    """A job's config as Hydra composed it: its overrides, parsed; the config; the task's part (no hydra); and
+    mlptrain.population.stack_key of it."""
+
+    overrides: dict[str, Override]
+    config: DictConfig
+    task: DictConfig
+    key: str | None
+    hydra: dict[str, Any]  # config.hydra as plain containers, interpolations kept
+
+    @classmethod
+    def of(cls, overrides: Sequence[str], config: DictConfig) -> "Composed":
+        from mlptrain.population import stack_key
+
+        return cls(_parsed(overrides), config, _task_of(config), stack_key(config), _plain(config.hydra))
+
+
+@dataclass
+class Job:
+    """A job of the sweep: its number, its overrides, the job composed last, and its own task config where it is
+    that one's with other member values (_derived), else None (it is that one, or runs alone)."""
+
+    index: int
+    overrides: list[str]
+    composed: Composed
+    derived: DictConfig | None
+
+    def prepare(self) -> DictConfig:
+        """The task config of the job (its output_dir set), with the files Hydra writes for a job: .hydra/
+        config.yaml, hydra.yaml and overrides.yaml, as Hydra's run_job writes them (no fsync either)."""
+        hydra = copy.deepcopy(self.composed.hydra)
+        own = self.composed.overrides if self.derived is None else _parsed(self.overrides)
+        hydra["job"].update(id=f"{hydra['job']['name']}_{self.index}", num=self.index)
+        hydra["job"]["override_dirname"] = _override_dirname(own, hydra["job"]["config"]["override_dirname"])
+        hydra["overrides"]["task"] = list(self.overrides)
+        # The sweep's folder and the job's subfolder, resolved as Hydra resolves them for the job.
+        subdir = OmegaConf.create({"hydra": {key: hydra[key] for key in ("job", "sweep")}}).hydra.sweep.subdir
+        output_dir = (Path(str(self.composed.config.hydra.sweep.dir)) / str(subdir)).resolve()
+        hydra["runtime"]["output_dir"] = str(output_dir)
+        task = self.derived if self.derived is not None else copy.deepcopy(self.composed.task)
+        with read_write(task), open_dict(task):
+            task.output_dir = str(output_dir)
+        if hydra.get("output_subdir") is not None:
+            folder = output_dir / str(hydra["output_subdir"])
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, node in (
+                ("config.yaml", OmegaConf.to_container(task)),
+                ("hydra.yaml", {"hydra": hydra}),
+                ("overrides.yaml", list(self.overrides)),
+            ):
+                (folder / name).write_text(yaml_text(node), encoding="utf-8")
+        return task
+
+
+def _task_of(config: DictConfig) -> DictConfig:
+    """What Hydra's run_job hands its task function: the config without hydra."""
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def _plain(node: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=False, enum_to_str=True)  # type: ignore[return-value]
+
+
+def _override_dirname(overrides: dict[str, Override], settings: dict[str, Any]) -> str:
+    """hydra.job.override_dirname, as Hydra makes it from a job's overrides."""
+    kept = sorted(o.input_line for o in overrides.values() if o.key_or_group not in settings["exclude_keys"])
+    return re.sub("=", settings["kv_sep"], settings["item_sep"].join(kept))
+
+
+def _parsed(overrides: Sequence[str]) -> dict[str, Override]:
+    return {override.key_or_group: override for override in OverridesParser.create().parse_overrides(list(overrides))}
+
+
+def _member_changes(base: dict[str, Override], own: dict[str, Override]) -> list[Override] | None:
+    """The overrides in which a job (`own`) differs from a composed one (`base`) where it differs from it only in
+    the values of member keys (mlptrain.population.MEMBER_KEYS); else None."""
+    from mlptrain.population import MEMBER_KEYS
+
+    if own.keys() != base.keys():
+        return None
+    changed = [override for key, override in own.items() if override.input_line != base[key].input_line]
+    for override in changed:
+        plain = override.type == OverrideType.CHANGE and override.package is None and not override.is_sweep_override()
+        if not plain or override.key_or_group not in MEMBER_KEYS:
+            return None
+    return changed
+
+
+def _derived(composed: Composed, overrides: list[str]) -> DictConfig | None:
+    """The task config of a job whose overrides differ from the composed job's only in the values of member keys:
+    a copy of that job's with those values set, as Hydra sets them; else None (Hydra composes it, and says what
+    is wrong with a value that does not fit its key). Only for jobs that can be stacked: the others run as Hydra
+    runs them, with their own whole config."""
+    if composed.key is None:
+        return None
+    changed = _member_changes(composed.overrides, _parsed(overrides))
+    if changed is None:
+        return None
+    derived = copy.deepcopy(composed.task)
+    with read_write(derived), open_dict(derived):
         try:
-            for thread in threads:
-                thread.start()
-            population.serve(threads)
-            for thread in threads:
-                thread.join()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            torch.set_default_dtype(dtype)
-            HydraConfig.instance().cfg = hydra_config
-        return results
+            for override in changed:
+                OmegaConf.update(derived, override.key_or_group, override.value(), merge=True)
+        except Exception:  # a value of the wrong type, say
+            return None
+    return derived
