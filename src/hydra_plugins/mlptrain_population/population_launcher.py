@@ -136,17 +136,11 @@ class PopulationLauncher(Launcher):
         from mlptrain.population import train_population
 
         log.info(f"Population of {len(jobs)} jobs, trained together:")
-        import time
-
-        print(f"TIMING prepare-start {time.perf_counter():.3f}", flush=True)
         tasks = []
         for job in jobs:
             log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
             tasks.append(job.prepare())
         name = str(jobs[0].composed.config.hydra.job.name)
-        import time
-
-        print(f"TIMING prepared {time.perf_counter():.3f}", flush=True)
         values = train_population(tasks, log_name=f"{name}.log")
         return [
             JobReturn(
