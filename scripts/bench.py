@@ -473,6 +473,25 @@ def populations(runs: int) -> list[dict[str, Any]]:
     return rows
 
 
+def print_rows(header: str, titles: list[str], keys: list[str], rows: list[dict[str, Any]], out: str) -> None:
+    """A table of whole-process timings as Markdown (seconds to 1 decimal, ratios to 2, memory whole), and the
+    rows as JSON in `out`."""
+
+    def shown(key: str, value: Any) -> str:
+        if key == "runs_s":
+            return ", ".join(f"{t:.1f}" for t in value)
+        if key.startswith("x_"):
+            return f"{value:.2f}"
+        return f"{value:.1f}" if key == "wall_s" else f"{value:.0f}" if key == "peak_rss_mb" else str(value)
+
+    print(header)
+    print("| " + " | ".join(titles) + " |\n|" + "---|" * len(titles))
+    for row in rows:
+        print("| " + " | ".join(shown(key, row[key]) for key in keys) + " |")
+    Path(out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    print(f"JSON: {out}")
+
+
 if __name__ == "__main__":
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the table is the output
     args = OmegaConf.merge(DEFAULTS, OmegaConf.from_cli())
@@ -484,32 +503,22 @@ if __name__ == "__main__":
         sys.exit(0)
     if args.members:
         counts = [args.members] if isinstance(args.members, int) else list(args.members)
-        rows = members_table(counts, args.runs, args.train_size)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.runs}, taking turns")
-        print("| members | system | wall s | runs | × stacked loop | peak RSS MiB |\n|---|---|---|---|---|---|")
-        for r in rows:
-            runs_s = ", ".join(f"{t:.1f}" for t in r["runs_s"])
-            print(
-                f"| {r['members']} | {r['system']} | {r['wall_s']:.1f} | {runs_s} | {r['x_stacked_loop']:.2f} "
-                f"| {r['peak_rss_mb']:.0f} |"
-            )
-        Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-        print(f"JSON: {args.out}")
+        print_rows(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.runs}, taking turns",
+            ["members", "system", "wall s", "runs", "× stacked loop", "peak RSS MiB"],
+            ["members", "system", "wall_s", "runs_s", "x_stacked_loop", "peak_rss_mb"],
+            members_table(counts, args.runs, args.train_size),
+            args.out,
+        )
         sys.exit(0)
     if args.populations:
-        rows = populations(args.runs)
-        print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads; one run, population: median of {args.runs}"
+        print_rows(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; one run, population: median of {args.runs}",
+            ["sweep", "system", "jobs", "wall s", "runs", "× one run", "peak RSS MiB"],
+            ["sweep", "system", "jobs", "wall_s", "runs_s", "x_one_run", "peak_rss_mb"],
+            populations(args.runs),
+            args.out,
         )
-        print("| sweep | system | jobs | wall s | runs | × one run | peak RSS MiB |\n|---|---|---|---|---|---|---|")
-        for r in rows:
-            runs_s = ", ".join(f"{t:.1f}" for t in r["runs_s"])
-            print(
-                f"| {r['sweep']} | {r['system']} | {r['jobs']} | {r['wall_s']:.1f} | {runs_s} | {r['x_one_run']:.2f} "
-                f"| {r['peak_rss_mb']:.0f} |"
-            )
-        Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-        print(f"JSON: {args.out}")
         sys.exit(0)
     if args.e2e:
         rows = end_to_end(args.runs, args.e2e_epochs)

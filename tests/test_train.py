@@ -383,6 +383,9 @@ def test_every_path_makes_the_plain_paths_updates(
         (["experiment=modern", "trainer.max_epochs=60"], "not compiled (dropout: compiled code would draw"),
         (["data.loader=dataloader"], "Lightning's loop, one mini-batch per training step: data.loader=dataloader"),
         (["trainer=ddp"], "Lightning's loop, one mini-batch per training step: with several processes"),
+        (["trainer.num_nodes=2"], "Lightning's loop, one mini-batch per training step: with several processes"),
+        # devices=auto is one process where Lightning would take one device (here: no GPU), as train() decides
+        (["trainer.devices=auto", "trainer.accelerator=cpu"], "50 mini-batches per training step"),
         (["trainer.precision=bf16-mixed"], "trainer.precision=bf16-mixed needs Lightning's mixed-precision loop"),
         (["+trainer.max_steps=100"], "trainer.max_steps counts Lightning's training steps"),
         (["optimizer=any"], "torch.optim.RMSprop has no functional"),

@@ -22,7 +22,6 @@ The launcher that groups a sweep's jobs and composes their configs: hydra_plugin
 """
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,6 +59,7 @@ from mlptrain.signals import TrainingTakesSignals
 from mlptrain.step import UPDATES, Clip, choose_path, gradients, population_compiles
 from mlptrain.step import Path as TrainingPath
 from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message
+from mlptrain.train import progress_bar, trainer_settings
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%s][%s][%s] - %s\n"  # a member's log lines, as Hydra's job_logging writes a run's
@@ -413,6 +413,9 @@ class PopulationSystem(L.LightningModule):
             values = {"train/loss": loss[m], "train/acc": acc[m]}
             values.update({f"grad_norm/{name}": value for name, value in zip(self.norms_of, norms[m])})
             self._add_row(m, {**values, **self.epoch_lrs[m]})
+            row = self.histories[m][-1]  # the epoch's line, as a run logs it
+            shown = "  ".join(f"{key} {row[key]:.4f}" for key in sorted(row) if key.split("/")[0] in ("train", "val"))
+            self.note(m, f"epoch {self.current_epoch}  {shown}")
         active = self.active()
         if active:
             log.info(
@@ -745,13 +748,11 @@ def _train_group(group: Sequence[tuple[DictConfig, dict[str, Any] | None]], log_
         enable_version_counter=False, save_on_train_epoch_end=True,
     )  # fmt: skip
     callbacks: list[Callback] = [last, TrainingTakesSignals(), CheckpointOnStop(last)]
-    show_bar = sys.stderr.isatty() if first.progress_bar == "auto" else bool(first.progress_bar)
+    show_bar = progress_bar(first.progress_bar)
     if show_bar:
         callbacks.append(RichProgressBar())
-    settings = _container(first.trainer)
-    settings.update(limit_train_batches=None, gradient_clip_val=None)  # applied in mini-batches, in the updates
     trainer = L.Trainer(
-        **settings,
+        **trainer_settings(first, path.steps_per_call),
         default_root_dir=sweep_dir,
         logger=False,
         callbacks=callbacks,
@@ -795,6 +796,7 @@ def _train_group(group: Sequence[tuple[DictConfig, dict[str, Any] | None]], log_
             member = load_checkpoint(tested)[0]
             config = _container(cfg)
             write_run_report(run_dir, summary, config, member, datamodule, _container(cfg.report))
+            system.note(m, f"Report with pictures: {(run_dir / 'report.md').resolve()}")
         write_summary(run_dir, summary)
         system.note(m, f"Test accuracy {test_acc[m]:.4f}, test loss {test_loss[m]:.4f} (checkpoint {tested})")
         system.note(m, f"Run directory: {run_dir.resolve()}")

@@ -51,7 +51,7 @@ def _container(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def _progress_bar(setting: str | bool) -> bool:
+def progress_bar(setting: str | bool) -> bool:
     if setting == "auto":
         return sys.stderr.isatty()  # a bar redrawn in a log file is thousands of lines of noise
     return bool(setting)
@@ -61,7 +61,7 @@ def _make_trainer(
     cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback] = (), steps_per_call: int = 1
 ) -> tuple[L.Trainer, Checkpoints]:
     checkpoints = Checkpoints.into(run_dir / "checkpoints")
-    show_bar = _progress_bar(cfg.progress_bar)
+    show_bar = progress_bar(cfg.progress_bar)
     callbacks: list[Callback] = [
         *checkpoints,
         RecordRun(_container(cfg)),
@@ -79,11 +79,7 @@ def _make_trainer(
                 'pip install -e ".[tensorboard]" (or pip install tensorboard), or use logger=csv.'
             )
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False))
-    settings = _container(cfg.trainer)
-    if cfg.data.loader == "tensor":  # the batches apply it, in mini-batches (TensorBatches.limit)
-        settings["limit_train_batches"] = None
-    if steps_per_call > 1:  # FastSteps clips inside its updates (MLPSystem gets the setting)
-        settings["gradient_clip_val"] = None
+    settings = trainer_settings(cfg, steps_per_call)
     try:
         trainer = L.Trainer(
             **settings,
@@ -99,6 +95,16 @@ def _make_trainer(
             f"The trainer config is not valid: {error}. Check the trainer.* keys (conf/trainer/)."
         ) from error
     return trainer, checkpoints
+
+
+def trainer_settings(cfg: DictConfig, steps_per_call: int) -> dict[str, Any]:
+    """The trainer.* keys as Lightning's Trainer takes them, for a run making steps_per_call updates a step."""
+    settings = _container(cfg.trainer)
+    if cfg.data.loader == "tensor":  # the batches apply it, in mini-batches (TensorBatches.limit)
+        settings["limit_train_batches"] = None
+    if steps_per_call > 1:  # the updates clip inside (FastSteps, a population's step)
+        settings["gradient_clip_val"] = None
+    return settings
 
 
 def _check_processes(cfg: DictConfig) -> None:
