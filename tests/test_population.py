@@ -56,7 +56,7 @@ def epoch_values(run: Path) -> list[dict[str, float]]:
     return [{k: float(v) for k, v in row.items() if v and k.startswith(wanted)} for row in rows]
 
 
-def assert_same_run(a: Path, b: Path, tolerance: float = 1e-9) -> None:
+def assert_same_run(a: Path, b: Path, tolerance: float = 1e-9, steps: int = 140) -> None:
     ckpt_a = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)
     ckpt_b = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)
     for key, value in ckpt_a["state_dict"].items():
@@ -73,7 +73,7 @@ def assert_same_run(a: Path, b: Path, tolerance: float = 1e-9) -> None:
             assert row_b[key] == pytest.approx(value, rel=tolerance, abs=tolerance), key
     summary_a, summary_b = (json.loads((run / "summary.json").read_text()) for run in (a, b))
     assert summary_a["status"] == summary_b["status"] == "completed"
-    assert summary_a["global_steps"] == summary_b["global_steps"] == 140
+    assert summary_a["global_steps"] == summary_b["global_steps"] == steps
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["vmapped", "vmapped-and-compiled"])
@@ -123,6 +123,24 @@ def test_a_population_is_at_most_max_members_and_one_left_over_runs_alone(tmp_pa
         assert json.loads((folder / str(number) / "summary.json").read_text())["status"] == "completed"
         together = "with the other members of a population" in (folder / str(number) / "train.log").read_text()
         assert together == (number < 2)
+    status, output = run_in_process("scripts/report.py", [str(folder)], capsys)  # one row per job
+    assert status == 0, output
+    assert len((folder / "sweep_jobs.csv").read_text().strip().splitlines()) == 1 + 3
+
+
+def test_a_member_with_a_value_out_of_range_is_refused_alone(tmp_path: Path, capsys) -> None:
+    """Only the first job's config is composed: a member's own value is still checked, as its run alone's."""
+    folder = tmp_path / "sweep"
+    status, output = run_in_process(
+        "train.py",
+        ["-m", "hydra/launcher=population", "optimizer.lr=0.1,-1.0", *SHORT, "trainer.max_epochs=1",
+         f"hydra.sweep.dir={folder}"],
+        capsys,
+    )  # fmt: skip
+    assert status == 0, output[-3000:]
+    assert "optimizer.lr=-1.0 is out of range" in output
+    assert json.loads((folder / "0" / "summary.json").read_text())["status"] == "completed"
+    assert not (folder / "1" / "summary.json").exists()
 
 
 def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
@@ -178,3 +196,33 @@ def test_an_optuna_search_trains_each_batch_of_trials_as_a_population(tmp_path: 
         assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
     results = yaml.safe_load((folder / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(max(summary["best_val_acc"] for summary in summaries))
+
+
+def test_a_population_killed_then_resumed_gives_each_member_its_uninterrupted_run(tmp_path: Path, capsys) -> None:
+    """SIGKILL (no handler, no last word) once the members have written their first epoch; the same command with
+    resume=auto then finishes each member from its own last.ckpt, as if nothing had happened."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "sweep"
+    longer = ("data.train_size=5000", "trainer.max_epochs=4", "optimizer=sgd", "scheduler=none")
+    arguments = [*SHORT, *longer, "seed=1,2", f"hydra.sweep.dir={folder}"]
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=population", *arguments],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    first_epoch = folder / "1" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not first_epoch.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (folder / "0" / "summary.json").exists(), "the kill came after the sweep had finished"
+    sweep(tmp_path, capsys, *longer, "seed=1,2", "resume=auto")
+    for number in (0, 1):
+        run = alone(tmp_path, f"alone{number}", *longer, f"seed={number + 1}")
+        assert_same_run(folder / str(number), run, steps=2000)

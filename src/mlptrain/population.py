@@ -59,7 +59,7 @@ from mlptrain.signals import TrainingTakesSignals
 from mlptrain.step import UPDATES, Clip, choose_path, gradients, population_compiles
 from mlptrain.step import Path as TrainingPath
 from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message
-from mlptrain.train import progress_bar, trainer_settings
+from mlptrain.train import fit, progress_bar, trainer_settings
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%s][%s][%s] - %s\n"  # a member's log lines, as Hydra's job_logging writes a run's
@@ -763,9 +763,14 @@ def _train_group(group: Sequence[tuple[DictConfig, dict[str, Any] | None]], log_
     system.started = time.perf_counter()
     ckpt_path = str(resume_path(system.run_dirs[0])) if system.resumed is not None else None
     try:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
+        fit(trainer, system, datamodule, ckpt_path)
+    except MlptrainError as error:  # the population's settings (Lightning refusing them, say): every member's
+        log.error("%s", error)
+        for m in system.active():
+            write_metrics(system.run_dirs[m], system.histories[m])
+            write_summary(system.run_dirs[m], {**system._summary(m), "status": "failed", "error": str(error)})
+            system.note(m, str(error), "ERROR")
+        return {run_dir: None for run_dir in system.run_dirs}
     except (KeyboardInterrupt, SystemExit):
         for m in system.active():
             write_summary(system.run_dirs[m], {**system._summary(m), "status": "interrupted"})

@@ -224,27 +224,7 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     start = time.perf_counter()
     try:
         if cfg.train:
-            try:
-                with warnings.catch_warnings():
-                    if cfg.data.loader == "tensor":  # its place in the epoch is in the checkpoint: nothing is lost
-                        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-                    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
-            except RuntimeError as error:
-                if "state_dict" not in str(error):
-                    raise
-                raise ConfigError(
-                    f"The checkpoint {ckpt_path} holds a model of another shape than this config builds "
-                    f"({error}). Resume with the model.* settings the checkpoint was trained with."
-                ) from error
-            except (ValueError, MisconfigurationException) as error:
-                if "/lightning/" not in traceback.extract_tb(error.__traceback__)[-1].filename:
-                    raise  # not Lightning checking its settings: a bug, with its traceback
-                raise ConfigError(
-                    f"Lightning refused the trainer settings: {str(error).strip()} Check the trainer.* keys "
-                    "(conf/trainer/, and those given as +trainer.NAME=VALUE)."
-                ) from error
-            if trainer.interrupted:
-                raise KeyboardInterrupt
+            fit(trainer, system, datamodule, ckpt_path)
         history = list(system.history)  # the training's records; testing loads the best checkpoint's, older
         summary["checkpoints"] = checkpoints.paths()  # before test() restores the callback from a file
         summary["global_steps"] = system.updates_done  # and the module's count, from the tested checkpoint
@@ -259,18 +239,7 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         raise
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
         write_summary(run_dir, summarize(summary, start, trainer, checkpoints, status="interrupted"))
-        last = checkpoints.paths()["last"]
-        resume = (
-            f"to continue where it stopped, in the same directory, run the same command with `resume=auto "
-            f"hydra.run.dir={run_dir.resolve()}` added (or `ckpt_path={last}` for a new directory)"
-            if last
-            else f"no checkpoint had been written yet: the same command with `resume=auto "
-            f"hydra.run.dir={run_dir.resolve()}` added starts it again there"
-        )
-        raise RunInterrupted(
-            f"Training was interrupted during epoch {trainer.current_epoch}. What was written is kept in "
-            f"{run_dir.resolve()}; {resume}."
-        ) from stop
+        raise _interrupted(run_dir, trainer.current_epoch, checkpoints.paths()["last"]) from stop
     test_row = {"epoch": trainer.current_epoch, "step": system.updates_done}
     write_metrics(run_dir, [*history, {**test_row, "test/loss": results["test/loss"], "test/acc": results["test/acc"]}])
     summary.update(test_acc=results["test/acc"], test_loss=results["test/loss"], tested_checkpoint=tested)
@@ -292,3 +261,43 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         log.info("Run directory: %s", run_dir.resolve())
     best = checkpoints.best.best_model_score
     return float(best) if best is not None else None
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: MNISTDataModule, ckpt_path: str | None) -> None:
+    """trainer.fit, and what a user can fix of what goes wrong there as one ConfigError: a checkpoint of another
+    model's shape, trainer settings Lightning refuses. KeyboardInterrupt where Lightning stopped on a signal."""
+    try:
+        with warnings.catch_warnings():
+            if datamodule.loader == "tensor":  # its place in the epoch is in the checkpoint: nothing is lost
+                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except RuntimeError as error:
+        if "state_dict" not in str(error):
+            raise
+        raise ConfigError(
+            f"The checkpoint {ckpt_path} holds a model of another shape than this config builds "
+            f"({error}). Resume with the model.* settings the checkpoint was trained with."
+        ) from error
+    except (ValueError, MisconfigurationException) as error:
+        if "/lightning/" not in traceback.extract_tb(error.__traceback__)[-1].filename:
+            raise  # not Lightning checking its settings: a bug, with its traceback
+        raise ConfigError(
+            f"Lightning refused the trainer settings: {str(error).strip()} Check the trainer.* keys "
+            "(conf/trainer/, and those given as +trainer.NAME=VALUE)."
+        ) from error
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+
+
+def _interrupted(run_dir: Path, epoch: int, last: str | None) -> RunInterrupted:
+    """What a run stopped by Ctrl-C or SIGTERM says: where it stopped, and the command that goes on."""
+    resume = (
+        f"to continue where it stopped, in the same directory, run the same command with `resume=auto "
+        f"hydra.run.dir={run_dir.resolve()}` added (or `ckpt_path={last}` for a new directory)"
+        if last
+        else f"no checkpoint had been written yet: the same command with `resume=auto "
+        f"hydra.run.dir={run_dir.resolve()}` added starts it again there"
+    )
+    return RunInterrupted(
+        f"Training was interrupted during epoch {epoch}. What was written is kept in {run_dir.resolve()}; {resume}."
+    )
