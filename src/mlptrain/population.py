@@ -144,7 +144,8 @@ class PopulationSystem(L.LightningModule):
     def __init__(self, cfgs: Sequence[DictConfig], path: TrainingPath, compile: bool = False) -> None:
         super().__init__()
         self.automatic_optimization = False  # the updates are made below; Lightning counts one step per call
-        order = sorted(range(len(cfgs)), key=lambda m: _settings(cfgs[m]))
+        settings = [_settings(cfg) for cfg in cfgs]
+        order = sorted(range(len(cfgs)), key=lambda m: settings[m])
         self.cfgs = [cfgs[m] for m in order]
         first = self.cfgs[0]
         self.path, self.compile = path, compile
@@ -152,11 +153,13 @@ class PopulationSystem(L.LightningModule):
         self.plain = [_container(cfg) for cfg in self.cfgs]  # each config resolved, for its files and checkpoints
         self.hparams_of = [hyperparameters(cfg, path) for cfg in self.cfgs]  # what MLPSystem would save
         self.parts: list[slice] = []  # the sets of members with equal optimizer settings, as slices of the stack
-        for m, cfg in enumerate(self.cfgs):
-            if m == 0 or _settings(cfg) != _settings(self.cfgs[m - 1]):
+        self.set_of: list[int] = []  # each member's set: an index into self.parts
+        for m, key in enumerate(settings[i] for i in order):
+            if m == 0 or key != settings[order[m - 1]]:
                 self.parts.append(slice(m, m + 1))
             else:
                 self.parts[-1] = slice(self.parts[-1].start, m + 1)
+            self.set_of.append(len(self.parts) - 1)
         models = []
         for cfg in self.cfgs:  # each member's weights, drawn as its run alone draws them
             L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -524,7 +527,7 @@ class PopulationSystem(L.LightningModule):
 
     def member_checkpoint(self, checkpoint: dict[str, Any], m: int) -> dict[str, Any]:
         """Member m's part of the population's checkpoint, as its run alone would have saved it then."""
-        s = next(index for index, part in enumerate(self.parts) if part.start <= m < part.stop)
+        s = self.set_of[m]
         offset = m - self.parts[s].start
         correct, examples = self.train_correct[m], int(self.train_examples[m])
         wrong = examples - correct
@@ -657,12 +660,16 @@ def _member_hooks(system: PopulationSystem) -> None:
         system.note(m, f"Training path: {system.describe()}")
 
 
-def _resumable(cfgs: Sequence[DictConfig]) -> list[list[tuple[DictConfig, dict[str, Any] | None]]]:
+Resumed = tuple[DictConfig, dict[str, Any] | None, str | None]  # a member, its checkpoint and that file, or Nones
+
+
+def _resumable(cfgs: Sequence[DictConfig]) -> list[list[Resumed]]:
     """The members to train, grouped by where they resume from (resume=auto: each its newest checkpoint), each
-    with its checkpoint (with its best weights and the updates made at them added), or None to start afresh."""
-    groups: dict[Any, list[tuple[DictConfig, dict[str, Any] | None]]] = {}
+    with its checkpoint (with its best weights and the updates made at them added) and its path, or None to
+    start afresh."""
+    groups: dict[Any, list[Resumed]] = {}
     for cfg in cfgs:
-        checkpoint = None
+        checkpoint, found = None, None
         if cfg.resume == "auto":
             found = resume_path(Path(cfg.output_dir))
             if found is not None:
@@ -682,7 +689,7 @@ def _resumable(cfgs: Sequence[DictConfig]) -> list[list[tuple[DictConfig, dict[s
         where = (
             None if checkpoint is None else (checkpoint["epoch"], checkpoint["global_step"], checkpoint["updates_done"])
         )
-        groups.setdefault(where, []).append((cfg, checkpoint))
+        groups.setdefault(where, []).append((cfg, checkpoint, found))
     return list(groups.values())
 
 
@@ -720,14 +727,14 @@ def train_population(cfgs: Sequence[DictConfig], log_name: str = "train.log") ->
     return [results.get(index) for index in range(len(cfgs))]
 
 
-def _train_group(group: Sequence[tuple[DictConfig, dict[str, Any] | None]], log_name: str) -> dict[Path, float | None]:
+def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | None]:
     """One population: build, fit, test and write every member's files; each member's best val/acc."""
-    cfgs = [cfg for cfg, _ in group]
+    cfgs = [cfg for cfg, _, _ in group]
     first = cfgs[0]
     path = choose_path(first)
     system = PopulationSystem(cfgs, path, population_compiles(first))
     system.log_name = log_name
-    checkpoints = {Path(cfg.output_dir): checkpoint for cfg, checkpoint in group}
+    checkpoints = {Path(cfg.output_dir): checkpoint for cfg, checkpoint, _ in group}
     resumed = [checkpoints[run_dir] for run_dir in system.run_dirs]
     system.resumed = resumed if resumed[0] is not None else None
     if str(first.trainer.precision) in ("64-true", "64"):
@@ -761,7 +768,8 @@ def _train_group(group: Sequence[tuple[DictConfig, dict[str, Any] | None]], log_
         enable_model_summary=False,
     )
     system.started = time.perf_counter()
-    ckpt_path = str(resume_path(system.run_dirs[0])) if system.resumed is not None else None
+    # What Lightning is told to resume from; MemberCheckpointIO stacks every member's checkpoint instead.
+    ckpt_path = group[0][2] if system.resumed is not None else None
     try:
         fit(trainer, system, datamodule, ckpt_path)
     except MlptrainError as error:  # the population's settings (Lightning refusing them, say): every member's
