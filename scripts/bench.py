@@ -411,19 +411,29 @@ def members_table(counts: list[int], runs: int, train_size: int) -> list[dict[st
             with tempfile.TemporaryDirectory() as out:
                 measured["population"].append(timed_process([*population, f"hydra.sweep.dir={out}"]))
             measured["stacked loop"].append(timed_process(loop))
-        loop_s = statistics.median(seconds for seconds, _ in measured["stacked loop"])
-        for name, results in measured.items():
-            wall = statistics.median(seconds for seconds, _ in results)
-            rows.append(
-                {
-                    "members": count,
-                    "system": name,
-                    "wall_s": wall,
-                    "runs_s": [round(seconds, 1) for seconds, _ in results],
-                    "x_stacked_loop": wall / loop_s,
-                    "peak_rss_mb": max(memory for _, memory in results),
-                }
-            )
+        rows += timing_rows(measured, "stacked loop", "x_stacked_loop", {name: {"members": count} for name in measured})
+    return rows
+
+
+def timing_rows(
+    measured: dict[str, list[tuple[float, float]]], reference: str, ratio: str, fields: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """A row per system of whole-process timings ((seconds, peak MiB) per run): `fields[system]` first, then the
+    median wall time, the runs, the ratio to the `reference` system's median (as `ratio`) and the peak memory."""
+    reference_s = statistics.median(seconds for seconds, _ in measured[reference])
+    rows = []
+    for name, results in measured.items():
+        wall = statistics.median(seconds for seconds, _ in results)
+        rows.append(
+            {
+                **fields[name],
+                "system": name,
+                "wall_s": wall,
+                "runs_s": [round(seconds, 1) for seconds, _ in results],
+                ratio: wall / reference_s,
+                "peak_rss_mb": max(memory for _, memory in results),
+            }
+        )
     return rows
 
 
@@ -456,20 +466,8 @@ def populations(runs: int) -> list[dict[str, Any]]:
             for name, (args, empty_cache) in systems.items():
                 measured[name].append(timed(args, empty_cache))
         measured["job by job"] = [timed(["-m", *fixed, *swept])]
-        one = statistics.median(seconds for seconds, _ in measured["one run"])
-        for name, results in measured.items():
-            wall = statistics.median(seconds for seconds, _ in results)
-            rows.append(
-                {
-                    "sweep": sweep,
-                    "system": name,
-                    "jobs": 1 if name == "one run" else jobs,
-                    "wall_s": wall,
-                    "runs_s": [round(seconds, 1) for seconds, _ in results],
-                    "x_one_run": wall / one,
-                    "peak_rss_mb": max(memory for _, memory in results),
-                }
-            )
+        fields = {name: {"sweep": sweep, "jobs": 1 if name == "one run" else jobs} for name in measured}
+        rows += timing_rows(measured, "one run", "x_one_run", fields)
     return rows
 
 
