@@ -1,6 +1,7 @@
-"""python tests/killed_at_write.py N OVERRIDES...: `python train.py OVERRIDES...`, which SIGKILLs itself in the
-middle of its N-th durable write (a checkpoint, metrics.csv, config.yaml or summary.json), half the bytes
-written: what a kill or a full disk does to a write in progress. tests/test_faults.py runs it."""
+"""python tests/killed_at_write.py WHICH OVERRIDES...: `python train.py OVERRIDES...`, which SIGKILLs itself in
+the middle of a durable write (a checkpoint, metrics.csv, config.yaml or summary.json), half the bytes written:
+what a kill or a full disk does to a write in progress. WHICH is a number N (its N-th write) or a file's name
+(its first write of that file: best.ckpt, say, whenever the run comes to it). tests/test_faults.py runs it."""
 
 import io
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 from mlptrain import rundir
 
 ROOT = Path(__file__).resolve().parents[1]
-dies_at = int(sys.argv.pop(1))
+which = sys.argv.pop(1)
 writes = 0
 write_durably = rundir.write_durably
 
@@ -20,7 +21,7 @@ write_durably = rundir.write_durably
 def dying_write(path: Path, write: object) -> None:
     global writes
     writes += 1
-    if writes != dies_at:
+    if str(writes) != which and Path(path).name != which:
         return write_durably(path, write)
 
     def half_then_kill(file: io.BufferedIOBase) -> None:

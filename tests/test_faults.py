@@ -88,7 +88,9 @@ def test_sigkill_at_many_points_then_resume_auto_equals_a_run_that_went_through(
     runs = [tmp_path / "killed-0"]
     killed: list[str] = []
     moments = random.Random(0)
-    writes = itertools.cycle([2, 3, 1, 4, 5, 6, 7, 8])  # the n-th write of an attempt, as the run goes on
+    # The n-th write of an attempt, as the run goes on, and the first write of each file that must be cut once
+    # (by its name: which write number it is depends on where the attempt resumed).
+    writes = itertools.cycle(["best.ckpt", 2, "metrics.csv", 3, "last.ckpt", 1, 4, 5, 6, 7, 8])
     for attempt in itertools.count():
         assert attempt < 80, killed
         if attempt % 2:
