@@ -114,3 +114,31 @@ def test_the_sbatch_script_a_preemption_and_the_time_limit_signal_in_mid_epoch(
         for job_id, run in jobs.values():
             slurm.run("scancel", job_id)
             shutil.rmtree(run, ignore_errors=True)
+
+
+def test_a_search_whose_workers_are_a_slurm_job_array(slurm: OneNodeSlurm, tmp_path: Path) -> None:
+    """scripts/slurm/search.sbatch as a 2-task job array: two workers, one journal file, 4 trials in all."""
+    import optuna
+
+    from tests.test_search import TINY
+
+    search = tmp_path / "search"
+    job_id = slurm.sbatch(
+        "--array=0-1", *ON_THIS_NODE, f"--output={tmp_path}/%A_%a.out", "scripts/slurm/search.sbatch", *TINY,
+        "hydra.sweeper.n_trials=4", f"hydra.sweeper.storage={search}/study.journal", f"hydra.sweep.dir={search}",
+        cwd=ROOT,
+    )  # fmt: skip
+    try:
+        for task in (0, 1):
+            record = slurm.wait_for(f"{job_id}_{task}", {"COMPLETED", "FAILED", "CANCELLED"})
+            output = (tmp_path / f"{job_id}_{task}.out").read_text()
+            assert record["JobState"] == "COMPLETED" and "Traceback" not in output, output[-3000:]
+        journal = optuna.storages.journal.JournalFileBackend(str(search / "study.journal"))
+        study = optuna.load_study(study_name="mlptrain-search", storage=optuna.storages.JournalStorage(journal))
+        done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        assert len(done) == 4 and len({str(t.params) for t in done}) == 4
+        for t in done:
+            assert (search / str(t.number) / "summary.json").exists()
+        assert (search / "optimization_results.yaml").exists()
+    finally:
+        slurm.run("scancel", job_id)

@@ -1,0 +1,95 @@
+"""Optuna searches by several workers on one study (hparams_search=optuna, hydra_plugins/mlptrain_optuna): worker
+processes started as a user starts them, sharing a journal file or a SQLite database, and one killed mid-trial."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # subprocesses
+
+TINY = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=20", "report.enabled=false"]
+
+
+def worker(storage: str, sweep: Path, *extra: str) -> subprocess.Popen:
+    """One worker: the command every worker of the search runs, on any machine that sees the storage."""
+    command = [
+        sys.executable, "train.py", "hparams_search=optuna", f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=shared", "optimizer.lr=tag(log,interval(0.001,0.1))", *TINY, *extra,
+        f"hydra.sweep.dir={sweep}",
+    ]  # fmt: skip
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    return output
+
+
+def trials(storage: str) -> list[optuna.trial.FrozenTrial]:
+    if "://" not in storage:
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    return optuna.load_study(study_name="shared", storage=storage).get_trials()
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_two_workers_share_one_study_and_run_its_trials_once(kind: str, tmp_path: Path) -> None:
+    storage = str(tmp_path / "search.journal") if kind == "journal" else f"sqlite:///{tmp_path / 'search.db'}"
+    sweep = tmp_path / "sweep"  # one sweep dir for both: a trial's folder is its number
+    workers = [worker(storage, sweep, "hydra.sweeper.n_trials=6") for _ in range(2)]
+    outputs = [finish(process) for process in workers]
+    study = trials(storage)
+    done = [t for t in study if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 6, [(t.number, t.state) for t in study]
+    assert all(t.user_attrs.get("surplus") for t in study if t not in done)  # at most a race's leftover, not run
+    assert len({t.params["optimizer.lr"] for t in done}) == 6  # none twice
+    assert all("Study shared" in output for output in outputs)
+    for t in done:  # each trial's run, in the folder of its number, told its own best val/acc
+        summary = json.loads((sweep / str(t.number) / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["best_val_acc"] == pytest.approx(t.value)
+        assert (
+            f"optimizer.lr={t.params['optimizer.lr']}"
+            in (sweep / str(t.number) / ".hydra" / "overrides.yaml").read_text()
+        )
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    best = max(done, key=lambda t: t.value)
+    assert results["best_value"] == pytest.approx(best.value) and results["best_trial"] == best.number
+    assert results["completed_trials"] == 6
+
+
+def test_a_killed_workers_trial_fails_and_another_worker_resumes_it(tmp_path: Path) -> None:
+    """SIGKILL a worker mid-trial: its heartbeat stops, and the other worker, once the grace period is over,
+    marks the trial failed, and (max_retry) takes its retry, which goes on in the killed trial's folder."""
+    storage, sweep = str(tmp_path / "search.journal"), tmp_path / "sweep"
+    quick = ["hydra.sweeper.n_trials=2", "hydra.sweeper.heartbeat_interval=0.5", "hydra.sweeper.grace_period=2"]
+    longer = ["data.train_size=5000", "trainer.limit_train_batches=null"]  # a few seconds: killed in the middle
+    first = worker(storage, sweep, *quick, *longer)
+    started = sweep / "0" / "config.yaml"
+    deadline = time.monotonic() + 120
+    while not started.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (sweep / "0" / "summary.json").exists() or "running" in (sweep / "0" / "summary.json").read_text()
+    output = finish(worker(storage, sweep, *quick, *longer))
+    assert "Trial 0: no heartbeat" in output
+    study = {t.number: t for t in trials(storage)}
+    assert study[0].state == optuna.trial.TrialState.FAIL
+    retry = next(t for t in study.values() if t.system_attrs.get("failed_trial") == 0)
+    assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == study[0].params
+    (other,) = [t for t in study.values() if t.state == optuna.trial.TrialState.COMPLETE and t is not retry]
+    assert len(study) == 3  # the n_trials=2: the retry stands for trial 0
+    summary = json.loads((sweep / "0" / "summary.json").read_text())  # the retry, in the first try's folder
+    assert summary["status"] == "completed" and summary["best_val_acc"] == pytest.approx(retry.value)
+    assert not (sweep / str(retry.number)).exists()
+    assert json.loads((sweep / str(other.number) / "summary.json").read_text())["status"] == "completed"
