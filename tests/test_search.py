@@ -85,7 +85,7 @@ def test_a_killed_workers_trial_fails_and_another_worker_resumes_it(tmp_path: Pa
     assert "Trial 0: no heartbeat" in output
     study = {t.number: t for t in trials(storage)}
     assert study[0].state == optuna.trial.TrialState.FAIL
-    retry = next(t for t in study.values() if t.system_attrs.get("failed_trial") == 0)
+    retry = next(t for t in study.values() if t.user_attrs.get("retry_of") == [0])
     assert retry.state == optuna.trial.TrialState.COMPLETE and retry.params == study[0].params
     (other,) = [t for t in study.values() if t.state == optuna.trial.TrialState.COMPLETE and t is not retry]
     assert len(study) == 3  # the n_trials=2: the retry stands for trial 0
@@ -93,3 +93,30 @@ def test_a_killed_workers_trial_fails_and_another_worker_resumes_it(tmp_path: Pa
     assert summary["status"] == "completed" and summary["best_val_acc"] == pytest.approx(retry.value)
     assert not (sweep / str(retry.number)).exists()
     assert json.loads((sweep / str(other.number) / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_worker_stopped_by_sigterm_puts_its_trial_back_and_another_resumes_it(tmp_path: Path) -> None:
+    """A preemption's SIGTERM mid-trial: the run writes its checkpoint and stops, the worker puts the trial back
+    at once and ends; the next worker resumes it from that checkpoint, in the same folder."""
+    storage, sweep = str(tmp_path / "search.journal"), tmp_path / "sweep"
+    longer = [
+        "hydra.sweeper.n_trials=1",
+        "data.train_size=5000",
+        "trainer.limit_train_batches=null",
+        "trainer.max_epochs=3",
+    ]
+    first = worker(storage, sweep, *longer)
+    checkpoint = sweep / "0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGTERM)
+    output = finish(first)
+    assert "Trial 0 was interrupted; it is put back in the study" in output
+    output = finish(worker(storage, sweep, *longer))
+    assert "resume=auto: resuming from" in output, output[-3000:]
+    study = trials(storage)
+    assert [t.state for t in study] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert study[1].user_attrs["retry_of"] == [0] and study[1].params == study[0].params
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 3

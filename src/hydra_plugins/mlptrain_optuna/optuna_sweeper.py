@@ -11,8 +11,10 @@ one sweep dir.
 
 A worker that dies mid-trial stops writing its heartbeat (a user attribute of the trial, every
 heartbeat_interval seconds). Once it is older than grace_period, any worker marks the trial failed and, up to
-max_retry times, Optuna's RetryFailedTrialCallback puts it back in the study with the same parameters; the worker
-that takes it resumes it in the first try's folder (resume=auto), from its last checkpoint. Workers that find every
+max_retry times, puts it back in the study with the same parameters (study.enqueue_trial, its earlier tries in the
+user attribute retry_of); the worker that takes it resumes it in the first try's folder (resume=auto), from its
+last checkpoint. (Optuna's RetryFailedTrialCallback does the same through system attributes, and is deprecated
+since Optuna 4.9.) Workers that find every
 trial handed out wait while other workers' trials still run, to take over one whose worker dies.
 
 With n_jobs > 1 a worker asks for that many trials at once and hands them to the launcher together: with
@@ -22,14 +24,12 @@ Not hydra-optuna-sweeper: its release needs optuna < 3 (README, "Running on a cl
 imported when a search starts, so that Hydra can find this plugin where Optuna is not installed.
 """
 
-import contextlib
 import json
 import logging
 import math
 import threading
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 HEARTBEAT = "heartbeat"  # the user attribute a running trial's worker refreshes: seconds since the epoch
+RETRY_OF = "retry_of"  # the user attribute of a trial put back: the numbers of its earlier tries, the first first
+WAIT = 5.0  # seconds a worker with nothing to ask waits before it looks at the study again
 SURPLUS = "surplus"  # the user attribute of a trial asked for after the study's last one was taken: not run
 
 
@@ -202,16 +204,16 @@ class OptunaSweeper(Sweeper):
             if trials is None:
                 break
             if not trials:  # every trial handed out, others still running: wait to take over a dead worker's
-                time.sleep(min(s.heartbeat_interval, s.grace_period / 2))
+                time.sleep(min(s.heartbeat_interval, WAIT))
                 continue
             folders = {}
             jobs = []
             for trial in trials:
                 study.sampler = self._sampler(trial.number)  # its draws its own: workers never repeat each other's
                 overrides = space.overrides(trial)
-                first = _retried(study, trial.number)
-                folders[trial.number] = trial.number if first is None else first
-                jobs.append((trial, [*overrides, "resume=auto"] if first is not None else overrides))
+                tries = _tries(study, trial.number)
+                folders[trial.number] = tries[0] if tries else trial.number
+                jobs.append((trial, [*overrides, "resume=auto"] if tries else overrides))
             with Heartbeat(trials, s.heartbeat_interval):
                 returns = []
                 for group in _runs(jobs, folders):
@@ -250,7 +252,7 @@ class OptunaSweeper(Sweeper):
 
     def _ask(self, study: Any) -> list[Any] | None:
         """Up to n_jobs trials for this worker: trials put back, and new ones while the study has fewer than
-        n_trials that have not failed. [] when none is left but other workers' are running; None when done."""
+        n_trials that count. [] when none is left but other workers' are running; None when done."""
         from optuna.trial import TrialState
 
         self._fail_stale(study)
@@ -263,8 +265,8 @@ class OptunaSweeper(Sweeper):
         for _ in range(free):
             trial = study.ask()
             trial.set_user_attr(HEARTBEAT, time.time())
-            before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
-            if len(_counted(before)) >= self.settings.n_trials:  # another worker took the last one meanwhile
+            before = [t for t in _counted(study.get_trials(deepcopy=False)) if t.number < trial.number]
+            if len(before) >= self.settings.n_trials:  # another worker took the last one meanwhile
                 log.info(f"Trial {trial.number} not run: the study's {self.settings.n_trials} trials are taken")
                 trial.set_user_attr(SURPLUS, True)
                 study.tell(trial.number, state=TrialState.FAIL)
@@ -292,10 +294,14 @@ class OptunaSweeper(Sweeper):
             study.tell(number, state=TrialState.FAIL)
         except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             return  # finished meanwhile (another worker failed it first, and put it back)
-        if retry:
-            frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-            with _experimental():
-                optuna.storages.RetryFailedTrialCallback(max_retry=self.settings.max_retry)(study, frozen)
+        if not retry:
+            return
+        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+        tries = [*frozen.user_attrs.get(RETRY_OF, ()), number]
+        if len(tries) > self.settings.max_retry:
+            log.info(f"Trial {tries[0]} was tried {len(tries)} times (max_retry={self.settings.max_retry}): not again")
+            return
+        study.enqueue_trial(frozen.params, user_attrs={RETRY_OF: tries})
 
     def _write_results(self, study: Any, sweep_dir: Path) -> None:
         from optuna.trial import TrialState
@@ -321,18 +327,15 @@ class OptunaSweeper(Sweeper):
 
 def _counted(trials: Sequence[Any]) -> list[Any]:
     """The trials that count towards n_trials: all but those not run (surplus) and those tried again (a retry,
-    waiting, running or finished, stands for each: Optuna's retry_history lists the tries it replaces)."""
-    replaced = {number for t in trials for number in t.system_attrs.get("retry_history", ())}
+    waiting, running or finished, stands for the tries it lists in retry_of)."""
+    replaced = {number for t in trials for number in t.user_attrs.get(RETRY_OF, ())}
     return [t for t in trials if not t.user_attrs.get(SURPLUS) and t.number not in replaced]
 
 
-def _retried(study: Any, number: int) -> int | None:
-    """The number of the trial that trial `number` tries again (its worker died), or None."""
-    import optuna
-
+def _tries(study: Any, number: int) -> list[int]:
+    """The numbers of the earlier tries of trial `number` (put back after its worker died), the first first."""
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    with _experimental():
-        return optuna.storages.RetryFailedTrialCallback.retried_trial_number(frozen)
+    return list(frozen.user_attrs.get(RETRY_OF, ()))
 
 
 def _runs(jobs: list[tuple[Any, list[str]]], folders: dict[int, int]) -> list[list[tuple[Any, list[str]]]]:
@@ -368,13 +371,3 @@ def _tell(study: Any, number: int, value: float) -> None:
         study.tell(number, value)
     except ValueError as error:  # failed by another worker that took its heartbeat for dead
         log.warning(f"Trial {number}'s result {value} not told: {error}")
-
-
-@contextlib.contextmanager
-def _experimental() -> Iterator[None]:
-    """Optuna's retry callback is marked experimental (since 2.8): its warning says nothing a user can act on."""
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
