@@ -4,6 +4,7 @@ the weights and metrics.csv of a job that ran through."""
 
 import csv
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -142,3 +143,24 @@ def test_a_search_whose_workers_are_a_slurm_job_array(slurm: OneNodeSlurm, tmp_p
         assert (search / "optimization_results.yaml").exists()
     finally:
         slurm.run("scancel", job_id)
+
+
+def test_a_population_sweep_as_two_population_jobs(slurm: OneNodeSlurm, tmp_path: Path) -> None:
+    """hydra/launcher=population_slurm with max_members=2: 4 seeds as 2 SLURM jobs of 2 members each, each
+    member's records those of its run alone (float64, 1e-9)."""
+    from tests.test_population import SHORT, alone, assert_same_run
+
+    sweep = tmp_path / "sweep"
+    on_this_node = ["gpus_per_node=null", "cpus_per_task=1", "mem_gb=1"]
+    done = run_python(
+        "train.py", "-m", "hydra/launcher=population_slurm", "hydra.launcher.max_members=2", "seed=1,2,3,4",
+        *SHORT, *(f"hydra.launcher.submit.{setting}" for setting in on_this_node), f"hydra.sweep.dir={sweep}",
+        env=slurm.env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.stdout + done.stderr).count("Population of 2 jobs, one job of the cluster") == 2
+    tasks = [folder.name for folder in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", folder.name)]
+    assert len(tasks) == 2, tasks  # two SLURM jobs (one array's tasks), one per population
+    for number in range(4):
+        assert_same_run(sweep / str(number), alone(tmp_path, f"alone{number}", f"seed={number + 1}"))
+        assert "with the other members of a population" in (sweep / str(number) / "train.log").read_text()

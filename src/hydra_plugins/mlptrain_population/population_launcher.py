@@ -8,6 +8,10 @@ with the directory, files and result it would get alone. Jobs that cannot be sta
 Hydra's basic launcher runs them. Hydra finds this module as a plugin because it lives in the hydra_plugins
 namespace package.
 
+hydra/launcher=population_slurm hands each population to SLURM instead, as one job (through submitit, with the
+settings of hydra/launcher=slurm in hydra.launcher.submit), all at once: a 1,000-job sweep with max_members=250
+is 4 jobs of the cluster. A job that trains alone is submitted as hydra/launcher=slurm submits it.
+
 Composing a job's config takes Hydra about 0.1 s, which for a thousand jobs would be longer than training them:
 a job whose overrides differ from the last composed job's only in values of mlptrain.population.MEMBER_KEYS
 is that config with those values set, as Hydra would have set them.
@@ -27,6 +31,7 @@ from hydra.core.override_parser.types import Override, OverrideType
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mlptrain.frameworks import BasicSweeper, BasicSweeperConf
@@ -38,7 +43,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class PopulationLauncherConf:
     _target_: str = "hydra_plugins.mlptrain_population.population_launcher.PopulationLauncher"
+    _recursive_: bool = False  # submit stays settings (its _target_ names Hydra's submitit launcher)
     max_members: int = 1000  # at most this many jobs train as one population; more make several, in turn
+    # None: the populations train in this process, in turn. A submitit launcher's settings (population_slurm:
+    # conf/hydra/launcher/slurm.yaml's): each population is one job of that cluster, all submitted at once.
+    submit: Any = None
 
 
 ConfigStore.instance().store(
@@ -71,8 +80,9 @@ class Sweeper(BasicSweeper):
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, max_members: int = 1000) -> None:
+    def __init__(self, max_members: int = 1000, submit: Any = None) -> None:
         self.max_members = max_members
+        self.submit = submit is not None
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -102,19 +112,31 @@ class PopulationLauncher(Launcher):
             job = Job(index, list(overrides), composed, task)
             groups.setdefault(composed.key or f"alone {len(jobs)}", []).append(len(jobs))
             jobs.append(job)
+        chosen = [
+            members[start : start + self.max_members]
+            for members in groups.values()
+            for start in range(0, len(members), self.max_members)
+        ]
         results: list[JobReturn | None] = [None] * len(jobs)
         try:
-            for members in groups.values():
-                for start in range(0, len(members), self.max_members):
-                    chosen = members[start : start + self.max_members]
-                    if len(chosen) == 1:
-                        results[chosen[0]] = self._run_one(jobs[chosen[0]])
-                    else:
-                        for position, result in zip(chosen, self._run_population([jobs[p] for p in chosen])):
-                            results[position] = result
+            if self.submit:
+                runs = self._submitted([[jobs[p] for p in positions] for positions in chosen])
+            else:
+                runs = (self._run([jobs[p] for p in positions]) for positions in chosen)
+            for positions, returns in zip(chosen, runs):
+                for position, result in zip(positions, returns):
+                    results[position] = result
         finally:
             signals.drain()
         return results  # type: ignore[return-value]
+
+    def _run(self, jobs: "list[Job]") -> list[JobReturn]:
+        """The jobs in this process: a population, or one job as Hydra's basic launcher runs it."""
+        if len(jobs) == 1:
+            return [self._run_one(jobs[0])]
+        log.info(f"Population of {len(jobs)} jobs, trained together:")
+        population = PopulationJob.of(jobs, self.config)
+        return _returns(jobs, population.tasks, population(), population.name)
 
     def _run_one(self, job: "Job") -> JobReturn:
         log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
@@ -132,28 +154,101 @@ class PopulationLauncher(Launcher):
             job_subdir_key="hydra.sweep.subdir",
         )
 
-    def _run_population(self, jobs: "list[Job]") -> list[JobReturn]:
-        from mlptrain.population import train_population
+    def _submitted(self, populations: "list[list[Job]]") -> list[list[JobReturn]]:
+        """Each population (each job that cannot be stacked too) as one job of the cluster that submit's
+        settings name, all submitted together (an array, at most array_parallelism at once); their returns."""
+        from hydra.core.singleton import Singleton
 
-        log.info(f"Population of {len(jobs)} jobs, trained together:")
-        tasks = []
+        settings = OmegaConf.to_container(self.config.hydra.launcher.submit, resolve=True)
+        alone = instantiate(settings)  # Hydra's submitit launcher, for a job that trains alone
+        alone.setup(hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
+        executor = submitit_executor(settings)
+        submitted = []
+        with executor.batch():
+            for jobs in populations:
+                if len(jobs) == 1:  # as hydra/launcher=slurm runs it
+                    (job,) = jobs
+                    log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
+                    arguments = (job.overrides, "hydra.sweep.dir", job.index, "", Singleton.get_state())
+                    submitted.append((None, executor.submit(alone, *arguments)))
+                else:
+                    log.info(f"Population of {len(jobs)} jobs, one job of the cluster:")
+                    population = PopulationJob.of(jobs, self.config)
+                    submitted.append((population, executor.submit(population)))
+        log.info(f"Submitted {len(submitted)} jobs; their output is in {Path(settings['submitit_folder']).parent}")
+        returns = []
+        for jobs, (population, future) in zip(populations, submitted):
+            try:
+                value = future.result()
+            except Exception as error:  # the job failed on the cluster: every member's JobReturn says so
+                returns.append([_failed(job, error) for job in jobs])
+                continue
+            returns.append([value] if population is None else _returns(jobs, population.tasks, value, population.name))
+        return returns
+
+
+def submitit_executor(settings: dict[str, Any]) -> Any:
+    """A submitit executor made from a Hydra submitit launcher's settings, as that launcher makes it."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    cluster = "slurm" if settings["_target_"].endswith("SlurmLauncher") else "local"
+    rest = {key: value for key, value in settings.items() if key not in ("_target_", "submitit_folder")}
+    first = {f"{cluster}_max_num_timeout": rest.pop("max_num_timeout")} if "max_num_timeout" in rest else {}
+    executor = submitit.AutoExecutor(folder=settings["submitit_folder"], cluster=cluster, **first)
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{key if key in shared else f"{cluster}_{key}": v for key, v in rest.items()})
+    return executor
+
+
+@dataclass
+class PopulationJob:
+    """A population's training, where it runs: in this process, or in a cluster's job (submitit pickles it)."""
+
+    tasks: list[DictConfig]
+    name: str
+    hydra_logging: Any
+    verbose: Any
+
+    @classmethod
+    def of(cls, jobs: "list[Job]", config: DictConfig) -> "PopulationJob":
         for job in jobs:
             log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
-            tasks.append(job.prepare())
+        tasks = [job.prepare() for job in jobs]
         name = str(jobs[0].composed.config.hydra.job.name)
-        values = train_population(tasks, log_name=f"{name}.log")
-        return [
-            JobReturn(
-                overrides=job.overrides,
-                cfg=task,
-                hydra_cfg=None,  # Hydra's own launchers hand it to Hydra callbacks (hydra.callbacks), not called here
-                working_dir=str(Path.cwd()),
-                task_name=name,
-                status=JobStatus.COMPLETED,
-                _return_value=value,
-            )
-            for job, task, value in zip(jobs, tasks, values)
-        ]
+        return cls(tasks, name, config.hydra.hydra_logging, config.hydra.verbose)
+
+    def __call__(self) -> list[float | None]:
+        from mlptrain import signals
+        from mlptrain.cli import quiet_console
+        from mlptrain.population import train_population
+
+        configure_log(self.hydra_logging, self.verbose)
+        quiet_console()
+        signals.hold()
+        try:
+            return train_population(self.tasks, log_name=f"{self.name}.log")
+        finally:
+            signals.drain()
+
+
+def _returns(jobs: "list[Job]", tasks: list[DictConfig], values: list[float | None], name: str) -> list[JobReturn]:
+    return [
+        JobReturn(
+            overrides=job.overrides,
+            cfg=task,
+            hydra_cfg=None,  # Hydra's own launchers hand it to Hydra callbacks (hydra.callbacks), not called here
+            working_dir=str(Path.cwd()),
+            task_name=name,
+            status=JobStatus.COMPLETED,
+            _return_value=value,
+        )
+        for job, task, value in zip(jobs, tasks, values)
+    ]
+
+
+def _failed(job: "Job", error: Exception) -> JobReturn:
+    return JobReturn(overrides=job.overrides, status=JobStatus.FAILED, _return_value=error)
 
 
 class Composed(NamedTuple):
