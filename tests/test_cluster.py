@@ -268,7 +268,7 @@ def readme_cluster_commands() -> list[list[str]]:
 @pytest.mark.parametrize("args", readme_cluster_commands(), ids=" ".join)
 def test_readme_cluster_commands_compose(args: list[str], tmp_path: Path) -> None:
     # Each sweep's first point; the launcher's settings resolved as submitit would receive them.
-    overrides = [re.sub(r"=([^,\[]+),.*", r"=\1", arg) for arg in args if arg != "-m"]
+    overrides = [re.sub(r"=(range\()?([^,\[]+),.*", r"=\2", arg) for arg in args if arg != "-m"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
@@ -276,5 +276,8 @@ def test_readme_cluster_commands_compose(args: list[str], tmp_path: Path) -> Non
         assert launcher["tasks_per_node"] == launcher["gpus_per_node"] == cfg.trainer.devices == 4
         assert launcher["additional_parameters"] == {"signal": "USR1@120", "requeue": True}
         assert launcher["max_num_timeout"] == 0
+    if "hydra/launcher=population_slurm" in args:
+        assert launcher["max_members"] == 250 and launcher["submit"]["tasks_per_node"] == 1
+        assert launcher["submit"]["additional_parameters"] == {"signal": "USR1@120", "requeue": True}
     if "hparams_search=optuna" in args:
         assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.direction == "maximize"

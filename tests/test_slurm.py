@@ -164,3 +164,46 @@ def test_a_population_sweep_as_two_population_jobs(slurm: OneNodeSlurm, tmp_path
     for number in range(4):
         assert_same_run(sweep / str(number), alone(tmp_path, f"alone{number}", f"seed={number + 1}"))
         assert "with the other members of a population" in (sweep / str(number) / "train.log").read_text()
+
+
+@pytest.mark.parametrize("stop", ["preempted", "timed"])
+def test_a_population_job_preempted_or_at_its_time_limit_resumes_every_member(
+    stop: str, slurm: OneNodeSlurm, tmp_path: Path
+) -> None:
+    """A population's SLURM job requeued by the scheduler (SIGTERM, then a new start) or sent the time-limit
+    signal (SIGUSR1: Lightning requeues it) once its members have written epoch 0: with resume=auto the job's
+    next start finishes each member as its run alone."""
+    import subprocess
+    import sys
+
+    from tests.test_population import SHORT, alone, assert_same_run
+
+    sweep = tmp_path / "sweep"
+    longer = ["data.train_size=5000", "trainer.max_epochs=4", "optimizer=sgd", "scheduler=none"]
+    on_this_node = ["gpus_per_node=null", "cpus_per_task=1", "mem_gb=1"]
+    command = [
+        sys.executable, "train.py", "-m", "hydra/launcher=population_slurm", "seed=1,2", "resume=auto", *SHORT,
+        *longer, *(f"hydra.launcher.submit.{setting}" for setting in on_this_node), f"hydra.sweep.dir={sweep}",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=slurm.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not (sweep / "1" / "checkpoints" / "last.ckpt").exists():
+            assert time.monotonic() < deadline and process.poll() is None, process.communicate()[0][-3000:]
+            time.sleep(0.02)
+        job_id = slurm.run("squeue", "-h", "-o", "%i").split()[0]
+        if stop == "preempted":
+            slurm.run("scontrol", "requeue", job_id)
+        else:
+            slurm.run("scancel", "--signal=USR1", job_id)
+        output = process.communicate(timeout=600)[0].decode()
+        assert process.returncode == 0, output[-3000:]
+        assert slurm.job(job_id)["Restarts"] == "1"
+    finally:
+        process.kill()
+    for number in (0, 1):
+        log = (sweep / str(number) / "train.log").read_text()
+        assert "resume=auto" in log, log[-3000:]
+        assert_same_run(
+            sweep / str(number), alone(tmp_path, f"alone{number}", *longer, f"seed={number + 1}"), steps=2000
+        )

@@ -18,8 +18,11 @@ is that config with those values set, as Hydra would have set them.
 """
 
 import copy
+import dataclasses
+import json
 import logging
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +176,7 @@ class PopulationLauncher(Launcher):
                     submitted.append((None, executor.submit(alone, *arguments)))
                 else:
                     log.info(f"Population of {len(jobs)} jobs, one job of the cluster:")
-                    population = PopulationJob.of(jobs, self.config)
+                    population = dataclasses.replace(PopulationJob.of(jobs, self.config), requeued=True)
                     submitted.append((population, executor.submit(population)))
         log.info(f"Submitted {len(submitted)} jobs; their output is in {Path(settings['submitit_folder']).parent}")
         returns = []
@@ -209,6 +212,7 @@ class PopulationJob:
     name: str
     hydra_logging: Any
     verbose: Any
+    requeued: bool = False  # a job of a cluster that requeues it after a preemption or the time-limit signal
 
     @classmethod
     def of(cls, jobs: "list[Job]", config: DictConfig) -> "PopulationJob":
@@ -227,9 +231,24 @@ class PopulationJob:
         quiet_console()
         signals.hold()
         try:
-            return train_population(self.tasks, log_name=f"{self.name}.log")
+            values = train_population(self.tasks, log_name=f"{self.name}.log")
         finally:
             signals.drain()
+        if self.requeued and any(_status(task.output_dir) == "interrupted" for task in self.tasks):
+            # SLURM requeues the job (a preemption), or Lightning did (the time-limit signal), and its next start
+            # resumes the members (resume=auto). Ending without a result keeps submitit, and so the sweep,
+            # waiting for that start; a job cancelled for good is seen as ended, and its members as failed.
+            log.info("The population was stopped by a signal: its job ends here, to start again when requeued")
+            sys.exit(1)
+        return values
+
+
+def _status(run_dir: str) -> str | None:
+    """The status a run's summary.json gives, if it has one."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
 
 
 def _returns(jobs: "list[Job]", tasks: list[DictConfig], values: list[float | None], name: str) -> list[JobReturn]:
