@@ -65,6 +65,33 @@ def test_two_workers_share_one_study_and_run_its_trials_once(kind: str, tmp_path
     best = max(done, key=lambda t: t.value)
     assert results["best_value"] == pytest.approx(best.value) and results["best_trial"] == best.number
     assert results["completed_trials"] == 6
+    if kind == "journal":
+        assert watched(storage) == ["shared"]
+
+
+def watched(storage: str) -> list[str]:
+    """The studies optuna-dashboard shows for `storage` (README: how to watch a study), from its web API."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dashboard = subprocess.Popen(
+        ["optuna-dashboard", storage, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as answer:
+                    return [study["study_name"] for study in json.loads(answer.read())["study_summaries"]]
+            except OSError:
+                assert time.monotonic() < deadline and dashboard.poll() is None
+                time.sleep(0.2)
+    finally:
+        dashboard.kill()
+        dashboard.wait()
 
 
 def test_a_killed_workers_trial_fails_and_another_worker_resumes_it(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ the weights and metrics.csv of a job that ran through."""
 
 import csv
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -145,34 +144,13 @@ def test_a_search_whose_workers_are_a_slurm_job_array(slurm: OneNodeSlurm, tmp_p
         slurm.run("scancel", job_id)
 
 
-def test_a_population_sweep_as_two_population_jobs(slurm: OneNodeSlurm, tmp_path: Path) -> None:
-    """hydra/launcher=population_slurm with max_members=2: 4 seeds as 2 SLURM jobs of 2 members each, each
-    member's records those of its run alone (float64, 1e-9)."""
-    from tests.test_population import SHORT, alone, assert_same_run
-
-    sweep = tmp_path / "sweep"
-    on_this_node = ["gpus_per_node=null", "cpus_per_task=1", "mem_gb=1"]
-    done = run_python(
-        "train.py", "-m", "hydra/launcher=population_slurm", "hydra.launcher.max_members=2", "seed=1,2,3,4",
-        *SHORT, *(f"hydra.launcher.submit.{setting}" for setting in on_this_node), f"hydra.sweep.dir={sweep}",
-        env=slurm.env, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (done.stdout + done.stderr).count("Population of 2 jobs, one job of the cluster") == 2
-    tasks = [folder.name for folder in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", folder.name)]
-    assert len(tasks) == 2, tasks  # two SLURM jobs (one array's tasks), one per population
-    for number in range(4):
-        assert_same_run(sweep / str(number), alone(tmp_path, f"alone{number}", f"seed={number + 1}"))
-        assert "with the other members of a population" in (sweep / str(number) / "train.log").read_text()
-
-
-@pytest.mark.parametrize("stop", ["preempted", "timed"])
-def test_a_population_job_preempted_or_at_its_time_limit_resumes_every_member(
-    stop: str, slurm: OneNodeSlurm, tmp_path: Path
+def test_a_population_sweep_as_two_population_jobs_one_preempted_one_at_its_time_limit(
+    slurm: OneNodeSlurm, tmp_path: Path
 ) -> None:
-    """A population's SLURM job requeued by the scheduler (SIGTERM, then a new start) or sent the time-limit
-    signal (SIGUSR1: Lightning requeues it) once its members have written epoch 0: with resume=auto the job's
-    next start finishes each member as its run alone."""
+    """hydra/launcher=population_slurm with max_members=2: 4 seeds as 2 SLURM jobs of 2 members each. Once their
+    members have written epoch 0, one job is requeued by the scheduler (SIGTERM, then a new start) and the other
+    gets the time-limit signal (SIGUSR1: Lightning requeues it); with resume=auto each job's next start finishes
+    its members, and every member's records are those of its run alone (float64, 1e-9)."""
     import subprocess
     import sys
 
@@ -182,28 +160,30 @@ def test_a_population_job_preempted_or_at_its_time_limit_resumes_every_member(
     longer = ["data.train_size=5000", "trainer.max_epochs=4", "optimizer=sgd", "scheduler=none"]
     on_this_node = ["gpus_per_node=null", "cpus_per_task=1", "mem_gb=1"]
     command = [
-        sys.executable, "train.py", "-m", "hydra/launcher=population_slurm", "seed=1,2", "resume=auto", *SHORT,
-        *longer, *(f"hydra.launcher.submit.{setting}" for setting in on_this_node), f"hydra.sweep.dir={sweep}",
+        sys.executable, "train.py", "-m", "hydra/launcher=population_slurm", "hydra.launcher.max_members=2",
+        "seed=1,2,3,4", "resume=auto", *SHORT, *longer,
+        *(f"hydra.launcher.submit.{setting}" for setting in on_this_node), f"hydra.sweep.dir={sweep}",
     ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env=slurm.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=slurm.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
-        deadline = time.monotonic() + 300
-        while not (sweep / "1" / "checkpoints" / "last.ckpt").exists():
-            assert time.monotonic() < deadline and process.poll() is None, process.communicate()[0][-3000:]
-            time.sleep(0.02)
-        job_id = slurm.run("squeue", "-h", "-o", "%i").split()[0]
-        if stop == "preempted":
-            slurm.run("scontrol", "requeue", job_id)
-        else:
-            slurm.run("scancel", "--signal=USR1", job_id)
-        output = process.communicate(timeout=600)[0].decode()
+        for member, stop in ((1, ("scontrol", "requeue")), (3, ("scancel", "--signal=USR1"))):
+            deadline = time.monotonic() + 300
+            while not (sweep / str(member) / "checkpoints" / "last.ckpt").exists():
+                assert time.monotonic() < deadline and process.poll() is None, process.communicate()[0][-3000:]
+                time.sleep(0.02)
+            task = next((sweep / ".submitit").glob(f"*_{member // 2}"))  # the array's task of member's population
+            slurm.run(*stop, task.name)
+        output = process.communicate(timeout=600)[0]
         assert process.returncode == 0, output[-3000:]
-        assert slurm.job(job_id)["Restarts"] == "1"
+        assert output.count("Population of 2 jobs, one job of the cluster") == 2
+        for task in (0, 1):
+            record = slurm.job(next((sweep / ".submitit").glob(f"*_{task}")).name)
+            assert record["JobState"] == "COMPLETED" and record["Restarts"] == "1"
     finally:
         process.kill()
-    for number in (0, 1):
-        log = (sweep / str(number) / "train.log").read_text()
-        assert "resume=auto" in log, log[-3000:]
-        assert_same_run(
-            sweep / str(number), alone(tmp_path, f"alone{number}", *longer, f"seed={number + 1}"), steps=2000
-        )
+    for number in range(4):
+        assert "Training was interrupted" in (sweep / str(number) / "train.log").read_text()
+        run = alone(tmp_path, f"alone{number}", *longer, f"seed={number + 1}")
+        assert_same_run(sweep / str(number), run, steps=2000)

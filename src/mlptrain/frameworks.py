@@ -1,11 +1,50 @@
 """Every private or undocumented framework API that mlptrain uses, in one place, each with the versions it was
 tested on: an upgrade that breaks one breaks here, and a test that imports this module says so.
 
-Tested with hydra-core 1.3.2 and 1.3.8, lightning 2.6.6, torch 2.14.1.
+Tested with hydra-core 1.3.2 and 1.3.8, hydra-submitit-launcher 1.2.0, submitit 1.5.4, optuna 4.0.0 and 5.0.0,
+lightning 2.6.6, torch 2.14.1.
 """
+
+from typing import Any
 
 # hydra-core 1.3.2-1.3.8: the sweeper `-m` uses by default. hydra_plugins.mlptrain_population's sweeper is this
 # one with a cheaper check of a sweep's configs (composing each of 1,000 jobs' takes Hydra 100 s).
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 
-__all__ = ["BasicSweeper", "BasicSweeperConf"]
+# hydra-submitit-launcher 1.2.0: how its launcher (BaseSubmititLauncher.launch) turns its settings into a submitit
+# executor, and the arguments its jobs are called with (BaseSubmititLauncher.__call__). hydra/launcher=
+# population_slurm submits its populations with the same executor, and a job that trains alone as that launcher
+# submits it.
+
+
+def submitit_executor(settings: dict[str, Any]) -> Any:
+    """A submitit executor made from a Hydra submitit launcher's settings (resolved), as that launcher makes it."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    cluster = "slurm" if settings["_target_"].endswith("SlurmLauncher") else "local"
+    rest = {key: value for key, value in settings.items() if key not in ("_target_", "submitit_folder")}
+    first = {f"{cluster}_max_num_timeout": rest.pop("max_num_timeout")} if "max_num_timeout" in rest else {}
+    executor = submitit.AutoExecutor(folder=settings["submitit_folder"], cluster=cluster, **first)
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{key if key in shared else f"{cluster}_{key}": v for key, v in rest.items()})
+    return executor
+
+
+def submitit_job_arguments(overrides: list[str], index: int) -> tuple[Any, ...]:
+    """What Hydra's submitit launcher calls itself with, in the cluster's job, to run job `index` of a sweep."""
+    from hydra.core.singleton import Singleton
+
+    return (list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}", Singleton.get_state())
+
+
+# optuna 4.0-5.0: a study's sampler is its attribute `sampler`, which a trial's suggestions call. The Optuna sweeper
+# (hydra_plugins.mlptrain_optuna) gives each trial a sampler seeded with its number, after ask() and before them.
+
+
+def use_sampler(study: Any, sampler: Any) -> None:
+    study.sampler = sampler
+
+
+__all__ = ["BasicSweeper", "BasicSweeperConf", "submitit_executor", "submitit_job_arguments", "use_sampler"]

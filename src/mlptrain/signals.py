@@ -73,7 +73,16 @@ def _lightning_requeues() -> bool:
 
 
 class TrainingTakesSignals(Callback):
-    """Hands the deferred signals to Lightning for training, and takes them back when it ends."""
+    """Hands the deferred signals to Lightning for training, and takes them back when it ends.
+
+    Lightning's SLURM requeue saves a checkpoint inside its SIGUSR1 handler, which Python runs between any two
+    bytecodes of the main thread: in the middle of a training step, where a population's parameters may be
+    inside torch.func's transforms and cannot be saved. Here that handler runs at the end of the step in
+    progress instead, as Lightning's SIGTERM stop does."""
+
+    def __init__(self) -> None:
+        self._requeue: Any = None  # Lightning's SIGUSR1 handler, while it is held back to the step's end
+        self._requested = False
 
     def _ours(self) -> bool:
         return bool(_previous) and _main_thread()
@@ -90,12 +99,25 @@ class TrainingTakesSignals(Callback):
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops training, as Lightning expects
         if signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL:  # not Lightning's: outside SLURM, only noted
             signal.signal(signal.SIGUSR1, _defer)
+        else:  # Lightning's requeue: at the end of the step in progress (on_train_batch_end)
+            self._requeue = signal.signal(signal.SIGUSR1, self._at_step_end)
         early, _pending[:] = list(_pending), []
         for signum in early:
             if signum != signal.SIGUSR1 or _lightning_requeues():
                 signal.raise_signal(signum)  # to Lightning's handler now, as if it had come now
 
+    def _at_step_end(self, signum: int, frame: FrameType | None) -> None:
+        self._requested = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._requested:
+            self._requested = False
+            self._requeue(signal.SIGUSR1, None)
+
     def _end(self) -> None:
+        if self._requested:  # after the last step: as one that comes after training
+            self._requested = False
+            _pending.append(signal.SIGUSR1)
         if self._ours():
             _training.clear()
             for signum in DEFERRED:  # Lightning puts back SIGTERM's; SIGUSR1's, after its teardown: on_fit_end

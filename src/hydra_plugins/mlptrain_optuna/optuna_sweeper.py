@@ -43,6 +43,8 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mlptrain.frameworks import use_sampler
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT = "heartbeat"  # the user attribute a running trial's worker refreshes: seconds since the epoch
@@ -209,7 +211,7 @@ class OptunaSweeper(Sweeper):
             folders = {}
             jobs = []
             for trial in trials:
-                study.sampler = self._sampler(trial.number)  # its draws its own: workers never repeat each other's
+                use_sampler(study, self._sampler(trial.number))  # its own draws: no worker repeats another's
                 overrides = space.overrides(trial)
                 tries = _tries(study, trial.number)
                 folders[trial.number] = tries[0] if tries else trial.number

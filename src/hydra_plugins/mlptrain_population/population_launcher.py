@@ -37,7 +37,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from mlptrain.frameworks import BasicSweeper, BasicSweeperConf
+from mlptrain.frameworks import BasicSweeper, BasicSweeperConf, submitit_executor, submitit_job_arguments
 from mlptrain.rundir import yaml_text
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,6 @@ class PopulationLauncher(Launcher):
     def _submitted(self, populations: "list[list[Job]]") -> list[list[JobReturn]]:
         """Each population (each job that cannot be stacked too) as one job of the cluster that submit's
         settings name, all submitted together (an array, at most array_parallelism at once); their returns."""
-        from hydra.core.singleton import Singleton
-
         settings = OmegaConf.to_container(self.config.hydra.launcher.submit, resolve=True)
         alone = instantiate(settings)  # Hydra's submitit launcher, for a job that trains alone
         alone.setup(hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
@@ -172,8 +170,7 @@ class PopulationLauncher(Launcher):
                 if len(jobs) == 1:  # as hydra/launcher=slurm runs it
                     (job,) = jobs
                     log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
-                    arguments = (job.overrides, "hydra.sweep.dir", job.index, "", Singleton.get_state())
-                    submitted.append((None, executor.submit(alone, *arguments)))
+                    submitted.append((None, executor.submit(alone, *submitit_job_arguments(job.overrides, job.index))))
                 else:
                     log.info(f"Population of {len(jobs)} jobs, one job of the cluster:")
                     population = dataclasses.replace(PopulationJob.of(jobs, self.config), requeued=True)
@@ -188,20 +185,6 @@ class PopulationLauncher(Launcher):
                 continue
             returns.append([value] if population is None else _returns(jobs, population.tasks, value, population.name))
         return returns
-
-
-def submitit_executor(settings: dict[str, Any]) -> Any:
-    """A submitit executor made from a Hydra submitit launcher's settings, as that launcher makes it."""
-    import submitit
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-
-    cluster = "slurm" if settings["_target_"].endswith("SlurmLauncher") else "local"
-    rest = {key: value for key, value in settings.items() if key not in ("_target_", "submitit_folder")}
-    first = {f"{cluster}_max_num_timeout": rest.pop("max_num_timeout")} if "max_num_timeout" in rest else {}
-    executor = submitit.AutoExecutor(folder=settings["submitit_folder"], cluster=cluster, **first)
-    shared = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{key if key in shared else f"{cluster}_{key}": v for key, v in rest.items()})
-    return executor
 
 
 @dataclass
