@@ -144,6 +144,27 @@ def test_a_search_whose_workers_are_a_slurm_job_array(slurm: OneNodeSlurm, tmp_p
         slurm.run("scancel", job_id)
 
 
+def test_a_search_whose_trials_are_slurm_jobs_through_the_submitit_launcher(
+    slurm: OneNodeSlurm, tmp_path: Path
+) -> None:
+    """hparams_search=optuna with hydra/launcher=slurm and n_jobs=2: each pair of trials a 2-task job array."""
+    import yaml
+
+    from tests.test_search import TINY
+
+    on_this_node = ["hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
+    done = run_python(
+        "train.py", "hparams_search=optuna", "hydra/launcher=slurm", "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2", *TINY, *on_this_node, f"hydra.sweep.dir={tmp_path}", env=slurm.env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for number in range(4):
+        summary = (tmp_path / str(number) / "summary.json").read_text()
+        assert '"status": "completed"' in summary
+    assert len(list((tmp_path / ".submitit").glob("*_1"))) == 2  # two arrays of two tasks
+    assert yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())["completed_trials"] == 4
+
+
 def test_a_population_sweep_as_two_population_jobs_one_preempted_one_at_its_time_limit(
     slurm: OneNodeSlurm, tmp_path: Path
 ) -> None:
