@@ -14,8 +14,6 @@ import yaml
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow  # subprocesses
-
 TINY = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=20", "report.enabled=false"]
 
 
@@ -42,6 +40,31 @@ def trials(storage: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="shared", storage=storage).get_trials()
 
 
+def test_the_search_space_is_hydras_override_syntax_as_optuna_distributions() -> None:
+    from hydra_plugins.mlptrain_optuna.optuna_sweeper import Space
+
+    space = Space(
+        [
+            "optimizer.lr=tag(log,interval(0.001,0.1))", "model.dropout=interval(0,0.5)", "seed=range(1,10,3)",
+            "model.activation=choice(relu,tanh)", "+trainer.gradient_clip_val=choice(0.5,1.0)", "optimizer=sgd",
+        ]
+    )  # fmt: skip
+    d = space.distributions
+    assert d["optimizer.lr"] == optuna.distributions.FloatDistribution(0.001, 0.1, log=True)
+    assert d["model.dropout"] == optuna.distributions.FloatDistribution(0.0, 0.5)
+    assert d["seed"] == optuna.distributions.IntDistribution(1, 7, step=3)  # range(1,10,3): 1, 4, 7
+    assert d["model.activation"] == optuna.distributions.CategoricalDistribution(["relu", "tanh"])
+    trial = optuna.trial.FixedTrial(
+        {"optimizer.lr": 0.01, "model.dropout": 0.25, "seed": 4, "model.activation": "tanh",
+         "trainer.gradient_clip_val": 1.0}
+    )  # fmt: skip
+    assert space.overrides(trial) == [
+        "optimizer.lr=0.01", "model.dropout=0.25", "seed=4", "model.activation=tanh",
+        "+trainer.gradient_clip_val=1.0", "optimizer=sgd",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow  # worker processes
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_two_workers_share_one_study_and_run_its_trials_once(kind: str, tmp_path: Path) -> None:
     storage = str(tmp_path / "search.journal") if kind == "journal" else f"sqlite:///{tmp_path / 'search.db'}"
@@ -94,6 +117,7 @@ def watched(storage: str) -> list[str]:
         dashboard.wait()
 
 
+@pytest.mark.slow
 def test_a_killed_workers_trial_fails_and_another_worker_resumes_it(tmp_path: Path) -> None:
     """SIGKILL a worker mid-trial: its heartbeat stops, and the other worker, once the grace period is over,
     marks the trial failed, and (max_retry) takes its retry, which goes on in the killed trial's folder."""
@@ -122,6 +146,7 @@ def test_a_killed_workers_trial_fails_and_another_worker_resumes_it(tmp_path: Pa
     assert json.loads((sweep / str(other.number) / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_worker_stopped_by_sigterm_puts_its_trial_back_and_another_resumes_it(tmp_path: Path) -> None:
     """A preemption's SIGTERM mid-trial: the run writes its checkpoint and stops, the worker puts the trial back
     at once and ends; the next worker resumes it from that checkpoint, in the same folder."""

@@ -87,7 +87,7 @@ class Space:
             if not override.is_sweep_override():
                 self.fixed.append(override.input_line)
                 continue
-            name = override.get_key_element()
+            name = override.key_or_group + (f"@{override.package}" if override.package else "")
             self.prefixes[name] = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++"}.get(override.type, "")
             value = override.value()
             if override.is_interval_sweep():
@@ -97,7 +97,8 @@ class Space:
                 else:
                     self.distributions[name] = FloatDistribution(value.start, value.end, log=log_scale)
             elif override.is_range_sweep() and not value.shuffle and _ints(value.start, value.stop, value.step):
-                self.distributions[name] = IntDistribution(value.start, value.stop - 1, step=value.step)
+                last = value.start + (value.stop - 1 - value.start) // value.step * value.step  # range's last value
+                self.distributions[name] = IntDistribution(value.start, last, step=value.step)
             else:  # choice, a shuffled or float range: its values
                 self.distributions[name] = CategoricalDistribution(
                     list(override.sweep_iterator(transformer=Transformer.encode))
