@@ -172,3 +172,26 @@ def test_a_worker_stopped_by_sigterm_puts_its_trial_back_and_another_resumes_it(
     assert study[1].user_attrs["retry_of"] == [0] and study[1].params == study[0].params
     summary = json.loads((sweep / "0" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 3
+
+
+@pytest.mark.slow  # processes
+def test_workers_that_open_a_new_database_at_the_same_instant_all_get_it(tmp_path: Path) -> None:
+    """Workers started together race to create a new database's tables (and Optuna's schema version): each
+    loser must find them made, not fail. Without the retry on IntegrityError this failed within two rounds."""
+    opener = (
+        "import os, sys\nfrom hydra_plugins.mlptrain_optuna.optuna_sweeper import open_storage\n"
+        "print('ready', flush=True)\nwhile not os.path.exists(sys.argv[2]): pass\nopen_storage(sys.argv[1])\n"
+    )
+    for round in range(6):
+        url, go = f"sqlite:///{tmp_path / f'{round}.db'}", tmp_path / f"go{round}"
+        openers = [
+            subprocess.Popen(
+                [sys.executable, "-c", opener, url, str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(4)
+        ]
+        for process in openers:  # all imported: then all at once
+            assert process.stdout.readline() == "ready\n", process.stderr.read()[-2000:]
+        go.touch()
+        for process in openers:
+            assert process.wait(timeout=120) == 0, process.stderr.read()[-2000:]

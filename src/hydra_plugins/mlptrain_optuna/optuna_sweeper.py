@@ -43,8 +43,6 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain.frameworks import use_sampler
-
 log = logging.getLogger(__name__)
 
 HEARTBEAT = "heartbeat"  # the user attribute a running trial's worker refreshes: seconds since the epoch
@@ -137,8 +135,9 @@ def open_storage(storage: str | None) -> Any:
         for attempt in range(5):
             try:
                 return optuna.storages.RDBStorage(storage, engine_kwargs=engine)
-            except sqlalchemy.exc.OperationalError:
-                # Workers started together race to create the tables: the losers find them made.
+            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+                # Workers started together race to create the tables and stamp their version ("table ... already
+                # exists", "UNIQUE constraint failed: alembic_version"): the losers find them made.
                 if attempt == 4:
                     raise
                 time.sleep(0.5 * (attempt + 1))
@@ -189,6 +188,8 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
+
+        from mlptrain.frameworks import use_sampler
 
         s = self.settings
         space = Space([*(f"{key}={value}" for key, value in (s.params or {}).items()), *arguments])
