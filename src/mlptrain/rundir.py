@@ -126,6 +126,14 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 HOW_STARTED = ("resume", "ckpt_path", "progress_bar")
 
 
+def run_status(run_dir: str | Path) -> str | None:
+    """The status a run's summary.json gives (running, completed, failed, interrupted), or None without one."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
 def completed_summary(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The summary of a run in `run_dir` that completed with this config (config.yaml), else None."""
     import yaml  # Hydra's own dependency

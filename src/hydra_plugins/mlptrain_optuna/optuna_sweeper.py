@@ -24,7 +24,6 @@ Not hydra-optuna-sweeper: its release needs optuna < 3 (README, "Running on a cl
 imported when a search starts, so that Hydra can find this plugin where Optuna is not installed.
 """
 
-import json
 import logging
 import math
 import threading
@@ -190,6 +189,7 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         from mlptrain.frameworks import use_sampler
+        from mlptrain.rundir import run_status
 
         s = self.settings
         space = Space([*(f"{key}={value}" for key, value in (s.params or {}).items()), *arguments])
@@ -226,7 +226,7 @@ class OptunaSweeper(Sweeper):
             stop = False
             for (trial, _), result in zip(jobs, returns):
                 value = _value(result)
-                status = _status(sweep_dir / str(folders[trial.number]))
+                status = run_status(sweep_dir / str(folders[trial.number]))
                 ran += 1
                 if status == "interrupted":  # a signal stopped it: another worker (or this one, requeued) resumes it
                     log.info(f"Trial {trial.number} was interrupted; it is put back in the study to be resumed")
@@ -361,13 +361,6 @@ def _value(result: Any) -> float | None:
     if result.status != JobStatus.COMPLETED or result.return_value is None:
         return None
     return float(result.return_value)
-
-
-def _status(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
 
 
 def _tell(study: Any, number: int, value: float) -> None:

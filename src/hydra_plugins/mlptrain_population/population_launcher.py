@@ -19,7 +19,6 @@ is that config with those values set, as Hydra would have set them.
 
 import copy
 import dataclasses
-import json
 import logging
 import re
 import sys
@@ -38,7 +37,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mlptrain.frameworks import BasicSweeper, BasicSweeperConf, submitit_executor, submitit_job_arguments
-from mlptrain.rundir import yaml_text
+from mlptrain.rundir import run_status, yaml_text
 
 log = logging.getLogger(__name__)
 
@@ -217,21 +216,13 @@ class PopulationJob:
             values = train_population(self.tasks, log_name=f"{self.name}.log")
         finally:
             signals.drain()
-        if self.requeued and any(_status(task.output_dir) == "interrupted" for task in self.tasks):
+        if self.requeued and any(run_status(task.output_dir) == "interrupted" for task in self.tasks):
             # SLURM requeues the job (a preemption), or Lightning did (the time-limit signal), and its next start
             # resumes the members (resume=auto). Ending without a result keeps submitit, and so the sweep,
             # waiting for that start; a job cancelled for good is seen as ended, and its members as failed.
             log.info("The population was stopped by a signal: its job ends here, to start again when requeued")
             sys.exit(1)
         return values
-
-
-def _status(run_dir: str) -> str | None:
-    """The status a run's summary.json gives, if it has one."""
-    try:
-        return json.loads((Path(run_dir) / "summary.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
 
 
 def _returns(jobs: "list[Job]", tasks: list[DictConfig], values: list[float | None], name: str) -> list[JobReturn]:
