@@ -10,11 +10,10 @@ network (each layer's activations); `nudges=PATH` draws what backpropagation on 
 each weight and bias (give `label=D` with `image=`).
 """
 
-import sys
 from pathlib import Path
 
 from mlptrain.config import parse_arguments
-from mlptrain.errors import MlptrainError
+from mlptrain.errors import run_script
 from mlptrain.predict import draw_network, draw_nudges, image_pixels, probabilities, test_image
 from mlptrain.system import load_checkpoint
 
@@ -42,8 +41,4 @@ def run(arguments: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        run(sys.argv[1:])
-    except MlptrainError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_script(run)

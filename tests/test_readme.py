@@ -34,6 +34,8 @@ def run(args: list[str], run_dir: Path, capsys: pytest.CaptureFixture[str]) -> t
         args = [*args, f"out={run_dir / 'activations.png'}"]  # not over the committed picture
     elif args[0] == "scripts/predict.py":  # its pictures into run_dir, not the working directory
         args = [re.sub(r"^(network|nudges)=", rf"\1={run_dir}/", arg) for arg in args]
+    elif args[0] == "scripts/export.py":  # the page or model.onnx into run_dir, not the checkpoint's run
+        args = [*args, f"out={run_dir / ('model.onnx' if 'format=onnx' in args else 'page')}"]
     if "-m" not in args:
         return run_in_process(args[0], args[1:], capsys)
     done = run_python(*args)
@@ -69,6 +71,7 @@ def test_readme_command_runs(
         "train.py": "summary.json",
         "scripts/compare.py": "comparison.md",
         "scripts/plot_activations.py": "activations.png",
+        "scripts/export.py": "model.onnx" if "format=onnx" in args else "page/index.html",
     }
     if "-m" in args:  # a sweep: a folder per job
         assert len(list(tmp_path.glob(f"*/{made[args[1]]}"))) == len(re.search(r"seed=(\S+)", command)[1].split(","))

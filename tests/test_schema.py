@@ -17,7 +17,16 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain.config import CHECKED_WHERE_USED, PREDICT_RULES, RULES, PredictConfig, Rule, check
+from mlptrain.config import (
+    CHECKED_WHERE_USED,
+    EXPORT_RULES,
+    PREDICT_RULES,
+    RULES,
+    ExportConfig,
+    PredictConfig,
+    Rule,
+    check,
+)
 from mlptrain.errors import ConfigError
 from tests.conftest import CONF_DIR, compose_config, run_in_process
 
@@ -170,22 +179,28 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"dir": folder, "truncated": truncated, "not_an_image": not_an_image, "sweep": folder / "empty_sweep"}
 
 
-PREDICT_TYPE_CASES = [
-    ([f"{key}={wrong_value(declared)}"], key)
-    for key, declared in typing.get_type_hints(PredictConfig).items()
-    if wrong_value(declared) is not None
-]
+def script_cases(script: str, schema: type, rules: tuple[Rule, ...]) -> list[tuple[str, list[str], str]]:
+    """A script's bad arguments: a value of the wrong type for each key, and each rule's own examples."""
+    wrong_types = [
+        (script, [f"{key}={wrong_value(declared)}"], key)
+        for key, declared in typing.get_type_hints(schema).items()
+        if wrong_value(declared) is not None
+    ]
+    return [*wrong_types, *[(script, list(example), rule.key) for rule in rules for example in rule.examples]]
 
 
 @pytest.mark.parametrize(
-    ("arguments", "key"),
-    [*PREDICT_TYPE_CASES, *[(list(example), rule.key) for rule in PREDICT_RULES for example in rule.examples]],
+    ("script", "arguments", "key"),
+    [
+        *script_cases("scripts/predict.py", PredictConfig, PREDICT_RULES),
+        *script_cases("scripts/export.py", ExportConfig, EXPORT_RULES),
+    ],
 )
-def test_predict_refuses_bad_arguments(
-    arguments: list[str], key: str, bad_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+def test_scripts_refuse_bad_arguments(
+    script: str, arguments: list[str], key: str, bad_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with_ckpt = [f"ckpt_path={bad_files['truncated']}", *arguments]
-    status, output = run_in_process("scripts/predict.py", with_ckpt, capsys)
+    status, output = run_in_process(script, with_ckpt, capsys)
     assert status == 1 and "Traceback" not in output and key in output, output
 
 
@@ -196,6 +211,8 @@ def test_predict_refuses_bad_arguments(
         ("train.py", ["ckpt_path={dir}"], "is not a file. Give the path of a .ckpt file"),
         ("scripts/predict.py", ["ckpt_path={dir}", "index=0"], "could not be loaded as an mlptrain checkpoint"),
         ("scripts/predict.py", ["ckpt_path={truncated}", "index=0"], "could not be loaded as an mlptrain checkpoint"),
+        ("scripts/export.py", ["ckpt_path={truncated}"], "could not be loaded as an mlptrain checkpoint"),
+        ("scripts/export.py", ["ckpt_path={dir}", "format=onnx"], "could not be loaded as an mlptrain checkpoint"),
         ("scripts/report.py", ["{sweep}"], "No summary.json below"),
     ],
 )

@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mlptrain.config import parse_arguments
+from mlptrain.config import EXPORT_RULES, ExportConfig, parse_arguments
 from mlptrain.data import MNISTDataModule
 from mlptrain.system import MLPSystem
 from tests.conftest import CONF_DIR, ROOT
@@ -33,6 +33,9 @@ def test_tour_command_composes(command: str, tmp_path: Path) -> None:
     args = shlex.split(command, comments=True)
     if args[1] == "scripts/predict.py":  # its arguments, typed and checked (the checkpoint is the reader's own)
         parse_arguments(args[2:])
+        return
+    if args[1] == "scripts/export.py":
+        parse_arguments(args[2:], ExportConfig, EXPORT_RULES)
         return
     script = {"train.py": "train", "scripts/compare.py": "compare"}[args[1]]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

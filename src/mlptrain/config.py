@@ -24,6 +24,7 @@ from mlptrain.data import LOADERS, N_TEST_FILE, N_TRAIN_FILE, NORMALIZATIONS
 from mlptrain.errors import ConfigError
 from mlptrain.losses import LOSSES, MSE_REDUCTIONS
 from mlptrain.model import INITS
+from mlptrain.page import mirrors
 from mlptrain.step import choose_path, optimizer_class
 from mlptrain.system import SCHEDULERS
 
@@ -144,6 +145,7 @@ class ReportConfig:
     mistakes: int = MISSING
     network_images: int = MISSING
     landscape: str | None = MISSING
+    page: bool = MISSING
 
 
 @dataclass
@@ -184,6 +186,18 @@ class PredictConfig:
     label: int | None = None  # the image's true digit, for nudges= with image= (index= knows its own)
     network: str | None = None  # write network.png here: the activations layer by layer for this image
     nudges: str | None = None  # write nudges.png here: what backpropagation wants changed for this image
+
+
+@dataclass
+class ExportConfig:
+    """scripts/export.py's arguments."""
+
+    ckpt_path: str = MISSING  # a checkpoint written by train.py
+    format: str = "page"  # page: index.html, draw a digit and watch the network decide | onnx: model.onnx
+    out: str | None = None  # where to write: default <run dir>/page/ (page) or <run dir>/model.onnx (onnx)
+    examples: int = 6  # the page's test images to step through: the first N, then the N most confident mistakes
+    serve: bool = False  # then serve the page on http://127.0.0.1:<port> until Ctrl-C, for browsers refusing files
+    port: int = 8000  # serve's port (0: any free one)
 
 
 # Where each schema is registered: conf/train.yaml and conf/compare.yaml name theirs in their defaults,
@@ -473,6 +487,19 @@ RULES: tuple[Rule, ...] = (
         ),
         ("report.landscape=pca", "data.loader=dataloader"),
     ),
+    rule(
+        "report.page",
+        lambda cfg: (
+            cfg.report.page
+            and isinstance(cfg.model.activation, Mapping)
+            and not mirrors(cfg.model.activation.get("_target_", ""))
+            and f"report.page=true: the page's JavaScript cannot compute model.activation's "
+            f"{cfg.model.activation.get('_target_')} (it computes the registry's activations and torch.nn's "
+            "Identity, Sigmoid, Tanh, ReLU, ReLU6, LeakyReLU, ELU, SELU, Softsign, Softplus, SiLU, GELU and "
+            "Hardtanh). Use one of those, or report.page=false and scripts/export.py format=onnx."
+        ),
+        ("report.page=true", "model.activation={_target_: torch.nn.Hardshrink}"),
+    ),
     # model
     each_between("model.hidden", 1),
     rule("model.activation", _activation, ("model.activation=relux",), ("model.activation={min_val: 1}",)),
@@ -636,6 +663,27 @@ PREDICT_RULES: tuple[Rule, ...] = (
 )
 
 
+EXPORT_RULES: tuple[Rule, ...] = (
+    one_of("format", ["page", "onnx"]),
+    between("examples", 0, 100, hint="Each is embedded in the page."),
+    between("port", 0, 65535, hint="0 takes any free port."),
+    rule(
+        "serve",
+        lambda cfg: cfg.serve and cfg.format != "page" and "serve=true serves the page: it needs format=page.",
+        ("serve=true", "format=onnx"),
+    ),
+    rule(
+        "out",
+        lambda cfg: (
+            cfg.out is not None
+            and not Path(cfg.out).resolve().parent.is_dir()
+            and f"out={cfg.out} is in a folder that does not exist: make the folder, or name one that does."
+        ),
+        ("out=no/such/folder/page",),
+    ),
+)
+
+
 def check(cfg: DictConfig, rules: tuple[Rule, ...] = RULES) -> None:
     """Raise one ConfigError listing every rule `cfg` breaks; called before anything is read or written."""
     problems = [problem for problem in (r.broken(cfg) for r in rules) if problem]
@@ -643,14 +691,17 @@ def check(cfg: DictConfig, rules: tuple[Rule, ...] = RULES) -> None:
         raise ConfigError(" ".join(dict.fromkeys(problems)))  # each said once, in the table's order
 
 
-def parse_arguments(arguments: list[str]) -> DictConfig:
-    """scripts/predict.py's key=value arguments, typed by PredictConfig and checked by PREDICT_RULES."""
+def parse_arguments(
+    arguments: list[str], schema: type = PredictConfig, rules: tuple[Rule, ...] = PREDICT_RULES
+) -> DictConfig:
+    """A script's key=value arguments (scripts/predict.py's by default), typed by `schema`, checked by `rules`."""
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(PredictConfig), OmegaConf.from_cli(arguments))
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_cli(arguments))
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "an argument"
         raise ConfigError(
-            f"{key} is not right: {str(error).splitlines()[0]}. Arguments are ckpt_path=PATH and image=PATH or index=N."
+            f"{key} is not right: {str(error).splitlines()[0]}. The arguments are "
+            f"{', '.join(f'{name}=...' for name in schema.__dataclass_fields__)}."
         ) from None
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -658,5 +709,5 @@ def parse_arguments(arguments: list[str]) -> DictConfig:
             f"Give {', '.join(f'{key}=...' for key in missing)}, e.g. "
             "ckpt_path=outputs/<date>/<time>/checkpoints/best.ckpt."
         )
-    check(cfg, PREDICT_RULES)
+    check(cfg, rules)
     return cfg  # type: ignore[return-value]

@@ -1,5 +1,8 @@
 """The errors mlptrain reports to users as one paragraph instead of a traceback."""
 
+import sys
+from collections.abc import Callable
+
 
 class MlptrainError(Exception):
     """A problem the user can fix; the message says what is wrong and how to fix it."""
@@ -31,3 +34,13 @@ class CheckpointError(MlptrainError):
 
 class RunDirError(MlptrainError):
     """A run directory that cannot be written: its permissions, a read-only filesystem, a full disk."""
+
+
+def run_script(run: Callable[[list[str]], None]) -> None:
+    """A plain script's body (scripts/predict.py, scripts/export.py): run(its key=value arguments), a user's
+    mistake as one line `error: ...` on stderr and exit status 1."""
+    try:
+        run(sys.argv[1:])
+    except MlptrainError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

@@ -72,6 +72,11 @@ def write_run_report(
         else:
             draw_landscape(system, data, trajectory, settings["landscape"], run_dir / "landscape.png")
             written.append("landscape.png")
+    if settings["page"]:
+        from mlptrain.page import write_page
+
+        write_page(system, config, run_dir / "page", images, labels, probs, source=f"run {run_dir}")
+        written.append("page/index.html")
     written.append("report.md")
     _write_page(run_dir, summary, config, written)
     return written
@@ -139,6 +144,14 @@ def _write_page(run_dir: Path, summary: dict[str, Any], config: dict[str, Any], 
     lines = [f"# Run {run_dir.name}", "", "| result | |", "|---|---|", *[f"| {k} | {v} |" for k, v in figures]]
     lines += ["", "| setup | |", "|---|---|", *[f"| {k} | {v} |" for k, v in setup]]
     lines += ["", "The full resolved config is in `config.yaml`; versions in `summary.json`.", ""]
+    if "page/index.html" in written:
+        lines += [
+            "## Draw a digit",
+            "",
+            "[page/index.html](page/index.html): draw a digit and watch this network light up and decide "
+            "(opens in any browser, offline).",
+            "",
+        ]
     for file, title in PICTURES:
         if file in written:
             lines += [f"## {title}", "", f"![{title}]({file})", ""]

@@ -1,0 +1,61 @@
+"""Take a trained network out of the trainer: a page to draw digits on and watch it decide, or an ONNX file.
+
+    python scripts/export.py ckpt_path=outputs/<date>/<time>/checkpoints/best.ckpt
+    python scripts/export.py ckpt_path=.../best.ckpt serve=true          # and serve it on http://127.0.0.1:8000
+    python scripts/export.py ckpt_path=.../best.ckpt format=onnx         # pip install -e ".[export]"
+
+format=page writes <run dir>/page/index.html (or out=FOLDER): one self-contained file that opens from disk with no
+network or server. serve=true also serves that folder on localhost (port=8000, 0 for any free port) until Ctrl-C,
+for browsers that refuse local files. format=onnx writes <run dir>/model.onnx (or out=FILE): MNIST pixels
+(N, 28, 28) from 0 to 255 -> the network's output and a probability per digit, checked with onnxruntime against
+the model on the 10,000 test images.
+"""
+
+from pathlib import Path
+
+from torchvision import datasets
+
+from mlptrain.config import EXPORT_RULES, ExportConfig, parse_arguments
+from mlptrain.data import EMBEDDED_DIR
+from mlptrain.errors import ConfigError, run_script
+from mlptrain.page import serve, write_onnx, write_page
+from mlptrain.system import load_checkpoint
+
+TOLERANCE = 1e-5  # the largest difference allowed between onnxruntime's probabilities and the model's
+
+
+def run(arguments: list[str]) -> None:
+    args = parse_arguments(arguments, ExportConfig, EXPORT_RULES)
+    ckpt = Path(args.ckpt_path)
+    system, config = load_checkpoint(ckpt)
+    run_dir = ckpt.resolve().parent.parent if ckpt.resolve().parent.name == "checkpoints" else ckpt.resolve().parent
+    data = config.get("data", {})
+    test = datasets.MNIST(Path(data["dir"]) if data.get("dir") else EMBEDDED_DIR, train=False)
+    images, labels = test.data.numpy(), test.targets.numpy()
+    normalize = data.get("normalize", "standard")
+    if args.format == "onnx":
+        path = Path(args.out) if args.out else run_dir / "model.onnx"
+        difference, agreement = write_onnx(system, normalize, path, images)
+        if difference > TOLERANCE:
+            raise ConfigError(
+                f"{path} was written, but onnxruntime's probabilities differ from the model's by up to "
+                f"{difference:.2e} on the test set, more than {TOLERANCE:g}: do not use it. Please report this, "
+                "with the checkpoint and the versions of torch, onnx and onnxruntime."
+            )
+        print(f"model.onnx: {path}")
+        print(
+            f"checked with onnxruntime on the {len(labels):,} test images: probabilities within {difference:.1e} "
+            f"of the model's, the same answer for {agreement:.2%}"
+        )
+        return
+    probs = system.probabilities_of(test.data, normalize).float().numpy()
+    folder = Path(args.out) if args.out else run_dir / "page"
+    page = write_page(system, config, folder, images, labels, probs, args.examples, source=str(ckpt))
+    print(f"page: {page}")
+    print(f"open it in a browser: file://{page.resolve()}")
+    if args.serve:
+        serve(folder, args.port)
+
+
+if __name__ == "__main__":
+    run_script(run)

@@ -1,0 +1,226 @@
+"""A trained network taken out of the trainer: the page (draw a digit and watch the network light up) and model.onnx.
+
+The page is one self-contained `index.html` (page.html with the network's weights and a few test images
+inside), whose JavaScript computes what the model computes: the same layers, activations, output activation
+and input normalisation, mirrored from the model's own modules by MIRRORS.
+"""
+
+import base64
+import json
+import logging
+from collections.abc import Callable
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import get_class
+from torch import nn
+
+from mlptrain.activations import HIDDEN_ACTIVATIONS, Logistic, Maxout, Step
+from mlptrain.data import MEAN, STD
+from mlptrain.errors import ConfigError
+from mlptrain.system import MLPSystem
+
+log = logging.getLogger(__name__)
+
+# Each hidden activation module the page can compute, by exact class -> its name and parameters in page.html's
+# ACTIVATIONS. The registry's modules are all here (a test checks); other torch.nn classes a `_target_` may
+# name are here where their maths is a line of JavaScript.
+MIRRORS: dict[type, Callable[[Any], dict[str, Any]]] = {
+    nn.Identity: lambda m: {"name": "identity"},
+    Step: lambda m: {"name": "step"},
+    nn.Sigmoid: lambda m: {"name": "logistic", "slope": 1.0},
+    Logistic: lambda m: {"name": "logistic", "slope": float(m.slope)},
+    nn.Tanh: lambda m: {"name": "tanh"},
+    nn.ReLU: lambda m: {"name": "relu"},
+    nn.LeakyReLU: lambda m: {"name": "leaky_relu", "slope": float(m.negative_slope)},
+    nn.ELU: lambda m: {"name": "elu", "alpha": float(m.alpha)},
+    nn.SELU: lambda m: {"name": "selu"},
+    nn.Softsign: lambda m: {"name": "softsign"},
+    nn.Softplus: lambda m: {"name": "softplus", "beta": float(m.beta), "threshold": float(m.threshold)},
+    nn.SiLU: lambda m: {"name": "silu"},
+    nn.GELU: lambda m: {"name": "gelu", "approximate": m.approximate},
+    nn.Hardtanh: lambda m: {"name": "hardtanh", "min": float(m.min_val), "max": float(m.max_val)},
+    nn.ReLU6: lambda m: {"name": "hardtanh", "min": 0.0, "max": 6.0},
+    Maxout: lambda m: {"name": "maxout", "pieces": int(m.pieces)},
+}
+PAGE_TEMPLATE = "page.html"
+
+
+def mirrors(target: str) -> bool:
+    """Whether the page can compute the activation class a `_target_` names."""
+    try:
+        return get_class(target) in MIRRORS
+    except Exception:  # not importable: the config's own rule on model.activation says so
+        return True
+
+
+def mirror(activation: nn.Module) -> dict[str, Any]:
+    """The page's name and parameters for a hidden activation module; ConfigError for one it cannot compute."""
+    make = MIRRORS.get(type(activation))
+    if make is None:
+        names = sorted({f"torch.nn.{c.__name__}" for c in MIRRORS if c.__module__.startswith("torch")})
+        raise ConfigError(
+            f"The page cannot compute this model's activation, {type(activation).__module__}."
+            f"{type(activation).__name__}: its JavaScript mirrors the registry's activations "
+            f"({', '.join(HIDDEN_ACTIVATIONS)}) and, for a `_target_`, {', '.join(names)}. format=onnx exports "
+            "any activation torch can trace; or add this one to mlptrain.page.MIRRORS and page.html's ACTIVATIONS."
+        )
+    return make(activation)
+
+
+def _array(values: torch.Tensor | np.ndarray, dtype: str) -> str:
+    """Little-endian bytes as base64: what page.html's `decode` reads into a typed array."""
+    array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    return base64.b64encode(array.astype(np.dtype(dtype).newbyteorder("<")).tobytes()).decode("ascii")
+
+
+def examples_to_show(labels: np.ndarray, probs: np.ndarray, count: int) -> list[tuple[int, str]]:
+    """The first `count` test images, then the model's `count` most confident mistakes: (index, caption)."""
+    answers = probs.argmax(1)
+    shown = [(i, f"test image #{i}, a {labels[i]}") for i in range(min(count, len(labels)))]
+    wrong = np.flatnonzero(answers != labels)
+    for i in wrong[np.argsort(-probs[wrong, answers[wrong]], kind="stable")][:count]:
+        caption = (
+            f"test image #{i}, a {labels[i]}: a confident mistake, taken for {answers[i]} ({probs[i, answers[i]]:.1%})"
+        )
+        shown.append((int(i), caption))
+    return shown
+
+
+def page_spec(
+    system: MLPSystem,
+    config: dict[str, Any],
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    examples: int,
+    source: str,
+) -> dict[str, Any]:
+    """What index.html is given: the network's weights, how it computes, what it is, and test images.
+
+    `images` (N, 28, 28) uint8 and `labels` (N,) are the test set, `probs` (N, 10) the model's probabilities
+    on them (for the test accuracy and the mistakes)."""
+    model, hparams = system.model, system.hparams
+    activation = mirror(model.activations[0]) if len(model.activations) else {"name": "identity"}
+    dtype = "float64" if model.layers[0].weight.dtype == torch.float64 else "float32"
+    normalize = config.get("data", {}).get("normalize", "standard")
+    loss = {k: v for k, v in dict(hparams.loss).items() if v is not None}
+    hidden = [layer.out_features // activation.get("pieces", 1) for layer in model.layers[:-1]]
+    described = hparams.model.get("activation")
+    return {
+        "dtype": dtype,
+        "layers": [
+            {
+                "rows": layer.out_features,
+                "cols": layer.in_features,
+                "weight": _array(layer.weight, dtype),
+                "bias": _array(layer.bias, dtype),
+            }
+            for layer in model.layers
+        ],
+        "activation": activation,
+        "output_activation": hparams.model.get("output_activation", "none"),
+        "normalize": {"mean": MEAN, "std": STD} if normalize == "standard" else None,
+        "model": {
+            "widths": [784, *hidden, 10],
+            "activation": described if isinstance(described, str) else str(dict(described)["_target_"]),
+            "activation_parameters": {k: v for k, v in activation.items() if k != "name"},
+            "output_activation": hparams.model.get("output_activation", "none"),
+            "loss": loss,
+            "normalize": normalize,
+            "test_accuracy": float((probs.argmax(1) == labels).mean()),
+            "test_images": len(labels),
+            "source": source,
+        },
+        "examples": [
+            {"pixels": _array(images[i], "uint8"), "label": int(labels[i]), "caption": caption}
+            for i, caption in examples_to_show(labels, probs, examples)
+        ],
+    }
+
+
+def write_page(
+    system: MLPSystem,
+    config: dict[str, Any],
+    folder: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    examples: int = 6,
+    source: str = "",
+) -> Path:
+    """folder/index.html: the page, with everything it needs inside (it opens from disk, offline)."""
+    spec = page_spec(system, config, images, labels, probs, examples, source)
+    template = resources.files("mlptrain").joinpath(PAGE_TEMPLATE).read_text(encoding="utf-8")
+    # JSON inside a <script>: "</" would end the script early.
+    text = template.replace("/*SPEC*/null", json.dumps(spec, separators=(",", ":")).replace("</", "<\\/"), 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    page = folder / "index.html"
+    page.write_text(text, encoding="utf-8")
+    return page
+
+
+def serve(folder: Path, port: int) -> None:
+    """Serve `folder` on http://127.0.0.1:port (0: any free port) until Ctrl-C, for browsers that will not open
+    a page's local files."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), partial(SimpleHTTPRequestHandler, directory=str(folder)))
+    print(f"serving http://127.0.0.1:{server.server_address[1]}/index.html (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+class Classifier(nn.Module):
+    """What model.onnx computes: MNIST pixels (N, 28, 28), 0 to 255, -> the network's output (N, 10) and a
+    probability per digit (N, 10), normalised as the model was trained."""
+
+    def __init__(self, system: MLPSystem, normalize: str) -> None:
+        super().__init__()
+        self.system = system
+        self.standard = normalize == "standard"
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = pixels.flatten(1) / 255.0
+        if self.standard:
+            x = (x - MEAN) / STD
+        output = self.system.model(x)
+        return output, self.system.probabilities(output)
+
+
+def write_onnx(system: MLPSystem, normalize: str, path: Path, images: np.ndarray) -> tuple[float, float]:
+    """path: the model as ONNX (float32, any batch size), checked with onnxruntime on `images` (N, 28, 28) uint8.
+
+    Returns the largest difference between onnxruntime's probabilities and the model's, and onnxruntime's
+    answers' agreement with the model's. ConfigError where the export extra is not installed."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ConfigError(
+            f'format=onnx needs onnx, onnxscript and onnxruntime ({error}): pip install -e ".[export]".'
+        ) from None
+    classifier = Classifier(system, normalize).float().eval()
+    pixels = torch.from_numpy(images).float()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        classifier,
+        (pixels[:2],),
+        str(path),
+        dynamo=True,
+        input_names=["pixels"],
+        output_names=["output", "probabilities"],
+        dynamic_shapes={"pixels": {0: torch.export.Dim("batch")}},
+        verbose=False,
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, probs = session.run(None, {"pixels": pixels.numpy()})
+    with torch.no_grad():
+        expected = classifier(pixels)[1].numpy()
+    return float(np.abs(probs - expected).max()), float((probs.argmax(1) == expected.argmax(1)).mean())
