@@ -157,6 +157,8 @@ def page_state(driver) -> dict:
     """The page's numbers after its updates have run: the pad's grey levels, the 784 pixels and inputs, every
     layer's activations and the probabilities."""
     driver.execute_script("mlptrain.update()")  # what the last pointer event scheduled for the next frame
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not [entry for entry in errors if "favicon.ico" not in entry["message"]], errors  # a served page asks
     return driver.execute_script(STATE)
 
 
@@ -289,7 +291,7 @@ def test_a_screenshot_of_the_page(browser, default_run: Path, tmp_path: Path) ->
 @pytest.mark.slow
 def test_the_page_served_on_localhost(browser, default_run: Path, tmp_path: Path) -> None:
     ckpt = default_run / "checkpoints" / "best.ckpt"
-    arguments = [f"ckpt_path={ckpt}", f"out={tmp_path / 'page'}", "serve=true", "port=0"]
+    arguments = [f"ckpt_path={ckpt}", f"out={tmp_path / 'page'}", "serve=true", "port=0", "examples=0"]
     server = subprocess.Popen(
         [sys.executable, "scripts/export.py", *arguments], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
@@ -298,6 +300,7 @@ def test_the_page_served_on_localhost(browser, default_run: Path, tmp_path: Path
         url = re.search(r"serving (http://127\.0\.0\.1:\d+/index\.html)", lines[2]).group(1)
         assert urllib.request.urlopen(url, timeout=10).read().startswith(b"<!doctype html>")
         browser.get(url)
+        assert not browser.find_element("id", "next").is_displayed()  # no test images to step through
         draw(browser, STROKES[2])
         assert_page_computes_what_the_model_computes(page_state(browser), ckpt)
     finally:
