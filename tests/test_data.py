@@ -105,8 +105,8 @@ def test_resume_at_skips_the_mini_batches_already_trained_on() -> None:
     loader = TensorBatches(torch.arange(n)[:, None], torch.arange(n), 10, EpochPermutation(n, seed=0), steps_per_call=3)
     loader.sampler.set_epoch(4)
 
-    def labels() -> torch.Tensor:  # each item: (xs (K, B, 1), ys (K, B)), the K mini-batches gathered at once
-        return torch.cat([ys.flatten() for _, ys in loader])
+    def labels() -> torch.Tensor:  # each item a Chunk: images (K, B, 1), labels (K, B), gathered at once
+        return torch.cat([chunk.labels.flatten() for chunk in loader])
 
     whole = labels()
     loader.resume_at(epoch=4, done=6)
@@ -114,8 +114,9 @@ def test_resume_at_skips_the_mini_batches_already_trained_on() -> None:
     single = TensorBatches(torch.arange(n)[:, None], torch.arange(n), 10, EpochPermutation(n, seed=0))
     single.sampler.set_epoch(4)
     assert torch.equal(torch.cat([y for _, y in single]), whole)  # the same batches as one at a time
-    xs, ys = next(iter(loader))
-    assert xs.shape == (3, 10, 1) and torch.equal(xs[..., 0], ys)
+    chunk = next(iter(loader))
+    assert chunk.images.shape == (3, 10, 1) and torch.equal(chunk.images[..., 0], chunk.labels)
+    assert chunk.rows is None and chunk.sizes.tolist() == [10, 10, 10]
     assert torch.equal(labels(), whole)  # the pass after it is whole again
     loader.resume_at(epoch=3, done=6)  # saved at the end of epoch 3: epoch 4 starts at its beginning
     assert torch.equal(labels(), whole)
@@ -128,9 +129,9 @@ def test_the_data_modules_resume_state_new_and_old(state: dict) -> None:
     data.setup()
     loader = data.train_dataloader()
     loader.sampler.set_epoch(2)
-    whole = torch.cat([ys.flatten() for _, ys in loader])
+    whole = torch.cat([chunk.labels.flatten() for chunk in loader])
     data.load_state_dict(state)
-    assert torch.equal(torch.cat([ys.flatten() for _, ys in loader]), whole[80:])
+    assert torch.equal(torch.cat([chunk.labels.flatten() for chunk in loader]), whole[80:])
 
 
 def test_tensor_and_dataloader_paths_serve_the_same_batches() -> None:
@@ -235,11 +236,18 @@ def test_failed_download_says_what_to_do(tmp_path: Path, monkeypatch: pytest.Mon
         prepare_mnist(tmp_path, download=True)
 
 
-def test_a_smaller_last_batch_comes_as_a_list_of_pairs() -> None:
+def test_a_smaller_last_batch_comes_in_a_chunk_of_lists() -> None:
     n = 95  # nine batches of 10 and one of 5
-    loader = TensorBatches(torch.arange(n)[:, None], torch.arange(n), 10, EpochPermutation(n, seed=1), steps_per_call=4)
-    items = list(loader)
-    assert [type(item) for item in items] == [tuple, tuple, list]
-    assert [len(y) for _, y in items[-1]] == [10, 5]
-    seen = torch.cat([*(ys.flatten() for _, ys in items[:2]), *(y for _, y in items[-1])])
+    images, labels = torch.arange(n)[:, None], torch.arange(n)
+    loader = TensorBatches(images, labels, 10, EpochPermutation(n, seed=1), steps_per_call=4)
+    chunks = list(loader)
+    assert [torch.is_tensor(chunk.labels) for chunk in chunks] == [True, True, False]
+    assert [len(y) for y in chunks[-1].labels] == [10, 5] and chunks[-1].sizes.tolist() == [10, 5]
+    seen = torch.cat([*(chunk.labels.flatten() for chunk in chunks[:2]), *chunks[-1].labels])
     assert torch.equal(seen.sort().values, torch.arange(n))
+    # A population's engine gets rows of the inputs in place of the images (gather=False): the same batches.
+    rows = TensorBatches(images, labels, 10, EpochPermutation(n, seed=1), steps_per_call=4, gather=False)
+    for chunk, by_rows in zip(chunks, rows, strict=True):
+        assert chunk.rows is None and by_rows.images is None
+        for x, row in zip(chunk.images, by_rows.rows, strict=True):
+            assert torch.equal(x, images[row])

@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -162,6 +162,23 @@ class EpochPermutation(Sampler[int]):
         return self.n
 
 
+class Chunk(NamedTuple):
+    """One training step's K consecutive mini-batches (steps_per_call = K > 1), in the epoch's order.
+
+    Exactly one of `images` and `rows` is set. `images`: the mini-batches' inputs (K, B, 784). `rows`: in their
+    place, for a population's engine (TensorBatches' gather=False), each member's rows of the training inputs
+    (K, N, B), which it gathers itself in one operation. `labels`: (K, B), or (K, N, B) with `rows`. Where the
+    epoch's last, smaller mini-batch is among the K, the tensors cannot stack: each field is then a list of K
+    tensors, each its own size. `sizes`: each mini-batch's examples (K,) float64, on the batches' device,
+    whichever form the chunk has (the weights of its losses in the epoch's means).
+    """
+
+    images: torch.Tensor | list[torch.Tensor] | None
+    rows: torch.Tensor | list[torch.Tensor] | None
+    labels: torch.Tensor | list[torch.Tensor]
+    sizes: torch.Tensor
+
+
 class TensorBatches:
     """Mini-batches sliced from tensors already on the training device: no per-sample Python work.
 
@@ -184,17 +201,16 @@ class TensorBatches:
         gather: bool = True,
     ) -> None:
         self.images, self.labels = images, labels  # (N, 784) float, (N,) int64
-        # gather=False (with steps_per_call > 1): training items hold the mini-batches' rows of `images` (K, B)
-        # in place of their images. A population's engine gathers every member's in one operation.
+        # gather=False (with steps_per_call > 1): training chunks hold the mini-batches' rows of `images` in
+        # place of their images (Chunk.rows). A population's engine gathers every member's in one operation.
         self.gather = gather
         self.batch_size = batch_size
         # trainer.limit_train_batches, applied here in mini-batches whatever steps_per_call is (Lightning's
         # would count training steps): a count, or a fraction of the epoch's batches as Lightning takes it.
         self.limit = limit
-        # With steps_per_call = K > 1, each item holds K consecutive mini-batches, for a training step that
-        # makes K updates (MLPSystem's steps_per_call); the batches and their order do not change. They are
-        # gathered in one indexing operation, as (xs (K, B, 784), ys (K, B)), or as a list of K (x, y) pairs
-        # where the epoch's last, smaller batch is among them.
+        # With steps_per_call = K > 1, each item is a Chunk of K consecutive mini-batches, for a training step
+        # that makes K updates (MLPSystem's steps_per_call); the batches and their order do not change. With
+        # K = 1 (and for evaluation) each item is one mini-batch, (x (B, 784), y (B,)), as a DataLoader's.
         self.steps_per_call = steps_per_call
         self.rank, self.world_size = rank, world_size
         # The two DataLoader attributes Lightning inspects: it calls sampler.set_epoch every epoch.
@@ -230,13 +246,21 @@ class TensorBatches:
             for index in indices:
                 yield self.images[index], self.labels[index]
             return
-        while chunk := list(itertools.islice(indices, self.steps_per_call)):
-            sizes = [part.shape[-1] for part in chunk]  # a part: (B,), or (N, B) for a population's N members
-            if len(set(sizes)) == 1:
-                index = torch.stack(chunk)  # (K, B) or (K, N, B)
-                yield self.images[index] if self.gather else index, self.labels[index]
+        while parts := list(itertools.islice(indices, self.steps_per_call)):
+            counts = [part.shape[-1] for part in parts]  # a part: (B,), or (N, B) for a population's N members
+            device = parts[0].device
+            if len(set(counts)) == 1:  # one indexing operation for the K mini-batches: (K, B) or (K, N, B)
+                index = torch.stack(parts)
+                sizes = torch.full((len(parts),), counts[0], dtype=torch.float64, device=device)
+            else:  # the epoch's last call, its last mini-batch smaller
+                index = parts
+                sizes = torch.tensor(counts, dtype=torch.float64, device=device)
+            labels = self.labels[index] if torch.is_tensor(index) else [self.labels[part] for part in parts]
+            if not self.gather:
+                yield Chunk(images=None, rows=index, labels=labels, sizes=sizes)
             else:
-                yield [(self.images[part] if self.gather else part, self.labels[part]) for part in chunk]
+                images = self.images[index] if torch.is_tensor(index) else [self.images[part] for part in parts]
+                yield Chunk(images=images, rows=None, labels=labels, sizes=sizes)
 
     def _eval_shard(self) -> range:
         size, rest = divmod(len(self.labels), self.world_size)  # cut as tensor_split cuts

@@ -37,7 +37,7 @@ from torch import nn
 
 from mlptrain.callbacks import CheckpointOnStop, Checkpoints
 from mlptrain.config import check
-from mlptrain.data import MNISTDataModule
+from mlptrain.data import Chunk, MNISTDataModule
 from mlptrain.errors import MlptrainError
 from mlptrain.losses import make_loss
 from mlptrain.model import MLP
@@ -299,10 +299,8 @@ class PopulationSystem(L.LightningModule):
         # Lightning's step count, which checkpoints and loggers go by, as a run alone's does (MLPSystem).
         first = self.optimizers()
         (first[0] if isinstance(first, list) else first).step()
-        if isinstance(batch, list):  # (rows, labels) pairs: the epoch's last call, its last mini-batch smaller
-            rows, labels = [r for r, _ in batch], [y for _, y in batch]
-        else:  # (K, N, B) each: K mini-batches of one size, each member's rows of the training inputs
-            rows, labels = batch
+        chunk: Chunk = batch  # K mini-batches, each member's rows of the training inputs (TensorBatches, gather=False)
+        rows, labels = chunk.rows, chunk.labels
         inputs = self.trainer.datamodule.train_inputs()  # (n, 784), shared by every member
         dtype = self.stacked[0].dtype
         schedulers = self._schedulers() if self.interval == "step" else []
@@ -320,7 +318,7 @@ class PopulationSystem(L.LightningModule):
             losses.append(loss)
             correct.append((output.argmax(-1) == y).sum(-1))
             norms.append(norm)
-        sizes = torch.tensor([y.shape[-1] for y in labels], dtype=torch.float64, device=self.device)  # (K,)
+        sizes = chunk.sizes  # (K,)
         loss = torch.stack(losses, 1)  # (N, K)
         self.train_total += (loss.double() * sizes).sum(1)
         self.train_examples += sizes.sum()

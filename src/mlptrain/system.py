@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mlptrain.data import to_inputs
+from mlptrain.data import Chunk, to_inputs
 from mlptrain.errors import ConfigError, NonFiniteLossError
 from mlptrain.losses import make_loss
 from mlptrain.model import MLP
@@ -190,22 +190,15 @@ class MLPSystem(L.LightningModule):
         # FastSteps'), and advances Lightning's step count, which checkpoints and loggers go by.
         self.optimizers().step()
         scheduler = self.lr_schedulers() if self.scheduler_interval == "step" else None
-        if isinstance(batch, list):  # (x, y) pairs: the epoch's last call, its last mini-batch smaller
-            xs, ys = [x for x, _ in batch], [y for _, y in batch]
-        else:  # (xs (K, B, 784), ys (K, B)): K mini-batches of one size
-            xs, ys = batch
-        losses, outputs, labels, norms = self.fast.run(xs, ys, scheduler)
-        if torch.is_tensor(ys):  # (K, B)
-            sizes = torch.full((len(ys),), ys.shape[1], dtype=torch.float64, device=losses.device)
-        else:
-            sizes = torch.tensor([len(y) for y in ys], dtype=torch.float64, device=losses.device)
-        self._update_metrics("train", losses, sizes, outputs, labels)
+        chunk: Chunk = batch  # K mini-batches (TensorBatches with steps_per_call = K)
+        losses, outputs, labels, norms = self.fast.run(chunk.images, chunk.labels, scheduler)
+        self._update_metrics("train", losses, chunk.sizes, outputs, labels)
         for metric, column in zip(self.grad_norms, norms.T if norms is not None else ()):
-            metric.update(column, sizes)
+            metric.update(column, chunk.sizes)
         bad = ~torch.isfinite(losses)
         self._flag_nonfinite(bad.any(), self.updates_done + bad.int().argmax())
-        self.updates_done += len(ys)
-        self.batches_done_in_epoch += len(ys)
+        self.updates_done += len(chunk.sizes)
+        self.batches_done_in_epoch += len(chunk.sizes)
         return None
 
     def _flag_nonfinite(self, bad: torch.Tensor, step: int | torch.Tensor) -> None:
