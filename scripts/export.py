@@ -13,12 +13,10 @@ the model on the 10,000 test images.
 
 from pathlib import Path
 
-from torchvision import datasets
-
 from mlptrain.config import EXPORT_RULES, ExportConfig, parse_arguments
-from mlptrain.data import EMBEDDED_DIR
 from mlptrain.errors import ConfigError, run_script
 from mlptrain.page import serve, write_onnx, write_page
+from mlptrain.predict import test_set
 from mlptrain.system import load_checkpoint
 
 TOLERANCE = 1e-5  # the largest difference allowed between onnxruntime's probabilities and the model's
@@ -30,8 +28,8 @@ def run(arguments: list[str]) -> None:
     system, config = load_checkpoint(ckpt)
     run_dir = ckpt.resolve().parent.parent if ckpt.resolve().parent.name == "checkpoints" else ckpt.resolve().parent
     data = config.get("data", {})
-    test = datasets.MNIST(Path(data["dir"]) if data.get("dir") else EMBEDDED_DIR, train=False)
-    images, labels = test.data.numpy(), test.targets.numpy()
+    test_images, test_labels = test_set(data.get("dir"))
+    images, labels = test_images.numpy(), test_labels.numpy()
     normalize = data.get("normalize", "standard")
     if args.format == "onnx":
         path = Path(args.out) if args.out else run_dir / "model.onnx"
@@ -48,7 +46,7 @@ def run(arguments: list[str]) -> None:
             f"of the model's, the same answer for {agreement:.2%}"
         )
         return
-    probs = system.probabilities_of(test.data, normalize).float().numpy()
+    probs = system.probabilities_of(test_images, normalize).float().numpy()
     folder = Path(args.out) if args.out else run_dir / "page"
     page = write_page(system, config, folder, images, labels, probs, args.examples, source=str(ckpt))
     print(f"page: {page}")

@@ -24,7 +24,7 @@ from mlptrain.data import LOADERS, N_TEST_FILE, N_TRAIN_FILE, NORMALIZATIONS
 from mlptrain.errors import ConfigError
 from mlptrain.losses import LOSSES, MSE_REDUCTIONS
 from mlptrain.model import INITS
-from mlptrain.page import mirrors
+from mlptrain.page import mirrored_targets, mirrors
 from mlptrain.step import choose_path, optimizer_class
 from mlptrain.system import SCHEDULERS
 
@@ -494,9 +494,8 @@ RULES: tuple[Rule, ...] = (
             and isinstance(cfg.model.activation, Mapping)
             and not mirrors(cfg.model.activation.get("_target_", ""))
             and f"report.page=true: the page's JavaScript cannot compute model.activation's "
-            f"{cfg.model.activation.get('_target_')} (it computes the registry's activations and torch.nn's "
-            "Identity, Sigmoid, Tanh, ReLU, ReLU6, LeakyReLU, ELU, SELU, Softsign, Softplus, SiLU, GELU and "
-            "Hardtanh). Use one of those, or report.page=false and scripts/export.py format=onnx."
+            f"{cfg.model.activation.get('_target_')} (it computes the registry's activations and "
+            f"{mirrored_targets()}). Use one of those, or report.page=false and scripts/export.py format=onnx."
         ),
         ("report.page=true", "model.activation={_target_: torch.nn.Hardshrink}"),
     ),

@@ -179,6 +179,11 @@ class Chunk(NamedTuple):
     sizes: torch.Tensor
 
 
+def _take(values: torch.Tensor, index: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """values at K mini-batches' indices: stacked (K, ...), or a list of K index tensors of different sizes."""
+    return values[index] if torch.is_tensor(index) else [values[part] for part in index]
+
+
 class TensorBatches:
     """Mini-batches sliced from tensors already on the training device: no per-sample Python work.
 
@@ -255,12 +260,9 @@ class TensorBatches:
             else:  # the epoch's last call, its last mini-batch smaller
                 index = parts
                 sizes = torch.tensor(counts, dtype=torch.float64, device=device)
-            labels = self.labels[index] if torch.is_tensor(index) else [self.labels[part] for part in parts]
-            if not self.gather:
-                yield Chunk(images=None, rows=index, labels=labels, sizes=sizes)
-            else:
-                images = self.images[index] if torch.is_tensor(index) else [self.images[part] for part in parts]
-                yield Chunk(images=images, rows=None, labels=labels, sizes=sizes)
+            images = _take(self.images, index) if self.gather else None
+            rows = None if self.gather else index
+            yield Chunk(images=images, rows=rows, labels=_take(self.labels, index), sizes=sizes)
 
     def _eval_shard(self) -> range:
         size, rest = divmod(len(self.labels), self.world_size)  # cut as tensor_split cuts

@@ -51,6 +51,11 @@ MIRRORS: dict[type, Callable[[Any], dict[str, Any]]] = {
 PAGE_TEMPLATE = "page.html"
 
 
+def mirrored_targets() -> str:
+    """The torch.nn classes a `_target_` activation may name and the page still compute, for messages."""
+    return ", ".join(sorted(f"torch.nn.{c.__name__}" for c in MIRRORS if c.__module__.startswith("torch")))
+
+
 def mirrors(target: str) -> bool:
     """Whether the page can compute the activation class a `_target_` names."""
     try:
@@ -63,11 +68,10 @@ def mirror(activation: nn.Module) -> dict[str, Any]:
     """The page's name and parameters for a hidden activation module; ConfigError for one it cannot compute."""
     make = MIRRORS.get(type(activation))
     if make is None:
-        names = sorted({f"torch.nn.{c.__name__}" for c in MIRRORS if c.__module__.startswith("torch")})
         raise ConfigError(
             f"The page cannot compute this model's activation, {type(activation).__module__}."
             f"{type(activation).__name__}: its JavaScript mirrors the registry's activations "
-            f"({', '.join(HIDDEN_ACTIVATIONS)}) and, for a `_target_`, {', '.join(names)}. format=onnx exports "
+            f"({', '.join(HIDDEN_ACTIVATIONS)}) and, for a `_target_`, {mirrored_targets()}. format=onnx exports "
             "any activation torch can trace; or add this one to mlptrain.page.MIRRORS and page.html's ACTIVATIONS."
         )
     return make(activation)
@@ -130,7 +134,6 @@ def page_spec(
             "widths": [784, *hidden, 10],
             "activation": described if isinstance(described, str) else str(dict(described)["_target_"]),
             "activation_parameters": {k: v for k, v in activation.items() if k != "name"},
-            "output_activation": hparams.model.get("output_activation", "none"),
             "loss": loss,
             "normalize": normalize,
             "test_accuracy": float((probs.argmax(1) == labels).mean()),
