@@ -7,6 +7,8 @@ against a bare PyTorch loop, the DataLoader path and the NumPy baseline; and who
     python scripts/bench.py e2e=true                 # python train.py experiment=nielsen against network.py, 30 epochs
     python scripts/bench.py populations=true runs=3  # sweeps trained as populations, against one run and job by job
     python scripts/bench.py members=[20,200] runs=3  # N Nielsen members, 1 epoch: population against a stacked loop
+    python scripts/bench.py gradients=true           # ms per update of N members' gradients, eager and compiled
+    python scripts/bench.py one=true runs=3          # a single run against a population of one, 3 epochs
 
 In one process, the systems take turns (round 1: each system, round 2: each system, ...), each round a fresh
 model trained for `epochs` epochs on the same batches, so that load on a shared machine hits them alike. The
@@ -74,7 +76,14 @@ DEFAULTS = {
     # stacked_loop: one process training `members` Nielsen networks in a plain stacked loop (what members= times)
     "members": None,  # N or [N, ...]: N Nielsen members, 1 epoch, population against the plain stacked loop
     "train_size": 5000,  # members: training images
+    "gradients": False,  # true: a population's gradients per update, eager against compiled (member_gradients_table)
+    "one": False,  # true: a single run against the same job as a population of one (one_member_table)
+    "system": None,  # mode=one_member: single or population
+    "setup": None,  # mode=one_member: nielsen or default
 }
+# gradients=true: (setup, overrides, members) of each row
+GRADIENT_ROWS = [("default", [], 1), ("default", [], 12), ("nielsen", ["experiment=nielsen"], 1)]
+GRADIENT_ROWS += [("nielsen", ["experiment=nielsen"], 10), ("nielsen", ["experiment=nielsen"], 200)]
 
 
 def _compose(overrides: list[str], run_dir: Path) -> DictConfig:
@@ -334,6 +343,78 @@ def stacked_loop_process(members: int, train_size: int, epochs: int) -> None:
     print(f"mean test accuracy {float(accuracy.mean()):.4f} over {members} members", flush=True)
 
 
+def median_ms(work: Callable[[], Any], calls: int, rounds: int = 5) -> float:
+    """Milliseconds a call of `work`: the median over `rounds` of `calls` calls, after 5 to warm up."""
+    for _ in range(5):
+        work()
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(calls):
+            work()
+        times.append((time.perf_counter() - started) / calls * 1e3)
+    return statistics.median(times)
+
+
+def member_gradients_table() -> list[dict[str, Any]]:
+    """A population's gradients for one update of N members (each its own mini-batch): PopulationSystem's eager
+    function (plain autograd through the stacked MLP) and its traced one compiled as the population compiles
+    it, in ms a call (median of 5 rounds), with the time the first compiled call took."""
+    return [gradient_row(setup, overrides, members) for setup, overrides, members in GRADIENT_ROWS]
+
+
+def gradient_row(setup: str, overrides: list[str], members: int) -> dict[str, Any]:
+    from mlptrain.population import PopulationSystem
+
+    with tempfile.TemporaryDirectory() as scratch:
+        cfgs = [_compose([*overrides, f"seed={m + 1}"], Path(scratch) / str(m)) for m in range(members)]
+    system = PopulationSystem(cfgs, choose_path(cfgs[0]))
+    batch = cfgs[0].data.batch_size
+    x, y = torch.rand(members, batch, 784), torch.randint(0, 10, (members, batch))
+    calls = 30 if members > 50 else 200
+    eager = median_ms(lambda: system.eager(system.stacked, x, y), calls)
+    torch.compiler.reset()
+    compiled = torch.compile(system.traced, fullgraph=True, dynamic=False)
+    started = time.perf_counter()
+    compiled([p.detach() for p in system.stacked], x, y)
+    compiling = time.perf_counter() - started
+    traced = median_ms(lambda: compiled([p.detach() for p in system.stacked], x, y), calls)
+    return {
+        "setup": setup, "members": members, "batch": batch, "eager_ms": eager, "compiled_ms": traced,
+        "first_compiled_call_s": compiling,
+    }  # fmt: skip
+
+
+def one_member_process(system: str, setup: str) -> None:
+    """One process: the job (`setup`, 3 epochs, no pictures) as a single run (train) or as a population of one
+    (train_population), what one=true times."""
+    from mlptrain.population import train_population
+
+    with tempfile.TemporaryDirectory() as scratch:
+        overrides = ["report.enabled=false", "progress_bar=false", "trainer.max_epochs=3"]
+        cfg = _compose([*overrides, *(["experiment=nielsen"] if setup == "nielsen" else [])], Path(scratch) / "run")
+        if system == "single":
+            train(cfg)
+        else:
+            train_population([cfg])
+        summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
+        print(f"test accuracy {summary['test_acc']:.4f}, {summary['wall_time_s']:.2f} s in train()", flush=True)
+
+
+def one_member_table(runs: int) -> list[dict[str, Any]]:
+    """The same job as a single run and as a population of one, whole processes timed start to exit, taking
+    turns, `runs` times each: what it costs today to train a single run as the engine with N = 1."""
+    rows = []
+    for setup in ("nielsen", "default"):
+        measured: dict[str, list[tuple[float, float]]] = {"single run": [], "population of one": []}
+        for _ in range(runs):
+            for name, system in (("single run", "single"), ("population of one", "population")):
+                command = [sys.executable, "scripts/bench.py", "mode=one_member", f"system={system}", f"setup={setup}"]
+                measured[name].append(timed_process(command))
+        rows += timing_rows(measured, "single run", "x_single_run", {name: {"setup": setup} for name in measured})
+    return rows
+
+
 def timed_process(command: list[str], cache: str | None = None) -> tuple[float, float]:
     """Run `command` from the repository root; (seconds from start to exit, peak resident memory in MiB).
     cache: torch.compile's cache directory for it (TORCHINDUCTOR_CACHE_DIR), else the usual one. Its stderr
@@ -498,6 +579,30 @@ if __name__ == "__main__":
         sys.exit(0)
     if args.mode == "stacked_loop":
         stacked_loop_process(args.members, args.train_size, 1)
+        sys.exit(0)
+    if args.mode == "one_member":
+        one_member_process(args.system, args.setup)
+        sys.exit(0)
+    if args.gradients:
+        rows = member_gradients_table()
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms an update, median of 5 rounds")
+        print("| setup | members | batch | eager ms | compiled ms | first compiled call s |\n|---|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['setup']} | {r['members']} | {r['batch']} | {r['eager_ms']:.3f} | {r['compiled_ms']:.3f} "
+                f"| {r['first_compiled_call_s']:.1f} |"
+            )
+        Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+        print(f"JSON: {args.out}")
+        sys.exit(0)
+    if args.one:
+        print_rows(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.runs}, taking turns",
+            ["setup", "system", "wall s", "runs", "× single run", "peak RSS MiB"],
+            ["setup", "system", "wall_s", "runs_s", "x_single_run", "peak_rss_mb"],
+            one_member_table(args.runs),
+            args.out,
+        )
         sys.exit(0)
     if args.members:
         counts = [args.members] if isinstance(args.members, int) else list(args.members)

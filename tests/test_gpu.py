@@ -76,7 +76,7 @@ def test_checkpoints_hold_the_cuda_generator_and_resume_dropout_exactly(make_cfg
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compiled", [False, True], ids=["vmapped", "vmapped-and-compiled"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_a_population_on_the_gpu_gives_each_member_its_run_alone(tmp_path: Path, capsys, compiled: bool) -> None:
     """The stacked engine on CUDA (its parameters moved there, the optimizers' views of them, Triton kernels
     where compiled): each member's weights, optimizer state and metrics are its run alone's, float64, 1e-9."""

@@ -3,7 +3,10 @@ import itertools
 import pytest
 import torch
 
+from mlptrain.activations import HIDDEN_ACTIVATIONS
+from mlptrain.losses import make_loss
 from mlptrain.model import MLP
+from mlptrain.step import Clip, gradients
 
 
 @pytest.mark.parametrize("hidden", [[], [16], [16, 16], [64, 32, 16]])
@@ -60,3 +63,50 @@ def test_dropout_only_while_training() -> None:
     assert torch.equal(model(x), model(x))
     model.train()
     assert not torch.equal(model(x), model(x))
+
+
+# Each hidden activation with an output activation and a cost that go together, cycled.
+COSTS = [
+    ("none", "cross_entropy", None),
+    ("sigmoid", "binary_cross_entropy", None),
+    ("softmax", "mse", "half_sum"),
+    ("none", "mse", "mean"),
+    ("sigmoid", "mse", "sum"),
+]
+
+
+@pytest.mark.parametrize("index, activation", list(enumerate(HIDDEN_ACTIVATIONS)))
+def test_stacked_weights_are_n_networks_each_as_it_computes_alone(index: int, activation: str) -> None:
+    """An MLP holding 3 members' weights stacked gives each member's output, loss, gradients and clipped
+    gradients as that member's own network does (float64), on its own inputs and on shared ones."""
+    output_activation, cost, reduction = COSTS[index % len(COSTS)]
+    settings = {"hidden": [12, 8], "activation": activation, "output_activation": output_activation}
+    torch.manual_seed(index)
+    members = [MLP(**settings, maxout_pieces=3).double() for _ in range(3)]
+    stacked = MLP(**settings, maxout_pieces=3).double()
+    names = [name for name, _ in stacked.named_parameters()]
+    for name in names:
+        layer, _, kind = name.rpartition(".")
+        values = torch.stack([dict(m.named_parameters())[name].detach() for m in members])
+        setattr(stacked.get_submodule(layer), kind, torch.nn.Parameter(values))
+    loss_fn = make_loss(cost, reduction)
+    x = torch.rand(3, 5, 784, dtype=torch.float64)
+    y = torch.randint(0, 10, (3, 5))
+    clip = Clip(0.01)
+    for functional in (False, True):
+        grads, losses, outputs = gradients(stacked, loss_fn, dict(stacked.named_parameters()), x, y, functional)
+        clipped = clip(grads, members=True)
+        assert all(g.is_contiguous() for g in grads)  # torch.optim's fused updates need them laid out so
+        for m, member in enumerate(members):
+            own, loss, output = gradients(member, loss_fn, dict(member.named_parameters()), x[m], y[m], False)
+            torch.testing.assert_close(outputs[m], output, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(losses[m], loss, rtol=1e-12, atol=1e-12)
+            for got, want in zip(grads, own):
+                torch.testing.assert_close(got[m], want, rtol=1e-10, atol=1e-12)
+            for got, want in zip(clipped, clip(own)):
+                torch.testing.assert_close(got[m], want, rtol=1e-10, atol=1e-12)
+    shared = x[0]
+    with torch.no_grad():
+        outputs = stacked(shared)
+        for m, member in enumerate(members):
+            torch.testing.assert_close(outputs[m], member(shared), rtol=1e-12, atol=1e-12)

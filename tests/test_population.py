@@ -77,7 +77,7 @@ def assert_same_run(a: Path, b: Path, tolerance: float = 1e-9, steps: int = 140)
     assert summary_a["global_steps"] == summary_b["global_steps"] == steps
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["vmapped", "vmapped-and-compiled"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_each_member_gets_the_weights_and_metrics_of_its_own_run(tmp_path: Path, capsys, compiled: bool) -> None:
     """4 jobs (2 seeds x 2 learning rates) of AdamW with a cosine schedule, against each run alone (uncompiled)."""
     flag = f"compile={str(compiled).lower()}"
@@ -95,7 +95,10 @@ def test_each_member_gets_the_weights_and_metrics_of_its_own_run(tmp_path: Path,
     composed = compose_config([*SHORT, "seed=2", "optimizer.lr=0.01", flag], (folder / "3").resolve())
     assert (folder / "3" / "config.yaml").read_text() == OmegaConf.to_yaml(composed, resolve=True)
     how = "compiled" if compiled else "not compiled"
-    assert f"with the other members of a population ({how})" in (folder / "0" / "train.log").read_text()
+    assert (
+        f"per training step, {how} ({flag}), with the other members of a population"
+        in (folder / "0" / "train.log").read_text()
+    )
 
 
 def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp_path: Path, capsys) -> None:

@@ -12,7 +12,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_loss(name: str, reduction: str | None = "half_sum") -> LossFn:
-    """loss(output (B, 10), labels (B,)) -> scalar, averaged over the B examples.
+    """loss(output (B, 10), labels (B,)) -> scalar, averaged over the B examples; for N members' outputs
+    (N, B, 10) and labels (N, B), each member's (N,).
 
     mse compares the output with the one-hot target y; per example, with a = output:
       half_sum: ½ Σ_j (a_j - y_j)²   Nielsen's quadratic cost C = 1/2n Σ_x ‖y(x) - a‖²
@@ -26,17 +27,24 @@ def make_loss(name: str, reduction: str | None = "half_sum") -> LossFn:
     scale = MSE_REDUCTIONS[reduction] if name == "mse" else 1.0
 
     def one_hot(labels: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
-        # F.one_hot checks its labels on the host, which torch.func.vmap (populations) cannot trace.
+        # F.one_hot checks its labels on the host, which torch.compile cannot trace in one graph.
         return (labels[..., None] == torch.arange(classes, device=labels.device)).to(dtype)  # (B, 10)
 
     def mse(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         target = one_hot(labels, output.shape[-1], output.dtype)
         if reduction == "mean":
-            return F.mse_loss(output, target)
-        return scale * (output - target).square().sum(-1).mean()
+            return F.mse_loss(output, target) if output.dim() == 2 else (output - target).square().mean((-2, -1))
+        return scale * (output - target).square().sum(-1).mean(-1)
 
     def binary_cross_entropy(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         target = one_hot(labels, output.shape[-1], output.dtype)
-        return F.binary_cross_entropy(output, target, reduction="sum") / len(labels)
+        if output.dim() == 2:
+            return F.binary_cross_entropy(output, target, reduction="sum") / len(labels)
+        return F.binary_cross_entropy(output, target, reduction="none").sum((-2, -1)) / labels.shape[-1]
 
-    return {"cross_entropy": F.cross_entropy, "mse": mse, "binary_cross_entropy": binary_cross_entropy}[name]
+    def cross_entropy(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if output.dim() == 2:
+            return F.cross_entropy(output, labels)
+        return F.cross_entropy(output.mT, labels, reduction="none").mean(-1)  # classes second: (N, 10, B)
+
+    return {"cross_entropy": cross_entropy, "mse": mse, "binary_cross_entropy": binary_cross_entropy}[name]

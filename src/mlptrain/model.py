@@ -1,9 +1,14 @@
-"""The multi-layer perceptron: a plain nn.Module, layer by layer a' = σ(W a + b)."""
+"""The multi-layer perceptron: a plain nn.Module, layer by layer a' = σ(W a + b).
+
+The same module evaluates N networks of its shape at once when its parameters carry a leading member axis
+(weights (N, out, in), biases (N, out)), as a population holds them (mlptrain.population): inputs (N, B, 784),
+or (B, 784) shared by every member, give outputs (N, B, 10), one batched matrix product per layer."""
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mlptrain.activations import Maxout, make_activation, make_output_activation
@@ -22,6 +27,20 @@ def _kaiming(layer: nn.Linear) -> None:  # He et al. 2015, normal, fan-in, ReLU 
 def _normal(layer: nn.Linear) -> None:  # Nielsen's network.py: every weight and bias ~ N(0, 1)
     nn.init.normal_(layer.weight)
     nn.init.normal_(layer.bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear, whose weight and bias may also be N members' stacked: (N, out, in) and (N, out)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dim() == 2:
+            return F.linear(x, self.weight, self.bias)
+        if x.dim() == 2:  # the same inputs for every member (validation, test)
+            x = x.expand(self.weight.shape[0], *x.shape)
+        # (W a + b) for each member as (N, out, B), seen as (N, B, out): the weights' gradient then comes out
+        # laid out as the weights are, which torch.optim's fused updates need (torch 2.14 on a CPU updates
+        # wrongly from a transposed gradient), and the products are as fast as x W^T's or faster.
+        return torch.baddbmm(self.bias.unsqueeze(-1), self.weight, x.mT).mT
 
 
 INITS: dict[str, Callable[[nn.Linear], None]] = {
@@ -66,9 +85,7 @@ class MLP(nn.Module):
         widths = [in_features, *hidden, out_features]
         # A maxout unit needs one linear piece per k, so its layer is k times as wide.
         pieces = [act.pieces if isinstance(act, Maxout) else 1 for act in self.activations] + [1]
-        self.layers = nn.ModuleList(
-            nn.Linear(n_in, n_out * k) for n_in, n_out, k in zip(widths[:-1], widths[1:], pieces)
-        )
+        self.layers = nn.ModuleList(Linear(n_in, n_out * k) for n_in, n_out, k in zip(widths[:-1], widths[1:], pieces))
         self.dropout = nn.Dropout(dropout)
         self.output_activation = make_output_activation(output_activation)
         self.init_parameters(init)
@@ -79,7 +96,8 @@ class MLP(nn.Module):
             INITS[init](layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = x.flatten(1)  # (B, 1, 28, 28) or (B, 784) -> (B, 784)
+        # (B, 1, 28, 28) or (B, 784) -> (B, 784); members' inputs as they are
+        a = x if self.layers[0].weight.dim() == 3 else x.flatten(1)
         for layer, activation in zip(self.layers[:-1], self.activations):
             a = self.dropout(activation(layer(a)))  # a' = σ(W a + b): (B, n_in) -> (B, n_out)
         return self.output_activation(self.layers[-1](a))  # (B, 10)

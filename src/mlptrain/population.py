@@ -1,13 +1,15 @@
 """Populations: N same-shaped MLPs trained as one model with a member axis (hydra/launcher=population).
 
-`PopulationSystem` holds every member's parameters stacked, (N, ...) each, for the whole run; one Lightning
-Trainer trains it in the main thread: one training loop, one validation and test loop, Lightning's checkpoint
-schedule and its SIGTERM handling. The gradients are `step.gradients` vmapped over the members (one batched
-matrix product per layer), through torch.compile where that pays. The updates are torch.optim's: the members
-with equal optimizer settings are side by side, and each such set has a torch.optim optimizer over its slice of
-the stacked tensors. Its own step() makes the set's first update, creating the state as a run alone's first
-step does; every later update is torch.optim's functional update of that state, with its fused kernel (`step.UPDATES`).
-A learning-rate schedule is a torch scheduler per set.
+`PopulationSystem` holds one MLP whose parameters carry a leading member axis, (N, ...) each, for the whole run
+(model.MLP evaluates them as N networks: one batched matrix product per layer); one Lightning Trainer trains it
+in the main thread: one training loop, one validation and test loop, Lightning's checkpoint schedule and its
+SIGTERM handling. The gradients are `step.gradients` of the sum of the members' losses (each member's gradient
+is its own loss's), by plain autograd, or by torch.func through torch.compile where a run alone would compile.
+The updates are torch.optim's: the members with equal optimizer settings are side by side, and each such set
+has a torch.optim optimizer over its slice of the stacked tensors. Where the optimizer keeps a state, its own
+step() makes the set's first update, creating the state as a run alone's first step does; every other update
+is torch.optim's functional update (`step.UPDATES`), with its fused kernel. A learning-rate schedule is a
+torch scheduler per set.
 
 Each member still gets what a run alone gets, in its own directory: config.yaml, metrics.csv, summary.json,
 its log, the report when asked, and best.ckpt/last.ckpt in a single run's format, which `train=false
@@ -56,7 +58,7 @@ from mlptrain.rundir import (
     yaml_text,
 )
 from mlptrain.signals import TrainingTakesSignals
-from mlptrain.step import UPDATES, Clip, choose_path, gradients, population_compiles
+from mlptrain.step import UPDATES, Clip, choose_path, gradients
 from mlptrain.step import Path as TrainingPath
 from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message
 from mlptrain.train import fit, progress_bar, trainer_settings
@@ -109,22 +111,19 @@ def _settings(cfg: DictConfig) -> str:
     return repr(sorted(_container(cfg.optimizer).items()))
 
 
-def vmapped_gradients(
+def member_gradients(
     model: nn.Module, loss_fn: Callable[..., torch.Tensor], names: Sequence[str], clip: Clip | None,
-    norms_of: Sequence[str],
+    norms_of: Sequence[str], functional: bool,
 ) -> Callable[..., tuple[Any, ...]]:  # fmt: skip
     """batched(params, x, y) -> (gradients, losses (N,), outputs (N, B, 10), norms (N, n)): `step.gradients`
-    of `model` (evaluated at each member's parameters) and loss, clipped as a run clips them, vmapped over the
-    members: params are the members' parameters stacked (N, ...), x (N, B, 784), y (N, B)."""
-
-    def member_gradients(values: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
-        grads, loss, output = gradients(model, loss_fn, dict(zip(names, values)), x, y, True)
-        norms = [torch.linalg.vector_norm(grads[names.index(n)]) for n in norms_of]
-        norms = torch.stack(norms) if norms else torch.zeros(0, dtype=loss.dtype, device=loss.device)
-        return (clip(grads) if clip is not None else grads), loss, output, norms
+    of `model` at the members' stacked parameters (N, ...) on their mini-batches x (N, B, 784), y (N, B), each
+    member's clipped as a run clips them. functional=False: params are the model's own (plain autograd)."""
 
     def batched(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
-        return torch.func.vmap(member_gradients)(params, x, y)
+        grads, loss, output = gradients(model, loss_fn, dict(zip(names, params)), x, y, functional)
+        norms = [torch.linalg.vector_norm(grads[names.index(n)].flatten(1), dim=1) for n in norms_of]
+        norms = torch.stack(norms, 1) if norms else loss.new_zeros(len(loss), 0)
+        return (clip(grads, members=True) if clip is not None else grads), loss, output, norms
 
     return batched
 
@@ -141,14 +140,14 @@ class PopulationSystem(L.LightningModule):
     evaluated on the shared validation and test sets. `cfgs` are the members' configs, equal but for
     MEMBER_KEYS; they are kept sorted by optimizer settings (`self.cfgs`), members of a set side by side."""
 
-    def __init__(self, cfgs: Sequence[DictConfig], path: TrainingPath, compile: bool = False) -> None:
+    def __init__(self, cfgs: Sequence[DictConfig], path: TrainingPath) -> None:
         super().__init__()
         self.automatic_optimization = False  # the updates are made below; Lightning counts one step per call
         settings = [_settings(cfg) for cfg in cfgs]
         order = sorted(range(len(cfgs)), key=lambda m: settings[m])
         self.cfgs = [cfgs[m] for m in order]
         first = self.cfgs[0]
-        self.path, self.compile = path, compile
+        self.path, self.compile = path, path.compile  # compiled as a run alone would be (step.choose_path)
         self.run_dirs = [Path(cfg.output_dir) for cfg in self.cfgs]
         self.plain = [_container(cfg) for cfg in self.cfgs]  # each config resolved, for its files and checkpoints
         self.hparams_of = [hyperparameters(cfg, path) for cfg in self.cfgs]  # what MLPSystem would save
@@ -164,21 +163,22 @@ class PopulationSystem(L.LightningModule):
         for cfg in self.cfgs:  # each member's weights, drawn as its run alone draws them
             L.seed_everything(cfg.seed, workers=True, verbose=False)
             models.append(MLP(**_container(cfg.model)))
-        # The network the stacked parameters are evaluated in (torch.func.functional_call); not a submodule, so
-        # its own parameters are not the population's.
-        self.__dict__["network"] = models[0]
+        # One MLP whose parameters are every member's, stacked: (N, ...) each.
         self.names = [name for name, _ in models[0].named_parameters()]
-        self.stacked = nn.ParameterList(
-            nn.Parameter(torch.stack([dict(model.named_parameters())[name].detach() for model in models]), False)
-            for name in self.names
-        )
+        self.network = models[0]
+        for name in self.names:
+            values = torch.stack([dict(model.named_parameters())[name].detach() for model in models])
+            layer, _, kind = name.rpartition(".")
+            setattr(self.network.get_submodule(layer), kind, nn.Parameter(values))
         del models
         self.loss_fn = make_loss(**_container(first.loss))
         clip = first.trainer.gradient_clip_val
         self.clip = Clip(clip, first.trainer.gradient_clip_algorithm) if clip else None
         self.norms_of = [name for name in self.names if "weight" in name] if first.log_grad_norms else []
         self.update = None  # step.UPDATES' entry for the optimizer class, known once it is built
-        self.batched = vmapped_gradients(self.network, self.loss_fn, self.names, self.clip, self.norms_of)
+        # The members' gradients by plain autograd, and by torch.func for torch.compile to trace.
+        self.eager = member_gradients(self.network, self.loss_fn, self.names, self.clip, self.norms_of, False)
+        self.traced = member_gradients(self.network, self.loss_fn, self.names, self.clip, self.norms_of, True)
         self._compiled: Callable[..., tuple[Any, ...]] | None = None
         self._compiled_shape: tuple[int, ...] | None = None
         self.gathered: dict[int, torch.Tensor] = {}  # where each size of the members' mini-batches is gathered
@@ -209,16 +209,19 @@ class PopulationSystem(L.LightningModule):
         self.log_name = "train.log"  # each member's log, in its directory: Hydra's job log name
         self.started = time.perf_counter()
 
+    @property
+    def stacked(self) -> list[nn.Parameter]:
+        """The network's parameters, in `names` order: every member's, stacked (N, ...)."""
+        return list(self.network.parameters())
+
     # -- what each member is, as a run alone would describe it ---------------------------------------------------
 
     def active(self) -> list[int]:
         return [m for m, failure in enumerate(self.failures) if failure is None]
 
     def describe(self) -> str:
-        how = "compiled" if self.compile else "not compiled"
-        return (
-            f"{self.path.steps_per_call} mini-batches per training step, with the other members of a population ({how})"
-        )
+        """The training path as a run alone's log gives it (step.choose_path), and that it is a population's."""
+        return f"{self.path.why}, with the other members of a population"
 
     def note(self, m: int, message: str, level: str = "INFO") -> None:
         """A line in member m's log (the file a run's log goes to)."""
@@ -234,7 +237,7 @@ class PopulationSystem(L.LightningModule):
         optimizers, schedulers = [], []
         for part in self.parts:
             factory = instantiate(self.cfgs[part.start].optimizer)
-            optimizers.append(factory([p[part] for p in self.stacked]))
+            optimizers.append(factory([p.detach()[part] for p in self.stacked]))
         self.update = UPDATES[type(optimizers[0])]
         config = _container(self.cfgs[0].scheduler)
         if config["name"] == "none":
@@ -257,39 +260,43 @@ class PopulationSystem(L.LightningModule):
         found = self.lr_schedulers()
         return [] if found is None else found if isinstance(found, list) else [found]
 
-    def _gradients(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
-        """The members' batched gradients, compiled where this population compiles. Only mini-batches of the
-        size it first compiled for run compiled: an epoch's smaller last batch would compile anew."""
-        params = list(self.stacked)
+    def _gradients(self, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
+        """The members' batched gradients at `params` (self.stacked), compiled where this population compiles.
+        Only mini-batches of the size it first compiled for run compiled: an epoch's smaller last batch would
+        compile anew."""
         if self.compile and self._compiled is None:
             # Dynamo keeps 8 compilations per function, then runs it uncompiled without an error: a process
             # that trains several populations (a test session) would count each. Its disk cache stays.
             torch.compiler.reset()
-            self._compiled = torch.compile(self.batched, fullgraph=True, dynamic=False)
+            self._compiled = torch.compile(self.traced, fullgraph=True, dynamic=False)
         if self._compiled is not None and self._compiled_shape in (None, x.shape[1:]):
             try:
-                result = self._compiled(params, x, y)
+                result = self._compiled([p.detach() for p in params], x, y)
             except Exception as error:  # no C++ compiler, an unsupported platform, ...: train on, eagerly
                 log.warning("torch.compile failed (%s); the population's updates run without compiling.", error)
                 self._compiled, self.compile = None, False
             else:
                 self._compiled_shape = x.shape[1:]
                 return result
-        return self.batched(params, x, y)
+        return self.eager(params, x, y)
 
-    def _update(self, grads: Sequence[torch.Tensor]) -> None:
-        """torch.optim's update of every set, on its slice of the stack."""
-        for part, optimizer in zip(self.parts, self._optimizers()):
+    def _update(self, optimizers: Sequence[torch.optim.Optimizer], grads: Sequence[torch.Tensor]) -> None:
+        """torch.optim's update of every set (`optimizers`, self._optimizers()), on its slice of the stack."""
+        for part, optimizer in zip(self.parts, optimizers):
             group = optimizer.param_groups[0]
-            params, set_grads = group["params"], [g[part] for g in grads]
-            if not optimizer.state:  # its first update: the optimizer's own step() makes its state, as in a run
+            # Laid out as the parameters: torch 2.14's fused update on a CPU reads a transposed gradient wrongly.
+            params, set_grads = group["params"], [g[part].contiguous() for g in grads]
+            keys = self.update.state_keys(group)
+            # Its first update, where it keeps a state (SGD without momentum keeps none): the optimizer's own
+            # step() makes the state, as in a run.
+            if keys and not optimizer.state:
                 for p, g in zip(params, set_grads):
                     p.grad = g
                 optimizer.step()
                 for p in params:
                     p.grad = None
                 continue
-            state = {key: [optimizer.state[p][key] for p in params] for key in self.update.state_keys(group)}
+            state = {key: [optimizer.state[p][key] for p in params] for key in keys}
             hyper = {key: group[key] for key in self.update.scheduled}
             with torch.no_grad():
                 self.update.apply(params, set_grads, state, _one_kernel(group), hyper)
@@ -302,7 +309,9 @@ class PopulationSystem(L.LightningModule):
         chunk: Chunk = batch  # K mini-batches, each member's rows of the training inputs (TensorBatches, gather=False)
         rows, labels = chunk.rows, chunk.labels
         inputs = self.trainer.datamodule.train_inputs()  # (n, 784), shared by every member
-        dtype = self.stacked[0].dtype
+        params, optimizers = self.stacked, self._optimizers()  # once per K updates: looking them up costs
+        # tens of microseconds, as much as a small network's whole update
+        dtype = params[0].dtype
         schedulers = self._schedulers() if self.interval == "step" else []
         losses, correct, norms = [], [], []
         for row, y in zip(rows, labels):  # row, y: (N, B)
@@ -311,8 +320,8 @@ class PopulationSystem(L.LightningModule):
             if out is None:
                 out = self.gathered[row.numel()] = inputs.new_empty((row.numel(), inputs.shape[-1]))
             x = torch.index_select(inputs, 0, row.flatten(), out=out).view(*row.shape, -1).to(dtype)  # (N, B, 784)
-            grads, loss, output, norm = self._gradients(x, y)
-            self._update(grads)
+            grads, loss, output, norm = self._gradients(params, x, y)
+            self._update(optimizers, grads)
             for scheduler in schedulers:
                 scheduler.step()
             losses.append(loss)
@@ -446,7 +455,7 @@ class PopulationSystem(L.LightningModule):
         else:
             mask = improved.to(self.device)
             for kept, p in zip(self.best, self.stacked):
-                kept.copy_(torch.where(mask.view(-1, *[1] * (p.dim() - 1)), p, kept))
+                kept.copy_(torch.where(mask.view(-1, *[1] * (p.dim() - 1)), p.detach(), kept))
         for m in improved.nonzero().flatten().tolist():
             score = self.val_acc[m].detach().cpu()
             callback, path = self.checkpoints[m].best, str(self.run_dirs[m] / "checkpoints" / "best.ckpt")
@@ -460,17 +469,13 @@ class PopulationSystem(L.LightningModule):
 
     def forward(self, params: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Every member's output for the same inputs: params stacked (N, ...), x (B, 784) -> (N, B, 10)."""
-
-        def member(values: Sequence[torch.Tensor]) -> torch.Tensor:
-            return torch.func.functional_call(self.network, dict(zip(self.names, values)), (x,))
-
-        return torch.func.vmap(member)(list(params))
+        return torch.func.functional_call(self.network, dict(zip(self.names, params)), (x,))
 
     def _evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch
         params = self.evaluated if self.evaluated is not None else list(self.stacked)
         output = self.forward(params, x.to(params[0].dtype))  # (N, B, 10)
-        loss = torch.func.vmap(self.loss_fn, in_dims=(0, None))(output, y)  # (N,)
+        loss = self.loss_fn(output, y.expand(len(output), -1))  # (N,)
         getattr(self, f"{stage}_total").add_(loss.double() * len(y))
         getattr(self, f"{stage}_examples").add_(len(y))
         getattr(self, f"{stage}_correct").add_((output.argmax(-1) == y).sum(-1))
@@ -570,8 +575,7 @@ class PopulationSystem(L.LightningModule):
         assert members is not None
         first = members[0]
         state_dict = {
-            f"stacked.{i}": torch.stack([c["state_dict"][f"model.{name}"] for c in members])
-            for i, name in enumerate(self.names)
+            f"network.{name}": torch.stack([c["state_dict"][f"model.{name}"] for c in members]) for name in self.names
         }
         state_dict["train_total"] = torch.stack([c["state_dict"]["train_loss.total"] for c in members])
         state_dict["train_examples"] = torch.stack([c["state_dict"]["train_loss.examples"] for c in members])
@@ -730,7 +734,7 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
     cfgs = [cfg for cfg, _, _ in group]
     first = cfgs[0]
     path = choose_path(first)
-    system = PopulationSystem(cfgs, path, population_compiles(first))
+    system = PopulationSystem(cfgs, path)
     system.log_name = log_name
     checkpoints = {Path(cfg.output_dir): checkpoint for cfg, checkpoint, _ in group}
     resumed = [checkpoints[run_dir] for run_dir in system.run_dirs]

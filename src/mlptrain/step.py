@@ -4,13 +4,14 @@
 
 The gradients come from autograd; the update is torch.optim's own functional code (`torch.optim.sgd.sgd`,
 `adam.adam`, `adamw.adamw`, the functions the optimizer classes call). With functional=True the step is pure
-(`torch.func` over copies of the inputs), which is what torch.compile traces and vmap can batch; with
-functional=False the same maths runs through the model's own parameters, in place, which is faster uncompiled.
+(`torch.func` over copies of the inputs), which is what torch.compile traces; with functional=False the
+same maths runs through the model's own parameters, in place, which is faster uncompiled. The parameters may
+carry a leading member axis (a population's, model.MLP): every member's step at once.
 `FastSteps` runs it for several mini-batches per Lightning training step, eagerly or in groups compiled by
 `torch.compile`, and keeps the `torch.optim.Optimizer` (its state, its param_groups that the schedulers
 change) in step with what it computed, so checkpoints, schedulers and resuming see an ordinary optimizer.
 The path policy is here too: `choose_path` decides, from the config, how a run makes its updates, with
-`updates_per_run`, both compile rules (a run's and a population's) and what counts as several processes."""
+`updates_per_run`, the compile rule (a run's and a population's) and what counts as several processes."""
 
 import importlib
 import logging
@@ -40,9 +41,6 @@ AUTO_STEPS_PER_CALL = 50  # mini-batches per Lightning training step when steps_
 # time (a few seconds with inductor's cache warm) and saves 0.3-1.4 ms an update (docs/benchmarks.md), so shorter
 # runs would lose time by it.
 COMPILE_MIN_UPDATES = 20_000
-# compile=auto compiles a population's vmapped gradients from this many updates: compiling them takes 4-8 s on a
-# 2-core CPU, and saves 1-2 ms an update whatever the number of members (docs/benchmarks.md, "Populations").
-POPULATION_COMPILE_MIN_UPDATES = 3_000
 
 
 def _sgd_update(params: Tensors, grads: Tensors, state: State, group: Mapping[str, Any], hyper: Mapping) -> State:
@@ -137,10 +135,15 @@ class Clip:
     value: float
     algorithm: str = "norm"
 
-    def __call__(self, grads: Tensors) -> Tensors:
+    def __call__(self, grads: Tensors, members: bool = False) -> Tensors:
+        """grads of one network; members=True: of N networks, stacked (N, ...), each clipped as its own."""
         if self.algorithm == "value":  # torch.nn.utils.clip_grad_value_
             return [g.clamp(-self.value, self.value) for g in grads]
         # torch.nn.utils.clip_grad_norm_: the 2-norm of all gradients together, scaled down to `value`
+        if members:
+            norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), 2.0, dim=1) for g in grads], 1)  # (N, n)
+            scale = torch.clamp(self.value / (torch.linalg.vector_norm(norms, 2.0, dim=1) + 1e-6), max=1.0)
+            return [g * scale.view(-1, *[1] * (g.dim() - 1)) for g in grads]
         total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads]), 2.0)
         scale = torch.clamp(self.value / (total + 1e-6), max=1.0)
         return [g * scale for g in grads]
@@ -156,21 +159,26 @@ def gradients(
 ) -> tuple[Tensors, torch.Tensor, torch.Tensor]:
     """d loss(model(x), y) / d params by autograd: (gradients in params' order, loss, output (B, 10)).
 
-    functional=True evaluates the model at `params` with torch.func (what torch.compile and vmap trace);
-    False runs the model's own parameters, which `params` must then be, through plain autograd: on a CPU,
-    torch.func's wrapping costs about 0.5 ms a call, more than a whole step of Nielsen's network.
+    With N members' parameters stacked (N, ...) (model.MLP evaluates them at once), x (N, B, 784) and y (N, B):
+    the loss is each member's (N,), the output (N, B, 10), and the gradients are those of the losses' sum,
+    which for each member's parameters is its own loss's gradient.
+    functional=True evaluates the model at `params` with torch.func (what torch.compile traces); False runs
+    the model's own parameters, which `params` must then be, through plain autograd: on a CPU, torch.func's
+    wrapping costs about 0.5 ms a call, more than a whole step of Nielsen's network.
     """
     if not functional:
         output = model(x)
         loss = loss_fn(output, y)
-        return list(torch.autograd.grad(loss, list(params.values()))), loss.detach(), output.detach()
+        total = loss if loss.dim() == 0 else loss.sum()  # one network's loss as it is: no extra node
+        return list(torch.autograd.grad(total, list(params.values()))), loss.detach(), output.detach()
     names = list(params)
 
-    def loss_of(values: Tensors) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_of(values: Tensors) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         output = torch.func.functional_call(model, dict(zip(names, values)), (x,))
-        return loss_fn(output, y), output
+        loss = loss_fn(output, y)
+        return (loss if loss.dim() == 0 else loss.sum()), (loss, output)
 
-    grads, (loss, output) = torch.func.grad_and_value(loss_of, has_aux=True)(list(params.values()))
+    grads, (loss, output) = torch.func.grad(loss_of, has_aux=True)(list(params.values()))
     return grads, loss.detach(), output.detach()
 
 
@@ -195,7 +203,7 @@ def train_step(
     Python numbers or 0-dim tensors; group: the optimizer's other settings (param_groups[0]).
     Returns the new parameters and state, the loss, the output (B, 10) and, for the parameters named in
     `norms_of`, their gradients' 2-norms before clipping (len(norms_of),).
-    functional=True leaves its inputs unchanged (a pure function, for torch.compile and vmap); False updates
+    functional=True leaves its inputs unchanged (a pure function, for torch.compile); False updates
     the model's own parameters and the optimizer's own state tensors in place, as optimizer.step() does.
     """
     grads, loss, output = gradients(model, loss_fn, params, x, y, functional)
@@ -531,11 +539,3 @@ def choose_path(cfg: DictConfig) -> Path:
         bool(compiling),
         f"{steps} mini-batches per training step, {'compiled' if compiling else 'not compiled'} ({why})",
     )
-
-
-def population_compiles(cfg: DictConfig) -> bool:
-    """Whether a population of jobs configured as cfg compiles its members' gradients (mlptrain.population):
-    compile=true, or compile=auto where it makes at least POPULATION_COMPILE_MIN_UPDATES updates."""
-    if cfg.compile == "auto":
-        return updates_per_run(cfg) >= POPULATION_COMPILE_MIN_UPDATES
-    return bool(cfg.compile)
