@@ -50,7 +50,7 @@ from mlptrain.baselines.numpy_mlp import NumpyBaseline
 from mlptrain.data import MNISTDataModule, TensorBatches
 from mlptrain.losses import make_loss
 from mlptrain.model import MLP
-from mlptrain.step import choose_path
+from mlptrain.step import choose_path, member_gradients
 from mlptrain.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -357,9 +357,9 @@ def median_ms(work: Callable[[], Any], calls: int, rounds: int = 5) -> float:
 
 
 def member_gradients_table() -> list[dict[str, Any]]:
-    """A population's gradients for one update of N members (each its own mini-batch): PopulationSystem's eager
-    function (plain autograd through the stacked MLP) and its traced one compiled as the population compiles
-    it, in ms a call (median of 5 rounds), with the time the first compiled call took."""
+    """A population's gradients for one update of N members (each its own mini-batch): step.member_gradients
+    of the stacked MLP as the engine calls it eagerly (plain autograd), and its torch.func form compiled alone,
+    in ms a call (median of 5 rounds), with the time the first compiled call took."""
     return [gradient_row(setup, overrides, members) for setup, overrides, members in GRADIENT_ROWS]
 
 
@@ -372,9 +372,15 @@ def gradient_row(setup: str, overrides: list[str], members: int) -> dict[str, An
     batch = cfgs[0].data.batch_size
     x, y = torch.rand(members, batch, 784), torch.randint(0, 10, (members, batch))
     calls = 30 if members > 50 else 200
-    eager = median_ms(lambda: system.eager(system.stacked, x, y), calls)
+    network, loss_fn, params = system.network, system.loss_fn, dict(system.network.named_parameters())
+    eager = median_ms(lambda: member_gradients(network, loss_fn, params, x, y, system.clip, system.norms_of), calls)
+
+    def traced(values: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
+        named = dict(zip(system.names, values))
+        return member_gradients(network, loss_fn, named, x, y, system.clip, system.norms_of, functional=True)
+
     torch.compiler.reset()
-    compiled = torch.compile(system.traced, fullgraph=True, dynamic=False)
+    compiled = torch.compile(traced, fullgraph=True, dynamic=False)
     started = time.perf_counter()
     compiled([p.detach() for p in system.stacked], x, y)
     compiling = time.perf_counter() - started

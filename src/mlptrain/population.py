@@ -25,7 +25,7 @@ The launcher that groups a sweep's jobs and composes their configs: hydra_plugin
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ from mlptrain.rundir import (
     yaml_text,
 )
 from mlptrain.signals import TrainingTakesSignals
-from mlptrain.step import UPDATES, Clip, choose_path, gradients
+from mlptrain.step import Clip, Engine, choose_path
 from mlptrain.step import Path as TrainingPath
 from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message
 from mlptrain.train import fit, progress_bar, trainer_settings
@@ -111,30 +111,6 @@ def _settings(cfg: DictConfig) -> str:
     return repr(sorted(_container(cfg.optimizer).items()))
 
 
-def member_gradients(
-    model: nn.Module, loss_fn: Callable[..., torch.Tensor], names: Sequence[str], clip: Clip | None,
-    norms_of: Sequence[str], functional: bool,
-) -> Callable[..., tuple[Any, ...]]:  # fmt: skip
-    """batched(params, x, y) -> (gradients, losses (N,), outputs (N, B, 10), norms (N, n)): `step.gradients`
-    of `model` at the members' stacked parameters (N, ...) on their mini-batches x (N, B, 784), y (N, B), each
-    member's clipped as a run clips them. functional=False: params are the model's own (plain autograd)."""
-
-    def batched(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
-        grads, loss, output = gradients(model, loss_fn, dict(zip(names, params)), x, y, functional)
-        norms = [torch.linalg.vector_norm(grads[names.index(n)].flatten(1), dim=1) for n in norms_of]
-        norms = torch.stack(norms, 1) if norms else loss.new_zeros(len(loss), 0)
-        return (clip(grads, members=True) if clip is not None else grads), loss, output, norms
-
-    return batched
-
-
-def _one_kernel(group: dict[str, Any]) -> dict[str, Any]:
-    """The optimizer's settings, with torch.optim's fused implementation of its update: one pass over each
-    stacked tensor, where the single-tensor one (torch's default on a CPU) makes one per operation, which
-    for N members costs N times as much memory traffic. The same update, to rounding."""
-    return {**group, "fused": True, "foreach": False}
-
-
 class PopulationSystem(L.LightningModule):
     """N members' MLPs, stacked, trained on their own mini-batches (each its data.shuffle_seed's order) and
     evaluated on the shared validation and test sets. `cfgs` are the members' configs, equal but for
@@ -175,12 +151,7 @@ class PopulationSystem(L.LightningModule):
         clip = first.trainer.gradient_clip_val
         self.clip = Clip(clip, first.trainer.gradient_clip_algorithm) if clip else None
         self.norms_of = [name for name in self.names if "weight" in name] if first.log_grad_norms else []
-        self.update = None  # step.UPDATES' entry for the optimizer class, known once it is built
-        # The members' gradients by plain autograd, and by torch.func for torch.compile to trace.
-        self.eager = member_gradients(self.network, self.loss_fn, self.names, self.clip, self.norms_of, False)
-        self.traced = member_gradients(self.network, self.loss_fn, self.names, self.clip, self.norms_of, True)
-        self._compiled: Callable[..., tuple[Any, ...]] | None = None
-        self._compiled_shape: tuple[int, ...] | None = None
+        self.engine: Engine | None = None  # made with the optimizers, in configure_optimizers
         self.gathered: dict[int, torch.Tensor] = {}  # where each size of the members' mini-batches is gathered
         n = len(self.cfgs)
         # Each member's running sums, as a run's metrics keep them: the training ones go into checkpoints.
@@ -238,7 +209,7 @@ class PopulationSystem(L.LightningModule):
         for part in self.parts:
             factory = instantiate(self.cfgs[part.start].optimizer)
             optimizers.append(factory([p.detach()[part] for p in self.stacked]))
-        self.update = UPDATES[type(optimizers[0])]
+        self.engine = Engine(self.network, self.loss_fn, optimizers, self.parts, self.compile, self.clip, self.norms_of)
         config = _container(self.cfgs[0].scheduler)
         if config["name"] == "none":
             return optimizers
@@ -260,47 +231,6 @@ class PopulationSystem(L.LightningModule):
         found = self.lr_schedulers()
         return [] if found is None else found if isinstance(found, list) else [found]
 
-    def _gradients(self, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
-        """The members' batched gradients at `params` (self.stacked), compiled where this population compiles.
-        Only mini-batches of the size it first compiled for run compiled: an epoch's smaller last batch would
-        compile anew."""
-        if self.compile and self._compiled is None:
-            # Dynamo keeps 8 compilations per function, then runs it uncompiled without an error: a process
-            # that trains several populations (a test session) would count each. Its disk cache stays.
-            torch.compiler.reset()
-            self._compiled = torch.compile(self.traced, fullgraph=True, dynamic=False)
-        if self._compiled is not None and self._compiled_shape in (None, x.shape[1:]):
-            try:
-                result = self._compiled([p.detach() for p in params], x, y)
-            except Exception as error:  # no C++ compiler, an unsupported platform, ...: train on, eagerly
-                log.warning("torch.compile failed (%s); the population's updates run without compiling.", error)
-                self._compiled, self.compile = None, False
-            else:
-                self._compiled_shape = x.shape[1:]
-                return result
-        return self.eager(params, x, y)
-
-    def _update(self, optimizers: Sequence[torch.optim.Optimizer], grads: Sequence[torch.Tensor]) -> None:
-        """torch.optim's update of every set (`optimizers`, self._optimizers()), on its slice of the stack."""
-        for part, optimizer in zip(self.parts, optimizers):
-            group = optimizer.param_groups[0]
-            # Laid out as the parameters: torch 2.14's fused update on a CPU reads a transposed gradient wrongly.
-            params, set_grads = group["params"], [g[part].contiguous() for g in grads]
-            keys = self.update.state_keys(group)
-            # Its first update, where it keeps a state (SGD without momentum keeps none): the optimizer's own
-            # step() makes the state, as in a run.
-            if keys and not optimizer.state:
-                for p, g in zip(params, set_grads):
-                    p.grad = g
-                optimizer.step()
-                for p in params:
-                    p.grad = None
-                continue
-            state = {key: [optimizer.state[p][key] for p in params] for key in keys}
-            hyper = {key: group[key] for key in self.update.scheduled}
-            with torch.no_grad():
-                self.update.apply(params, set_grads, state, _one_kernel(group), hyper)
-
     def training_step(self, batch: Any, batch_idx: int) -> None:
         # One optimizer.step() per training step, with no gradients: it changes no weight and advances
         # Lightning's step count, which checkpoints and loggers go by, as a run alone's does (MLPSystem).
@@ -308,38 +238,33 @@ class PopulationSystem(L.LightningModule):
         (first[0] if isinstance(first, list) else first).step()
         chunk: Chunk = batch  # K mini-batches, each member's rows of the training inputs (TensorBatches, gather=False)
         rows, labels = chunk.rows, chunk.labels
-        inputs = self.trainer.datamodule.train_inputs()  # (n, 784), shared by every member
-        params, optimizers = self.stacked, self._optimizers()  # once per K updates: looking them up costs
-        # tens of microseconds, as much as a small network's whole update
-        dtype = params[0].dtype
-        schedulers = self._schedulers() if self.interval == "step" else []
-        losses, correct, norms = [], [], []
-        for row, y in zip(rows, labels):  # row, y: (N, B)
-            # Gathered into the same memory every update: 3x faster on a CPU than into fresh memory.
+        shared = self.trainer.datamodule.train_inputs()  # (n, 784), shared by every member
+        dtype = self.stacked[0].dtype
+
+        def inputs(start: int, stop: int) -> torch.Tensor:
+            """The members' inputs of updates start..stop-1 (C, N, B, 784), gathered into the same memory every
+            call: 3x faster on a CPU than into fresh memory."""
+            row = rows[start:stop] if torch.is_tensor(rows) else torch.stack(rows[start:stop])  # (C, N, B)
             out = self.gathered.get(row.numel())
             if out is None:
-                out = self.gathered[row.numel()] = inputs.new_empty((row.numel(), inputs.shape[-1]))
-            x = torch.index_select(inputs, 0, row.flatten(), out=out).view(*row.shape, -1).to(dtype)  # (N, B, 784)
-            grads, loss, output, norm = self._gradients(params, x, y)
-            self._update(optimizers, grads)
-            for scheduler in schedulers:
-                scheduler.step()
-            losses.append(loss)
-            correct.append((output.argmax(-1) == y).sum(-1))
-            norms.append(norm)
+                out = self.gathered[row.numel()] = shared.new_empty((row.numel(), shared.shape[-1]))
+            return torch.index_select(shared, 0, row.flatten(), out=out).view(*row.shape, -1).to(dtype)
+
+        schedulers = self._schedulers() if self.interval == "step" else []
+        losses, predicted, labels, norms = self.engine.run(inputs, labels, schedulers)  # (K, N), (N, K*B), ...
         sizes = chunk.sizes  # (K,)
-        loss = torch.stack(losses, 1)  # (N, K)
+        loss = losses.T  # (N, K)
         self.train_total += (loss.double() * sizes).sum(1)
         self.train_examples += sizes.sum()
-        self.train_correct += torch.stack(correct, 1).sum(1)
+        self.train_correct += (predicted == labels).sum(-1)
         if self.norms_of:
-            self.norm_totals += (torch.stack(norms, 1).double() * sizes[:, None]).sum(1)
+            self.norm_totals += (norms.double() * sizes[:, None, None]).sum(0)
         bad = ~torch.isfinite(loss)
         first_bad = bad.any(1) & (self.nonfinite_step < 0)
         self.nonfinite_epoch.copy_(torch.where(first_bad, self.current_epoch, self.nonfinite_epoch))
         self.nonfinite_step.copy_(torch.where(first_bad, self.updates_done + bad.int().argmax(1), self.nonfinite_step))
-        self.updates_done += len(labels)
-        self.batches_done_in_epoch += len(labels)
+        self.updates_done += len(sizes)
+        self.batches_done_in_epoch += len(sizes)
 
     # A member whose loss turns NaN fails alone, masked (_check_finite): the population never stops for it, and
     # callbacks.CheckpointOnStop checkpoints it on SIGTERM.

@@ -1,17 +1,19 @@
-"""One training step, written once: a pure function of (parameters, optimizer state, mini-batch).
+"""One training step, written once, and the engine that runs it for one network or N stacked ones.
 
-    train_step(params, state, x, y, hyper) -> (new params, new state, loss, output, gradient norms)
+    train_step(params, states, x, y, sets) -> (new params, new states, loss, output, gradient norms)
 
-The gradients come from autograd; the update is torch.optim's own functional code (`torch.optim.sgd.sgd`,
-`adam.adam`, `adamw.adamw`, the functions the optimizer classes call). With functional=True the step is pure
-(`torch.func` over copies of the inputs), which is what torch.compile traces; with functional=False the
-same maths runs through the model's own parameters, in place, which is faster uncompiled. The parameters may
-carry a leading member axis (a population's, model.MLP): every member's step at once.
-`FastSteps` runs it for several mini-batches per Lightning training step, eagerly or in groups compiled by
-`torch.compile`, and keeps the `torch.optim.Optimizer` (its state, its param_groups that the schedulers
-change) in step with what it computed, so checkpoints, schedulers and resuming see an ordinary optimizer.
+The gradients come from autograd (`gradients`, `member_gradients`: with their norms and clipping); the update
+is torch.optim's own functional code (`torch.optim.sgd.sgd`, `adam.adam`, `adamw.adamw`, the functions the
+optimizer classes call), once per set of members with equal optimizer settings. The parameters may carry a
+leading member axis (a population's, model.MLP): every member's step at once. `train_step` is pure (torch.func
+over copies of its inputs), which is what torch.compile traces; `Engine` makes the same two calls in place
+through the model's own parameters, which is faster uncompiled.
+`Engine` runs K mini-batches per Lightning training step, for a single run (MLPSystem) and for a population
+(PopulationSystem) alike, eagerly or in groups compiled by `torch.compile`, and keeps each
+`torch.optim.Optimizer` (its state, its param_groups that the schedulers change) in step with what it
+computed, so checkpoints, schedulers and resuming see ordinary optimizers.
 The path policy is here too: `choose_path` decides, from the config, how a run makes its updates, with
-`updates_per_run`, the compile rule (a run's and a population's) and what counts as several processes."""
+`updates_per_run`, the compile rule and what counts as several processes."""
 
 import importlib
 import logging
@@ -182,192 +184,207 @@ def gradients(
     return grads, loss.detach(), output.detach()
 
 
+def member_gradients(
+    model: nn.Module,
+    loss_fn: LossFn,
+    params: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clip: Clip | None = None,
+    norms_of: Sequence[str] = (),
+    functional: bool = False,
+) -> tuple[Tensors, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`gradients`, then each network's gradient norms before clipping and its clipping, as Lightning's loop
+    makes them. One network: norms (len(norms_of),); N members stacked (N, ...): each its own, (N, len(norms_of))."""
+    grads, loss, output = gradients(model, loss_fn, params, x, y, functional)
+    members = loss.dim() > 0
+    names = list(params)
+    norms = None
+    if norms_of:
+        found = [grads[names.index(name)] for name in norms_of]
+        norms = torch.stack(
+            [torch.linalg.vector_norm(g.flatten(1), dim=1) if members else torch.linalg.vector_norm(g) for g in found],
+            -1,
+        )
+    if clip is not None:
+        grads = clip(grads, members=members)
+    return grads, loss, output, norms
+
+
+def _part(tensor: torch.Tensor, part: slice) -> torch.Tensor:
+    """A set of members' slice of a stacked tensor; the tensor itself for the whole (and for one network's)."""
+    return tensor if part == slice(None) else tensor[part]
+
+
 def train_step(
     model: nn.Module,
     loss_fn: LossFn,
     update: Update,
-    group: Mapping[str, Any],
     params: Mapping[str, torch.Tensor],
-    state: State,
+    states: Sequence[State],
     x: torch.Tensor,
     y: torch.Tensor,
-    hyper: Mapping[str, Any],
+    sets: Sequence[tuple[slice, Mapping[str, Any], Mapping[str, Any]]],
     clip: Clip | None = None,
     norms_of: Sequence[str] = (),
-    functional: bool = True,
-) -> tuple[dict[str, torch.Tensor], State, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One mini-batch update, as Lightning's automatic loop makes it with a torch.optim optimizer.
+) -> tuple[Tensors, list[State], torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One mini-batch update, as Lightning's automatic loop makes it with torch.optim optimizers: a pure
+    function (its inputs are left unchanged), which is what torch.compile traces. `Engine` makes the same
+    update in place, through the same two functions.
 
-    params: name -> tensor (model.named_parameters() order); state: the optimizer's per-parameter tensors
-    (`update.state_keys`); x (B, 784), y (B,); hyper: this step's scheduled values (lr, momentum or betas),
-    Python numbers or 0-dim tensors; group: the optimizer's other settings (param_groups[0]).
-    Returns the new parameters and state, the loss, the output (B, 10) and, for the parameters named in
-    `norms_of`, their gradients' 2-norms before clipping (len(norms_of),).
-    functional=True leaves its inputs unchanged (a pure function, for torch.compile); False updates
-    the model's own parameters and the optimizer's own state tensors in place, as optimizer.step() does.
+    params: name -> tensor (model.named_parameters() order), one network's or N members' stacked (N, ...);
+    x (B, 784) or (N, B, 784), y (B,) or (N, B). sets: for each set of members with equal optimizer settings,
+    its slice of the stack (slice(None): all, or the one network), its optimizer's settings (param_groups[0])
+    and this step's scheduled values (lr, momentum or betas; numbers or 0-dim tensors); states: each set's
+    optimizer state (`update.state_keys`), one tensor per parameter. Returns the new parameters and states,
+    the loss (() or (N,)), the output and the gradient norms (`member_gradients`).
     """
-    grads, loss, output = gradients(model, loss_fn, params, x, y, functional)
-    names = list(params)
-    norms = torch.stack([torch.linalg.vector_norm(grads[names.index(n)]) for n in norms_of]) if norms_of else None
-    if clip is not None:
-        grads = clip(grads)
-    if functional:  # torch.optim updates in place: on copies
-        new_params = [p.clone() for p in params.values()]
+    grads, loss, output, norms = member_gradients(model, loss_fn, params, x, y, clip, norms_of, functional=True)
+    new_params = [p.clone() for p in params.values()]  # torch.optim updates in place: on copies
+    new_states = []
+    for (part, group, hyper), state in zip(sets, states):
         state = {key: [t.clone() for t in tensors] for key, tensors in state.items()}
-    else:
-        new_params = [p.detach() for p in params.values()]
-    with torch.no_grad():
-        state = update.apply(new_params, grads, state, group, hyper)
-    return dict(zip(names, new_params)), state, loss, output, norms
+        set_params, set_grads = [_part(p, part) for p in new_params], [_part(g, part) for g in grads]
+        with torch.no_grad():
+            state = update.apply(set_params, set_grads, state, group, hyper)
+        new_states.append(state)
+    return new_params, new_states, loss, output, norms
 
 
-class FastSteps:
-    """Makes several mini-batch updates per call with `train_step`, for one model and one torch.optim optimizer.
+def _eager_settings(group: Mapping[str, Any], device: torch.device, stacked: bool) -> Mapping[str, Any]:
+    """An optimizer's settings for the in-place updates. For N stacked members on a CPU, torch.optim's fused
+    implementation: one pass over each tensor, where the single-tensor one (torch's default there) makes one per
+    operation, which for N members costs N times the memory traffic; the same update, to rounding. Elsewhere the
+    optimizer's own, so a single run's updates are those of Lightning's loop, bit for bit."""
+    return {**group, "fused": True, "foreach": False} if stacked and device.type == "cpu" else group
 
-    The optimizer stays the owner of the state: each call reads its state and scheduled values, and writes
-    the results back, so `optimizer.state_dict()` and the learning-rate scheduler see what they would after
-    the same number of `optimizer.step()` calls. `compile=True` runs each whole group of COMPILE_GROUP
-    updates as one `torch.compile`d function; if compiling fails, one warning, and every later update is eager.
+
+Inputs = Callable[[int, int], torch.Tensor]
+"""inputs(start, stop): the inputs of a call's mini-batches start..stop-1, (stop - start, [N,] B, 784), of equal
+size where stop - start > 1; they may be overwritten by the next call."""
+
+
+class Engine:
+    """Makes the updates of K mini-batches per call, for N >= 1 same-shaped networks held as one model: a
+    single run's MLP, or a population's, whose parameters are the members' stacked (N, ...) (model.MLP).
+
+    `optimizers` are torch.optim optimizers, one per set of members with equal settings, each over its `parts`
+    slice of the stacked tensors (views), or one over a single network's parameters (parts: [slice(None)]).
+    They stay the owners of the state: each call reads their state and scheduled values and updates them in
+    place, so `state_dict()` and the learning-rate schedulers see what they would after as many `step()` calls.
+    Where an optimizer keeps a state and has none yet, its own `step()` makes the update that creates it, as in
+    Lightning's loop; every other update is torch.optim's functional code (`UPDATES`). `compile=True` runs each
+    whole group of COMPILE_GROUP equal-sized updates as one `torch.compile`d `train_step` chain; if compiling
+    fails, one warning, and every later update is eager.
     """
 
     def __init__(
         self,
         model: nn.Module,
         loss_fn: LossFn,
-        optimizer: Optimizer,
+        optimizers: Sequence[Optimizer],
+        parts: Sequence[slice] = (slice(None),),
         compile: bool = False,
         clip: Clip | None = None,
         norms_of: Sequence[str] = (),
     ) -> None:
-        update = find_update(optimizer)
-        if update is None or len(optimizer.param_groups) != 1:
-            raise ValueError(f"FastSteps takes one param group of {', '.join(k.__name__ for k in UPDATES)}")
-        if [id(p) for p in optimizer.param_groups[0]["params"]] != [id(p) for p in model.parameters()]:
-            raise ValueError("FastSteps needs the optimizer built over model.parameters(), in their order")
-        self.model, self.loss_fn, self.optimizer, self.update = model, loss_fn, optimizer, update
-        self.param_names = [name for name, _ in model.named_parameters()]
+        updates = {find_update(optimizer) for optimizer in optimizers}
+        if None in updates or len(updates) != 1 or any(len(o.param_groups) != 1 for o in optimizers):
+            raise ValueError(f"Engine takes optimizers of one class of {', '.join(k.__name__ for k in UPDATES)}")
+        if len(optimizers) != len(parts):
+            raise ValueError("Engine needs one optimizer per set of members")
+        self.model, self.loss_fn, self.optimizers, self.parts = model, loss_fn, list(optimizers), list(parts)
+        self.update: Update = updates.pop()
+        self.stacked = list(self.parts) != [slice(None)]  # a population's: its sets are slices of the stack
+        self.names = [name for name, _ in model.named_parameters()]
         self.clip, self.norms_of = clip, tuple(norms_of)
         self.compile = compile
         self._compiled: Callable[..., Any] | None = None
 
-    def param_group(self) -> dict[str, Any]:
-        return self.optimizer.param_groups[0]
-
-    def _state(self) -> State | None:
+    def _state(self, optimizer: Optimizer) -> State | None:
         """The optimizer's state as lists in parameter order; None before its first step has created it."""
-        keys = self.update.state_keys(self.param_group())
-        params = self.param_group()["params"]
-        if any(key not in self.optimizer.state.get(p, {}) for p in params for key in keys):
+        group = optimizer.param_groups[0]
+        keys = self.update.state_keys(group)
+        if any(key not in optimizer.state.get(p, {}) for p in group["params"] for key in keys):
             return None
-        return {key: [self.optimizer.state[p][key] for p in params] for key in keys}
+        return {key: [optimizer.state[p][key] for p in group["params"]] for key in keys}
 
-    def scheduled_values(self) -> dict[str, Any]:
-        return {key: self.param_group()[key] for key in self.update.scheduled}
+    def _scheduled(self, optimizer: Optimizer) -> dict[str, Any]:
+        return {key: optimizer.param_groups[0][key] for key in self.update.scheduled}
 
     def run(
-        self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], scheduler: Any = None
+        self, inputs: Inputs, labels: torch.Tensor | Sequence[torch.Tensor], schedulers: Sequence[Any] = ()
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Train on the mini-batches xs[i], ys[i] in order, stepping `scheduler` after each update as Lightning
-        does for a step-interval schedule. Returns the losses (K,), outputs (K*B, 10), labels (K*B,) and the
-        gradient norms (K, len(norms_of)) or None."""
-        losses, outputs, labels, norms = [], [], [], []
+        """Train on the K mini-batches whose inputs are inputs(i, i + 1)[0] (`Inputs`) and labels labels[i], in
+        order, stepping every scheduler after each update, as Lightning does for a step-interval schedule.
+        Returns the losses (K,) or (K, N), the predicted digits and the labels, each mini-batch's one after
+        another (K*B,) or (N, K*B), and the gradient norms (K, n) or (K, N, n), or None."""
+        results = []
         start = 0
-        if self._state() is None:  # the optimizer's own first step() creates its state, as in the plain path
-            results = self._first_step(xs[0], ys[0])
+        if any(self._state(optimizer) is None for optimizer in self.optimizers):
+            results.append(self._eager(inputs, labels, 0, 1, schedulers))  # makes the optimizers' states
             start = 1
-            self.step_scheduler(scheduler)
-            for store, value in zip((losses, outputs, labels, norms), results):
-                store.append(value)
-        while start < len(xs):
-            size = COMPILE_GROUP if self.compile else len(xs) - start
-            group = (xs[start : start + size], ys[start : start + size])
+        while start < len(labels):
+            stop = min(start + COMPILE_GROUP, len(labels)) if self.compile else len(labels)
             # A short group, or batches of two sizes (the epoch's last is smaller), would each compile anew.
-            whole = len(group[0]) == size and (torch.is_tensor(ys) or len({len(y) for y in group[1]}) == 1)
-            results = self._compiled_group(*group, scheduler) if self.compile and whole else None
-            if results is None:
-                results = self._eager_group(*group, scheduler)
-            for store, value in zip((losses, outputs, labels, norms), results):
-                store.append(value)
-            start += len(group[0])
-        return (
-            torch.cat(losses),
-            torch.cat(outputs),
-            torch.cat(labels),
-            torch.cat(norms) if self.norms_of else None,
-        )
+            whole = stop - start == COMPILE_GROUP and len({y.shape for y in labels[start:stop]}) == 1
+            done = self._compiled_group(inputs, labels, start, stop, schedulers) if self.compile and whole else None
+            results.append(done if done is not None else self._eager(inputs, labels, start, stop, schedulers))
+            start = stop
+        losses = torch.cat([done[0] for done in results])
+        predicted = torch.cat([digits for done in results for digits in done[1]], -1)
+        norms = torch.cat([done[2] for done in results]) if self.norms_of else None
+        return losses, predicted, torch.cat(list(labels), -1), norms
 
-    def _params(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach() for name, p in self.model.named_parameters()}
-
-    def write_back(self, params: Mapping[str, torch.Tensor], state: State) -> None:
-        with torch.no_grad():
-            for p, new in zip(self.param_group()["params"], params.values()):
-                p.copy_(new)
-            for key, tensors in state.items():
-                for p, new in zip(self.param_group()["params"], tensors):
-                    self.optimizer.state[p][key].copy_(new)
-
-    @staticmethod
-    def step_scheduler(scheduler: Any) -> None:
-        if scheduler is not None:  # torch warns if no optimizer.step() came first: MLPSystem makes one per call
-            scheduler.step()
-
-    def _first_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:
-        """The run's first update: train_step's gradients go to .grad, and the optimizer's own step() makes the
-        update and creates its state (momentum buffers, Adam's moments and step count) as the plain path does."""
-        module_params = self.param_group()["params"]
-
-        def to_grad(params: Tensors, grads: Tensors, state: State, group: Mapping, hyper: Mapping) -> State:
-            for p, g in zip(module_params, grads):
-                p.grad = g
-            return state
-
-        hand_over = Update(to_grad, lambda group: (), ())
-        _, _, loss, output, norms = train_step(
-            self.model, self.loss_fn, hand_over, {}, dict(self.model.named_parameters()), {}, x, y, {},
-            self.clip, self.norms_of, functional=False,
-        )  # fmt: skip
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss[None], output, y, norms[None] if norms is not None else None
-
-    def _eager_group(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], scheduler: Any) -> tuple[Any, ...]:
-        params, state = dict(self.model.named_parameters()), self._state() or {}
-        losses, outputs, norms = [], [], []
-        for x, y in zip(xs, ys):  # in place: the model's parameters and the optimizer's state tensors
-            _, state, loss, output, norm = train_step(
-                self.model, self.loss_fn, self.update, self.param_group(), params, state, x, y, self.scheduled_values(),
-                self.clip, self.norms_of, functional=False,
-            )  # fmt: skip
-            self.step_scheduler(scheduler)
+    def _eager(
+        self, inputs: Inputs, labels: torch.Tensor | Sequence[torch.Tensor], start: int, stop: int,
+        schedulers: Sequence[Any],
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:  # fmt: skip
+        """Updates start..stop-1 in place: the model's parameters and the optimizers' state tensors."""
+        params = dict(self.model.named_parameters())  # once per call: looking them up costs tens of microseconds
+        losses, predicted, norms = [], [], []
+        for i in range(start, stop):
+            grads, loss, output, norm = member_gradients(
+                self.model, self.loss_fn, params, inputs(i, i + 1)[0], labels[i], self.clip, self.norms_of
+            )
+            for part, optimizer in zip(self.parts, self.optimizers):
+                group = optimizer.param_groups[0]
+                # Laid out as the parameters: torch 2.14's fused update on a CPU reads a transposed gradient wrongly.
+                set_grads = [_part(g, part).contiguous() for g in grads]
+                state = self._state(optimizer)
+                if state is None:  # its first update: the optimizer's own step() creates its state, as in a run
+                    for p, g in zip(group["params"], set_grads):
+                        p.grad = g
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                with torch.no_grad():
+                    settings = _eager_settings(group, set_grads[0].device, self.stacked)
+                    self.update.apply(group["params"], set_grads, state, settings, self._scheduled(optimizer))
+            for scheduler in schedulers:  # torch warns if no optimizer.step() came first: the systems make one
+                scheduler.step()
             losses.append(loss)
-            outputs.append(output)
+            predicted.append(output.argmax(-1))
             norms.append(norm)
-        return (
-            torch.stack(losses),
-            torch.cat(outputs),
-            torch.cat(list(ys)),
-            torch.stack(norms) if self.norms_of else None,
-        )
+        return torch.stack(losses), predicted, torch.stack(norms) if self.norms_of else None
 
     def _functional_group(
-        self, params: dict[str, torch.Tensor], state: State, xs: torch.Tensor, ys: torch.Tensor, rows: torch.Tensor
+        self, params: Tensors, states: list[State], xs: torch.Tensor, ys: torch.Tensor, rows: torch.Tensor
     ) -> tuple[Any, ...]:
-        """COMPILE_GROUP updates as one pure function, for torch.compile: xs (C, B, 784), ys (C, B), rows (C, k)
-        the scheduled values of each step, as tensors (see _scheduled_rows)."""
-        group = self._constants  # the settings no schedule changes, read once: the graph does not guard on them
+        """COMPILE_GROUP updates as one pure function, for torch.compile: xs (C, [N,] B, 784), ys (C, [N,] B),
+        rows (C, sets, k) each set's scheduled values at each step, as tensors (see _scheduled_rows)."""
         losses, outputs, norms = [], [], []
         for i in range(xs.shape[0]):
-            hyper = self._hyper_of_row(rows[i])
-            params, state, loss, output, norm = train_step(
-                self.model, self.loss_fn, self.update, group, params, state, xs[i], ys[i], hyper,
+            sets = [(part, self._constants[s], self._hyper_of_row(rows[i, s])) for s, part in enumerate(self.parts)]
+            params, states, loss, output, norm = train_step(
+                self.model, self.loss_fn, self.update, dict(zip(self.names, params)), states, xs[i], ys[i], sets,
                 self.clip, self.norms_of,
             )  # fmt: skip
             losses.append(loss)
             outputs.append(output)
             norms.append(norm)
         stacked_norms = torch.stack(norms) if self.norms_of else None
-        return params, state, torch.stack(losses), torch.cat(outputs), stacked_norms
+        return params, states, torch.stack(losses), torch.stack(outputs), stacked_norms
 
     def _hyper_of_row(self, row: torch.Tensor) -> dict[str, Any]:
         hyper: dict[str, Any] = {"lr": row[0]}
@@ -375,50 +392,68 @@ class FastSteps:
             hyper["betas"] = (row[1], row[2])
         return hyper
 
-    def _scheduled_rows(self, steps: int, scheduler: Any, like: torch.Tensor) -> torch.Tensor:
-        """The next `steps` updates' lr (and betas), as the optimizer would read them step by step; steps
-        the scheduler. SGD's momentum is not among them: a cycled momentum is not compiled (see choose_path)."""
+    def _scheduled_rows(self, steps: int, schedulers: Sequence[Any], like: torch.Tensor) -> torch.Tensor:
+        """The next `steps` updates' lr (and betas) of every set, as its optimizer would read them step by step;
+        steps the schedulers. SGD's momentum is not among them: a cycled momentum is not compiled (choose_path)."""
         rows = []
         for _ in range(steps):
-            group = self.param_group()
-            rows.append([group["lr"], *group.get("betas", ())])
-            self.step_scheduler(scheduler)
+            groups = [optimizer.param_groups[0] for optimizer in self.optimizers]
+            rows.append([[group["lr"], *group.get("betas", ())] for group in groups])
+            for scheduler in schedulers:
+                scheduler.step()
         return torch.tensor(rows, dtype=like.dtype, device=like.device)
 
-    def _compiled_group(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor], scheduler: Any) -> Any:
-        params, state = self._params(), self._state() or {}
-        first = next(iter(params.values()))
-        state = {key: [t.to(first.device) for t in tensors] for key, tensors in state.items()}  # Adam's CPU step count
-        schedule = scheduler.state_dict() if scheduler is not None else None
-        scheduled = self.scheduled_values()  # to put back if compiling fails
-        rows = self._scheduled_rows(len(xs), scheduler, first)
+    def _compiled_group(
+        self, inputs: Inputs, labels: torch.Tensor | Sequence[torch.Tensor], start: int, stop: int,
+        schedulers: Sequence[Any],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:  # fmt: skip
+        params = [p.detach() for p in self.model.parameters()]
+        device = params[0].device
+        states = [self._state(optimizer) or {} for optimizer in self.optimizers]
+        # Adam's step count is kept on the CPU; the compiled update takes it on the parameters' device.
+        states = [{key: [t.to(device) for t in tensors] for key, tensors in state.items()} for state in states]
+        saved = [scheduler.state_dict() for scheduler in schedulers]
+        scheduled = [self._scheduled(optimizer) for optimizer in self.optimizers]  # to put back if compiling fails
+        rows = self._scheduled_rows(stop - start, schedulers, params[0])
         if self._compiled is None:
-            # what _scheduled_rows passes as tensors is left out; SGD's momentum stays (it is not cycled here)
-            self._constants = {k: v for k, v in self.param_group().items() if k not in ("params", "lr", "betas")}
+            # What _scheduled_rows passes as tensors is left out; SGD's momentum stays (it is not cycled here).
             # torch.optim's foreach implementation, as torch's own compiled optimizers use: its single-tensor
             # one, traced after torch.func's gradients, is miscompiled with L2 weight decay by torch 2.14's
             # inductor (weights off by ~lr x grad; tests/test_train.py catches it). Adam's foreach code takes
             # a tensor lr only when capturable, which keeps its step count on the parameters' device.
-            self._constants["foreach"] = True
-            if "capturable" in self._constants:
-                self._constants["capturable"] = True
+            self._constants = []
+            for optimizer in self.optimizers:
+                group = optimizer.param_groups[0]
+                constants = {k: v for k, v in group.items() if k not in ("params", "lr", "betas")}
+                constants["foreach"] = True
+                if "capturable" in constants:
+                    constants["capturable"] = True
+                self._constants.append(constants)
             # Dynamo keeps 8 compilations per function and then runs it uncompiled, without an error: each new
-            # FastSteps (a test session's or a benchmark's runs) would count as one. Its disk cache stays.
+            # Engine (a test session's or a benchmark's runs) would count as one. Its disk cache stays.
             torch.compiler.reset()
             self._compiled = torch.compile(self._functional_group, fullgraph=True)
-        x = xs if torch.is_tensor(xs) else torch.stack(list(xs))  # (C, B, 784)
-        y = ys if torch.is_tensor(ys) else torch.stack(list(ys))  # (C, B)
+        xs = inputs(start, stop)  # (C, [N,] B, 784)
+        ys = labels[start:stop] if torch.is_tensor(labels) else torch.stack(list(labels[start:stop]))
         try:
-            params, state, losses, outputs, norms = self._compiled(params, state, x, y, rows)
+            new_params, new_states, losses, outputs, norms = self._compiled(params, states, xs, ys, rows)
         except Exception as error:  # no C++ compiler, an unsupported platform, ...: train on, eagerly
             log.warning("torch.compile failed (%s); the updates run without compiling for the rest of this run.", error)
             self.compile = False
-            if scheduler is not None:  # undo the scheduler steps taken above
-                scheduler.load_state_dict(schedule)
-                self.param_group().update(scheduled)
+            for scheduler, state in zip(schedulers, saved):
+                scheduler.load_state_dict(state)  # undo the scheduler steps taken above
+            for optimizer, values in zip(self.optimizers, scheduled):
+                optimizer.param_groups[0].update(values)
             return None
-        self.write_back(params, state)
-        return losses, outputs, y.flatten(), norms
+        with torch.no_grad():
+            for p, new in zip(params, new_params):
+                p.copy_(new)
+            for optimizer, state in zip(self.optimizers, new_states):
+                group_params = optimizer.param_groups[0]["params"]
+                for key, tensors in state.items():
+                    for p, new in zip(group_params, tensors):
+                        optimizer.state[p][key].copy_(new)
+        return losses, list(outputs.argmax(-1).unbind(0)), norms
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from mlptrain.errors import ConfigError, NonFiniteLossError
 from mlptrain.losses import make_loss
 from mlptrain.model import MLP
 from mlptrain.rundir import read_checkpoint, unloadable
-from mlptrain.step import Clip, FastSteps
+from mlptrain.step import Clip, Engine
 from mlptrain.step import Path as TrainingPath
 
 SCHEDULERS = ("none", "cosine", "step", "onecycle")
@@ -58,9 +58,10 @@ class MLPSystem(L.LightningModule):
     saved in checkpoints rebuild the run with `MLPSystem.load_from_checkpoint(path)`.
 
     steps_per_call = 1 is Lightning's own loop: one mini-batch and one `optimizer.step()` per training step.
-    K > 1 gives each training step K mini-batches, and `step.FastSteps` makes their K updates with the same
-    maths (torch.optim's functional updates, autograd's gradients), without Lightning's per-step overhead;
-    `compile` also runs them through torch.compile. How train(cfg) chooses: `step.choose_path`.
+    K > 1 gives each training step K mini-batches, and `step.Engine` (a population's engine, with one network)
+    makes their K updates with the same maths (torch.optim's functional updates, autograd's gradients), without
+    Lightning's per-step overhead; `compile` also runs them through torch.compile. How train(cfg) chooses:
+    `step.choose_path`.
     """
 
     def __init__(
@@ -83,7 +84,7 @@ class MLPSystem(L.LightningModule):
         self.optimizer_factory = self._optimizer_factory(optimizer)
         self.check_finite_every_n_steps = check_finite_every_n_steps
         self.automatic_optimization = steps_per_call == 1
-        self.fast: FastSteps | None = None  # made with the optimizer, in configure_optimizers
+        self.engine: Engine | None = None  # made with the optimizer, in configure_optimizers
         # Updates made: Lightning's global_step counts training steps, which make K updates each when K > 1.
         self.updates_done = 0
         self.updates_checked = 0  # where the host last looked at the NaN flag
@@ -143,15 +144,15 @@ class MLPSystem(L.LightningModule):
         loss = self.loss_fn(output, y)
         # The batch size is made on the device: a Python number would be copied to the GPU every step.
         size = torch.full((1,), len(y), dtype=torch.float64, device=loss.device)
-        self._update_metrics(stage, loss.detach()[None], size, output.detach(), y)
+        self._update_metrics(stage, loss.detach()[None], size, output.detach().argmax(-1), y)
         return loss
 
     def _update_metrics(
-        self, stage: str, losses: torch.Tensor, sizes: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor
+        self, stage: str, losses: torch.Tensor, sizes: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor
     ) -> None:
-        """losses (K,) of K mini-batches of sizes (K,), whose outputs (sum(sizes), 10) and labels are given."""
+        """losses (K,) of K mini-batches of sizes (K,), whose predicted digits (sum(sizes),) and labels are given."""
         getattr(self, f"{stage}_loss").update(losses, sizes)  # weighted: the epoch value is the mean over examples
-        getattr(self, f"{stage}_acc").update(outputs.argmax(-1), labels)
+        getattr(self, f"{stage}_acc").update(predicted, labels)
 
     def _log_epoch(self, stage: str) -> None:
         """The epoch's values of `stage`: to Lightning (the progress bar, TensorBoard, the best checkpoint's
@@ -187,12 +188,17 @@ class MLPSystem(L.LightningModule):
             self.batches_done_in_epoch += 1
             return loss
         # One optimizer.step() per training step, with no gradients: it changes no weight (the updates are
-        # FastSteps'), and advances Lightning's step count, which checkpoints and loggers go by.
+        # the engine's), and advances Lightning's step count, which checkpoints and loggers go by.
         self.optimizers().step()
-        scheduler = self.lr_schedulers() if self.scheduler_interval == "step" else None
+        schedulers = [self.lr_schedulers()] if self.scheduler_interval == "step" else []
         chunk: Chunk = batch  # K mini-batches (TensorBatches with steps_per_call = K)
-        losses, outputs, labels, norms = self.fast.run(chunk.images, chunk.labels, scheduler)
-        self._update_metrics("train", losses, chunk.sizes, outputs, labels)
+        images = chunk.images  # (K, B, 784), or a list where the epoch's last, smaller mini-batch is among them
+
+        def inputs(start: int, stop: int) -> torch.Tensor:
+            return images[start:stop] if torch.is_tensor(images) else torch.stack(images[start:stop])
+
+        losses, predicted, labels, norms = self.engine.run(inputs, chunk.labels, schedulers)
+        self._update_metrics("train", losses, chunk.sizes, predicted, labels)
         for metric, column in zip(self.grad_norms, norms.T if norms is not None else ()):
             metric.update(column, chunk.sizes)
         bad = ~torch.isfinite(losses)
@@ -356,10 +362,10 @@ class MLPSystem(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if not self.automatic_optimization:
             clip = self.hparams.gradient_clip_val
-            self.fast = FastSteps(
+            self.engine = Engine(
                 self.model,
                 self.loss_fn,
-                optimizer,
+                [optimizer],
                 compile=self.hparams.compile,
                 clip=Clip(clip, self.hparams.gradient_clip_algorithm) if clip else None,
                 norms_of=self.norms_of,
