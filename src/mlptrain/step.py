@@ -141,14 +141,12 @@ class Clip:
         """grads of one network; members=True: of N networks, stacked (N, ...), each clipped as its own."""
         if self.algorithm == "value":  # torch.nn.utils.clip_grad_value_
             return [g.clamp(-self.value, self.value) for g in grads]
-        # torch.nn.utils.clip_grad_norm_: the 2-norm of all gradients together, scaled down to `value`
-        if members:
-            norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), 2.0, dim=1) for g in grads], 1)  # (N, n)
-            scale = torch.clamp(self.value / (torch.linalg.vector_norm(norms, 2.0, dim=1) + 1e-6), max=1.0)
-            return [g * scale.view(-1, *[1] * (g.dim() - 1)) for g in grads]
-        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads]), 2.0)
-        scale = torch.clamp(self.value / (total + 1e-6), max=1.0)
-        return [g * scale for g in grads]
+        # torch.nn.utils.clip_grad_norm_: the 2-norm of all a network's gradients together, scaled down to `value`
+        stacked = grads if members else [g[None] for g in grads]  # one network: a member axis of 1
+        norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), 2.0, dim=1) for g in stacked], 1)  # (N, n)
+        scale = torch.clamp(self.value / (torch.linalg.vector_norm(norms, 2.0, dim=1) + 1e-6), max=1.0)  # (N,)
+        clipped = [g * scale.view(-1, *[1] * (g.dim() - 1)) for g in stacked]
+        return clipped if members else [g[0] for g in clipped]
 
 
 def gradients(

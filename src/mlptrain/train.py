@@ -102,7 +102,7 @@ def trainer_settings(cfg: DictConfig, steps_per_call: int) -> dict[str, Any]:
     settings = _container(cfg.trainer)
     if cfg.data.loader == "tensor":  # the batches apply it, in mini-batches (TensorBatches.limit)
         settings["limit_train_batches"] = None
-    if steps_per_call > 1:  # the updates clip inside (FastSteps, a population's step)
+    if steps_per_call > 1:  # the updates clip inside (step.Engine)
         settings["gradient_clip_val"] = None
     return settings
 
