@@ -293,7 +293,7 @@ class Engine:
             raise ValueError("Engine needs one optimizer per set of members")
         self.model, self.loss_fn, self.optimizers, self.parts = model, loss_fn, list(optimizers), list(parts)
         self.update: Update = updates.pop()
-        self.stacked = list(self.parts) != [slice(None)]  # a population's: its sets are slices of the stack
+        self.stacked = model.layers[0].weight.dim() == 3  # model.MLP's members' weights, stacked (N, out, in)
         self.names = [name for name, _ in model.named_parameters()]
         self.clip, self.norms_of = clip, tuple(norms_of)
         self.compile = compile
@@ -340,25 +340,29 @@ class Engine:
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:  # fmt: skip
         """Updates start..stop-1 in place: the model's parameters and the optimizers' state tensors."""
         params = dict(self.model.named_parameters())  # once per call: looking them up costs tens of microseconds
+        # Each set's state tensors and settings, read once per call (a few microseconds each, as much as a small
+        # network's update); None until the optimizer's first step() has created its state.
+        states = [self._state(optimizer) for optimizer in self.optimizers]
+        device = next(iter(params.values())).device
+        settings = [_eager_settings(o.param_groups[0], device, self.stacked) for o in self.optimizers]
         losses, predicted, norms = [], [], []
         for i in range(start, stop):
             grads, loss, output, norm = member_gradients(
                 self.model, self.loss_fn, params, inputs(i, i + 1)[0], labels[i], self.clip, self.norms_of
             )
-            for part, optimizer in zip(self.parts, self.optimizers):
+            for s, (part, optimizer) in enumerate(zip(self.parts, self.optimizers)):
                 group = optimizer.param_groups[0]
                 # Laid out as the parameters: torch 2.14's fused update on a CPU reads a transposed gradient wrongly.
-                set_grads = [_part(g, part).contiguous() for g in grads]
-                state = self._state(optimizer)
-                if state is None:  # its first update: the optimizer's own step() creates its state, as in a run
+                set_grads = [_part(g, part).contiguous() for g in grads] if self.stacked else grads
+                if states[s] is None:  # its first update: the optimizer's own step() creates its state, as in a run
                     for p, g in zip(group["params"], set_grads):
                         p.grad = g
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                    states[s] = self._state(optimizer)
                     continue
                 with torch.no_grad():
-                    settings = _eager_settings(group, set_grads[0].device, self.stacked)
-                    self.update.apply(group["params"], set_grads, state, settings, self._scheduled(optimizer))
+                    self.update.apply(group["params"], set_grads, states[s], settings[s], self._scheduled(optimizer))
             for scheduler in schedulers:  # torch warns if no optimizer.step() came first: the systems make one
                 scheduler.step()
             losses.append(loss)
