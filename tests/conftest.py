@@ -1,5 +1,6 @@
 """Compose the real config with Hydra's compose API and shrink it for fast runs."""
 
+import os
 import runpy
 import subprocess
 import sys
@@ -7,11 +8,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from mlptrain import signals
+
+# pytest runs the tests on one pytest-xdist worker per core (pyproject.toml's addopts: -n auto). Each worker,
+# and every process its tests start, gets its share of the cores: torch's default, every core in each process,
+# would oversubscribe them (OpenMP threads spinning), which slows runs several times over.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // WORKERS))  # the processes started
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # this one
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

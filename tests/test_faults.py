@@ -193,7 +193,13 @@ def test_the_same_command_started_twice_on_one_run_directory_trains_once(
     while not ((run / LOCK_FILE).exists() and (run / LOCK_FILE).read_text()):
         assert first.poll() is None
         time.sleep(0.05)
-    status, output = finish(start(run, "resume=auto"))
+    # Paused while the second starts (its imports take seconds): otherwise the first may finish before the
+    # second looks, as it did with other tests running beside this one.
+    first.send_signal(signal.SIGSTOP)
+    try:
+        status, output = finish(start(run, "resume=auto"))
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert status == 1 and "Traceback" not in output, output[-3000:]
     assert f"is in use by host {socket.gethostname()} pid {first.pid} (it holds run.lock)" in output
     status, output = finish(first)
