@@ -20,8 +20,9 @@ from mlptrain import signals
 # would oversubscribe them (OpenMP threads spinning), which slows runs several times over.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // WORKERS))  # the processes started
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # this one
+    THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)  # the processes its tests start
+    torch.set_num_threads(THREADS)  # this one
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

@@ -95,9 +95,14 @@ class MLP(nn.Module):
         for layer in self.layers:
             INITS[init](layer)
 
+    @property
+    def stacked(self) -> bool:
+        """Whether the weights are N members' stacked, (N, out, in): a population's network (population.py)."""
+        return self.layers[0].weight.dim() == 3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, 1, 28, 28) or (B, 784) -> (B, 784); members' inputs as they are
-        a = x if self.layers[0].weight.dim() == 3 else x.flatten(1)
+        a = x if self.stacked else x.flatten(1)
         for layer, activation in zip(self.layers[:-1], self.activations):
             a = self.dropout(activation(layer(a)))  # a' = σ(W a + b): (B, n_in) -> (B, n_out)
         return self.output_activation(self.layers[-1](a))  # (B, 10)

@@ -31,6 +31,7 @@ from torch.optim.adamw import adamw
 from torch.optim.sgd import sgd
 
 from mlptrain.errors import ConfigError
+from mlptrain.model import MLP
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +279,7 @@ class Engine:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: MLP,
         loss_fn: LossFn,
         optimizers: Sequence[Optimizer],
         parts: Sequence[slice] = (slice(None),),
@@ -293,7 +294,7 @@ class Engine:
             raise ValueError("Engine needs one optimizer per set of members")
         self.model, self.loss_fn, self.optimizers, self.parts = model, loss_fn, list(optimizers), list(parts)
         self.update: Update = updates.pop()
-        self.stacked = model.layers[0].weight.dim() == 3  # model.MLP's members' weights, stacked (N, out, in)
+        self.stacked = model.stacked  # members on a leading axis of every parameter (model.MLP)
         self.names = [name for name, _ in model.named_parameters()]
         self.clip, self.norms_of = clip, tuple(norms_of)
         self.compile = compile
