@@ -1,6 +1,11 @@
 """A real one-node SLURM for the tests: Debian's slurmctld, slurmd and munge, started by hand in a folder of
 their own (there is no systemd), on free ports, and stopped by the pids they wrote: only what was started here.
 
+Each cluster is whole by itself: its own munged, with its own key and socket in the cluster's folder (slurm.conf's
+AuthInfo=socket=...), never the machine's /run/munge. So two clusters at once (two pytest-xdist workers, whatever
+their grouping does) cannot stop each other's authentication, and a cluster cancels its own jobs, and waits for
+them to end, before it stops its daemons.
+
 .ci/run installs the packages (apt-get install slurmctld slurmd slurm-client munge); without them, or without
 root, the `slurm` tests are skipped with the reason."""
 
@@ -9,10 +14,11 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
-DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "scontrol", "scancel", "sinfo")
+DAEMONS = ("slurmctld", "slurmd", "munged", "sbatch", "scontrol", "scancel", "sinfo", "squeue")
 
 
 def why_not() -> str | None:
@@ -41,13 +47,17 @@ def _alive(pid_file: Path) -> int | None:
 
 
 class OneNodeSlurm:
-    """slurmctld + slurmd (+ munged when none runs) with the settings that work without cgroups, and a requeued
-    job that starts again in about 12 s instead of about 127 s (cred_expire, sched_interval)."""
+    """munged + slurmctld + slurmd with the settings that work without cgroups, and a requeued job that starts
+    again in about 12 s instead of about 127 s (cred_expire, sched_interval)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.conf = folder / "slurm.conf"
         self.started: list[Path] = []  # the pid files of the daemons started here, stopped in reverse order
+        # munged wants its socket's folder, and every folder above it, open to all (pytest's tmp folders are
+        # 0700), and a socket path shorter than 108 bytes: a short folder of its own under /tmp, removed by stop().
+        self.munge = Path(tempfile.mkdtemp(prefix="mlptrain-munge-"))
+        self.munge.chmod(0o711)
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
     def start(self) -> None:
@@ -73,7 +83,7 @@ class OneNodeSlurm:
                     "TaskPlugin=task/none",
                     "JobAcctGatherType=jobacct_gather/none",
                     "JobRequeue=1",
-                    "AuthInfo=cred_expire=10",
+                    f"AuthInfo=socket={self.munge_socket},cred_expire=10",  # this cluster's munged, for auth and creds
                     "SchedulerParameters=bf_interval=5,sched_interval=2",
                     "ReturnToService=2",
                     "MpiDefault=none",
@@ -85,12 +95,7 @@ class OneNodeSlurm:
                 ]
             )
         )
-        munge_pid = Path("/run/munge/munged.pid")
-        if _alive(munge_pid) is None:
-            Path("/run/munge").mkdir(parents=True, exist_ok=True)
-            shutil.chown("/run/munge", "munge", "munge")
-            subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
-            self.started.append(munge_pid)
+        self._start_munged()
         for daemon in ("slurmctld", "slurmd"):
             subprocess.run([daemon, "-f", str(self.conf)], check=True, env=self.env)
             self.started.append(self.folder / f"{daemon}.pid")
@@ -99,6 +104,26 @@ class OneNodeSlurm:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the node did not become idle: {self.log_tail()}")
             time.sleep(0.5)
+
+    @property
+    def munge_socket(self) -> Path:
+        return self.munge / "socket"
+
+    def _start_munged(self) -> None:
+        """A munged of this cluster's own: a fresh key, and socket, pid, log and seed files in its folder."""
+        folder = self.munge
+        key = folder / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        pid_file = folder / "munged.pid"
+        subprocess.run(
+            [
+                "munged", f"--socket={self.munge_socket}", f"--key-file={key}", f"--pid-file={pid_file}",
+                f"--log-file={folder / 'munged.log'}", f"--seed-file={folder / 'munged.seed'}",
+            ],
+            check=True,
+        )  # fmt: skip
+        self.started.append(pid_file)
 
     def sinfo(self) -> str:
         done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, env=self.env)
@@ -112,6 +137,14 @@ class OneNodeSlurm:
         )
 
     def stop(self) -> None:
+        """Cancels this cluster's jobs and waits (up to a minute) for their steps to end, then stops the daemons
+        started here, last started first: a job left running would outlive its cluster."""
+        controller = self.folder / "slurmctld.pid"
+        if controller in self.started and _alive(controller) is not None and (jobs := self.queue()):
+            subprocess.run(["scancel", *jobs], capture_output=True, env=self.env)
+            deadline = time.monotonic() + 60
+            while self.queue() and time.monotonic() < deadline:
+                time.sleep(0.5)
         for pid_file in reversed(self.started):
             pid = _alive(pid_file)
             if pid is not None:
@@ -120,6 +153,15 @@ class OneNodeSlurm:
                     if _alive(pid_file) != pid:
                         break
                     time.sleep(0.1)
+        shutil.rmtree(self.munge, ignore_errors=True)
+
+    def queue(self) -> list[str]:
+        """The ids of the jobs slurmctld still holds pending, running or ending (none once it cannot answer)."""
+        done = subprocess.run(
+            ["squeue", "-h", "-o", "%i", "--states=PD,R,CG,S,RQ,RS,RF,SO,ST"],
+            capture_output=True, text=True, env=self.env,
+        )  # fmt: skip
+        return done.stdout.split() if done.returncode == 0 else []
 
     def run(self, *command: str, cwd: Path | None = None) -> str:
         done = subprocess.run(command, capture_output=True, text=True, env=self.env, cwd=cwd)

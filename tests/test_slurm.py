@@ -17,7 +17,7 @@ from tests.conftest import ROOT, compose_config, run_python
 from tests.slurm_cluster import OneNodeSlurm, why_not
 from tests.test_faults import same_as
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one cluster: one worker
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]  # one cluster, on one worker: --dist loadfile (pyproject.toml)
 
 # Long enough epochs (500 mini-batches in Lightning's loop) that a signal sent once epoch 0 is checkpointed
 # lands in the middle of epoch 1; dropout, so that a resume must also restore where the random draws were.
