@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from mlptrain.cli import main
+from mlptrain.cli import exit_without_collecting, main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -12,4 +12,5 @@ def run(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    exit_without_collecting()
     run()

@@ -9,6 +9,7 @@ against a bare PyTorch loop, the DataLoader path and the NumPy baseline; and who
     python scripts/bench.py members=[20,200] runs=3  # N Nielsen members, 1 epoch: population against a stacked loop
     python scripts/bench.py gradients=true           # ms per update of N members' gradients, eager and compiled
     python scripts/bench.py one=true runs=3          # a single run against a population of one, 3 epochs
+    python scripts/bench.py commands=true runs=5     # every command's wall time and peak memory, train.py's phases
 
 In one process, the systems take turns (round 1: each system, round 2: each system, ...), each round a fresh
 model trained for `epochs` epochs on the same batches, so that load on a shared machine hits them alike. The
@@ -19,6 +20,12 @@ doing less work. Peak memory is the process's resident set growth while the syst
 (host) and torch's peak allocation (CUDA). The `mlptrain` row is the trainer with no speed settings: the path
 that `steps_per_call=auto compile=auto` picks for the setup's whole run (its `path` field says which), timed
 for `epochs` epochs.
+
+With commands=true, each command a user runs is timed as a whole process, start to exit, `runs` times, taking
+turns: `import torch` and `import lightning` for reference, `import mlptrain`, `train.py --help`, a config mistake,
+`python train.py` (the default run, pictures included), `predict.py` and `export.py` on its checkpoint, and a
+population of two. `python train.py`'s phases come from its train.log's timestamps and the epochs' own training
+times; peak resident memory from the kernel (wait4's ru_maxrss). The last table checks issue 32's targets.
 
 With e2e=true, whole processes are timed from start to exit, `runs` times each, taking turns:
 `python train.py experiment=nielsen` with a cold compile cache (a fresh TORCHINDUCTOR_CACHE_DIR) and with a
@@ -80,6 +87,8 @@ DEFAULTS = {
     "one": False,  # true: a single run against the same job as a population of one (one_member_table)
     "system": None,  # mode=one_member: single or population
     "setup": None,  # mode=one_member: nielsen or default
+    "commands": False,  # true: every command's wall time and peak memory, and train.py's phases (commands_table)
+    "train_overrides": [],  # commands: overrides for its train.py and population runs (the default run if none)
 }
 # gradients=true: (setup, overrides, members) of each row
 GRADIENT_ROWS = [("default", [], 1), ("default", [], 12), ("nielsen", ["experiment=nielsen"], 1)]
@@ -421,17 +430,18 @@ def one_member_table(runs: int) -> list[dict[str, Any]]:
     return rows
 
 
-def timed_process(command: list[str], cache: str | None = None) -> tuple[float, float]:
+def timed_process(command: list[str], cache: str | None = None, exit_status: int = 0) -> tuple[float, float]:
     """Run `command` from the repository root; (seconds from start to exit, peak resident memory in MiB).
     cache: torch.compile's cache directory for it (TORCHINDUCTOR_CACHE_DIR), else the usual one. Its stderr
-    goes to a file, not a pipe: a pipe nobody reads would block a process that writes much to it."""
+    goes to a file, not a pipe: a pipe nobody reads would block a process that writes much to it. RuntimeError
+    unless it exits with `exit_status`."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache} if cache is not None else None
     with tempfile.TemporaryFile() as stderr:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
-        if status != 0:
+        if os.waitstatus_to_exitcode(status) != exit_status:
             stderr.seek(0)
             raise RuntimeError(f"{' '.join(command)} failed: {stderr.read().decode()[-2000:]}")
     return seconds, usage.ru_maxrss / 1024  # KiB on Linux -> MiB
@@ -558,6 +568,87 @@ def populations(runs: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _log_times(log: Path) -> list[tuple[float, str]]:
+    """train.log's lines as (seconds since the epoch, message)."""
+    lines = []
+    for line in log.read_text().splitlines():
+        if line.startswith("[") and "][" in line:
+            stamp = time.mktime(time.strptime(line[1:20], "%Y-%m-%d %H:%M:%S")) + int(line[21:24]) / 1000
+            lines.append((stamp, line.split(" - ", 1)[-1]))
+    return lines
+
+
+def train_phases(log: Path, started: float, ended: float) -> dict[str, float]:
+    """Where a `python train.py` process's wall time went, from its train.log: `started` and `ended` are the
+    process's start and exit (time.time())."""
+    lines = _log_times(log)
+    path = next(t for t, message in lines if message.startswith("Training path"))
+    epochs = [(t, float(message.rsplit("(", 1)[1].split(" s training")[0])) for t, message in lines
+              if message.startswith("epoch ") and " s training)" in message]  # fmt: skip
+    training = sum(seconds for _, seconds in epochs)
+    return {
+        "start to the 'Training path' line (imports, config, checks)": path - started,
+        "to epoch 0's start (data, model, trainer, sanity check)": epochs[0][0] - path - epochs[0][1],
+        "training (the epochs' own times)": training,
+        "validation and checkpoints (epochs 1 on)": epochs[-1][0] - epochs[0][0] - training + epochs[0][1],
+        "after the last epoch: test, report, summary": lines[-1][0] - epochs[-1][0],
+        "after the last log line, to exit": ended - lines[-1][0],
+    }
+
+
+def commands_table(runs: int, train_overrides: list[str]) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Every command as a user runs it, `runs` times each, taking turns: (rows of wall time and peak memory, the
+    median of each phase of `python train.py`)."""
+    python = sys.executable
+    work = Path(tempfile.mkdtemp(prefix="bench-commands-"))
+    run_dir, ckpt = work / "run", work / "run" / "checkpoints" / "best.ckpt"
+    commands: dict[str, tuple[list[str], int]] = {  # name: (command, its exit status)
+        "python train.py": ([python, "train.py", *train_overrides, f"hydra.run.dir={run_dir}"], 0),
+        "import torch": ([python, "-c", "import torch"], 0),
+        "import lightning": ([python, "-c", "import lightning"], 0),
+        "import mlptrain": ([python, "-c", "import mlptrain"], 0),
+        "python train.py --help": ([python, "train.py", "--help"], 0),
+        "python train.py optimizer.lr=-1 (refused)": (
+            [python, "train.py", "optimizer.lr=-1", f"hydra.run.dir={work / 'refused'}"], 1),
+        "scripts/predict.py index=8": ([python, "scripts/predict.py", f"ckpt_path={ckpt}", "index=8"], 0),
+        "scripts/export.py (the page)": ([python, "scripts/export.py", f"ckpt_path={ckpt}", f"out={work / 'page'}"], 0),
+        "population of 2 (seed=1,2)": ([python, "train.py", "-m", "hydra/launcher=population", "seed=1,2",
+                                        *train_overrides, f"hydra.sweep.dir={work / 'sweep'}"], 0),
+    }  # fmt: skip
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    phases: list[dict[str, float]] = []
+    for _ in range(runs):
+        for name, (command, status) in commands.items():
+            for old in (run_dir, work / "sweep"):  # each run afresh (the checkpoint above is read after)
+                if name in ("python train.py", "population of 2 (seed=1,2)") and old.exists():
+                    subprocess.run(["rm", "-rf", str(old)], check=True)
+            started = time.time()
+            measured[name].append(timed_process(command, exit_status=status))
+            if name == "python train.py":
+                phases.append(train_phases(run_dir / "train.log", started, started + measured[name][-1][0]))
+    subprocess.run(["rm", "-rf", str(work)], check=True)
+    rows = timing_rows(measured, "import torch", "x_import_torch", {name: {"command": name} for name in measured})
+    return rows, {phase: statistics.median(p[phase] for p in phases) for phase in phases[0]}
+
+
+def command_targets(rows: list[dict[str, Any]], phases: dict[str, float]) -> list[tuple[str, str, bool]]:
+    """Issue 32's targets against this run's medians: (target, the figures, met)."""
+    wall = {row["command"]: row["wall_s"] for row in rows}
+    rss = {row["command"]: row["peak_rss_mb"] for row in rows}
+    training = phases["training (the epochs' own times)"]
+    run, torch_s = wall["python train.py"], wall["import torch"]
+    return [
+        ("python train.py: wall <= training + 3 s", f"{run:.1f} s against {training:.1f} + 3 s", run <= training + 3),
+        ("predict.py: <= import torch + 0.5 s", f"{wall['scripts/predict.py index=8']:.2f} s against "
+         f"{torch_s:.2f} + 0.5 s", wall["scripts/predict.py index=8"] <= torch_s + 0.5),
+        ("train.py --help: <= 1 s", f"{wall['python train.py --help']:.2f} s", wall["python train.py --help"] <= 1),
+        ("import mlptrain: <= 1.2x import torch", f"{wall['import mlptrain'] / torch_s:.2f}x",
+         wall["import mlptrain"] <= 1.2 * torch_s),
+        ("peak RSS of the default run: <= import torch's + 250 MB", f"{rss['python train.py']:.0f} MiB against "
+         f"{rss['import torch']:.0f} + 250", rss["python train.py"] <= rss["import torch"] + 250),
+    ]  # fmt: skip
+
+
 def print_rows(header: str, titles: list[str], keys: list[str], rows: list[dict[str, Any]], out: str) -> None:
     """A table of whole-process timings as Markdown (seconds to 1 decimal, ratios to 2, memory whole), and the
     rows as JSON in `out`."""
@@ -588,6 +679,24 @@ if __name__ == "__main__":
         sys.exit(0)
     if args.mode == "one_member":
         one_member_process(args.system, args.setup)
+        sys.exit(0)
+    if args.commands:
+        rows, phases = commands_table(args.runs, list(args.train_overrides))
+        print_rows(
+            f"torch {torch.__version__}, {os.cpu_count()} cores; whole processes, median of {args.runs}, taking turns",
+            ["command", "wall s", "runs", "× import torch", "peak RSS MiB"],
+            ["command", "wall_s", "runs_s", "x_import_torch", "peak_rss_mb"],
+            rows,
+            args.out,
+        )
+        print("\n| python train.py's phase | s (median) |\n|---|---|")
+        for phase, seconds in phases.items():
+            print(f"| {phase} | {seconds:.2f} |")
+        print("\n| target | measured | met |\n|---|---|---|")
+        targets = command_targets(rows, phases)
+        for target, figures, met in targets:
+            print(f"| {target} | {figures} | {'met' if met else 'missed'} |")
+        Path(args.out).write_text(json.dumps({"rows": rows, "train_phases": phases, "targets": targets}, indent=2))
         sys.exit(0)
     if args.gradients:
         rows = member_gradients_table()

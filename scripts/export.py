@@ -13,11 +13,11 @@ the model on the 10,000 test images.
 
 from pathlib import Path
 
+from mlptrain.cli import exit_without_collecting
 from mlptrain.config import EXPORT_RULES, ExportConfig, parse_arguments
 from mlptrain.errors import ConfigError, run_script
 from mlptrain.page import serve, write_onnx, write_page
-from mlptrain.predict import test_set
-from mlptrain.system import load_checkpoint
+from mlptrain.predict import load_trained, test_set
 
 TOLERANCE = 1e-5  # the largest difference allowed between onnxruntime's probabilities and the model's
 
@@ -25,7 +25,8 @@ TOLERANCE = 1e-5  # the largest difference allowed between onnxruntime's probabi
 def run(arguments: list[str]) -> None:
     args = parse_arguments(arguments, ExportConfig, EXPORT_RULES)
     ckpt = Path(args.ckpt_path)
-    system, config = load_checkpoint(ckpt)
+    trained = load_trained(ckpt)
+    config = trained.config
     run_dir = ckpt.resolve().parent.parent if ckpt.resolve().parent.name == "checkpoints" else ckpt.resolve().parent
     data = config.get("data", {})
     test_images, test_labels = test_set(data.get("dir"))
@@ -33,7 +34,7 @@ def run(arguments: list[str]) -> None:
     normalize = data.get("normalize", "standard")
     if args.format == "onnx":
         path = Path(args.out) if args.out else run_dir / "model.onnx"
-        difference, agreement = write_onnx(system, normalize, path, images)
+        difference, agreement = write_onnx(trained, normalize, path, images)
         if difference > TOLERANCE:
             raise ConfigError(
                 f"{path} was written, but onnxruntime's probabilities differ from the model's by up to "
@@ -46,9 +47,9 @@ def run(arguments: list[str]) -> None:
             f"of the model's, the same answer for {agreement:.2%}"
         )
         return
-    probs = system.probabilities_of(test_images, normalize).float().numpy()
+    probs = trained.probabilities_of(test_images, normalize).float().numpy()
     folder = Path(args.out) if args.out else run_dir / "page"
-    page = write_page(system, config, folder, images, labels, probs, args.examples, source=str(ckpt))
+    page = write_page(trained, config, folder, images, labels, probs, args.examples, source=str(ckpt))
     print(f"page: {page}")
     print(f"open it in a browser: file://{page.resolve()}")
     if args.serve:
@@ -56,4 +57,5 @@ def run(arguments: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    exit_without_collecting()
     run_script(run)

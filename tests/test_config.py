@@ -6,7 +6,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
+from mlptrain.step import choose_path
 from mlptrain.system import MLPSystem
 from mlptrain.train import _make_trainer
 from tests.conftest import CONF_DIR, compose_config
@@ -20,6 +22,8 @@ CHOICES = [
 
 def build(overrides: list[str], tmp_path: Path) -> tuple:
     cfg = compose_config(overrides, tmp_path)
+    check(cfg)  # every rule a run checks before it reads data
+    choose_path(cfg)  # and the training path it would take
     plain = OmegaConf.to_container(cfg, resolve=True)
     system = MLPSystem(
         model=plain["model"], loss=plain["loss"], optimizer=plain["optimizer"], scheduler=plain["scheduler"]

@@ -6,17 +6,9 @@ import pytest
 import torch
 from torchvision import datasets
 
-from mlptrain.data import (
-    EMBEDDED_DIR,
-    MEAN,
-    SHA256,
-    STD,
-    EpochPermutation,
-    MNISTDataModule,
-    TensorBatches,
-    prepare_mnist,
-)
+from mlptrain.data import EpochPermutation, MNISTDataModule, TensorBatches
 from mlptrain.errors import DataError
+from mlptrain.mnist import EMBEDDED_DIR, MEAN, SHA256, STD, prepare_mnist, read_split
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +31,23 @@ def test_test_set_is_the_official_10k(tensor_data: MNISTDataModule) -> None:
     official = datasets.MNIST(EMBEDDED_DIR, train=False)
     assert torch.equal(tensor_data.splits["test"].labels, official.targets)
     assert torch.equal(tensor_data.splits["test"].images, official.data.flatten(1).float() / 255)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_our_idx_reader_reads_what_torchvision_reads(train: bool) -> None:
+    """mnist.read_split (no torchvision: predict and the page use it) against torchvision's MNIST, every byte."""
+    images, labels = read_split(EMBEDDED_DIR, train)
+    official = datasets.MNIST(EMBEDDED_DIR, train=train)
+    assert images.dtype == official.data.dtype and torch.equal(images, official.data)
+    assert labels.dtype == official.targets.dtype and torch.equal(labels, official.targets)
+
+
+def test_a_file_that_is_not_idx_is_refused_with_its_name(tmp_path: Path) -> None:
+    from mlptrain.mnist import _idx
+
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x03" + bytes(8))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is not an MNIST IDX file"):
+        _idx(tmp_path / "t10k-labels-idx1-ubyte", 0x0801)
 
 
 def test_split_repeats_and_follows_split_seed(tensor_data: MNISTDataModule) -> None:

@@ -23,12 +23,11 @@ from PIL import Image
 
 from mlptrain.activations import HIDDEN_ACTIVATIONS, make_activation
 from mlptrain.anatomy import layer_activations
-from mlptrain.data import EMBEDDED_DIR, MEAN, STD
 from mlptrain.errors import ConfigError
+from mlptrain.mnist import EMBEDDED_DIR, MEAN, STD
 from mlptrain.page import MIRRORS, examples_to_show, mirror
-from mlptrain.predict import digit_pixels
+from mlptrain.predict import digit_pixels, load_trained
 from mlptrain.predict import test_image as mnist_test_image
-from mlptrain.system import load_checkpoint
 from mlptrain.train import train
 from tests.conftest import ROOT, SMALL, compose_config, run_in_process
 
@@ -163,8 +162,8 @@ def page_state(driver) -> dict:
 
 
 def assert_page_computes_what_the_model_computes(state: dict, ckpt: Path) -> None:
-    system, config = load_checkpoint(ckpt)
-    normalize = config["data"]["normalize"]
+    trained = load_trained(ckpt)
+    normalize = trained.config["data"]["normalize"]
     grey = np.array(state["grey"]).reshape(280, 280)
     pixels = np.array(state["pixels"])
     # The drawing prepared as scripts/predict.py prepares a picture.
@@ -174,15 +173,15 @@ def assert_page_computes_what_the_model_computes(state: dict, ckpt: Path) -> Non
     x = pixels / 255 if normalize == "unit" else (pixels / 255 - MEAN) / STD
     np.testing.assert_allclose(state["inputs"], x, rtol=0, atol=1e-12)
     # The model as trained, on the page's pixels (its own float32 inputs): to 1e-5.
-    probs = system.probabilities_of(torch.tensor(pixels, dtype=torch.float64)[None], normalize)[0].double().numpy()
+    probs = trained.probabilities_of(torch.tensor(pixels, dtype=torch.float64)[None], normalize)[0].double().numpy()
     np.testing.assert_allclose(state["probabilities"], probs, rtol=0, atol=1e-5)
     # Its weights in float64, on the page's inputs: every layer's activations and the probabilities, to 1e-9.
-    system = system.double()
-    activations, _ = layer_activations(system.model, torch.tensor(state["inputs"], dtype=torch.float64))
+    trained.model.double()
+    activations, _ = layer_activations(trained.model, torch.tensor(state["inputs"], dtype=torch.float64))
     for page, torch_ in zip(state["activations"], activations, strict=True):
         np.testing.assert_allclose(page, torch_.numpy(), rtol=0, atol=1e-9)
-    output = system.model(torch.tensor(state["inputs"], dtype=torch.float64)[None]).detach()
-    np.testing.assert_allclose(state["probabilities"], system.probabilities(output)[0].numpy(), rtol=0, atol=1e-9)
+    output = trained.model(torch.tensor(state["inputs"], dtype=torch.float64)[None]).detach()
+    np.testing.assert_allclose(state["probabilities"], trained.probabilities(output)[0].numpy(), rtol=0, atol=1e-9)
 
 
 def train_small(folder: Path, *overrides: str) -> Path:
@@ -246,7 +245,7 @@ def test_a_finger_draws_too_and_the_page_updates_while_drawing(browser, default_
 
 @pytest.mark.slow
 def test_the_test_images_and_the_mistakes_on_the_page(browser, default_run: Path) -> None:
-    system, _ = load_checkpoint(default_run / "checkpoints" / "best.ckpt")
+    trained = load_trained(default_run / "checkpoints" / "best.ckpt")
     browser.get((default_run / "page" / "index.html").as_uri())
     captions, sure = [], []
     for _ in range(12):  # 6 test images, then the 6 most confident mistakes
@@ -254,7 +253,7 @@ def test_the_test_images_and_the_mistakes_on_the_page(browser, default_run: Path
         caption = browser.find_element("id", "caption").text
         index = int(re.search(r"test image #(\d+)", caption).group(1))
         pixels, label = mnist_test_image(index)
-        probs = system.probabilities_of(torch.from_numpy(pixels)[None], "standard")[0].double().numpy()
+        probs = trained.probabilities_of(torch.from_numpy(pixels)[None], "standard")[0].double().numpy()
         state = browser.execute_script(STATE)
         np.testing.assert_array_equal(state["pixels"], pixels.reshape(-1))
         np.testing.assert_allclose(state["probabilities"], probs, rtol=0, atol=1e-5)
@@ -318,9 +317,10 @@ def test_onnx_export_equals_the_model(default_run: Path, tmp_path: Path, capsys:
             "scripts/export.py", [f"ckpt_path={checkpoint}", "format=onnx", f"out={path}"], capsys
         )
         assert status == 0 and "checked with onnxruntime on the 10,000 test images" in output, output
-        system, config = load_checkpoint(checkpoint)
+        trained = load_trained(checkpoint)
+        config = trained.config
         images = torch.from_numpy(np.stack([mnist_test_image(i)[0] for i in range(500)]))
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         output, probs = session.run(None, {"pixels": images.float().numpy()})
-        expected = system.probabilities_of(images, config["data"]["normalize"]).numpy()
+        expected = trained.probabilities_of(images, config["data"]["normalize"]).numpy()
         np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-5)

@@ -71,14 +71,14 @@ def test_the_weights_path_is_kept_in_the_checkpoints_and_redraws_the_landscape(r
     import torch
 
     from mlptrain.anatomy import flatten
-    from mlptrain.system import load_checkpoint
+    from mlptrain.predict import load_trained
 
     last = run / "checkpoints" / "last.ckpt"
     kept = torch.load(last, weights_only=True)["callbacks"]["WeightTrajectory"]
     # 2 epochs of 100 mini-batches, 50 a training step: a point every 10 updates is asked, one a step is taken.
     assert kept["updates"] == [0, 50, 100, 150, 200]
-    system, _ = load_checkpoint(last)
-    torch.testing.assert_close(kept["points"][-1], flatten(system.model))  # the path ends at the final weights
+    trained = load_trained(last)
+    torch.testing.assert_close(kept["points"][-1], flatten(trained.model))  # the path ends at the final weights
     assert len(kept["points"]) == 5 and not torch.equal(kept["points"][0], kept["points"][-1])
     # One command on the checkpoint draws it again, the same picture.
     from tests.conftest import compose_config

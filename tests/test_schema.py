@@ -179,29 +179,35 @@ def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"dir": folder, "truncated": truncated, "not_an_image": not_an_image, "sweep": folder / "empty_sweep"}
 
 
-def script_cases(script: str, schema: type, rules: tuple[Rule, ...]) -> list[tuple[str, list[str], str]]:
-    """A script's bad arguments: a value of the wrong type for each key, and each rule's own examples."""
+def script_cases(script: str, schema: type, rules: tuple[Rule, ...]) -> list[tuple[str, list[str], Any]]:
+    """A script's bad arguments, each with what its refusal must say: a value of the wrong type for each key (the
+    key named as the one that is not right), and each rule's own examples (that rule's own message)."""
     wrong_types = [
-        (script, [f"{key}={wrong_value(declared)}"], key)
+        (script, [f"{key}={wrong_value(declared)}"], f"error: {key} is not right")
         for key, declared in typing.get_type_hints(schema).items()
         if wrong_value(declared) is not None
     ]
-    return [*wrong_types, *[(script, list(example), rule.key) for rule in rules for example in rule.examples]]
+    broken = [(script, list(example), (schema, rule)) for rule in rules for example in rule.examples]
+    return [*wrong_types, *broken]
 
 
 @pytest.mark.parametrize(
-    ("script", "arguments", "key"),
+    ("script", "arguments", "expected"),
     [
         *script_cases("scripts/predict.py", PredictConfig, PREDICT_RULES),
         *script_cases("scripts/export.py", ExportConfig, EXPORT_RULES),
     ],
 )
 def test_scripts_refuse_bad_arguments(
-    script: str, arguments: list[str], key: str, bad_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+    script: str, arguments: list[str], expected: Any, bad_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with_ckpt = [f"ckpt_path={bad_files['truncated']}", *arguments]
+    if not isinstance(expected, str):  # a rule's example: the message that rule gives for these arguments
+        schema, rule = expected
+        expected = rule.broken(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_cli(with_ckpt)))
+        assert isinstance(expected, str), f"{arguments} does not break {rule.key}'s rule"
     status, output = run_in_process(script, with_ckpt, capsys)
-    assert status == 1 and "Traceback" not in output and key in output, output
+    assert status == 1 and "Traceback" not in output and expected in output, output
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mlptrain.config import EXPORT_RULES, ExportConfig, parse_arguments
+from mlptrain.config import EXPORT_RULES, ExportConfig, check, parse_arguments
 from mlptrain.data import MNISTDataModule
+from mlptrain.step import choose_path
 from mlptrain.system import MLPSystem
 from tests.conftest import CONF_DIR, ROOT
 
@@ -40,6 +41,9 @@ def test_tour_command_composes(command: str, tmp_path: Path) -> None:
     script = {"train.py": "train", "scripts/compare.py": "compare"}[args[1]]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(script, overrides=[f"output_dir={tmp_path}", *args[2:]])
+    check(cfg)  # every rule a run checks before it reads data
+    if cfg.train:
+        choose_path(cfg)  # and the training path it would take (refused there, with a reason, if none fits)
     plain = OmegaConf.to_container(cfg, resolve=True)
     MLPSystem(model=plain["model"], loss=plain["loss"], optimizer=plain["optimizer"], scheduler=plain["scheduler"])
     MNISTDataModule(**plain["data"])

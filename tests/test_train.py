@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from mlptrain.cli import main
-from mlptrain.data import EMBEDDED_DIR, SHA256
+from mlptrain.mnist import EMBEDDED_DIR, SHA256
 from mlptrain.step import choose_path
 from mlptrain.system import MLPSystem
 from mlptrain.train import train

@@ -1,8 +1,26 @@
-"""mlptrain: a reference trainer for multi-layer perceptrons on MNIST."""
+"""mlptrain: a reference trainer for multi-layer perceptrons on MNIST.
 
-from mlptrain.data import MNISTDataModule
-from mlptrain.model import MLP
-from mlptrain.system import MLPSystem
-from mlptrain.train import train
+Importing the package registers the config's schemas with Hydra (mlptrain.config) and nothing more: torch and
+Lightning load with the module that uses them (scientific-python's SPEC 1, by a module __getattr__), so that
+`--help`, a config error, predict and the page start without Lightning. The trainer is
+`mlptrain.train.train(cfg)`: the submodule `train` shadows a lazily loaded function of the same name."""
 
-__all__ = ["MLP", "MLPSystem", "MNISTDataModule", "train"]
+import importlib
+from typing import Any
+
+from mlptrain import config  # noqa: F401  (registers the schemas, before any command composes a config)
+
+_WHERE = {"MLP": "mlptrain.model", "MLPSystem": "mlptrain.system", "MNISTDataModule": "mlptrain.data"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+__all__ = ["MLP", "MLPSystem", "MNISTDataModule"]

@@ -1,4 +1,5 @@
-"""The callbacks every run adds to Lightning's Trainer: what each checkpoint records, and a checkpoint on SIGTERM."""
+"""The callbacks and plugin every run adds to Lightning's Trainer: what each checkpoint records, how it is written
+(durably), and a checkpoint on SIGTERM."""
 
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -6,10 +7,11 @@ from typing import Any, NamedTuple
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mlptrain.anatomy import flatten
-from mlptrain.rundir import library_versions
+from mlptrain.rundir import library_versions, read_checkpoint, write_durably, write_metrics
 
 
 class Checkpoints(NamedTuple):
@@ -130,3 +132,25 @@ class WeightTrajectory(Callback):
         points = state_dict.get("points")
         self.points = list(points) if points is not None else []
         self.updates = list(state_dict.get("updates", []))
+
+
+class DurableCheckpointIO(CheckpointIO):
+    """Lightning's extension point for checkpoint files: every checkpoint is written durably (above), so a
+    checkpoint is replaced only once its successor is committed, and read with read_checkpoint (no code runs).
+    After each checkpoint the run's metrics.csv is rewritten from the history that checkpoint holds."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_durably(path, lambda file: torch.save(checkpoint, file))
+        if "history" in checkpoint:
+            write_metrics(self.run_dir, checkpoint["history"])
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return read_checkpoint(path)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        Path(path).unlink(missing_ok=True)

@@ -6,8 +6,12 @@ the wrong type is refused while Hydra composes the config, naming the key, the v
 
 Ranges, choices and rules between keys are the table RULES below, checked by `check(cfg)` before a run
 reads data or writes a file. tests/test_schema.py breaks every key and every rule from these two.
+
+Importing this module imports neither torch nor Lightning (`python train.py --help` composes the config with
+these schemas and needs nothing more): RULES is built on first use, and imports the registries it lists then.
 """
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,15 +22,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mlptrain.activations import HIDDEN_ACTIVATIONS, OUTPUT_ACTIVATIONS
-from mlptrain.baselines.numpy_mlp import MIRRORED as NUMPY_OPTIMIZERS
-from mlptrain.data import LOADERS, N_TEST_FILE, N_TRAIN_FILE, NORMALIZATIONS
 from mlptrain.errors import ConfigError
-from mlptrain.losses import LOSSES, MSE_REDUCTIONS
-from mlptrain.model import INITS
-from mlptrain.page import mirrored_targets, mirrors
-from mlptrain.step import choose_path, optimizer_class
-from mlptrain.system import SCHEDULERS
+from mlptrain.mnist import N_TEST_FILE, N_TRAIN_FILE, NORMALIZATIONS
+
+LOADERS = ("tensor", "dataloader")  # data.loader: how mlptrain.data.MNISTDataModule serves mini-batches
+SCHEDULERS = ("none", "cosine", "step", "onecycle")  # scheduler.name: what mlptrain.system.make_scheduler makes
 
 # ---------------------------------------------------------------------------------------------------------
 # Types. MISSING everywhere: the defaults live in conf/, next to their comments. `Any` marks keys that take
@@ -359,6 +359,8 @@ def _refused_path(cfg: DictConfig) -> str | None:
     """steps_per_call and compile against the rest of the run: step.choose_path decides, and refuses."""
     if not cfg.train or _STEPS_PER_CALL.broken(cfg) or _COMPILE.broken(cfg):  # those have their own message
         return None
+    from mlptrain.step import choose_path
+
     try:
         choose_path(cfg)
     except ConfigError as error:
@@ -393,6 +395,8 @@ def _limit(key: str) -> Rule:
 
 def _numpy(cfg: DictConfig) -> str | None:
     """What the NumPy baseline (mlptrain.baselines.numpy_mlp) does not mirror, refused before anything trains."""
+    from mlptrain.baselines.numpy_mlp import MIRRORED as NUMPY_OPTIMIZERS
+
     baselines = cfg.get("baselines") or {}
     if "numpy" not in baselines:
         return None
@@ -434,6 +438,8 @@ def _loss_and_output(cfg: DictConfig) -> str | None:
 
 
 def _activation(cfg: DictConfig) -> str | None:
+    from mlptrain.activations import HIDDEN_ACTIVATIONS
+
     spec = _get(cfg, "model.activation")
     if (isinstance(spec, str) and spec in HIDDEN_ACTIVATIONS) or (isinstance(spec, Mapping) and "_target_" in spec):
         return None
@@ -445,176 +451,193 @@ def _activation(cfg: DictConfig) -> str | None:
 
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seeds are 32-bit; Lightning replaces one outside with 0
 
-RULES: tuple[Rule, ...] = (
-    between("seed", 0, SEED_MAX),
-    one_of("resume", [None, "auto"], ": auto continues from the newest checkpoint in the run directory"),
-    rule(
-        "resume",
-        lambda cfg: (
-            cfg.resume == "auto"
-            and cfg.ckpt_path is not None
-            and "Give resume=auto or ckpt_path, not both: resume=auto finds the checkpoint itself."
+
+@functools.cache
+def _train_rules() -> tuple[Rule, ...]:
+    """RULES: made once, on first use, with the registries whose names they list."""
+    from mlptrain.activations import OUTPUT_ACTIVATIONS
+    from mlptrain.losses import LOSSES, MSE_REDUCTIONS
+    from mlptrain.model import INITS
+    from mlptrain.page import mirrored_targets, mirrors
+    from mlptrain.step import optimizer_class
+
+    return (
+        between("seed", 0, SEED_MAX),
+        one_of("resume", [None, "auto"], ": auto continues from the newest checkpoint in the run directory"),
+        rule(
+            "resume",
+            lambda cfg: (
+                cfg.resume == "auto"
+                and cfg.ckpt_path is not None
+                and "Give resume=auto or ckpt_path, not both: resume=auto finds the checkpoint itself."
+            ),
+            ("resume=auto", "ckpt_path=conf/train.yaml"),
         ),
-        ("resume=auto", "ckpt_path=conf/train.yaml"),
-    ),
-    rule(
-        "train",
-        lambda cfg: (
-            not cfg.train
-            and cfg.ckpt_path is None
-            and "train=false evaluates a checkpoint on the test set: also give ckpt_path=path/to/best.ckpt."
+        rule(
+            "train",
+            lambda cfg: (
+                not cfg.train
+                and cfg.ckpt_path is None
+                and "train=false evaluates a checkpoint on the test set: also give ckpt_path=path/to/best.ckpt."
+            ),
+            ("train=false",),
         ),
-        ("train=false",),
-    ),
-    one_of("progress_bar", ["auto", True, False]),
-    one_of("matmul_precision", ["highest", "high", "medium"]),
-    between("check_finite_every_n_steps", 1),
-    _STEPS_PER_CALL,
-    _COMPILE,
-    rule("compile", _refused_path, ("compile=true", "steps_per_call=1")),
-    rule("steps_per_call", _refused_path, ("steps_per_call=5", "data.loader=dataloader")),
-    between("report.weight_tiles", 1),
-    between("report.mistakes", 1),
-    between("report.network_images", 0, 10),
-    one_of("report.landscape", (None, "pca", "random")),
-    rule(
-        "report.landscape",
-        lambda cfg: (
-            cfg.report.landscape is not None
-            and cfg.data.loader != "tensor"
-            and "report.landscape draws the training loss on training images the tensor loader holds: "
-            "set data.loader=tensor, or report.landscape=null."
+        one_of("progress_bar", ["auto", True, False]),
+        one_of("matmul_precision", ["highest", "high", "medium"]),
+        between("check_finite_every_n_steps", 1),
+        _STEPS_PER_CALL,
+        _COMPILE,
+        rule("compile", _refused_path, ("compile=true", "steps_per_call=1")),
+        rule("steps_per_call", _refused_path, ("steps_per_call=5", "data.loader=dataloader")),
+        between("report.weight_tiles", 1),
+        between("report.mistakes", 1),
+        between("report.network_images", 0, 10),
+        one_of("report.landscape", (None, "pca", "random")),
+        rule(
+            "report.landscape",
+            lambda cfg: (
+                cfg.report.landscape is not None
+                and cfg.data.loader != "tensor"
+                and "report.landscape draws the training loss on training images the tensor loader holds: "
+                "set data.loader=tensor, or report.landscape=null."
+            ),
+            ("report.landscape=pca", "data.loader=dataloader"),
         ),
-        ("report.landscape=pca", "data.loader=dataloader"),
-    ),
-    rule(
-        "report.page",
-        lambda cfg: (
-            cfg.report.page
-            and isinstance(cfg.model.activation, Mapping)
-            and not mirrors(cfg.model.activation.get("_target_", ""))
-            and f"report.page=true: the page's JavaScript cannot compute model.activation's "
-            f"{cfg.model.activation.get('_target_')} (it computes the registry's activations and "
-            f"{mirrored_targets()}). Use one of those, or report.page=false and scripts/export.py format=onnx."
+        rule(
+            "report.page",
+            lambda cfg: (
+                cfg.report.page
+                and isinstance(cfg.model.activation, Mapping)
+                and not mirrors(cfg.model.activation.get("_target_", ""))
+                and f"report.page=true: the page's JavaScript cannot compute model.activation's "
+                f"{cfg.model.activation.get('_target_')} (it computes the registry's activations and "
+                f"{mirrored_targets()}). Use one of those, or report.page=false and scripts/export.py format=onnx."
+            ),
+            ("report.page=true", "model.activation={_target_: torch.nn.Hardshrink}"),
         ),
-        ("report.page=true", "model.activation={_target_: torch.nn.Hardshrink}"),
-    ),
-    # model
-    each_between("model.hidden", 1),
-    rule("model.activation", _activation, ("model.activation=relux",), ("model.activation={min_val: 1}",)),
-    between("model.logistic_slope", 0, above=True),
-    between("model.maxout_pieces", 2),
-    one_of("model.output_activation", OUTPUT_ACTIVATIONS),
-    one_of("model.init", INITS),
-    between("model.dropout", 0, 1, below=True),
-    # data
-    between("data.val_size", 1, N_TRAIN_FILE - 1),
-    between("data.train_size", 1),
-    rule(
-        "data.train_size",
-        lambda cfg: (
-            (cfg.data.train_size or 0) > N_TRAIN_FILE - cfg.data.val_size
-            and f"data.train_size={cfg.data.train_size} is more than the {N_TRAIN_FILE - cfg.data.val_size} training "
-            f"images left after data.val_size={cfg.data.val_size}: lower one of them, or set data.train_size=null."
+        # model
+        each_between("model.hidden", 1),
+        rule("model.activation", _activation, ("model.activation=relux",), ("model.activation={min_val: 1}",)),
+        between("model.logistic_slope", 0, above=True),
+        between("model.maxout_pieces", 2),
+        one_of("model.output_activation", OUTPUT_ACTIVATIONS),
+        one_of("model.init", INITS),
+        between("model.dropout", 0, 1, below=True),
+        # data
+        between("data.val_size", 1, N_TRAIN_FILE - 1),
+        between("data.train_size", 1),
+        rule(
+            "data.train_size",
+            lambda cfg: (
+                (cfg.data.train_size or 0) > N_TRAIN_FILE - cfg.data.val_size
+                and f"data.train_size={cfg.data.train_size} is more than the {N_TRAIN_FILE - cfg.data.val_size} "
+                f"training "
+                f"images left after data.val_size={cfg.data.val_size}: lower one of them, or set data.train_size=null."
+            ),
+            ("data.train_size=50001",),
         ),
-        ("data.train_size=50001",),
-    ),
-    between("data.split_seed", 0, SEED_MAX),
-    between("data.shuffle_seed", 0, SEED_MAX),
-    between("data.batch_size", 1),
-    between("data.eval_batch_size", 1),
-    one_of("data.normalize", NORMALIZATIONS),
-    one_of("data.loader", LOADERS),
-    between("data.num_workers", 0),
-    # loss
-    one_of("loss.name", LOSSES),
-    rule(
-        "loss.reduction",
-        lambda cfg: (
-            cfg.loss.name == "mse"
-            and cfg.loss.reduction not in MSE_REDUCTIONS
-            and f"loss.reduction={cfg.loss.reduction!r} is not one of its choices: use one of "
-            f"{', '.join(MSE_REDUCTIONS)} (half_sum is Nielsen's quadratic cost ½‖a−y‖² averaged over examples)."
+        between("data.split_seed", 0, SEED_MAX),
+        between("data.shuffle_seed", 0, SEED_MAX),
+        between("data.batch_size", 1),
+        between("data.eval_batch_size", 1),
+        one_of("data.normalize", NORMALIZATIONS),
+        one_of("data.loader", LOADERS),
+        between("data.num_workers", 0),
+        # loss
+        one_of("loss.name", LOSSES),
+        rule(
+            "loss.reduction",
+            lambda cfg: (
+                cfg.loss.name == "mse"
+                and cfg.loss.reduction not in MSE_REDUCTIONS
+                and f"loss.reduction={cfg.loss.reduction!r} is not one of its choices: use one of "
+                f"{', '.join(MSE_REDUCTIONS)} (half_sum is Nielsen's quadratic cost ½‖a−y‖² averaged over examples)."
+            ),
+            ("loss=mse", "loss.reduction=no_such_choice"),
         ),
-        ("loss=mse", "loss.reduction=no_such_choice"),
-    ),
-    rule(
-        "model.output_activation",
-        _loss_and_output,
-        ("model.output_activation=sigmoid",),
-        ("loss=binary_cross_entropy", "model.output_activation=none"),
-    ),
-    # optimizer
-    rule(
-        "optimizer._target_",
-        lambda cfg: (
-            optimizer_class(cfg.optimizer._target_) is None
-            and f"optimizer._target_={cfg.optimizer._target_} names no class that can be imported: use optimizer=sgd, "
-            "adam or adamw, or the full path of a torch.optim class such as torch.optim.RMSprop."
+        rule(
+            "model.output_activation",
+            _loss_and_output,
+            ("model.output_activation=sigmoid",),
+            ("loss=binary_cross_entropy", "model.output_activation=none"),
         ),
-        ("optimizer._target_=torch.optim.Nope",),
-        ("optimizer._target_=no_such_module.SGD",),
-    ),
-    between("optimizer.lr", 0, above=True),
-    between("optimizer.weight_decay", 0),
-    between("optimizer.momentum", 0),
-    rule(
-        "optimizer.nesterov",
-        lambda cfg: (
-            cfg.optimizer.get("nesterov")
-            and not cfg.optimizer.get("momentum")
-            and "optimizer.nesterov=true needs a momentum: set optimizer.momentum > 0 (e.g. 0.9), or nesterov=false."
+        # optimizer
+        rule(
+            "optimizer._target_",
+            lambda cfg: (
+                optimizer_class(cfg.optimizer._target_) is None
+                and f"optimizer._target_={cfg.optimizer._target_} names no class that can be imported: use "
+                "optimizer=sgd, "
+                "adam or adamw, or the full path of a torch.optim class such as torch.optim.RMSprop."
+            ),
+            ("optimizer._target_=torch.optim.Nope",),
+            ("optimizer._target_=no_such_module.SGD",),
         ),
-        ("optimizer=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"),
-    ),
-    each_between("optimizer.betas", 0, 1, below=True),
-    rule(
-        "optimizer.betas",
-        lambda cfg: (
-            "betas" in cfg.optimizer
-            and len(cfg.optimizer.betas) != 2
-            and f"optimizer.betas={list(cfg.optimizer.betas)} must be two numbers, the first and second moments' decay."
+        between("optimizer.lr", 0, above=True),
+        between("optimizer.weight_decay", 0),
+        between("optimizer.momentum", 0),
+        rule(
+            "optimizer.nesterov",
+            lambda cfg: (
+                cfg.optimizer.get("nesterov")
+                and not cfg.optimizer.get("momentum")
+                and "optimizer.nesterov=true needs a momentum: set optimizer.momentum > 0 (e.g. 0.9), or "
+                "nesterov=false."
+            ),
+            ("optimizer=sgd", "optimizer.nesterov=true", "optimizer.momentum=0"),
         ),
-        ("optimizer=adam", "optimizer.betas=[0.9]"),
-    ),
-    # scheduler
-    one_of("scheduler.name", SCHEDULERS),
-    between("scheduler.min_lr", 0),
-    between("scheduler.step_size", 1),
-    between("scheduler.gamma", 0, above=True),
-    between("scheduler.pct_start", 0, 1, above=True, below=True),
-    # trainer
-    one_of("trainer.accelerator", ["auto", "cpu", "gpu", "cuda", "mps"]),
-    rule("trainer.devices", _devices, ("trainer.devices=0",), ("trainer.devices=many",)),
-    between("trainer.num_nodes", 1),
-    between("trainer.max_epochs", 1),
-    one_of("trainer.precision", ["32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "32", "64"]),
-    between("trainer.gradient_clip_val", 0),
-    one_of("trainer.gradient_clip_algorithm", ["norm", "value"]),
-    _limit("trainer.limit_train_batches"),
-    _limit("trainer.limit_val_batches"),
-    _limit("trainer.limit_test_batches"),
-    between("trainer.num_sanity_val_steps", -1),
-    # compare (scripts/compare.py)
-    rule(
-        "baselines",
-        lambda cfg: (
-            "baselines" in cfg
-            and not cfg.baselines
-            and "baselines is empty: name some, e.g. baselines=[numpy,centroid,logistic]."
+        each_between("optimizer.betas", 0, 1, below=True),
+        rule(
+            "optimizer.betas",
+            lambda cfg: (
+                "betas" in cfg.optimizer
+                and len(cfg.optimizer.betas) != 2
+                and f"optimizer.betas={list(cfg.optimizer.betas)} must be two numbers, the first and second "
+                "moments' decay."
+            ),
+            ("optimizer=adam", "optimizer.betas=[0.9]"),
         ),
-        ("baselines=[]",),
-    ),
-    one_of("baselines.numpy.dtype", ["float32", "float64"]),
-    rule(
-        "baselines.numpy",
-        _numpy,
-        ("scheduler=cosine",),
-        ("model.dropout=0.5",),
-        ("optimizer=adam", "+optimizer.amsgrad=true"),
-        ("optimizer._target_=torch.optim.RMSprop",),
-    ),
-)
+        # scheduler
+        one_of("scheduler.name", SCHEDULERS),
+        between("scheduler.min_lr", 0),
+        between("scheduler.step_size", 1),
+        between("scheduler.gamma", 0, above=True),
+        between("scheduler.pct_start", 0, 1, above=True, below=True),
+        # trainer
+        one_of("trainer.accelerator", ["auto", "cpu", "gpu", "cuda", "mps"]),
+        rule("trainer.devices", _devices, ("trainer.devices=0",), ("trainer.devices=many",)),
+        between("trainer.num_nodes", 1),
+        between("trainer.max_epochs", 1),
+        one_of(
+            "trainer.precision", ["32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "32", "64"]
+        ),
+        between("trainer.gradient_clip_val", 0),
+        one_of("trainer.gradient_clip_algorithm", ["norm", "value"]),
+        _limit("trainer.limit_train_batches"),
+        _limit("trainer.limit_val_batches"),
+        _limit("trainer.limit_test_batches"),
+        between("trainer.num_sanity_val_steps", -1),
+        # compare (scripts/compare.py)
+        rule(
+            "baselines",
+            lambda cfg: (
+                "baselines" in cfg
+                and not cfg.baselines
+                and "baselines is empty: name some, e.g. baselines=[numpy,centroid,logistic]."
+            ),
+            ("baselines=[]",),
+        ),
+        one_of("baselines.numpy.dtype", ["float32", "float64"]),
+        rule(
+            "baselines.numpy",
+            _numpy,
+            ("scheduler=cosine",),
+            ("model.dropout=0.5",),
+            ("optimizer=adam", "+optimizer.amsgrad=true"),
+            ("optimizer._target_=torch.optim.RMSprop",),
+        ),
+    )
+
 
 # Keys that no type or rule above can judge: paths, and class paths that only building can check. Each has
 # a value that must fail, and where it is checked.
@@ -683,9 +706,10 @@ EXPORT_RULES: tuple[Rule, ...] = (
 )
 
 
-def check(cfg: DictConfig, rules: tuple[Rule, ...] = RULES) -> None:
-    """Raise one ConfigError listing every rule `cfg` breaks; called before anything is read or written."""
-    problems = [problem for problem in (r.broken(cfg) for r in rules) if problem]
+def check(cfg: DictConfig, rules: tuple[Rule, ...] | None = None) -> None:
+    """Raise one ConfigError listing every rule `cfg` breaks (RULES by default); called before anything is read or
+    written."""
+    problems = [problem for problem in (r.broken(cfg) for r in (_train_rules() if rules is None else rules)) if problem]
     if problems:
         raise ConfigError(" ".join(dict.fromkeys(problems)))  # each said once, in the table's order
 
@@ -710,3 +734,10 @@ def parse_arguments(
         )
     check(cfg, rules)
     return cfg  # type: ignore[return-value]
+
+
+def __getattr__(name: str) -> Any:
+    """RULES, made on first use (the registries it lists import torch)."""
+    if name == "RULES":
+        return _train_rules()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,8 @@
-"""MNIST: the checked files on disk, the official split, and mini-batches for training."""
+"""MNIST for training: the official split, and mini-batches (the files themselves: mlptrain.mnist)."""
 
 import functools
-import gzip
-import hashlib
 import itertools
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -15,113 +12,12 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
-from torchvision import datasets, transforms
 
-from mlptrain.errors import DataError
+from mlptrain.mnist import EMBEDDED_DIR, N_TRAIN_FILE, SHA256, prepare_mnist, read_split, to_inputs
 
 log = logging.getLogger(__name__)
 
-# SHA-256 of each decompressed original file: the .gz bytes may differ (recompression), the content may not.
-SHA256 = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
-# The copy carried in this repository (data/MNIST/raw/*.gz), used when data.dir is null.
-EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "data"
-# Pixel mean and standard deviation over the 60,000 training images, on the [0, 1] scale.
-MEAN, STD = 0.1307, 0.3081
-N_TRAIN_FILE = 60_000
-N_TEST_FILE = 10_000
 LOADERS = ("tensor", "dataloader")
-NORMALIZATIONS = ("unit", "standard")
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _fix_hint(raw: Path) -> str:
-    return (
-        f"Copy the four original MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-        f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into {raw}, or leave data.dir unset "
-        f"(null) to use the copy embedded in this repository, or set data.download=true to fetch "
-        f"them with torchvision."
-    )
-
-
-def prepare_mnist(root: Path, download: bool = False) -> Path:
-    """Make `root/MNIST/raw` hold the four decompressed MNIST files, each verified by SHA-256.
-
-    That is where torchvision's `MNIST(root)` reads them. A missing decompressed file is made from
-    the `.gz` beside it; with neither present, torchvision downloads them if `download` allows.
-    Returns the raw folder.
-    """
-    raw = root / "MNIST" / "raw"
-    missing = [name for name in SHA256 if not (raw / name).exists() and not (raw / f"{name}.gz").exists()]
-    if missing and download:
-        log.info("Downloading MNIST into %s with torchvision", raw)
-        try:
-            for train in (True, False):
-                datasets.MNIST(root, train=train, download=True)
-        except Exception as error:
-            raise DataError(
-                f"Downloading MNIST into {raw} failed ({error}). Check the network, or " + _fix_hint(raw)
-            ) from error
-    elif missing:
-        raise DataError(
-            f"The MNIST file {raw / missing[0]}(.gz) is missing and data.download is false. " + _fix_hint(raw)
-        )
-    for name, expected in SHA256.items():
-        _verify_or_unpack(raw, name, expected)
-    return raw
-
-
-# Files this process has verified, with their (size, modification time) then: the runs of a sweep job by job (one
-# process) each prepare the data, and hashing MNIST's 55 MB takes 0.2 s a time.
-_VERIFIED: dict[Path, tuple[int, int]] = {}
-
-
-def _verify_or_unpack(raw: Path, name: str, expected: str) -> None:
-    path, packed = raw / name, raw / f"{name}.gz"
-    if path.exists():
-        stat = path.stat()
-        if _VERIFIED.get(path) == (stat.st_size, stat.st_mtime_ns):
-            return
-        if _sha256(path.read_bytes()) == expected:
-            _VERIFIED[path] = (stat.st_size, stat.st_mtime_ns)
-            return
-        if not packed.exists():
-            raise DataError(
-                f"{path} does not match the SHA-256 of the original MNIST file (expected "
-                f"{expected}): it is corrupt or not MNIST. Delete it; then " + _fix_hint(raw)
-            )
-        log.warning("%s does not match its checksum; unpacking it again from %s", path, packed.name)
-    try:
-        content = gzip.decompress(packed.read_bytes())
-    except (OSError, EOFError) as error:
-        raise DataError(
-            f"{packed} is not a readable gzip file ({error}): it is truncated or corrupt. "
-            "Delete it; then " + _fix_hint(raw)
-        ) from error
-    actual = _sha256(content)
-    if actual != expected:
-        raise DataError(
-            f"{packed} decompresses to content whose SHA-256 is {actual}, not the original MNIST "
-            f"file's {expected}: it is corrupt or not MNIST. Delete it; then " + _fix_hint(raw)
-        )
-    # Write beside and rename, so a run interrupted here, or a second run unpacking at the same
-    # time, never leaves a half-written file that torchvision would read.
-    partial = raw / f"{name}.{os.getpid()}.tmp"
-    partial.write_bytes(content)
-    os.replace(partial, path)
-
-
-def to_inputs(images: torch.Tensor, normalize: str) -> torch.Tensor:
-    """MNIST images (N, 28, 28) uint8, on any device -> the network's inputs (N, 784) float32."""
-    x = images.flatten(1).float().div_(255)
-    return x.sub_(MEAN).div_(STD) if normalize == "standard" else x
 
 
 def _sample_inputs(image: torch.Tensor, normalize: str) -> torch.Tensor:
@@ -305,16 +201,16 @@ def _split_inputs(
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
     """The splits as the network's inputs on `device`, made once and shared (read only) by every data module of
     this process that asks for the same: the runs of a sweep job by job (one process) read MNIST once."""
-    full = datasets.MNIST(root, train=True)
-    test = datasets.MNIST(root, train=False)
+    full_images, full_labels = read_split(root, train=True)
+    test_images, test_labels = read_split(root, train=False)
     train, val = split_indices(split_seed, val_size, train_size)
     indices = {"train": train, "val": val}
     inputs = {
-        split: (to_inputs(full.data[index].to(device), normalize), full.targets[index].to(device))
+        split: (to_inputs(full_images[index].to(device), normalize), full_labels[index].to(device))
         for split, index in indices.items()
     }
-    inputs["test"] = (to_inputs(test.data.to(device), normalize), test.targets.to(device))
-    return inputs, (test.data, test.targets)
+    inputs["test"] = (to_inputs(test_images.to(device), normalize), test_labels.to(device))
+    return inputs, (test_images, test_labels)
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -371,6 +267,8 @@ class MNISTDataModule(L.LightningDataModule):
             prepare_mnist(self.root, self.download)  # setup() called on its own, without prepare_data()
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
         if self.loader == "dataloader":
+            from torchvision import datasets, transforms  # this loader's alone
+
             # Per sample, the same function as the tensor path: PIL image -> (784,) inputs.
             transform = transforms.Compose(
                 [transforms.PILToTensor(), transforms.Lambda(partial(_sample_inputs, normalize=self.normalize))]

@@ -21,9 +21,9 @@ from hydra.utils import get_class
 from torch import nn
 
 from mlptrain.activations import HIDDEN_ACTIVATIONS, Logistic, Maxout, Step
-from mlptrain.data import MEAN, STD
 from mlptrain.errors import ConfigError
-from mlptrain.system import MLPSystem
+from mlptrain.mnist import MEAN, STD
+from mlptrain.predict import Trained, probabilities
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def examples_to_show(labels: np.ndarray, probs: np.ndarray, count: int) -> list[
 
 
 def page_spec(
-    system: MLPSystem,
+    trained: Trained,
     config: dict[str, Any],
     images: np.ndarray,
     labels: np.ndarray,
@@ -109,13 +109,13 @@ def page_spec(
 
     `images` (N, 28, 28) uint8 and `labels` (N,) are the test set, `probs` (N, 10) the model's probabilities
     on them (for the test accuracy and the mistakes)."""
-    model, hparams = system.model, system.hparams
+    model, hparams = trained.model, trained.hparams
     activation = mirror(model.activations[0]) if len(model.activations) else {"name": "identity"}
     dtype = "float64" if model.layers[0].weight.dtype == torch.float64 else "float32"
     normalize = config.get("data", {}).get("normalize", "standard")
-    loss = {k: v for k, v in dict(hparams.loss).items() if v is not None}
+    loss = {k: v for k, v in dict(hparams["loss"]).items() if v is not None}
     hidden = [layer.out_features // activation.get("pieces", 1) for layer in model.layers[:-1]]
-    described = hparams.model.get("activation")
+    described = hparams["model"].get("activation")
     return {
         "dtype": dtype,
         "layers": [
@@ -128,7 +128,7 @@ def page_spec(
             for layer in model.layers
         ],
         "activation": activation,
-        "output_activation": hparams.model.get("output_activation", "none"),
+        "output_activation": hparams["model"].get("output_activation", "none"),
         "normalize": {"mean": MEAN, "std": STD} if normalize == "standard" else None,
         "model": {
             "widths": [784, *hidden, 10],
@@ -148,7 +148,7 @@ def page_spec(
 
 
 def write_page(
-    system: MLPSystem,
+    trained: Trained,
     config: dict[str, Any],
     folder: Path,
     images: np.ndarray,
@@ -158,7 +158,7 @@ def write_page(
     source: str = "",
 ) -> Path:
     """folder/index.html: the page, with everything it needs inside (it opens from disk, offline)."""
-    spec = page_spec(system, config, images, labels, probs, examples, source)
+    spec = page_spec(trained, config, images, labels, probs, examples, source)
     template = resources.files("mlptrain").joinpath(PAGE_TEMPLATE).read_text(encoding="utf-8")
     # JSON inside a <script>: "</" would end the script early.
     text = template.replace("/*SPEC*/null", json.dumps(spec, separators=(",", ":")).replace("</", "<\\/"), 1)
@@ -185,20 +185,21 @@ class Classifier(nn.Module):
     """What model.onnx computes: MNIST pixels (N, 28, 28), 0 to 255, -> the network's output (N, 10) and a
     probability per digit (N, 10), normalised as the model was trained."""
 
-    def __init__(self, system: MLPSystem, normalize: str) -> None:
+    def __init__(self, trained: Trained, normalize: str) -> None:
         super().__init__()
-        self.system = system
+        self.model = trained.model
+        self.output_activation = trained.hparams["model"].get("output_activation", "none")
         self.standard = normalize == "standard"
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = pixels.flatten(1) / 255.0
         if self.standard:
             x = (x - MEAN) / STD
-        output = self.system.model(x)
-        return output, self.system.probabilities(output)
+        output = self.model(x)
+        return output, probabilities(output, self.output_activation)
 
 
-def write_onnx(system: MLPSystem, normalize: str, path: Path, images: np.ndarray) -> tuple[float, float]:
+def write_onnx(trained: Trained, normalize: str, path: Path, images: np.ndarray) -> tuple[float, float]:
     """path: the model as ONNX (float32, any batch size), checked with onnxruntime on `images` (N, 28, 28) uint8.
 
     Returns the largest difference between onnxruntime's probabilities and the model's, and onnxruntime's
@@ -209,7 +210,7 @@ def write_onnx(system: MLPSystem, normalize: str, path: Path, images: np.ndarray
         raise ConfigError(
             f'format=onnx needs onnx, onnxscript and onnxruntime ({error}): pip install -e ".[export]".'
         ) from None
-    classifier = Classifier(system, normalize).float().eval()
+    classifier = Classifier(trained, normalize).float().eval()
     pixels = torch.from_numpy(images).float()
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(

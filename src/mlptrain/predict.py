@@ -1,17 +1,72 @@
-"""Classify a digit with a trained checkpoint: a user's own image, or one of the test set."""
+"""Inference from a trained checkpoint, without the LightningModule that trained it: the plain `model.MLP` and
+the checkpoint's state (`Trained`, `load_trained`). Classifies a user's own image or one of the test set, and
+draws what the network does with it. Imports neither Lightning nor torchvision."""
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from torchvision import datasets
 
-from mlptrain.anatomy import nudges
-from mlptrain.data import EMBEDDED_DIR, to_inputs
 from mlptrain.errors import ConfigError
-from mlptrain.report import network_example
-from mlptrain.system import MLPSystem
+from mlptrain.losses import make_loss
+from mlptrain.mnist import EMBEDDED_DIR, read_split, to_inputs
+from mlptrain.model import MLP
+from mlptrain.rundir import read_checkpoint, unloadable
+
+
+def probabilities(output: torch.Tensor, output_activation: str) -> torch.Tensor:
+    """Outputs as probabilities: softmax of logits; softmax outputs as they are; sigmoid outputs normalised."""
+    if output_activation == "none":
+        return output.softmax(-1)
+    return output / output.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+@dataclass
+class Trained:
+    """A trained network as inference needs it: the plain MLP, its cost, and the hyperparameters its checkpoint
+    holds (`model`, `loss`, `optimizer`, ...: MLPSystem's arguments), with the run's config."""
+
+    model: MLP
+    loss_fn: Any  # losses.make_loss's: (output, labels) -> the mini-batch's cost
+    hparams: dict[str, Any]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.layers[0].weight.device
+
+    def probabilities(self, output: torch.Tensor) -> torch.Tensor:
+        return probabilities(output, self.hparams["model"].get("output_activation", "none"))
+
+    @torch.no_grad()
+    def probabilities_of(self, images: torch.Tensor, normalize: str, batch_size: int = 1000) -> torch.Tensor:
+        """Images (N, 28, 28) uint8, as on file -> a probability per digit (N, 10), in eval mode. Inputs are
+        made by mnist.to_inputs, as in training (`normalize` as the model was trained)."""
+        was_training = self.model.training
+        self.model.eval()
+        dtype = self.model.layers[0].weight.dtype
+        inputs = to_inputs(images.to(self.device), normalize)
+        probs = torch.cat([self.probabilities(self.model(x.to(dtype))) for x in inputs.split(batch_size)])
+        self.model.train(was_training)
+        return probs
+
+
+def load_trained(path: str | Path) -> Trained:
+    """A checkpoint written by train.py, on the CPU: read once with rundir.read_checkpoint (no code in the file
+    runs); CheckpointError if it is not one, or holds a network this version cannot build."""
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint["hyper_parameters"]
+    try:
+        model = MLP(**hparams["model"])
+        weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        model.load_state_dict(weights)
+        loss_fn = make_loss(**hparams["loss"])
+    except Exception as error:  # hyperparameters or weights this version cannot build: all the same to the user
+        raise unloadable(path, f"{type(error).__name__}: {error}") from error
+    return Trained(model.eval(), loss_fn, dict(hparams), checkpoint.get("config", {}))
+
 
 # How MNIST's digits were made (LeCun et al.): each digit's bounding box scaled to fit a 20×20 box, keeping
 # its aspect ratio, then placed in the 28×28 field with its centre of mass at the centre.
@@ -22,6 +77,8 @@ INK = 0.1  # a pixel belongs to the digit's bounding box where its ink is above 
 def image_pixels(path: str | Path) -> np.ndarray:
     """A picture of one digit as MNIST shows digits: (28, 28) uint8, light strokes on a dark background,
     prepared by digit_pixels."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         image = Image.open(path).convert("L")
     except (OSError, UnidentifiedImageError) as error:
@@ -76,8 +133,7 @@ def _area_weights(n_out: int, n_in: int) -> np.ndarray:
 def test_set(data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The MNIST test set as on file: images (10000, 28, 28) uint8 and labels (10000,), from `data_dir` (a run's
     data.dir) or the embedded copy."""
-    test = datasets.MNIST(Path(data_dir) if data_dir else EMBEDDED_DIR, train=False)
-    return test.data, test.targets
+    return read_split(Path(data_dir) if data_dir else EMBEDDED_DIR, train=False)
 
 
 def test_image(index: int, data_dir: str | None = None) -> tuple[np.ndarray, int]:
@@ -86,21 +142,41 @@ def test_image(index: int, data_dir: str | None = None) -> tuple[np.ndarray, int
     return images[index].numpy(), int(labels[index])
 
 
-def probabilities(system: MLPSystem, pixels: np.ndarray, normalize: str = "standard") -> np.ndarray:
+def digit_probabilities(trained: Trained, pixels: np.ndarray, normalize: str = "standard") -> np.ndarray:
     """(10,) probability per digit for (28, 28) uint8 pixels, normalised as the model was trained."""
-    return system.probabilities_of(torch.from_numpy(pixels)[None], normalize)[0].float().numpy()
+    return trained.probabilities_of(torch.from_numpy(pixels)[None], normalize)[0].float().numpy()
 
 
-def draw_network(system: MLPSystem, pixels: np.ndarray, normalize: str, name: str, path: Path) -> None:
+def network_example(trained: Trained, image: np.ndarray, normalize: str, title: str) -> dict[str, Any]:
+    """What plots.plot_network draws for one image (28, 28) uint8: its activations, the weights between
+    layers and each digit's probability, as the model was trained (its input normalisation)."""
+    from mlptrain.anatomy import layer_activations
+
+    pixels = torch.as_tensor(np.asarray(image))
+    probs = trained.probabilities_of(pixels[None], normalize)[0]
+    x = to_inputs(pixels[None].to(trained.device), normalize)[0]
+    activations, weights = layer_activations(trained.model, x)
+    answer = int(probs.argmax())
+    return {
+        "activations": [a.float().cpu().numpy() for a in activations],
+        "weights": [w.detach().float().cpu().numpy() for w in weights],
+        "probs": probs.float().cpu().numpy(),
+        "image": np.asarray(image),
+        "title": f"{title}: answered {answer} ({100 * float(probs[answer]):.1f}%)",
+    }
+
+
+def draw_network(trained: Trained, pixels: np.ndarray, normalize: str, name: str, path: Path) -> None:
     """network.png for one image (28, 28) uint8: its activations layer by layer."""
     from mlptrain import plots
 
-    plots.plot_network([network_example(system, pixels, normalize, name)], path)
+    plots.plot_network([network_example(trained, pixels, normalize, name)], path)
 
 
-def draw_nudges(system: MLPSystem, pixels: np.ndarray, label: int, normalize: str, path: Path) -> None:
+def draw_nudges(trained: Trained, pixels: np.ndarray, label: int, normalize: str, path: Path) -> None:
     """nudges.png for one image (28, 28) uint8 of digit `label`: its cost's gradient, by autograd."""
     from mlptrain import plots
+    from mlptrain.anatomy import nudges
 
-    x = to_inputs(torch.from_numpy(pixels)[None].to(system.device), normalize)[0]
-    plots.plot_nudges(nudges(system.model, system.loss_fn, x, label), pixels, label, path)
+    x = to_inputs(torch.from_numpy(pixels)[None].to(trained.device), normalize)[0]
+    plots.plot_nudges(nudges(trained.model, trained.loss_fn, x, label), pixels, label, path)

@@ -1,16 +1,21 @@
 """report.md: a finished run's figures and pictures on one page (mlptrain.plots draws the pictures)."""
 
+from __future__ import annotations
+
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from mlptrain.anatomy import grid_around, layer_activations, loss_surface, pca_directions, random_directions
-from mlptrain.data import MNISTDataModule, to_inputs
-from mlptrain.system import MLPSystem
+from mlptrain.anatomy import grid_around, loss_surface, pca_directions, random_directions
+from mlptrain.predict import Trained, network_example
+
+if TYPE_CHECKING:  # a training run's: report.md is written as training ends
+    from mlptrain.data import MNISTDataModule
+    from mlptrain.system import MLPSystem
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +49,9 @@ def write_run_report(
     """
     from mlptrain import plots  # matplotlib is imported only when pictures are drawn
 
+    trained = Trained(system.model, system.loss_fn, dict(system.hparams))
     images, labels = data.test_pixels()
-    probs = system.probabilities_of(images, data.normalize, data.eval_batch_size).float().cpu().numpy()
+    probs = trained.probabilities_of(images, data.normalize, data.eval_batch_size).float().cpu().numpy()
     labels, images = labels.numpy(), images.numpy()
     written = []
     if plots.plot_curves(run_dir / "metrics.csv", run_dir / "curves.png"):
@@ -61,7 +67,7 @@ def write_run_report(
     written += ["confusion.png", "confusion.csv", "weights.png", "mistakes.png"]
     if settings["network_images"]:
         examples = [
-            network_example(system, images[i], data.normalize, f"test image #{i}, a {labels[i]}")
+            network_example(trained, images[i], data.normalize, f"test image #{i}, a {labels[i]}")
             for i in range(settings["network_images"])
         ]
         plots.plot_network(examples, run_dir / "network.png")
@@ -75,28 +81,11 @@ def write_run_report(
     if settings["page"]:
         from mlptrain.page import write_page
 
-        write_page(system, config, run_dir / "page", images, labels, probs, source=f"run {run_dir}")
+        write_page(trained, config, run_dir / "page", images, labels, probs, source=f"run {run_dir}")
         written.append("page/index.html")
     written.append("report.md")
     _write_page(run_dir, summary, config, written)
     return written
-
-
-def network_example(system: MLPSystem, image: np.ndarray, normalize: str, title: str) -> dict[str, Any]:
-    """What plots.plot_network draws for one image (28, 28) uint8: its activations, the weights between
-    layers and each digit's probability, as the model was trained (its input normalisation)."""
-    pixels = torch.as_tensor(np.asarray(image))
-    probs = system.probabilities_of(pixels[None], normalize)[0]
-    x = to_inputs(pixels[None].to(system.device), normalize)[0]
-    activations, weights = layer_activations(system.model, x)
-    answer = int(probs.argmax())
-    return {
-        "activations": [a.float().cpu().numpy() for a in activations],
-        "weights": [w.detach().float().cpu().numpy() for w in weights],
-        "probs": probs.float().cpu().numpy(),
-        "image": np.asarray(image),
-        "title": f"{title}: answered {answer} ({100 * float(probs[answer]):.1f}%)",
-    }
 
 
 def draw_landscape(system: MLPSystem, data: MNISTDataModule, trajectory: torch.Tensor, how: str, file: Path) -> None:

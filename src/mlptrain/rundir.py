@@ -1,5 +1,7 @@
 """A run's directory: who holds it (run.lock), what it resumes from, and every file it writes, durably
-(checkpoints through Lightning's CheckpointIO, metrics.csv from the history the checkpoints hold, summary.json).
+(checkpoints through callbacks.DurableCheckpointIO, metrics.csv from the history the checkpoints hold,
+summary.json). Imports neither torch nor Lightning until a function needs them: the launchers read run statuses
+here when Hydra discovers them, `--help` included.
 
 A file that matters is never written in place: it goes to a temporary file in the same directory, which is
 flushed and fsynced, then moved over the old one with os.replace, and then the directory is fsynced. A kill or
@@ -20,14 +22,12 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
-
-import lightning as L
-import torch
-from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
+from typing import IO, TYPE_CHECKING, Any
 
 from mlptrain.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    import lightning as L
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ def library_versions() -> dict[str, str]:
 
 @functools.cache  # reading the packages' metadata takes ~15 ms, and every checkpoint of every run records them
 def _versions() -> dict[str, str]:
+    import torch
+
     versions = {"python": platform.python_version(), "cuda": str(torch.version.cuda)}
     for package in ("mlptrain", "torch", "lightning", "torchmetrics", "torchvision", "hydra-core", "numpy"):
         try:
@@ -101,7 +103,7 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def summarize(
-    summary: dict[str, Any], start: float, trainer: L.Trainer, checkpoints: Any, **fields: Any
+    summary: dict[str, Any], start: float, trainer: "L.Trainer", checkpoints: Any, **fields: Any
 ) -> dict[str, Any]:
     """summary.json's content, completed from the trainer; `checkpoints`: the run's callbacks.Checkpoints."""
     best = checkpoints.best.best_model_score
@@ -117,8 +119,15 @@ def summarize(
     return summary
 
 
+def _rank_zero() -> bool:
+    """Whether this is the run's first process (or its only one): it writes the run's records."""
+    from lightning.pytorch.utilities import rank_zero_only  # records are written while training: Lightning is loaded
+
+    return rank_zero_only.rank == 0
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    if rank_zero_only.rank == 0:  # one summary per run, whatever the number of processes
+    if _rank_zero():  # one summary per run, whatever the number of processes
         write_text_durably(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
@@ -152,7 +161,7 @@ def completed_summary(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] |
 def write_metrics(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
     """metrics.csv, one row per epoch's training, per validation and for the test, from the run's history
     (MLPSystem.history, which every checkpoint holds): a resumed run writes what one that ran through writes."""
-    if rank_zero_only.rank == 0:
+    if _rank_zero():
         columns = sorted(dict.fromkeys(key for row in rows for key in row), key=_column_order)
         write_csv(run_dir / "metrics.csv", [{column: row.get(column) for column in columns} for row in rows])
 
@@ -167,6 +176,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint's contents, loaded without running code: torch.load(weights_only=True) admits tensors and
     plain containers, all that mlptrain's checkpoints hold. Raises CheckpointError (one paragraph) for anything
     else: a missing, truncated or damaged file, another program's file, or a pickle that would run code."""
+    import torch
+
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # each of the cases above raises something else: all the same to the user
@@ -194,28 +205,6 @@ def unloadable(path: str | Path, reason: str, loads: bool = False) -> Checkpoint
         "outputs/<date>/<time>/checkpoints/best.ckpt.",
         reason,
     )
-
-
-class DurableCheckpointIO(CheckpointIO):
-    """Lightning's extension point for checkpoint files: every checkpoint is written durably (above), so a
-    checkpoint is replaced only once its successor is committed, and read with read_checkpoint (no code runs).
-    After each checkpoint the run's metrics.csv is rewritten from the history that checkpoint holds."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_durably(path, lambda file: torch.save(checkpoint, file))
-        if "history" in checkpoint:
-            write_metrics(self.run_dir, checkpoint["history"])
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return read_checkpoint(path)
-
-    def remove_checkpoint(self, path: Any) -> None:
-        Path(path).unlink(missing_ok=True)
 
 
 def _progress(checkpoint: dict[str, Any]) -> tuple[int, int]:

@@ -14,15 +14,15 @@ from torch.optim import Optimizer
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mlptrain.data import Chunk, to_inputs
+from mlptrain.data import Chunk
 from mlptrain.errors import ConfigError, NonFiniteLossError
 from mlptrain.losses import make_loss
 from mlptrain.model import MLP
+from mlptrain.predict import probabilities
 from mlptrain.rundir import read_checkpoint, unloadable
 from mlptrain.step import Clip, Engine
 from mlptrain.step import Path as TrainingPath
 
-SCHEDULERS = ("none", "cosine", "step", "onecycle")
 STAGES = ("train", "val", "test")
 
 log = logging.getLogger(__name__)
@@ -328,24 +328,8 @@ class MLPSystem(L.LightningModule):
         output = self.model(x.to(self.dtype))
         return output, self.probabilities(output)
 
-    @torch.no_grad()
-    def probabilities_of(self, images: torch.Tensor, normalize: str, batch_size: int = 1000) -> torch.Tensor:
-        """Inference: images (N, 28, 28) uint8, as on file -> a probability per digit (N, 10), in eval mode.
-
-        Inputs are made by data.to_inputs, as in training (`normalize` as the model was trained)."""
-        was_training = self.training
-        self.eval()
-        inputs = to_inputs(images.to(self.device), normalize)
-        probs = torch.cat([self._infer(x)[1] for x in inputs.split(batch_size)])
-        self.train(was_training)
-        return probs
-
     def probabilities(self, output: torch.Tensor) -> torch.Tensor:
-        """Outputs as probabilities: softmax of logits; softmax outputs as they are; sigmoid outputs normalised."""
-        activation = self.hparams.model.get("output_activation", "none")
-        if activation == "none":
-            return output.softmax(-1)
-        return output / output.sum(-1, keepdim=True).clamp_min(1e-12)
+        return probabilities(output, self.hparams.model.get("output_activation", "none"))
 
     @property
     def scheduler_interval(self) -> str | None:

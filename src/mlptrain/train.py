@@ -22,13 +22,12 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain.callbacks import CheckpointOnStop, Checkpoints, RecordRun, WeightTrajectory
+from mlptrain.callbacks import CheckpointOnStop, Checkpoints, DurableCheckpointIO, RecordRun, WeightTrajectory
 from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunDirError, RunInterrupted
 from mlptrain.report import write_run_report
 from mlptrain.rundir import (
-    DurableCheckpointIO,
     RunLock,
     completed_summary,
     library_versions,
