@@ -430,6 +430,18 @@ def one_member_table(runs: int) -> list[dict[str, Any]]:
     return rows
 
 
+# Starts a command and reports its wall time, exit status and peak memory. The command is this small process's
+# child, not the benchmark's: Linux keeps the high-water mark of the memory a process had before exec() in its
+# ru_maxrss, and a child forked from the benchmark (torch and Lightning loaded) would report at least that.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+started = time.perf_counter()
+process = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(process.pid, 0)
+print(json.dumps([time.perf_counter() - started, os.waitstatus_to_exitcode(status), usage.ru_maxrss]))
+"""
+
+
 def timed_process(command: list[str], cache: str | None = None, exit_status: int = 0) -> tuple[float, float]:
     """Run `command` from the repository root; (seconds from start to exit, peak resident memory in MiB).
     cache: torch.compile's cache directory for it (TORCHINDUCTOR_CACHE_DIR), else the usual one. Its stderr
@@ -437,14 +449,17 @@ def timed_process(command: list[str], cache: str | None = None, exit_status: int
     unless it exits with `exit_status`."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache} if cache is not None else None
     with tempfile.TemporaryFile() as stderr:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        if os.waitstatus_to_exitcode(status) != exit_status:
+        launched = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, *command], cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, env=env
+        )
+        if launched.returncode != 0:
+            stderr.seek(0)
+            raise RuntimeError(f"the launcher of {' '.join(command)} failed: {stderr.read().decode()[-2000:]}")
+        seconds, status, max_rss_kib = json.loads(launched.stdout)
+        if status != exit_status:
             stderr.seek(0)
             raise RuntimeError(f"{' '.join(command)} failed: {stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024  # KiB on Linux -> MiB
+    return seconds, max_rss_kib / 1024  # KiB on Linux -> MiB
 
 
 def end_to_end(runs: int, epochs: int) -> list[dict[str, Any]]:

@@ -188,3 +188,20 @@ def test_predict_errors_are_one_line(run: Path, tmp_path: Path, capsys: pytest.C
 def test_predict_error_from_the_shell(tmp_path: Path) -> None:
     done = _script("scripts/predict.py", "index=3")
     assert done.returncode == 1 and done.stderr.startswith("error: Give ckpt_path=") and done.stdout == ""
+
+
+def test_the_weight_tiles_are_each_units_weights_on_its_own_scale() -> None:
+    """weights.png is one image of tiles: tile i (row i // 8, column i % 8) is unit i's 784 weights divided by
+    their largest magnitude, so that each unit's own extremes are full red and full blue; its title names it."""
+    from mlptrain.plots import weights_figure
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(12, 784)) * np.arange(1, 13)[:, None]  # units of very different scales
+    bounds = np.abs(weights).max(1)
+    figure = weights_figure(weights, tiles=12)
+    mosaic = np.asarray(figure.axes[0].images[0].get_array().filled(np.nan))
+    for unit in range(12):
+        top, left = 9 + (unit // 8) * 37, (unit % 8) * 32
+        np.testing.assert_allclose(mosaic[top : top + 28, left : left + 28].ravel(), weights[unit] / bounds[unit])
+    assert np.isnan(mosaic[:9]).all() and np.isnan(mosaic[:, 28:32]).all()  # the gaps and title rows stay white
+    assert [text.get_text() for text in figure.axes[0].texts] == [f"unit {i}" for i in range(12)]
