@@ -168,7 +168,8 @@ def eager_run(cfg: DictConfig, epochs: int, device: torch.device) -> tuple[list[
     plain = OmegaConf.to_container(cfg, resolve=True)
     L.seed_everything(cfg.seed, verbose=False)
     model = MLP(**plain["model"]).to(device)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    settings = {key: value for key, value in plain["optimizer"].items() if key != "implementation"}
+    optimizer = instantiate(settings)(model.parameters())  # torch.optim's default implementation: a bare loop's
     loss_fn = make_loss(**plain["loss"])
     data = _tensor_data(cfg, device)
     batches: TensorBatches = data.train_dataloader()  # type: ignore[assignment]

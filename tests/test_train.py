@@ -379,6 +379,34 @@ def test_every_path_makes_the_plain_paths_updates(
     assert not [r for r in caplog.records if "torch.compile failed" in r.getMessage()]  # it did compile
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["sgd-nesterov-decay", "adam"])
+def test_every_implementation_makes_the_same_updates_in_lightnings_loop_and_several_a_step(
+    make_cfg: MakeCfg, optimizer: str
+) -> None:
+    """optimizer.implementation (single, foreach, fused; auto is fused here) in Lightning's loop and K a step, float64:
+    the same weights and optimizer state to 1e-10, and what the optimizer was built with is what was asked."""
+    runs = {}
+    for implementation in ("single", "foreach", "fused", "auto"):
+        for path in (["steps_per_call=1"], ["steps_per_call=7"]):
+            chosen = f"optimizer.implementation={implementation}"
+            cfg = make_cfg(*OPTIMIZERS[optimizer], "scheduler=cosine", *FLOAT64_SHORT, *path, "compile=false", chosen,
+                           run=f"{implementation}-{path[0][-1]}")  # fmt: skip
+            train(cfg)
+            runs[cfg.output_dir] = weights(summary(cfg)["checkpoints"]["last"]), _optimizer_state(cfg)
+            built = torch.load(summary(cfg)["checkpoints"]["last"], weights_only=True)["optimizer_states"][0]
+            group = built["param_groups"][0]
+            expected = {"single": (False, None), "foreach": (True, None)}.get(implementation, (None, True))
+            assert (group["foreach"], group["fused"]) == expected, (implementation, group["foreach"], group["fused"])
+    (first_weights, first_state), *others = runs.values()
+    for other_weights, other_state in others:
+        for key in first_weights:
+            assert torch.allclose(first_weights[key], other_weights[key], rtol=1e-10, atol=1e-10), key
+        for index, state in first_state.items():
+            for key, value in state.items():
+                assert torch.allclose(value, other_state[index][key].to(value.dtype), rtol=1e-10, atol=1e-10), key
+
+
 @pytest.mark.parametrize(
     ("overrides", "path"),
     [

@@ -79,6 +79,7 @@ class OptimizerConfig:
     _partial_: bool = MISSING
     lr: float = MISSING
     weight_decay: float = MISSING
+    implementation: str = MISSING
 
 
 @dataclass
@@ -402,7 +403,8 @@ def _numpy(cfg: DictConfig) -> str | None:
         return None
     model, optimizer = _get(cfg, "model"), _get(cfg, "optimizer")
     target = optimizer.get("_target_")
-    unmirrored = sorted(set(optimizer) - NUMPY_OPTIMIZERS.get(target, set()) - {"_target_", "_partial_"})
+    how = {"_target_", "_partial_", "implementation"}  # not the maths: which class, and torch's implementation of it
+    unmirrored = sorted(set(optimizer) - NUMPY_OPTIMIZERS.get(target, set()) - how)
     problems = [
         cfg.scheduler.name != "none"
         and f"it trains at a constant learning rate but scheduler={cfg.scheduler.name}: add scheduler=none",
@@ -459,7 +461,7 @@ def _train_rules() -> tuple[Rule, ...]:
     from mlptrain.losses import LOSSES, MSE_REDUCTIONS
     from mlptrain.model import INITS
     from mlptrain.page import mirrored_targets, mirrors
-    from mlptrain.step import optimizer_class
+    from mlptrain.step import IMPLEMENTATIONS, MIXED_PRECISION, optimizer_class
 
     return (
         between("seed", 0, SEED_MAX),
@@ -574,6 +576,18 @@ def _train_rules() -> tuple[Rule, ...]:
             ("optimizer._target_=no_such_module.SGD",),
         ),
         between("optimizer.lr", 0, above=True),
+        one_of("optimizer.implementation", IMPLEMENTATIONS),
+        rule(
+            "optimizer.implementation",
+            lambda cfg: (
+                cfg.optimizer.implementation == "fused"
+                and str(cfg.trainer.precision) in MIXED_PRECISION
+                and f"optimizer.implementation=fused with trainer.precision={cfg.trainer.precision}: a fused "
+                "optimizer unscales mixed precision's gradients itself, so Lightning cannot clip them. Use "
+                "optimizer.implementation=auto (it picks fused only where it can be), foreach or single."
+            ),
+            ("optimizer.implementation=fused", "trainer.precision=16-mixed"),
+        ),
         between("optimizer.weight_decay", 0),
         between("optimizer.momentum", 0),
         rule(

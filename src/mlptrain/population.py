@@ -31,7 +31,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
@@ -58,7 +57,7 @@ from mlptrain.rundir import (
     yaml_text,
 )
 from mlptrain.signals import TrainingTakesSignals
-from mlptrain.step import Clip, Engine, choose_path
+from mlptrain.step import Clip, Engine, choose_path, make_optimizer
 from mlptrain.step import Path as TrainingPath
 from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message
 from mlptrain.train import fit, progress_bar, trainer_settings
@@ -207,8 +206,8 @@ class PopulationSystem(L.LightningModule):
         update the stack in place), and its schedule."""
         optimizers, schedulers = [], []
         for part in self.parts:
-            factory = instantiate(self.cfgs[part.start].optimizer)
-            optimizers.append(factory([p.detach()[part] for p in self.stacked]))
+            config = _container(self.cfgs[part.start].optimizer)
+            optimizers.append(make_optimizer(config, [p.detach()[part] for p in self.stacked], self.trainer.precision))
         self.engine = Engine(self.network, self.loss_fn, optimizers, self.parts, self.compile, self.clip, self.norms_of)
         config = _container(self.cfgs[0].scheduler)
         if config["name"] == "none":

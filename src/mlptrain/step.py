@@ -124,8 +124,6 @@ def unsupported_reason(optimizer_class: type, optimizer_kwargs: Mapping[str, Any
         public = optimizer_class.__module__.startswith("torch.optim")  # torch.optim.rmsprop.RMSprop: as users name it
         name = f"torch.optim.{optimizer_class.__name__}" if public else optimizer_class.__qualname__
         return f"{name} has no functional update here ({names} do)"
-    if optimizer_kwargs.get("fused"):
-        return "fused=true optimizers run their own kernel"
     if optimizer_kwargs.get("differentiable"):
         return "differentiable=true is for differentiating through the update"
     return None
@@ -354,7 +352,8 @@ class Engine:
             for s, (part, optimizer) in enumerate(zip(self.parts, self.optimizers)):
                 group = optimizer.param_groups[0]
                 # Laid out as the parameters: torch 2.14's fused update on a CPU reads a transposed gradient wrongly.
-                set_grads = [_part(g, part).contiguous() for g in grads] if self.stacked else grads
+                fused = self.stacked or settings[s]["fused"]
+                set_grads = [_part(g, part).contiguous() for g in grads] if fused else grads
                 if states[s] is None:  # its first update: the optimizer's own step() creates its state, as in a run
                     for p, g in zip(group["params"], set_grads):
                         p.grad = g
@@ -428,7 +427,7 @@ class Engine:
             for optimizer in self.optimizers:
                 group = optimizer.param_groups[0]
                 constants = {k: v for k, v in group.items() if k not in ("params", "lr", "betas")}
-                constants["foreach"] = True
+                constants["foreach"], constants["fused"] = True, None  # whatever the eager updates' implementation
                 if "capturable" in constants:
                     constants["capturable"] = True
                 self._constants.append(constants)
@@ -498,6 +497,40 @@ def _plain_reason(cfg: DictConfig) -> str | None:
         if is_set:
             return f"trainer.{key} counts Lightning's training steps, which would each hold several mini-batches"
     return None
+
+
+# optimizer.implementation: torch.optim's own switch between its implementations of one update. single: a loop of
+# operations per tensor; foreach: each operation over every tensor at once; fused: one kernel a tensor. auto: fused
+# where torch has that kernel (FUSED, on a CPU or CUDA device) and Lightning can clip its gradients (not under
+# mixed precision, whose gradient scaler a fused optimizer unscales itself), else torch's own default.
+IMPLEMENTATIONS = ("auto", "single", "foreach", "fused")
+FUSED = (SGD, Adam, AdamW)
+MIXED_PRECISION = ("16-mixed", "bf16-mixed")
+
+
+def implementation_arguments(kind: type | None, implementation: str, device: torch.device, precision: str) -> dict:
+    """torch.optim's constructor arguments for `implementation` (IMPLEMENTATIONS) of an optimizer class."""
+    if implementation == "single":
+        return {"foreach": False}
+    if implementation == "foreach":
+        return {"foreach": True}
+    if implementation == "fused":
+        return {"fused": True}
+    fused = kind in FUSED and device.type in ("cpu", "cuda") and precision not in MIXED_PRECISION
+    return {"fused": True} if fused else {}
+
+
+def make_optimizer(config: Mapping[str, Any], params: Any, precision: str = "32-true") -> Optimizer:
+    """The torch.optim optimizer that `config` (conf/optimizer/, with `_partial_: true`) describes, over `params`
+    (parameters, on their device), with its `implementation` (IMPLEMENTATIONS) as torch.optim's foreach/fused."""
+    from hydra.utils import instantiate
+
+    settings = dict(config)
+    implementation = settings.pop("implementation", "auto")  # checkpoints before it was a setting: auto
+    params = list(params)
+    device = params[0].device if params else torch.device("cpu")
+    arguments = implementation_arguments(optimizer_class(settings["_target_"]), implementation, device, precision)
+    return instantiate(settings)(params, **arguments)
 
 
 def optimizer_class(target: str) -> type | None:

@@ -3,12 +3,12 @@
 import logging
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 from torchmetrics import Metric
@@ -20,7 +20,7 @@ from mlptrain.losses import make_loss
 from mlptrain.model import MLP
 from mlptrain.predict import probabilities
 from mlptrain.rundir import read_checkpoint, unloadable
-from mlptrain.step import Clip, Engine
+from mlptrain.step import Clip, Engine, make_optimizer
 from mlptrain.step import Path as TrainingPath
 
 STAGES = ("train", "val", "test")
@@ -118,8 +118,9 @@ class MLPSystem(L.LightningModule):
         self.register_buffer("nonfinite_step", torch.tensor(-1), persistent=False)
 
     def _optimizer_factory(self, optimizer: Mapping[str, Any]) -> Callable[..., Optimizer]:
+        """step.make_optimizer for this config: (parameters, precision) -> the optimizer."""
+        factory = partial(make_optimizer, optimizer)
         try:
-            factory = instantiate(optimizer)
             factory(self.model.parameters())  # build one now, so a bad combination fails before any data is read
         except Exception as error:
             settings = ", ".join(f"optimizer.{key}={value}" for key, value in optimizer.items())
@@ -343,7 +344,7 @@ class MLPSystem(L.LightningModule):
         return self.trainer.max_epochs * self.trainer.train_dataloader.num_batches  # training steps make K each
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameters(), str(self.trainer.precision))
         if not self.automatic_optimization:
             clip = self.hparams.gradient_clip_val
             self.engine = Engine(
