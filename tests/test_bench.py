@@ -33,3 +33,21 @@ def test_bench_reports_every_system_doing_the_same_work(tmp_path: Path) -> None:
     accuracies = [row["test_acc"] for row in rows]
     assert min(accuracies) > 0.92 and max(accuracies) - min(accuracies) < 0.005
     assert "| relu | bare eager PyTorch loop |" in done.stdout
+
+
+def test_bench_times_every_command_its_phases_and_the_targets(tmp_path: Path) -> None:
+    out = tmp_path / "commands.json"
+    short = "train_overrides=[trainer.max_epochs=2,data.train_size=5000,report.enabled=false]"
+    done = run_python("scripts/bench.py", "commands=true", "runs=1", short, f"out={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {row["command"]: row for row in result["rows"]}
+    assert {"python train.py", "import torch", "python train.py --help", "scripts/predict.py index=8"} <= set(rows)
+    assert all(row["wall_s"] > 0 and row["peak_rss_mb"] > 0 for row in rows.values())
+    # The light commands' memory is their own (a launcher starts them), not the benchmark's torch and Lightning.
+    assert rows["python train.py --help"]["peak_rss_mb"] < rows["import torch"]["peak_rss_mb"] / 2
+    phases = result["train_phases"]
+    assert phases["training (the epochs' own times)"] > 0 and len(phases) == 6
+    assert sum(phases.values()) == pytest.approx(rows["python train.py"]["wall_s"], rel=0.05)
+    assert result["targets"][0][0].startswith("python train.py: wall")
+    assert "| target | measured | met |" in done.stdout
