@@ -3,7 +3,8 @@
 Importing the package registers the config's schemas with Hydra (mlptrain.config) and nothing more: torch and
 Lightning load with the module that uses them (scientific-python's SPEC 1, by a module __getattr__), so that
 `--help`, a config error, predict and the page start without Lightning. The trainer is
-`mlptrain.train.train(cfg)`: the submodule `train` shadows a lazily loaded function of the same name."""
+`from mlptrain.train import train`: `mlptrain.train` is that module, whose name a lazily loaded function could
+not share."""
 
 import importlib
 from typing import Any
