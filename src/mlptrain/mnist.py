@@ -111,7 +111,7 @@ def _verify_or_unpack(raw: Path, name: str, expected: str) -> None:
             f"file's {expected}: it is corrupt or not MNIST. Delete it; then " + _fix_hint(raw)
         )
     # Write beside and rename, so a run interrupted here, or a second run unpacking at the same
-    # time, never leaves a half-written file that torchvision would read.
+    # time, never leaves a half-written file for read_split (or torchvision) to read.
     partial = raw / f"{name}.{os.getpid()}.tmp"
     partial.write_bytes(content)
     os.replace(partial, path)
