@@ -37,6 +37,7 @@ prints it, included).
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -631,18 +632,18 @@ def commands_table(runs: int, train_overrides: list[str]) -> tuple[list[dict[str
         "population of 2 (seed=1,2)": ([python, "train.py", "-m", "hydra/launcher=population", "seed=1,2",
                                         *train_overrides, f"hydra.sweep.dir={work / 'sweep'}"], 0),
     }  # fmt: skip
+    fresh = {"python train.py": run_dir, "population of 2 (seed=1,2)": work / "sweep"}  # each run starts afresh
     measured: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     phases: list[dict[str, float]] = []
     for _ in range(runs):
         for name, (command, status) in commands.items():
-            for old in (run_dir, work / "sweep"):  # each run afresh (the checkpoint above is read after)
-                if name in ("python train.py", "population of 2 (seed=1,2)") and old.exists():
-                    subprocess.run(["rm", "-rf", str(old)], check=True)
+            if name in fresh:
+                shutil.rmtree(fresh[name], ignore_errors=True)
             started = time.time()
             measured[name].append(timed_process(command, exit_status=status))
             if name == "python train.py":
                 phases.append(train_phases(run_dir / "train.log", started, started + measured[name][-1][0]))
-    subprocess.run(["rm", "-rf", str(work)], check=True)
+    shutil.rmtree(work)
     rows = timing_rows(measured, "import torch", "x_import_torch", {name: {"command": name} for name in measured})
     return rows, {phase: statistics.median(p[phase] for p in phases) for phase in phases[0]}
 

@@ -1,10 +1,10 @@
 """A real one-node SLURM for the tests: Debian's slurmctld, slurmd and munge, started by hand in a folder of
 their own (there is no systemd), on free ports, and stopped by the pids they wrote: only what was started here.
 
-Each cluster is whole by itself: its own munged, with its own key and socket in the cluster's folder (slurm.conf's
-AuthInfo=socket=...), never the machine's /run/munge. So two clusters at once (two pytest-xdist workers, whatever
-their grouping does) cannot stop each other's authentication, and a cluster cancels its own jobs, and waits for
-them to end, before it stops its daemons.
+Each cluster is whole by itself: its own munged, with its own key and socket in a short folder of its own under
+/tmp (slurm.conf's AuthInfo=socket=...), never the machine's /run/munge. So two clusters at once (two pytest-xdist
+workers, whatever their grouping does) cannot stop each other's authentication, and a cluster cancels its own jobs,
+and waits for them to end, before it stops its daemons.
 
 .ci/run installs the packages (apt-get install slurmctld slurmd slurm-client munge); without them, or without
 root, the `slurm` tests are skipped with the reason."""

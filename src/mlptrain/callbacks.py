@@ -135,9 +135,10 @@ class WeightTrajectory(Callback):
 
 
 class DurableCheckpointIO(CheckpointIO):
-    """Lightning's extension point for checkpoint files: every checkpoint is written durably (above), so a
-    checkpoint is replaced only once its successor is committed, and read with read_checkpoint (no code runs).
-    After each checkpoint the run's metrics.csv is rewritten from the history that checkpoint holds."""
+    """Lightning's extension point for checkpoint files: every checkpoint is written durably
+    (rundir.write_durably), so a checkpoint is replaced only once its successor is committed, and read with
+    read_checkpoint (no code runs). After each checkpoint the run's metrics.csv is rewritten from the history that
+    checkpoint holds."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
