@@ -8,18 +8,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
-
-from mlptrain import signals
 
 # pytest runs the tests on one pytest-xdist worker per core (pyproject.toml's addopts: -n auto). Each worker,
 # and every process its tests start, gets its share of the cores: torch's default, every core in each process,
-# would oversubscribe them (OpenMP threads spinning), which slows runs several times over.
+# would oversubscribe them (OpenMP threads spinning), which slows runs several times over. The rest of this file
+# imports torch, Hydra and Lightning where it uses them: pytest-xdist's controller loads it too, before it starts
+# the workers, and needs none of them (Lightning's import alone is 4-8 s here).
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
+    import torch
+
     THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
     os.environ["OMP_NUM_THREADS"] = str(THREADS)  # the processes its tests start
     torch.set_num_threads(THREADS)  # this one
@@ -41,6 +40,8 @@ SMALL = [
 
 def compose_config(overrides: list[str], output_dir: Path, config: str = "train") -> DictConfig:
     """conf/train.yaml (or conf/compare.yaml) composed with `overrides`, writing to output_dir."""
+    from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config, overrides=[f"output_dir={output_dir}", *overrides])
 
@@ -69,6 +70,10 @@ def logged_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def run_in_process(script: str, arguments: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """The command as a user runs it, but in this process (no start-up per case): exit status and output."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mlptrain import signals
+
     GlobalHydra.instance().clear()
     old_argv = sys.argv
     sys.argv = [str(ROOT / script), *arguments]

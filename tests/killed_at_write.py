@@ -1,7 +1,7 @@
 """python tests/killed_at_write.py WHICH OVERRIDES...: `python train.py OVERRIDES...`, which SIGKILLs itself in
 the middle of a durable write (a checkpoint, metrics.csv, config.yaml or summary.json), half the bytes written:
 what a kill or a full disk does to a write in progress. WHICH is a number N (its N-th write) or a file's name
-(its first write of that file: best.ckpt, say, whenever the run comes to it). tests/test_faults.py runs it."""
+(its first write of that file: best.ckpt, say, whenever the run comes to it). tests/test_sigkill.py runs it."""
 
 import io
 import os

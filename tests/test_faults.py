@@ -1,11 +1,9 @@
-"""Faults a cluster deals out, for real: SIGKILLs at many points of a run (inside its writes too), SIGTERM,
-SIGINT and SIGUSR1 at every phase, and a run directory that cannot be written. After each, the same command
-with resume=auto ends with the weights, metrics.csv and results of a run that went through."""
+"""Faults a cluster deals out, for real: SIGTERM, SIGINT and SIGUSR1 at every phase, two processes on one run
+directory, and a run directory that cannot be written. After each, the same command with resume=auto ends with
+the weights, metrics.csv and results of a run that went through. SIGKILLs: tests/test_sigkill.py (a file of its
+own, so that pytest-xdist's --dist loadfile gives it a worker of its own: it is the longest test)."""
 
-import itertools
 import json
-import random
-import re
 import signal
 import socket
 import subprocess
@@ -66,8 +64,7 @@ def results(run: Path) -> dict:
     return {key: Path(summary[key]).name if key == "tested_checkpoint" else summary[key] for key in RESULTS}
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+def went_through(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     """A run that went through, and its wall time as a process."""
     run = tmp_path_factory.mktemp("straight") / "run"
     began = time.monotonic()
@@ -76,52 +73,9 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     return run, time.monotonic() - began
 
 
-def test_sigkill_at_many_points_then_resume_auto_equals_a_run_that_went_through(
-    straight: tuple[Path, float], tmp_path: Path
-) -> None:
-    """20 SIGKILLs, each followed by the same command with resume=auto, until they are spent: at moments spread
-    over a run (start-up, training, checkpoints, the test), a quarter of them a preemption whose SIGKILL follows
-    its SIGTERM within a tenth of a second (often inside the checkpoint the SIGTERM writes), and every other one
-    inside a write, half of it on disk. A run that completes before they are spent is compared, and the rest go
-    to a fresh one."""
-    reference, seconds = straight
-    runs = [tmp_path / "killed-0"]
-    killed: list[str] = []
-    moments = random.Random(0)
-    # The n-th write of an attempt, as the run goes on, and the first write of each file that must be cut once
-    # (by its name: which write number it is depends on where the attempt resumed).
-    writes = itertools.cycle(["best.ckpt", 2, "metrics.csv", 3, "last.ckpt", 1, 4, 5, 6, 7, 8])
-    for attempt in itertools.count():
-        assert attempt < 80, killed
-        if attempt % 2:
-            status, output = finish(
-                start(runs[-1], str(next(writes)), "resume=auto", script="tests/killed_at_write.py")
-            )
-        else:
-            process = start(runs[-1], "resume=auto")
-            time.sleep(seconds * (0.15 + 0.75 * moments.random()))
-            if attempt % 8 == 6:
-                process.send_signal(signal.SIGTERM)
-                time.sleep(0.1 * moments.random())
-            process.kill()
-            status, output = finish(process)
-        assert "Traceback" not in output, output[-3000:]
-        if status == -signal.SIGKILL:
-            where = re.search(r"killed while writing (\S+)", output)
-            killed.append(where.group(1) if where else f"at {attempt}")
-            if len(killed) == 20:
-                break
-        elif status == 0:  # completed before the next kill
-            same_as(runs[-1], reference)
-            runs.append(tmp_path / f"killed-{len(runs)}")
-    assert {"metrics.csv", "best.ckpt", "last.ckpt"} <= set(killed), killed  # each kind of write, cut in half
-    status, output = finish(start(runs[-1], "resume=auto"))
-    assert status == 0, output[-3000:]
-    for run in runs:
-        same_as(run, reference)
-        leftovers = [path.name for path in run.rglob("*") if ".tmp-" in path.name or path.name.endswith(".damaged")]
-        assert not leftovers  # every write was whole or not there: no checkpoint ever needed setting aside
-        assert (run / LOCK_FILE).read_text() == ""
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    return went_through(tmp_path_factory)
 
 
 # A line each phase logs as it begins or ends, how long after it the signal is sent, whether the run has finished

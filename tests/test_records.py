@@ -1,6 +1,7 @@
 """What a run writes around its weights: metrics.csv from the history its checkpoints hold, one process per run
 directory, resume=auto past damaged checkpoints and finished runs, checkpoints that cannot run code, and
-Lightning's debugging flags. Slow tier: tests/test_faults.py (SIGKILLs, signals) and tests/test_slurm.py."""
+Lightning's debugging flags. Slow tier: tests/test_sigkill.py (SIGKILLs), tests/test_faults.py (signals) and
+tests/test_slurm.py."""
 
 import csv
 import json

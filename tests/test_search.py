@@ -179,10 +179,11 @@ def test_workers_that_open_a_new_database_at_the_same_instant_all_get_it(tmp_pat
     """Workers started together race to create a new database's tables (and Optuna's schema version): each
     loser must find them made, not fail. Without the retry on IntegrityError this failed within two rounds."""
     opener = (
-        "import os, sys\nfrom hydra_plugins.mlptrain_optuna.optuna_sweeper import open_storage\n"
-        "print('ready', flush=True)\nwhile not os.path.exists(sys.argv[2]): pass\nopen_storage(sys.argv[1])\n"
-    )
-    for round in range(6):
+        "import os, sys, time\nfrom hydra_plugins.mlptrain_optuna.optuna_sweeper import open_storage\n"
+        "print('ready', flush=True)\nwhile not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
+        "open_storage(sys.argv[1])\n"
+    )  # waiting by sleeps of a millisecond: spinning, the first ready took a core from the others' imports
+    for round in range(4):
         url, go = f"sqlite:///{tmp_path / f'{round}.db'}", tmp_path / f"go{round}"
         openers = [
             subprocess.Popen(
