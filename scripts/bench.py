@@ -4,6 +4,7 @@ against a bare PyTorch loop, the DataLoader path and the NumPy baseline; and who
     python scripts/bench.py                          # both setups below, 3 rounds of 2 epochs per system
     python scripts/bench.py setups=[nielsen] rounds=5 epochs=3 out=bench.json
     python scripts/bench.py setups=[relu] overrides=[data.train_size=10000]   # any config override, every setup
+    python scripts/bench.py setups=[nielsen] "systems=[mlptrain,'NumPy, backprop by hand']"   # only these rows
     python scripts/bench.py e2e=true                 # python train.py experiment=nielsen against network.py, 30 epochs
     python scripts/bench.py populations=true runs=3  # sweeps trained as populations, against one run and job by job
     python scripts/bench.py members=[20,200] runs=3  # N Nielsen members, 1 epoch: population against a stacked loop
@@ -71,6 +72,7 @@ SETUPS = {
 }
 DEFAULTS = {
     "setups": list(SETUPS),
+    "systems": None,  # a list of the table's systems (their names, as in its rows) to time only those; None: all
     "rounds": 3,
     "epochs": 2,
     "out": "bench.json",
@@ -225,7 +227,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_setup(
-    name: str, rounds: int, epochs: int, device: torch.device, overrides: list[str] = ()
+    name: str, rounds: int, epochs: int, device: torch.device, overrides: list[str] = (), only: list[str] | None = None
 ) -> list[dict[str, Any]]:
     accelerator = f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}"
     with tempfile.TemporaryDirectory() as scratch:
@@ -244,6 +246,11 @@ def bench_setup(
         ),
         "NumPy, backprop by hand": lambda: numpy_run(cfg, epochs),
     }
+    if only is not None:
+        unknown = set(only) - set(systems)
+        if unknown:
+            sys.exit(f"bench.py: no system {sorted(unknown)}: choose from {list(systems)}")
+        systems = {system: run for system, run in systems.items() if system in only}
     results: dict[str, dict[str, Any]] = {
         s: {"warmup": [], "epochs": [], "acc": [], "rss": [], "cuda": []} for s in systems
     }
@@ -261,7 +268,11 @@ def bench_setup(
             if device.type == "cuda":
                 result["cuda"].append(torch.cuda.max_memory_allocated(device) / 2**20)
     rows = []
-    eager = statistics.median(results["bare eager PyTorch loop"]["epochs"])
+
+    def median_of(system: str) -> float | None:
+        return statistics.median(results[system]["epochs"]) if system in results else None
+
+    eager, numpy = median_of("bare eager PyTorch loop"), median_of("NumPy, backprop by hand")
     for system, result in results.items():
         median = statistics.median(result["epochs"])
         rss = [m for m in result["rss"] if m is not None]
@@ -274,7 +285,8 @@ def bench_setup(
                 "s_per_epoch_max": max(result["epochs"]),
                 "warmup_s": result["warmup"][0],  # round 1: compiling happens there, later rounds reuse its cache
                 "samples_per_s": n_train / median,
-                "x_eager": median / eager,
+                "x_eager": median / eager if eager else None,
+                "x_numpy": median / numpy if numpy else None,
                 "peak_rss_growth_mb": max(rss) if rss else None,
                 "peak_cuda_mb": max(result["cuda"]) if result["cuda"] else None,
                 "test_acc": statistics.median(result["acc"]),
@@ -285,16 +297,22 @@ def bench_setup(
     return rows
 
 
+def ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| setup | system | s/epoch (median) | min-max | warm-up s | samples/s | × eager | peak RSS +MB | test acc |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| setup | system | s/epoch (median) | min-max | warm-up s | samples/s | × eager | × NumPy | peak RSS +MB "
+        "| test acc |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rss = "" if r["peak_rss_growth_mb"] is None else f"{r['peak_rss_growth_mb']:.0f}"
         lines.append(
             f"| {r['setup']} | {r['system']} | {r['s_per_epoch']:.3f} | {r['s_per_epoch_min']:.3f}-"
-            f"{r['s_per_epoch_max']:.3f} | {r['warmup_s']:.2f} | {r['samples_per_s']:,.0f} | {r['x_eager']:.2f} | "
+            f"{r['s_per_epoch_max']:.3f} | {r['warmup_s']:.2f} | {r['samples_per_s']:,.0f} | {ratio(r['x_eager'])} | "
+            f"{ratio(r['x_numpy'])} | "
             f"{rss} | {100 * r['test_acc']:.2f}% |"
         )
     return "\n".join(lines)
@@ -768,7 +786,16 @@ if __name__ == "__main__":
     wanted = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = torch.device("cpu" if wanted == "auto" else wanted)
     rows = [
-        row for name in args.setups for row in bench_setup(name, args.rounds, args.epochs, device, list(args.overrides))
+        row
+        for name in args.setups
+        for row in bench_setup(
+            name,
+            args.rounds,
+            args.epochs,
+            device,
+            list(args.overrides),
+            None if args.systems is None else list(args.systems),
+        )
     ]
     header = (
         f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "

@@ -434,8 +434,8 @@ class Engine:
             # Dynamo keeps 8 compilations per function and then runs it uncompiled, without an error: each new
             # Engine (a test session's or a benchmark's runs) would count as one. Its disk cache stays.
             torch.compiler.reset()
-            # cpp_wrapper: inductor's C++ wrapper calls the kernels, not generated Python; a group's call costs
-            # about 0.75x (nielsen: 0.99x our NumPy MLP's epoch against 1.36x, docs/benchmarks.md).
+            # cpp_wrapper: inductor's C++ wrapper calls the kernels, not generated Python: a nielsen group's call
+            # costs about 0.75x, its epoch about 0.8x (docs/benchmarks.md, "nielsen ... with the C++ wrapper").
             options = {"cpp_wrapper": True}
             self._compiled = torch.compile(self._functional_group, fullgraph=True, options=options)
         xs = inputs(start, stop)  # (C, [N,] B, 784)
