@@ -108,10 +108,13 @@ def generated() -> dict[str, Any]:
     type_cases, all_keys = catalogue()
     cases = {"type": type_cases, "keys": sorted(all_keys)}
     cases |= {"rule": rule_cases("train"), "compare": rule_cases("compare")}
-    copy.parent.mkdir(exist_ok=True)
     partial = copy.with_name(f"{copy.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(cases))
-    os.replace(partial, copy)  # whole or not there, whichever worker writes it
+    try:
+        copy.parent.mkdir(exist_ok=True)
+        partial.write_text(json.dumps(cases))
+        os.replace(partial, copy)  # whole or not there, whichever worker writes it
+    except OSError:  # a checkout that cannot be written: generated each time, as before
+        partial.unlink(missing_ok=True)
     return cases
 
 
