@@ -8,6 +8,7 @@ examples. Each must end the command (train.py, scripts/compare.py, scripts/predi
 
 import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import typing
@@ -98,10 +99,12 @@ def rule_cases(config: str) -> list[tuple[list[str], str]]:
 
 def generated() -> dict[str, Any]:
     """The catalogue's cases, generated (composing every preset: seconds) or read from the copy that pytest's
-    workers last wrote for the same sources (.pytest_cache/, keyed by a hash of conf/, src/mlptrain/ and this
-    file): every worker of every run of the suite would otherwise compose them all again at collection."""
+    workers last wrote for the same sources (.pytest_cache/, keyed by a hash of conf/, src/mlptrain/, this file
+    and Hydra's and OmegaConf's versions): every worker of every run of the suite would otherwise compose them
+    all again at collection."""
     sources = sorted([*CONF_DIR.rglob("*.yaml"), *(ROOT / "src" / "mlptrain").rglob("*.py"), Path(__file__)])
-    digest = hashlib.sha256(b"".join(str(p.relative_to(ROOT)).encode() + p.read_bytes() for p in sources))
+    versions = " ".join(importlib.metadata.version(package) for package in ("hydra-core", "omegaconf")).encode()
+    digest = hashlib.sha256(versions + b"".join(str(p.relative_to(ROOT)).encode() + p.read_bytes() for p in sources))
     copy = ROOT / ".pytest_cache" / f"mlptrain-schema-{digest.hexdigest()[:16]}.json"
     if copy.exists():
         return json.loads(copy.read_text())
