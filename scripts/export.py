@@ -24,6 +24,21 @@ TOLERANCE = 1e-5  # the largest difference allowed between onnxruntime's probabi
 
 def run(arguments: list[str]) -> None:
     args = parse_arguments(arguments, ExportConfig, EXPORT_RULES)
+    try:
+        folder = export(args)
+    except OSError as error:  # the checkpoint and the data say so themselves, as MlptrainErrors: this is the output
+        what = "ONNX file" if args.format == "onnx" else "page"
+        raise ConfigError(
+            f"The {what} could not be written: {error.strerror} ({error.filename or args.out}). Nothing else was "
+            "changed. Give out= a place you can write to, or leave out= out to write into the checkpoint's run "
+            "directory."
+        ) from error
+    if args.serve and folder is not None:
+        serve(folder, args.port)
+
+
+def export(args: ExportConfig) -> Path | None:
+    """Write what `args` asks for and say where; the page's folder (None for ONNX)."""
     ckpt = Path(args.ckpt_path)
     trained = load_trained(ckpt)
     config = trained.config
@@ -46,14 +61,13 @@ def run(arguments: list[str]) -> None:
             f"checked with onnxruntime on the {len(labels):,} test images: probabilities within {difference:.1e} "
             f"of the model's, the same answer for {agreement:.2%}"
         )
-        return
+        return None
     probs = trained.probabilities_of(test_images, normalize).float().numpy()
     folder = Path(args.out) if args.out else run_dir / "page"
     page = write_page(trained, config, folder, images, labels, probs, args.examples, source=str(ckpt))
     print(f"page: {page}")
     print(f"open it in a browser: file://{page.resolve()}")
-    if args.serve:
-        serve(folder, args.port)
+    return folder
 
 
 if __name__ == "__main__":

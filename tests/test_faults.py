@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -157,5 +158,36 @@ def test_the_same_command_started_twice_on_one_run_directory_trains_once(
     assert status == 1 and "Traceback" not in output, output[-3000:]
     assert f"is in use by host {socket.gethostname()} pid {first.pid} (it holds run.lock)" in output
     status, output = finish(first)
+    assert status == 0, output[-3000:]
+    same_as(run, straight[0])
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path, straight: tuple[Path, float]):
+    """A real filesystem (tmpfs) with room for the run's files and two and a half checkpoints: the second
+    epoch's checkpoint does not fit. Yields a function that gives it room; skipped where mounting is refused."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    size = int(2.5 * (straight[0] / "checkpoints" / "last.ckpt").stat().st_size) + 64 * 1024
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a small tmpfs needs root: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder, lambda: subprocess.run(["mount", "-o", "remount,size=64m", str(folder)], check=True)
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_disk_that_fills_in_mid_run_is_one_paragraph_and_resume_finishes_the_run(
+    small_filesystem: tuple[Path, Callable[[], None]], straight: tuple[Path, float]
+) -> None:
+    folder, make_room = small_filesystem
+    run = folder / "run"
+    status, output = finish(start(run))
+    assert status == 1 and "Traceback" not in output, output[-3000:]
+    assert f"The run cannot write into its directory {run} (No space left on device: {run}/checkpoints/" in output
+    assert "resume=auto" in output, output[-3000:]
+    make_room()
+    status, output = finish(start(run, "resume=auto"))
     assert status == 0, output[-3000:]
     same_as(run, straight[0])

@@ -324,3 +324,11 @@ def test_onnx_export_equals_the_model(default_run: Path, tmp_path: Path, capsys:
         output, probs = session.run(None, {"pixels": images.float().numpy()})
         expected = trained.probabilities_of(images, config["data"]["normalize"]).numpy()
         np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-5)
+
+
+def test_an_output_that_cannot_be_written_is_one_paragraph(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = train_small(tmp_path / "run")
+    for arguments in (["out=/proc/page"], ["format=onnx", "out=/proc/model.onnx"]):  # not even root writes there
+        status, output = run_in_process("scripts/export.py", [f"ckpt_path={ckpt}", *arguments], capsys)
+        assert status == 1 and "Traceback" not in output, output
+        assert "could not be written: No such file or directory (/proc/" in output and "Give out= a place" in output

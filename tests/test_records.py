@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from omegaconf import DictConfig
 
 from mlptrain.cli import main
-from mlptrain.errors import CheckpointError, ConfigError
+from mlptrain.errors import CheckpointError, ConfigError, RunDirError
 from mlptrain.rundir import LOCK_FILE, RunLock, read_checkpoint
 from mlptrain.system import load_checkpoint
 from mlptrain.train import train
@@ -248,3 +249,52 @@ def test_a_checkpoint_between_two_epochs_is_at_the_next_ones_start(make_cfg: Mak
     assert (system.batches_done_in(1), system.batches_done_in(2)) == (10, 0)
     system.ended_epoch = None  # in epoch 2, 10 batches in
     assert system.batches_done_in(2) == 10
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    """Every file under a run directory, by its path there, with its bytes (train.log aside: the log goes on)."""
+    return {
+        str(path.relative_to(run)): path.read_bytes()
+        for path in sorted(run.rglob("*"))
+        if path.is_file() and path.name != "train.log"
+    }
+
+
+def test_a_run_directory_holds_one_run(make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture) -> None:
+    """A second run pointed at a finished run's directory, or resume=auto with another config, is refused with
+    one paragraph and the directory left as it was; resume=discard starts afresh there; trainer.max_epochs may
+    change on a resume, a one-cycle schedule's not past its plan."""
+    cfg = make_cfg(*TWO_EPOCHS)
+    train(cfg)
+    run = Path(cfg.output_dir)
+    before = _files(run)
+    with pytest.raises(RunDirError, match=r"already holds a run \(status completed, seed 42, .*add resume=discard"):
+        train(make_cfg(*TWO_EPOCHS, "seed=7"))
+    with pytest.raises(RunDirError, match=r"another config \(optimizer.lr: 0.001 there, 0.1 now\)"):
+        train(make_cfg(*TWO_EPOCHS, "optimizer.lr=0.1", "resume=auto"))
+    with pytest.raises(RunDirError, match=r"model.hidden: \[128, 64\] there, \[32\] now; seed: 42 there, 7 now"):
+        train(make_cfg(*TWO_EPOCHS, "seed=7", "model.hidden=[32]", "resume=auto"))
+    assert _files(run) == before
+    with caplog.at_level(logging.INFO, logger="mlptrain"):
+        train(make_cfg("trainer.max_epochs=3", *TWO_EPOCHS[1:], "resume=auto"))  # a longer run: it goes on
+    assert "The cosine schedule keeps the plan in its checkpoint" in caplog.text
+    assert [row["epoch"] for row in rows(run)] == ["0", "1", "2", "3"]
+    fresh = make_cfg(*TWO_EPOCHS, "seed=7", "resume=discard")
+    train(fresh)
+    assert summary(fresh)["seed"] == 7 and summary(fresh)["epochs"] == 2
+    assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert read_checkpoint(run / "checkpoints" / "best.ckpt")["config"]["seed"] == 7
+    onecycle = make_cfg(*TWO_EPOCHS, "scheduler=onecycle", run="onecycle")
+    train(onecycle)
+    with pytest.raises(RunDirError, match=r"past the 2 epochs its one-cycle schedule was planned for"):
+        train(make_cfg("trainer.max_epochs=3", *TWO_EPOCHS[1:], "scheduler=onecycle", "resume=auto", run="onecycle"))
+
+
+def test_train_false_records_the_network_it_evaluates(make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture) -> None:
+    trained = make_cfg("model.hidden=[32]", run="trained")
+    train(trained)
+    evaluated = make_cfg("train=false", f"ckpt_path={summary(trained)['checkpoints']['best']}", "model.hidden=[64]")
+    with caplog.at_level(logging.INFO, logger="mlptrain"):
+        train(evaluated)
+    recorded = yaml.safe_load((Path(evaluated.output_dir) / "config.yaml").read_text())
+    assert recorded["model"]["hidden"] == [32] and "which differ in model.hidden" in caplog.text

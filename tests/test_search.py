@@ -12,7 +12,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_in_process
 
 TINY = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=20", "report.enabled=false"]
 
@@ -27,9 +27,10 @@ def worker(storage: str, sweep: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(process: subprocess.Popen) -> str:
+def finish(process: subprocess.Popen, ends: int = 0) -> str:
+    """The worker's output, once it has ended with exit status `ends` and no traceback."""
     output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output[-3000:]
+    assert process.returncode == ends, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     return output
 
@@ -163,8 +164,9 @@ def test_a_worker_stopped_by_sigterm_puts_its_trial_back_and_another_resumes_it(
     while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     first.send_signal(signal.SIGTERM)
-    output = finish(first)
+    output = finish(first, ends=1)  # none of its trials completed: as an interrupted run ends
     assert "Trial 0 was interrupted; it is put back in the study" in output
+    assert "No job of the sweep completed (of 1: 1 interrupted)" in output
     output = finish(worker(storage, sweep, *longer))
     assert "resume=auto: resuming from" in output, output[-3000:]
     study = trials(storage)
@@ -196,3 +198,21 @@ def test_workers_that_open_a_new_database_at_the_same_instant_all_get_it(tmp_pat
         go.touch()
         for process in openers:
             assert process.wait(timeout=120) == 0, process.stderr.read()[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("storage", "says"),
+    [
+        ("/proc/search/s.journal", "the study's journal file cannot be written there (No such file or directory"),
+        ("postgresql://user@localhost/db", "names a database whose Python driver (psycopg) is not installed"),
+    ],
+    ids=["unwritable journal", "driver missing"],
+)
+def test_a_storage_the_study_cannot_open_is_one_paragraph(
+    storage: str, says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ["hparams_search=optuna", f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path}", *TINY]
+    status, output = run_in_process("train.py", arguments, capsys)
+    assert status == 1 and "Traceback" not in output, output
+    assert f"hydra.sweeper.storage={storage}" in output and says in output, output
+    assert not list(tmp_path.iterdir())  # nothing trained

@@ -51,3 +51,14 @@ def test_report_folds_seeds_into_mean_and_std(sweep: Path, capsys: pytest.Captur
         jobs = list(csv.DictReader(file))
     assert len(jobs) == 8 and {job["status"] for job in jobs} == {"completed", "failed"}
     assert (sweep / "val_acc.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("launcher", ["basic", "population"])
+def test_a_sweep_none_of_whose_jobs_completed_exits_1(
+    launcher: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arguments = ["-m", f"hydra/launcher={launcher}", "optimizer.lr=-1", "seed=1,2", f"hydra.sweep.dir={tmp_path}"]
+    status, output = run_in_process("train.py", [*arguments, *SHORT], capsys)
+    assert status == 1 and "Traceback" not in output, output
+    assert output.count("optimizer.lr=-1.0 is out of range") == 2, output  # each job's own paragraph
+    assert "No job of the sweep completed (of 2: 2 refused before training)" in output, output

@@ -9,10 +9,13 @@ import logging
 import os
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -91,6 +94,37 @@ def main(cfg: DictConfig, task: Callable[[DictConfig], Any] | None = None) -> An
     finally:
         if signals is not None:
             signals.drain()
+
+
+class SweepStatus(Callback):
+    """A -m sweep's exit status (conf/train.yaml, hydra.callbacks): 1 when none of its jobs completed, with one
+    paragraph that counts them by status; a job that failed says why itself, in its log and summary.json.
+    Any launcher, a population's and Optuna's search included: it reads the jobs' summary.json files."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlptrain.rundir import run_status
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = sorted(folder.parent for folder in sweep_dir.glob("**/.hydra") if folder.is_dir())
+        statuses = Counter(run_status(job) or "refused before training" for job in jobs)
+        failed = {status: count for status, count in statuses.items() if status != "completed"}
+        if not jobs or statuses["completed"]:
+            if failed:
+                log.warning(
+                    "%d of the sweep's %d jobs did not complete (%s): see each one's summary.json or log in %s",
+                    sum(failed.values()), len(jobs), _counted(failed), sweep_dir.resolve(),
+                )  # fmt: skip
+            return
+        log.error(
+            "No job of the sweep completed (of %d: %s), so the sweep ends with exit status 1. Each job's own "
+            "paragraph above (and its summary.json or log in %s) says what went wrong and how to go on.",
+            len(jobs), _counted(failed), sweep_dir.resolve(),
+        )  # fmt: skip
+        sys.exit(1)
+
+
+def _counted(statuses: dict[str, int]) -> str:
+    return ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
 
 
 def exit_without_collecting() -> None:

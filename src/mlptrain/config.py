@@ -465,7 +465,12 @@ def _train_rules() -> tuple[Rule, ...]:
 
     return (
         between("seed", 0, SEED_MAX),
-        one_of("resume", [None, "auto"], ": auto continues from the newest checkpoint in the run directory"),
+        one_of(
+            "resume",
+            [None, "auto", "discard"],
+            ": auto continues from the newest checkpoint in the run directory; discard removes the run the directory "
+            "holds and starts afresh there",
+        ),
         rule(
             "resume",
             lambda cfg: (

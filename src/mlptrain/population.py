@@ -45,6 +45,7 @@ from mlptrain.model import MLP
 from mlptrain.report import write_run_report
 from mlptrain.rundir import (
     RunLock,
+    claim,
     completed_summary,
     library_versions,
     read_checkpoint,
@@ -626,12 +627,14 @@ def train_population(cfgs: Sequence[DictConfig], log_name: str = "train.log") ->
     locks, todo = [], []
     for index, cfg in enumerate(cfgs):
         run_dir = Path(cfg.output_dir)
+        lock = RunLock(run_dir)
         try:
             check(cfg)
             run_dir.mkdir(parents=True, exist_ok=True)
-            lock = RunLock(run_dir)
             lock.acquire()
+            claim(run_dir, _container(cfg))  # a directory holds one run, as train() makes sure
         except MlptrainError as error:
+            lock.release()
             log.error("%s", error)
             results[index] = None
             continue

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from mlptrain.errors import CheckpointError, ConfigError
+from mlptrain.errors import CheckpointError, ConfigError, RunDirError
 
 if TYPE_CHECKING:
     import lightning as L
@@ -56,19 +56,56 @@ def _versions() -> dict[str, str]:
 
 
 def write_durably(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write `path` through write(file) so that a crash leaves the old file or the new one, whole."""
+    """Write `path` through write(file) so that a crash leaves the old file or the new one, whole. A write that
+    fails (a full disk, a quota) raises OSError naming `path`, whatever the writer (torch.save) made of it."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}{_TEMPORARY}{os.getpid()}-{next(_written)}")
     try:
-        with temporary.open("wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
+        with temporary.open("wb") as opened:
+            file = _Watched(opened)
+            try:
+                write(file)  # type: ignore[arg-type]
+                file.flush()
+            except Exception as error:
+                if file.failed is None or file.failed is error:
+                    raise
+                raise file.failed from error  # torch.save turns it into "RuntimeError: unexpected pos ..."
+            os.fsync(opened.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if error.filename is None:  # a write or a flush that failed: the file it was for
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+class _Watched:
+    """A file that keeps the OSError its write or flush raised (`failed`), for write_durably to re-raise."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self.failed: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.failed = error
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError as error:
+            self.failed = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:  # tell, seek, fileno, ...: the file's own
+        return getattr(self.file, name)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -156,6 +193,173 @@ def completed_summary(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] |
         return None
     same = all(stored.get(key) == value for key, value in config.items() if key not in HOW_STARTED)
     return summary if same and stored.keys() == config.keys() else None
+
+
+# What a run may be resumed with changed (resume=auto into a directory whose config.yaml says otherwise): how it
+# is started or shown, and trainer.max_epochs, which extends or shortens it. Any other difference is another run.
+MAY_DIFFER_ON_RESUME = (
+    *HOW_STARTED,
+    "output_dir",  # the same directory, written another way (relative, absolute)
+    "trainer.max_epochs",
+    "check_finite_every_n_steps",
+    "data.root",
+    "report.enabled",
+    "report.weight_tiles",
+    "report.mistakes",
+    "report.network_images",
+    "report.page",
+)
+# The files and folders a run writes into its directory (Hydra's .hydra/ and train.log aside): resume=discard
+# removes these, and a directory holding any of them holds a run.
+RUN_FILES = (
+    "config.yaml",
+    "summary.json",
+    "metrics.csv",
+    "checkpoints",
+    "report.md",
+    "curves.png",
+    "confusion.png",
+    "confusion.csv",
+    "weights.png",
+    "mistakes.png",
+    "grad_norms.png",
+    "network.png",
+    "landscape.png",
+    "page",
+    "tensorboard",
+)
+
+
+def flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as {dotted.key: value}, as a user types it on the command line."""
+    items: dict[str, Any] = {}
+    for name, node in config.items():
+        if isinstance(node, dict) and node:
+            items.update(flat(node, f"{prefix}{name}."))
+        else:
+            items[f"{prefix}{name}"] = node
+    return items
+
+
+def _held_run(run_dir: Path) -> list[str]:
+    """The files of a run `run_dir` holds, by name (hpc_ckpt_N.ckpt included); none for a fresh directory."""
+    held = [name for name in RUN_FILES if (run_dir / name).exists()]
+    return held + sorted(path.name for path in run_dir.glob("hpc_ckpt_*.ckpt"))
+
+
+def requeued_by_slurm() -> bool:
+    """Whether this process is a SLURM job started again by a requeue (preemption, or Lightning's own on the
+    time-limit signal): the same command, in the directory its first start wrote, which it goes on with."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+
+
+def claim(run_dir: Path, config: dict[str, Any]) -> None:
+    """Make sure `run_dir` (held by this process) holds no other run than the one `config` describes.
+
+    A directory holding a run is refused unless this run resumes it (resume=auto, or a SLURM requeue) with the
+    same config, but for MAY_DIFFER_ON_RESUME; resume=discard removes that run's files first. Raises RunDirError
+    (one paragraph: what the directory holds, the keys that differ, the ways on), leaving the directory as it was."""
+    held = _held_run(run_dir)
+    if not held:
+        return
+    where = run_dir.resolve()
+    if config.get("resume") == "discard":
+        ckpt = config.get("ckpt_path")
+        if ckpt is not None and where in Path(ckpt).resolve().parents:
+            raise RunDirError(
+                f"resume=discard would remove the run in {where}, but ckpt_path={ckpt} is one of its files. Copy "
+                "that checkpoint elsewhere first, or give this run another directory (hydra.run.dir=...)."
+            )
+        _discard(run_dir, held)
+        return
+    stored = _stored_config(run_dir)
+    resuming = config.get("resume") == "auto" or requeued_by_slurm()
+    if not resuming:
+        raise RunDirError(
+            f"The directory {where} already holds a run ({_describe(run_dir, stored, held)}), and this one does not "
+            "resume it: training there would overwrite its last.ckpt, metrics.csv, summary.json and config.yaml "
+            "and leave its best.ckpt among this run's checkpoints. Nothing was changed. To go on with that run, "
+            "run its own command with resume=auto; to start this run, give it another directory "
+            "(hydra.run.dir=...); to throw the old run away and start this one in its place, add resume=discard."
+        )
+    if stored is None:
+        return  # no record of what it was started with (written first by every run): its checkpoints decide
+    old, new = flat(stored), flat(config)
+    differ = sorted(
+        key
+        for key in old.keys() | new.keys()
+        if old.get(key, "<absent>") != new.get(key, "<absent>") and key not in MAY_DIFFER_ON_RESUME
+    )
+    if differ:
+        shown = "; ".join(
+            f"{key}: {old.get(key, '<absent>')!r} there, {new.get(key, '<absent>')!r} now" for key in differ
+        )
+        raise RunDirError(
+            f"resume=auto would go on with the run in {where}, but that run was started with another config "
+            f"({shown}). Resuming would train on from its checkpoint's state under settings it never trained with. "
+            "Nothing was changed. Resume it with the config in its config.yaml (only "
+            f"{', '.join(MAY_DIFFER_ON_RESUME)} may differ), give this run another directory (hydra.run.dir=...), "
+            "or add resume=discard instead of resume=auto to throw the old run away and start this one there."
+        )
+    before, now = old.get("trainer.max_epochs"), new.get("trainer.max_epochs")
+    schedule = old.get("scheduler.name")
+    if before == now or schedule not in ("cosine", "onecycle"):
+        return
+    # The schedule's state is in the checkpoint, with the length it was planned for (T_max, total_steps).
+    if schedule == "onecycle" and (now or 0) > (before or 0):
+        raise RunDirError(
+            f"resume=auto with trainer.max_epochs={now} would extend the run in {where} past the {before} epochs "
+            "its one-cycle schedule was planned for, and that schedule cannot step past its last update (the "
+            "plan is in the checkpoint). Nothing was changed. Resume it with trainer.max_epochs at most "
+            f"{before}, or start a longer run in another directory (hydra.run.dir=...)."
+        )
+    log.info(
+        "resume=auto: trainer.max_epochs is %s now, %s when the run started. The cosine schedule keeps the plan "
+        "in its checkpoint: the learning rate reaches scheduler.min_lr at the end of epoch %s%s",
+        now, before, before,
+        ", and past it rises again along the cosine" if (now or 0) > (before or 0) else ", which this run stops before",
+    )  # fmt: skip
+
+
+def _stored_config(run_dir: Path) -> dict[str, Any] | None:
+    import yaml  # Hydra's own dependency
+
+    try:
+        stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
+def _describe(run_dir: Path, stored: dict[str, Any] | None, held: list[str]) -> str:
+    """The run a directory holds, in a few words: its status, seed and network, and its files."""
+    parts = [f"status {run_status(run_dir) or 'unknown'}"]
+    if stored is not None:
+        model = stored.get("model") if isinstance(stored.get("model"), dict) else {}
+        parts.append(f"seed {stored.get('seed')}, hidden {model.get('hidden')}, {model.get('activation')}")
+    return ", ".join(parts) + "; files " + ", ".join(held)
+
+
+def _discard(run_dir: Path, held: list[str]) -> None:
+    """resume=discard: remove the files of the run `run_dir` holds (train.log is emptied), with one log line."""
+    import shutil
+
+    for name in held:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    log_file = run_dir / "train.log"
+    if log_file.is_file():
+        with log_file.open("r+") as file:  # Hydra's handler appends to it: its next line starts the file again
+            file.truncate(0)
+    _fsync_directory(run_dir)
+    log.info(
+        "resume=discard: removed the run that %s held (%s); this run starts there afresh",
+        run_dir.resolve(),
+        ", ".join(held),
+    )
 
 
 def write_metrics(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:

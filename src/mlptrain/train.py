@@ -29,7 +29,9 @@ from mlptrain.errors import ConfigError, MlptrainError, RunDirError, RunInterrup
 from mlptrain.report import write_run_report
 from mlptrain.rundir import (
     RunLock,
+    claim,
     completed_summary,
+    flat,
     library_versions,
     read_checkpoint,
     resume_path,
@@ -37,6 +39,7 @@ from mlptrain.rundir import (
     write_metrics,
     write_summary,
     write_text_durably,
+    yaml_text,
 )
 from mlptrain.signals import TrainingTakesSignals
 from mlptrain.step import Path as TrainingPath
@@ -168,6 +171,8 @@ def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -
     if lock is not None:
         lock.acquire()
     try:
+        if writer:
+            claim(run_dir, _container(cfg))  # a directory holds one run: this one, or one it resumes
         if cfg.train and cfg.resume == "auto":
             done = completed_summary(run_dir, _container(cfg))
             if done is not None:
@@ -188,11 +193,12 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     ckpt_path = cfg.ckpt_path
     if cfg.train and cfg.resume == "auto":
         ckpt_path = resume_path(run_dir, repair=writer) or ckpt_path
-    if writer:
-        write_text_durably(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     system = _build_system(cfg, path) if path else load_checkpoint(cfg.ckpt_path)[0]
+    if writer:
+        recorded = OmegaConf.to_yaml(cfg, resolve=True) if path else yaml_text(_evaluated(cfg, system))
+        write_text_durably(run_dir / "config.yaml", recorded)
     if str(cfg.trainer.precision) in ("64-true", "64"):
         # Lightning loads a resumed checkpoint's weights before it converts the model to float64: into float32
         # weights, which would round them (1e-7) and make the resumed run differ from one that ran through.
@@ -245,10 +251,7 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     summarize(summary, start, trainer, checkpoints, status="completed")
     if cfg.report.enabled and writer:
         # The model's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
-        config = {
-            **_container(cfg),
-            **{key: dict(system.hparams[key]) for key in ("model", "loss", "optimizer", "scheduler")},
-        }
+        config = {**_container(cfg), **{key: dict(system.hparams[key]) for key in MODEL_GROUPS}}
         path = trajectory.path() if trajectory is not None and trajectory.points else None
         write_run_report(run_dir, summary, config, system, datamodule, _container(cfg.report), path)
         log.info("Report with pictures: %s", (run_dir / "report.md").resolve())
@@ -260,6 +263,26 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         log.info("Run directory: %s", run_dir.resolve())
     best = checkpoints.best.best_model_score
     return float(best) if best is not None else None
+
+
+MODEL_GROUPS = ("model", "loss", "optimizer", "scheduler")  # what a checkpoint's network was built and trained with
+
+
+def _evaluated(cfg: DictConfig, system: MLPSystem) -> dict[str, Any]:
+    """train=false's config.yaml: the config, with the model.*, loss.*, optimizer.* and scheduler.* of the network
+    it evaluates, the checkpoint's (the command line's are not used); one log line names those that differed."""
+    config = _container(cfg)
+    given = flat({group: config[group] for group in MODEL_GROUPS})
+    config.update({group: dict(system.hparams[group]) for group in MODEL_GROUPS})
+    held = flat({group: config[group] for group in MODEL_GROUPS})
+    differ = sorted(key for key in given.keys() | held.keys() if given.get(key) != held.get(key))
+    if differ:
+        log.info(
+            "train=false evaluates the network %s holds, as it was built and trained: config.yaml records its "
+            "settings, not this command's, which differ in %s",
+            cfg.ckpt_path, ", ".join(differ),
+        )  # fmt: skip
+    return config
 
 
 def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: MNISTDataModule, ckpt_path: str | None) -> None:

@@ -26,6 +26,7 @@ imported when a search starts, so that Hydra can find this plugin where Optuna i
 
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -122,7 +123,29 @@ def _ints(*values: Any) -> bool:
 
 
 def open_storage(storage: str | None) -> Any:
-    """The study's storage: None in memory, a database URL, or a journal file (created with its folder)."""
+    """The study's storage: None in memory, a database URL, or a journal file (created with its folder).
+    ConfigError (one paragraph) for a database whose driver is missing, or a journal that cannot be written."""
+    from mlptrain.errors import ConfigError
+
+    try:
+        return _open_storage(storage)
+    except ImportError as error:  # Optuna's own message chains the driver's ModuleNotFoundError
+        driver = getattr(error.__cause__, "name", None) or "its driver"
+        raise ConfigError(
+            f"hydra.sweeper.storage={storage} names a database whose Python driver ({driver}) is not installed, "
+            f"so the study cannot open it. Install it (pip install {driver}, for this URL's database), use a "
+            "SQLite database (sqlite:///search.db), or a journal file (hydra.sweeper.storage=search.journal) "
+            "that every worker can reach."
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            f"hydra.sweeper.storage={storage}: the study's journal file cannot be written there "
+            f"({error.strerror}: {error.filename}). Give a path in a folder you can write to, one that every "
+            "worker of the search can reach (a shared filesystem for several machines)."
+        ) from None
+
+
+def _open_storage(storage: str | None) -> Any:
     import optuna
     import sqlalchemy.exc
 
@@ -188,14 +211,20 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
+        from mlptrain.errors import MlptrainError
         from mlptrain.frameworks import use_sampler
         from mlptrain.rundir import run_status
 
         s = self.settings
         space = Space([*(f"{key}={value}" for key, value in (s.params or {}).items()), *arguments])
+        try:
+            storage = open_storage(s.storage)
+        except MlptrainError as error:  # as a run's mistake is told: one paragraph, exit status 1
+            log.error("%s", error)
+            sys.exit(1)
         study = optuna.create_study(
             study_name=s.study_name,
-            storage=open_storage(s.storage),
+            storage=storage,
             sampler=self._sampler(0),
             direction=s.direction,
             load_if_exists=True,
