@@ -59,8 +59,9 @@ from mlptrain.baselines.numpy_mlp import NumpyBaseline
 from mlptrain.data import MNISTDataModule, TensorBatches
 from mlptrain.losses import make_loss
 from mlptrain.model import MLP
-from mlptrain.step import choose_path, member_gradients
+from mlptrain.step import member_gradients
 from mlptrain.train import train
+from mlptrain.training_path import choose_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -8,9 +8,9 @@ from omegaconf import OmegaConf
 
 from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
-from mlptrain.step import choose_path
 from mlptrain.system import MLPSystem
 from mlptrain.train import _make_trainer
+from mlptrain.training_path import choose_path
 from tests.conftest import CONF_DIR, compose_config
 
 GROUPS = {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in CONF_DIR.iterdir() if group.is_dir()}

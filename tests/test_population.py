@@ -112,9 +112,16 @@ def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp
         assert_same_run(folder / str(number), run)
 
 
-def test_jobs_that_cannot_be_stacked_run_one_after_another(tmp_path: Path, capsys) -> None:
-    folder = sweep(tmp_path, capsys, "model.hidden=[20],[30]", "trainer.max_epochs=1")
-    for number in (0, 1):
+def test_jobs_that_cannot_be_stacked_run_one_after_another_and_the_log_says_why(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "sweep"
+    jobs = ["model.hidden=[20],[30]", "model.dropout=0,0.2", "trainer.max_epochs=1"]
+    short = [override for override in SHORT if not override.startswith(("model.hidden", "trainer.max_epochs"))]
+    arguments = ["-m", "hydra/launcher=population", *jobs, *short, f"hydra.sweep.dir={folder}"]
+    status, output = run_in_process("train.py", arguments, capsys)
+    assert status == 0, output[-3000:]
+    assert "Jobs #1 #3 train on their own, not in a population: model.dropout draws its masks" in output, output
+    assert "The jobs make 2 populations, not one: they differ in model.hidden (the members" in output, output
+    for number in range(4):
         summary = json.loads((folder / str(number) / "summary.json").read_text())
         assert summary["status"] == "completed"
         assert "with the other members" not in (folder / str(number) / "train.log").read_text()

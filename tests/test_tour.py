@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 
 from mlptrain.config import EXPORT_RULES, ExportConfig, check, parse_arguments
 from mlptrain.data import MNISTDataModule
-from mlptrain.step import choose_path
 from mlptrain.system import MLPSystem
+from mlptrain.training_path import choose_path
 from tests.conftest import CONF_DIR, ROOT
 
 TOUR = ROOT / "docs" / "tour.md"

@@ -18,9 +18,9 @@ from omegaconf import DictConfig
 
 from mlptrain.cli import main
 from mlptrain.mnist import EMBEDDED_DIR, SHA256
-from mlptrain.step import choose_path
 from mlptrain.system import MLPSystem
 from mlptrain.train import train
+from mlptrain.training_path import choose_path
 from tests.conftest import compose_config, logged_errors, run_in_process, run_python
 
 MakeCfg = Callable[..., DictConfig]

@@ -357,10 +357,10 @@ _COMPILE = one_of("compile", ["auto", True, False])
 
 
 def _refused_path(cfg: DictConfig) -> str | None:
-    """steps_per_call and compile against the rest of the run: step.choose_path decides, and refuses."""
+    """steps_per_call and compile against the rest of the run: training_path.choose_path decides, and refuses."""
     if not cfg.train or _STEPS_PER_CALL.broken(cfg) or _COMPILE.broken(cfg):  # those have their own message
         return None
-    from mlptrain.step import choose_path
+    from mlptrain.training_path import choose_path
 
     try:
         choose_path(cfg)

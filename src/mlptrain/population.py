@@ -58,10 +58,10 @@ from mlptrain.rundir import (
     yaml_text,
 )
 from mlptrain.signals import TrainingTakesSignals
-from mlptrain.step import Clip, Engine, choose_path, make_optimizer
-from mlptrain.step import Path as TrainingPath
+from mlptrain.step import Clip, Engine, make_optimizer
 from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message
 from mlptrain.train import fit, progress_bar, trainer_settings
+from mlptrain.training_path import TrainingPath, choose_path
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%s][%s][%s] - %s\n"  # a member's log lines, as Hydra's job_logging writes a run's
@@ -84,27 +84,39 @@ def _container(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def stack_key(cfg: DictConfig) -> str | None:
-    """What must be equal for two jobs to train as one population, as a string; None where the job cannot be
-    stacked (it then runs on its own): Lightning's own loop, dropout (its random masks come from the one
-    process-wide generator), a checkpoint to start from, the landscape picture (it follows one member's
-    weights), TensorBoard (one log per run), or a config that does not resolve."""
+def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
+    """What must be equal for two jobs to train as one population, as a string, and ""; or None and why the job
+    cannot be stacked (it then runs on its own, and the launcher's log says why in one line)."""
     job = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("hydra", "output_dir")])
     try:
         plain = _container(job)
         path = choose_path(job)
     except Exception:  # the job's own run will say what is wrong
-        return None
-    alone = job.ckpt_path is not None or job.report.landscape is not None or job.logger.tensorboard
-    if not job.train or path.steps_per_call == 1 or job.model.dropout or alone:
-        return None
+        return None, "its config does not resolve or is refused (its run says why)"
+    why = next(
+        (
+            reason
+            for reason, applies in (
+                ("train=false evaluates a checkpoint", not job.train),
+                ("ckpt_path= starts it from a checkpoint of its own", job.ckpt_path is not None),
+                ("report.landscape follows one network's weights", job.report.landscape is not None),
+                ("logger=tensorboard writes one event log per process", job.logger.tensorboard),
+                ("model.dropout draws its masks from the process's one random generator", job.model.dropout),
+                (path.why, path.steps_per_call == 1),
+            )
+            if applies
+        ),
+        None,
+    )
+    if why is not None:
+        return None, why
     for key in MEMBER_KEYS:
         *parents, last = key.split(".")
         node = plain
         for part in parents:
             node = node.get(part, {})
         node.pop(last, None)
-    return repr(sorted(plain.items()))
+    return repr(sorted(plain.items())), ""
 
 
 def _settings(cfg: DictConfig) -> str:
@@ -123,7 +135,7 @@ class PopulationSystem(L.LightningModule):
         order = sorted(range(len(cfgs)), key=lambda m: settings[m])
         self.cfgs = [cfgs[m] for m in order]
         first = self.cfgs[0]
-        self.path, self.compile = path, path.compile  # compiled as a run alone would be (step.choose_path)
+        self.path, self.compile = path, path.compile  # compiled as a run alone would be (training_path.choose_path)
         self.run_dirs = [Path(cfg.output_dir) for cfg in self.cfgs]
         self.plain = [_container(cfg) for cfg in self.cfgs]  # each config resolved, for its files and checkpoints
         self.hparams_of = [hyperparameters(cfg, path) for cfg in self.cfgs]  # what MLPSystem would save
@@ -191,7 +203,7 @@ class PopulationSystem(L.LightningModule):
         return [m for m, failure in enumerate(self.failures) if failure is None]
 
     def describe(self) -> str:
-        """The training path as a run alone's log gives it (step.choose_path), and that it is a population's."""
+        """The training path as a run alone's log gives it (training_path.choose_path), in a population."""
         return f"{self.path.why}, with the other members of a population"
 
     def note(self, m: int, message: str, level: str = "INFO") -> None:

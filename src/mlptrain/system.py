@@ -21,7 +21,7 @@ from mlptrain.model import MLP
 from mlptrain.predict import probabilities
 from mlptrain.rundir import read_checkpoint, unloadable
 from mlptrain.step import Clip, Engine, make_optimizer
-from mlptrain.step import Path as TrainingPath
+from mlptrain.training_path import TrainingPath
 
 STAGES = ("train", "val", "test")
 
@@ -61,7 +61,7 @@ class MLPSystem(L.LightningModule):
     K > 1 gives each training step K mini-batches, and `step.Engine` (a population's engine, with one network)
     makes their K updates with the same maths (torch.optim's functional updates, autograd's gradients), without
     Lightning's per-step overhead; `compile` also runs them through torch.compile. How train(cfg) chooses:
-    `step.choose_path`.
+    `training_path.choose_path`.
     """
 
     def __init__(
@@ -392,7 +392,7 @@ def nonfinite_message(epoch: int, step: int, lr: Any) -> str:
 
 
 def hyperparameters(cfg: DictConfig, path: TrainingPath) -> dict[str, Any]:
-    """MLPSystem's arguments for the run `cfg` describes, making its updates as `path` says (step.choose_path):
+    """MLPSystem's arguments for the run `cfg` describes, making its updates as `path` says (training_path.choose_path):
     what its checkpoints save as hyper_parameters."""
 
     def plain(node: Any) -> Any:

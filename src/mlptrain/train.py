@@ -42,9 +42,8 @@ from mlptrain.rundir import (
     yaml_text,
 )
 from mlptrain.signals import TrainingTakesSignals
-from mlptrain.step import Path as TrainingPath
-from mlptrain.step import choose_path, several_processes
 from mlptrain.system import MLPSystem, hyperparameters, load_checkpoint
+from mlptrain.training_path import TrainingPath, choose_path, several_processes
 
 log = logging.getLogger(__name__)
 

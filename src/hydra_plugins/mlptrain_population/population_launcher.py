@@ -114,6 +114,7 @@ class PopulationLauncher(Launcher):
             job = Job(index, list(overrides), composed, task)
             groups.setdefault(composed.key or f"alone {len(jobs)}", []).append(len(jobs))
             jobs.append(job)
+        _say_what_did_not_stack(jobs, groups)
         chosen = [
             members[start : start + self.max_members]
             for members in groups.values()
@@ -240,6 +241,41 @@ def _returns(jobs: "list[Job]", tasks: list[DictConfig], values: list[float | No
     ]
 
 
+def _say_what_did_not_stack(jobs: "list[Job]", groups: dict[str, list[int]]) -> None:
+    """One log line for each reason some jobs train on their own, and one naming the keys that split the rest
+    into several populations (members may differ only in mlptrain.population.MEMBER_KEYS)."""
+    from mlptrain.population import MEMBER_KEYS
+    from mlptrain.rundir import flat
+
+    alone: dict[str, list[int]] = {}
+    for job in jobs:
+        if job.composed.key is None:
+            alone.setdefault(job.composed.why, []).append(job.index)
+    for why, indices in alone.items():
+        log.info(f"Jobs {_numbers(indices)} train on their own, not in a population: {why}")
+    stacked = [positions for key, positions in groups.items() if not key.startswith("alone ")]
+    if len(stacked) > 1:
+        tasks = [jobs[at[0]].composed.task for at in stacked]
+        configs = [
+            flat(OmegaConf.to_container(OmegaConf.masked_copy(t, [k for k in t if k != "output_dir"]), resolve=True))
+            for t in tasks
+        ]
+        keys = sorted(
+            key
+            for key in set().union(*configs)
+            if key not in (*MEMBER_KEYS, "output_dir") and len({repr(c.get(key)) for c in configs}) > 1
+        )
+        log.info(
+            f"The jobs make {len(stacked)} populations, not one: they differ in {', '.join(keys)} (the members of "
+            f"one population may differ only in {', '.join(key for key in MEMBER_KEYS if key != 'output_dir')})"
+        )
+
+
+def _numbers(indices: list[int]) -> str:
+    more = f" and {len(indices) - 20} more" if len(indices) > 20 else ""
+    return " ".join(f"#{index}" for index in indices[:20]) + more
+
+
 def _failed(job: "Job", error: Exception) -> JobReturn:
     return JobReturn(overrides=job.overrides, status=JobStatus.FAILED, _return_value=error)
 
@@ -252,13 +288,15 @@ class Composed(NamedTuple):
     config: DictConfig
     task: DictConfig
     key: str | None
+    why: str  # where key is None: why the job trains on its own
     hydra: dict[str, Any]  # config.hydra as plain containers, interpolations kept
 
     @classmethod
     def of(cls, overrides: Sequence[str], config: DictConfig) -> "Composed":
         from mlptrain.population import stack_key
 
-        return cls(_parsed(overrides), config, _task_of(config), stack_key(config), _plain(config.hydra))
+        key, why = stack_key(config)
+        return cls(_parsed(overrides), config, _task_of(config), key, why, _plain(config.hydra))
 
 
 @dataclass
