@@ -102,6 +102,16 @@ def test_each_member_gets_the_weights_and_metrics_of_its_own_run(tmp_path: Path,
     )
 
 
+def test_dropout_members_draw_their_own_masks_as_their_runs_alone(tmp_path: Path, capsys) -> None:
+    """model.dropout: each member's masks come from its own generator, where its run alone's stands once its
+    weights are drawn, so each member is its run alone (float64, 1e-9)."""
+    folder = sweep(tmp_path, capsys, "model.dropout=0.3", "seed=1,2", "optimizer.lr=0.001,0.01")
+    for number, (seed, lr) in enumerate([(1, 0.001), (1, 0.01), (2, 0.001), (2, 0.01)]):
+        run = alone(tmp_path, f"alone{number}", "model.dropout=0.3", f"seed={seed}", f"optimizer.lr={lr}")
+        assert_same_run(folder / str(number), run)
+        assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
+
+
 def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp_path: Path, capsys) -> None:
     folder = sweep(tmp_path, capsys, "optimizer=sgd", "scheduler=none", "seed=1", "optimizer.lr=0.1,1e30,0.2")
     failed = json.loads((folder / "1" / "summary.json").read_text())
@@ -175,7 +185,7 @@ def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(PopulationSystem, "training_step", step_then_stop)
-    overrides = ("optimizer=sgd", "optimizer.momentum=0.9", "scheduler=none")
+    overrides = ("optimizer=sgd", "optimizer.lr=0.02", "optimizer.momentum=0.9", "scheduler=none", "model.dropout=0.2")
     folder = sweep(tmp_path, capsys, *overrides, "seed=1,2", ends=1)  # as an interrupted run ends
     for number in (0, 1):
         assert json.loads((folder / str(number) / "summary.json").read_text())["status"] == "interrupted"
@@ -219,7 +229,7 @@ def test_a_population_killed_then_resumed_gives_each_member_its_uninterrupted_ru
     from tests.conftest import ROOT
 
     folder = tmp_path / "sweep"
-    longer = ("data.train_size=5000", "trainer.max_epochs=4", "optimizer=sgd", "scheduler=none")
+    longer = ("data.train_size=5000", "trainer.max_epochs=4", "optimizer=sgd", "scheduler=none", "model.dropout=0.2")
     arguments = [*SHORT, *longer, "seed=1,2", f"hydra.sweep.dir={folder}"]
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=population", *arguments],

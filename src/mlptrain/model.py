@@ -87,6 +87,9 @@ class MLP(nn.Module):
         pieces = [act.pieces if isinstance(act, Maxout) else 1 for act in self.activations] + [1]
         self.layers = nn.ModuleList(Linear(n_in, n_out * k) for n_in, n_out, k in zip(widths[:-1], widths[1:], pieces))
         self.dropout = nn.Dropout(dropout)
+        # A population's members' own random generators, one each (mlptrain.population): each member's dropout
+        # masks are drawn from its own, as its run alone draws them from the process's generator.
+        self.generators: list[torch.Generator] | None = None
         self.output_activation = make_output_activation(output_activation)
         self.init_parameters(init)
 
@@ -104,5 +107,17 @@ class MLP(nn.Module):
         # (B, 1, 28, 28) or (B, 784) -> (B, 784); members' inputs as they are
         a = x if self.stacked else x.flatten(1)
         for layer, activation in zip(self.layers[:-1], self.activations):
-            a = self.dropout(activation(layer(a)))  # a' = σ(W a + b): (B, n_in) -> (B, n_out)
+            a = self._dropped(activation(layer(a)))  # a' = σ(W a + b): (B, n_in) -> (B, n_out)
         return self.output_activation(self.layers[-1](a))  # (B, 10)
+
+    def _dropped(self, a: torch.Tensor) -> torch.Tensor:
+        """Dropout: nn.Dropout's, or for stacked members (N, B, n) each member's mask from its own generator,
+        drawn and scaled as torch's CPU dropout draws and scales a run's: bernoulli(1 - p), divided by 1 - p."""
+        p = self.dropout.p
+        if self.generators is None or not self.training or p == 0 or not self.stacked:
+            return self.dropout(a)
+        shape = a.shape[1:]  # drawn in a run's row-major order (a member's activations may be laid out transposed)
+        noise = torch.stack(
+            [torch.empty(shape, dtype=a.dtype, device=a.device).bernoulli_(1 - p, generator=g) for g in self.generators]
+        )
+        return a * noise.div_(1 - p)

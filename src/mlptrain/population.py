@@ -101,7 +101,15 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
                 ("ckpt_path= starts it from a checkpoint of its own", job.ckpt_path is not None),
                 ("report.landscape follows one network's weights", job.report.landscape is not None),
                 ("logger=tensorboard writes one event log per process", job.logger.tensorboard),
-                ("model.dropout draws its masks from the process's one random generator", job.model.dropout),
+                (
+                    "compile=true with model.dropout: compiled code draws other masks",
+                    job.model.dropout and path.compile,
+                ),
+                (
+                    "model.dropout on a GPU: a run's masks come from CUDA's fused dropout kernel, whose draws a "
+                    "member's own generator cannot repeat",
+                    job.model.dropout and _on_gpu(job),
+                ),
                 (path.why, path.steps_per_call == 1),
             )
             if applies
@@ -117,6 +125,13 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
             node = node.get(part, {})
         node.pop(last, None)
     return repr(sorted(plain.items())), ""
+
+
+def _on_gpu(cfg: DictConfig) -> bool:
+    """Whether the job would train on a CUDA device (trainer.accelerator auto or gpu, with one there)."""
+    import torch
+
+    return str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
 def _settings(cfg: DictConfig) -> str:
@@ -147,10 +162,12 @@ class PopulationSystem(L.LightningModule):
             else:
                 self.parts[-1] = slice(self.parts[-1].start, m + 1)
             self.set_of.append(len(self.parts) - 1)
-        models = []
+        models, generators = [], []
         for cfg in self.cfgs:  # each member's weights, drawn as its run alone draws them
             L.seed_everything(cfg.seed, workers=True, verbose=False)
             models.append(MLP(**_container(cfg.model)))
+            # Its random generator, where its run alone's stands once the weights are drawn: its dropout masks
+            generators.append(torch.Generator().set_state(torch.get_rng_state()))
         # One MLP whose parameters are every member's, stacked: (N, ...) each.
         self.names = [name for name, _ in models[0].named_parameters()]
         self.network = models[0]
@@ -159,6 +176,7 @@ class PopulationSystem(L.LightningModule):
             layer, _, kind = name.rpartition(".")
             setattr(self.network.get_submodule(layer), kind, nn.Parameter(values))
         del models
+        self.network.generators = generators if first.model.dropout else None
         self.loss_fn = make_loss(**_container(first.loss))
         clip = first.trainer.gradient_clip_val
         self.clip = Clip(clip, first.trainer.gradient_clip_algorithm) if clip else None
@@ -460,6 +478,9 @@ class PopulationSystem(L.LightningModule):
                 state = member["callbacks"].get(callback.state_key)
                 if state:
                     callback.load_state_dict(dict(state))
+        if self.network.generators is not None:  # each member's dropout draws on where it stopped
+            for generator, member in zip(self.network.generators, members):
+                generator.set_state(member["rng_state"])
         self.best_updates = [member["best_updates"] for member in members]
         best = [member["best_weights"] for member in members]
         if all(weights is not None for weights in best):
@@ -498,13 +519,18 @@ class PopulationSystem(L.LightningModule):
             hyper_parameters=self.hparams_of[m],
             config=self.plain[m],
             library_versions=library_versions(),
-            rng_states={"torch": torch.get_rng_state()},
+            rng_states={"torch": self._rng_state(m)},
             history=[dict(row) for row in self.histories[m]],
             epoch_lrs=dict(self.epoch_lrs[m]),
         )
         schedulers = checkpoint.get("lr_schedulers", [])
         member["lr_schedulers"] = [schedulers[s]] if schedulers else []
         return member
+
+    def _rng_state(self, m: int) -> torch.Tensor:
+        """Member m's random generator's state, as its run alone's checkpoint keeps the process's."""
+        generators = self.network.generators
+        return generators[m].get_state() if generators is not None else torch.get_rng_state()
 
     def population_checkpoint(self) -> dict[str, Any]:
         """The population's checkpoint, stacked from its members' (self.resumed): what Lightning restores."""
@@ -542,6 +568,7 @@ class PopulationSystem(L.LightningModule):
                 "callbacks": c["callbacks"],
                 "best_updates": c.get("best_updates", 0),
                 "best_weights": c.get("best_weights"),
+                "rng_state": c.get("rng_states", {}).get("torch"),
             }
             for c in members
         ]
