@@ -112,6 +112,27 @@ def test_dropout_members_draw_their_own_masks_as_their_runs_alone(tmp_path: Path
         assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
 
 
+@pytest.mark.parametrize("compiled", [False], ids=["eager"])  # compiled: 5 min cold for 4 kinds (docs/benchmarks.md)
+def test_members_may_differ_in_activation_cost_and_dropout(tmp_path: Path, capsys, compiled: bool) -> None:
+    """What the notes compare, in one population: activation against activation, the quadratic cost against
+    cross-entropy, with and without dropout (not compiled: compiled code draws other masks); each member is its
+    run alone (float64, 1e-9; the runs alone uncompiled). `compiled=True` passes too, in 6 min of compiling."""
+    dropouts = (0,) if compiled else (0, 0.2)
+    jobs = ["model.activation=sigmoid,relu", "loss=mse,cross_entropy", f"model.dropout={','.join(map(str, dropouts))}"]
+    folder = tmp_path / "sweep"
+    flag = f"compile={str(compiled).lower()}"
+    arguments = ["-m", "hydra/launcher=population", *jobs, "seed=1", flag, *SHORT, f"hydra.sweep.dir={folder}"]
+    status, output = run_in_process("train.py", arguments, capsys)
+    assert status == 0 and f"Population of {4 * len(dropouts)} jobs, trained together" in output, output[-3000:]
+    for number, (activation, loss, dropout) in enumerate(
+        (a, c, d) for a in ("sigmoid", "relu") for c in ("mse", "cross_entropy") for d in dropouts
+    ):
+        overrides = (f"model.activation={activation}", f"loss={loss}", f"model.dropout={dropout}", "seed=1")
+        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *overrides))
+        how = "compiled" if compiled else "not compiled"
+        assert f"per training step, {how} (" in (folder / str(number) / "train.log").read_text()
+
+
 def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp_path: Path, capsys) -> None:
     folder = sweep(tmp_path, capsys, "optimizer=sgd", "scheduler=none", "seed=1", "optimizer.lr=0.1,1e30,0.2")
     failed = json.loads((folder / "1" / "summary.json").read_text())
@@ -124,12 +145,12 @@ def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp
 
 def test_jobs_that_cannot_be_stacked_run_one_after_another_and_the_log_says_why(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "sweep"
-    jobs = ["model.hidden=[20],[30]", "model.dropout=0,0.2", "trainer.max_epochs=1"]
+    jobs = ["model.hidden=[20],[30]", "report.landscape=null,pca", "trainer.max_epochs=1"]
     short = [override for override in SHORT if not override.startswith(("model.hidden", "trainer.max_epochs"))]
     arguments = ["-m", "hydra/launcher=population", *jobs, *short, f"hydra.sweep.dir={folder}"]
     status, output = run_in_process("train.py", arguments, capsys)
     assert status == 0, output[-3000:]
-    assert "Jobs #1 #3 train on their own, not in a population: model.dropout draws its masks" in output, output
+    assert "Jobs #1 #3 train on their own, not in a population: report.landscape follows one" in output, output
     assert "The jobs make 2 populations, not one: they differ in model.hidden (the members" in output, output
     for number in range(4):
         summary = json.loads((folder / str(number) / "summary.json").read_text())

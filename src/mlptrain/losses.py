@@ -1,6 +1,6 @@
 """The costs a network can be trained on: the notes' quadratic cost in its three scalings, and two cross-entropies."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,3 +48,13 @@ def make_loss(name: str, reduction: str | None = "half_sum") -> LossFn:
         return F.cross_entropy(output.mT, labels, reduction="none").mean(-1)  # classes second: (N, 10, B)
 
     return {"cross_entropy": cross_entropy, "mse": mse, "binary_cross_entropy": binary_cross_entropy}[name]
+
+
+def member_losses(kinds: Sequence[tuple[slice, LossFn]]) -> LossFn:
+    """The losses of N stacked members whose kinds have costs of their own: each kind's loss on its slice of
+    the member axis (output (N, B, 10), labels (N, B)) -> (N,), as make_loss's functions give N members'."""
+
+    def loss(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.cat([fn(output[part], labels[part]) for part, fn in kinds])
+
+    return loss

@@ -5,7 +5,7 @@ The same module evaluates N networks of its shape at once when its parameters ca
 or (B, 784) shared by every member, give outputs (N, B, 10), one batched matrix product per layer."""
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +90,9 @@ class MLP(nn.Module):
         # A population's members' own random generators, one each (mlptrain.population): each member's dropout
         # masks are drawn from its own, as its run alone draws them from the process's generator.
         self.generators: list[torch.Generator] | None = None
+        # A population whose members differ in activation, output activation or dropout rate: each kind of
+        # member's slice of the stack, with its own (mlptrain.population); None where every member is alike.
+        self.kinds: list[Kind] | None = None
         self.output_activation = make_output_activation(output_activation)
         self.init_parameters(init)
 
@@ -106,18 +109,37 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, 1, 28, 28) or (B, 784) -> (B, 784); members' inputs as they are
         a = x if self.stacked else x.flatten(1)
+        if self.kinds is not None and self.stacked:  # each kind of member its own activations, on its slice
+            for i, layer in enumerate(self.layers[:-1]):
+                z = layer(a)
+                a = torch.cat([self._dropped(k.activations[i](z[k.part]), k.dropout, k.part) for k in self.kinds])
+            out = self.layers[-1](a)
+            return torch.cat([k.output_activation(out[k.part]) for k in self.kinds])
         for layer, activation in zip(self.layers[:-1], self.activations):
-            a = self._dropped(activation(layer(a)))  # a' = σ(W a + b): (B, n_in) -> (B, n_out)
+            a = self._dropped(activation(layer(a)), self.dropout.p)  # a' = σ(W a + b): (B, n_in) -> (B, n_out)
         return self.output_activation(self.layers[-1](a))  # (B, 10)
 
-    def _dropped(self, a: torch.Tensor) -> torch.Tensor:
-        """Dropout: nn.Dropout's, or for stacked members (N, B, n) each member's mask from its own generator,
-        drawn and scaled as torch's CPU dropout draws and scales a run's: bernoulli(1 - p), divided by 1 - p."""
-        p = self.dropout.p
+    def _dropped(self, a: torch.Tensor, p: float, part: slice = slice(None)) -> torch.Tensor:
+        """Dropout at rate p: nn.Dropout's, or for stacked members (N, B, n) each member's mask from its own
+        generator (those of `part`), drawn and scaled as torch's CPU dropout draws and scales a run's:
+        bernoulli(1 - p), divided by 1 - p."""
         if self.generators is None or not self.training or p == 0 or not self.stacked:
-            return self.dropout(a)
+            return self.dropout(a) if p == self.dropout.p else F.dropout(a, p, self.training)
         shape = a.shape[1:]  # drawn in a run's row-major order (a member's activations may be laid out transposed)
         noise = torch.stack(
-            [torch.empty(shape, dtype=a.dtype, device=a.device).bernoulli_(1 - p, generator=g) for g in self.generators]
+            [
+                torch.empty(shape, dtype=a.dtype, device=a.device).bernoulli_(1 - p, generator=g)
+                for g in self.generators[part]
+            ]
         )
         return a * noise.div_(1 - p)
+
+
+class Kind(NamedTuple):
+    """Members of a stacked MLP that share activations, output activation and dropout rate: their slice of the
+    member axis, and theirs (a population's members may differ in these, mlptrain.population)."""
+
+    part: slice
+    activations: nn.ModuleList
+    output_activation: nn.Module
+    dropout: float

@@ -40,8 +40,8 @@ from mlptrain.callbacks import CheckpointOnStop, Checkpoints
 from mlptrain.config import check
 from mlptrain.data import Chunk, MNISTDataModule
 from mlptrain.errors import MlptrainError
-from mlptrain.losses import make_loss
-from mlptrain.model import MLP
+from mlptrain.losses import make_loss, member_losses
+from mlptrain.model import MLP, Kind
 from mlptrain.report import write_run_report
 from mlptrain.rundir import (
     RunLock,
@@ -77,6 +77,16 @@ MEMBER_KEYS = (
     "optimizer.betas",
     "optimizer.eps",
     "output_dir",
+)
+# Keys in which they may differ too, each job composed by Hydra: what a member computes with, on weights of one
+# shape (maxout and a `_target_` activation, which have shapes or parameters of their own, must be equal).
+MEMBER_KINDS = (
+    "model.activation",
+    "model.logistic_slope",
+    "model.leaky_relu_slope",
+    "model.output_activation",
+    "model.dropout",
+    "loss",
 )
 
 
@@ -118,13 +128,20 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
     )
     if why is not None:
         return None, why
-    for key in MEMBER_KEYS:
+    activation = plain["model"]["activation"]
+    own = activation if isinstance(activation, dict) or activation == "maxout" else None
+    for key in (*MEMBER_KEYS, *MEMBER_KINDS):
         *parents, last = key.split(".")
         node = plain
         for part in parents:
             node = node.get(part, {})
         node.pop(last, None)
-    return repr(sorted(plain.items())), ""
+    return repr((sorted(plain.items()), own)), ""
+
+
+def _kind(cfg: DictConfig) -> str:
+    """What a member computes with (MEMBER_KINDS' values), as a string: members of one kind share them."""
+    return repr([OmegaConf.select(cfg, key) for key in MEMBER_KINDS[:-1]] + [_container(cfg.loss)])
 
 
 def _on_gpu(cfg: DictConfig) -> bool:
@@ -146,7 +163,8 @@ class PopulationSystem(L.LightningModule):
     def __init__(self, cfgs: Sequence[DictConfig], path: TrainingPath) -> None:
         super().__init__()
         self.automatic_optimization = False  # the updates are made below; Lightning counts one step per call
-        settings = [_settings(cfg) for cfg in cfgs]
+        # Members of one kind side by side, and within it those with equal optimizer settings (an optimizer each)
+        settings = [(_kind(cfg), _settings(cfg)) for cfg in cfgs]
         order = sorted(range(len(cfgs)), key=lambda m: settings[m])
         self.cfgs = [cfgs[m] for m in order]
         first = self.cfgs[0]
@@ -175,9 +193,29 @@ class PopulationSystem(L.LightningModule):
             values = torch.stack([dict(model.named_parameters())[name].detach() for model in models])
             layer, _, kind = name.rpartition(".")
             setattr(self.network.get_submodule(layer), kind, nn.Parameter(values))
+        kinds: list[slice] = []  # the members of each kind, as slices of the stack
+        for m, cfg in enumerate(self.cfgs):
+            if m and _kind(cfg) == _kind(self.cfgs[m - 1]):
+                kinds[-1] = slice(kinds[-1].start, m + 1)
+            else:
+                kinds.append(slice(m, m + 1))
+        if len(kinds) > 1:  # each kind computes with its own activations, output activation, dropout and cost
+            self.network.kinds = [
+                Kind(
+                    part,
+                    models[part.start].activations,
+                    models[part.start].output_activation,
+                    self.cfgs[part.start].model.dropout,
+                )
+                for part in kinds
+            ]
+            self.loss_fn = member_losses(
+                [(part, make_loss(**_container(self.cfgs[part.start].loss))) for part in kinds]
+            )
+        else:
+            self.loss_fn = make_loss(**_container(first.loss))
         del models
-        self.network.generators = generators if first.model.dropout else None
-        self.loss_fn = make_loss(**_container(first.loss))
+        self.network.generators = generators if any(cfg.model.dropout for cfg in self.cfgs) else None
         clip = first.trainer.gradient_clip_val
         self.clip = Clip(clip, first.trainer.gradient_clip_algorithm) if clip else None
         self.norms_of = [name for name in self.names if "weight" in name] if first.log_grad_norms else []
@@ -699,7 +737,8 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
     """One population: build, fit, test and write every member's files; each member's best val/acc."""
     cfgs = [cfg for cfg, _, _ in group]
     first = cfgs[0]
-    path = choose_path(first)
+    paths = [choose_path(cfg) for cfg in cfgs]  # compiled where each member's run alone would be (dropout: not)
+    path = next((path for path in paths if not path.compile), paths[0])
     system = PopulationSystem(cfgs, path)
     system.log_name = log_name
     checkpoints = {Path(cfg.output_dir): checkpoint for cfg, checkpoint, _ in group}

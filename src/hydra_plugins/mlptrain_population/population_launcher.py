@@ -244,7 +244,7 @@ def _returns(jobs: "list[Job]", tasks: list[DictConfig], values: list[float | No
 def _say_what_did_not_stack(jobs: "list[Job]", groups: dict[str, list[int]]) -> None:
     """One log line for each reason some jobs train on their own, and one naming the keys that split the rest
     into several populations (members may differ only in mlptrain.population.MEMBER_KEYS)."""
-    from mlptrain.population import MEMBER_KEYS
+    from mlptrain.population import MEMBER_KEYS, MEMBER_KINDS
     from mlptrain.rundir import flat
 
     alone: dict[str, list[int]] = {}
@@ -263,11 +263,15 @@ def _say_what_did_not_stack(jobs: "list[Job]", groups: dict[str, list[int]]) -> 
         keys = sorted(
             key
             for key in set().union(*configs)
-            if key not in (*MEMBER_KEYS, "output_dir") and len({repr(c.get(key)) for c in configs}) > 1
+            if key not in (*MEMBER_KEYS, "output_dir")
+            and not key.startswith(MEMBER_KINDS)
+            and len({repr(c.get(key)) for c in configs}) > 1
         )
+        members = [key for key in (*MEMBER_KEYS, *MEMBER_KINDS) if key != "output_dir"]
+        keys = keys or ["model.activation (maxout, or a `_target_` one: weights of their own shape or kind)"]
         log.info(
             f"The jobs make {len(stacked)} populations, not one: they differ in {', '.join(keys)} (the members of "
-            f"one population may differ only in {', '.join(key for key in MEMBER_KEYS if key != 'output_dir')})"
+            f"one population may differ only in {', '.join(members)}; maxout and `_target_` activations not)"
         )
 
 
