@@ -83,6 +83,7 @@ DEFAULTS = {
     "e2e_epochs": 30,
     "overrides": [],  # config overrides added to every setup, e.g. [data.train_size=10000] for a quicker table
     "populations": False,  # true: sweeps as populations (hydra/launcher=population) against one run and job by job
+    "sweeps": None,  # populations: only the POPULATION_SWEEPS whose name holds one of these words, e.g. [activations]
     "mode": "table",  # nielsen_network: one process training the network.py baseline (what e2e times);
     # stacked_loop: one process training `members` Nielsen networks in a plain stacked loop (what members= times)
     "members": None,  # N or [N, ...]: N Nielsen members, 1 epoch, population against the plain stacked loop
@@ -523,6 +524,10 @@ POPULATION_SWEEPS = {
         ["seed=1,2,3,4,5,6,7,8,9,10"],
     ),
     "the default network, 3 seeds x 4 learning rates": ([], ["seed=1,2,3", "optimizer.lr=0.0005,0.001,0.002,0.004"]),
+    "the default network, 4 activations x 3 seeds, 3 epochs": (
+        ["trainer.max_epochs=3"],
+        ["model.activation=sigmoid,tanh,relu,softplus", "seed=1,2,3"],
+    ),
 }
 
 
@@ -570,7 +575,7 @@ def timing_rows(
     return rows
 
 
-def populations(runs: int) -> list[dict[str, Any]]:
+def populations(runs: int, only: list[str] | None = None) -> list[dict[str, Any]]:
     """Whole commands timed from start to exit (the last summary.json is written just before), with their peak
     resident memory: each sweep as a population (with torch.compile's cache as earlier runs left it, and with an
     empty one), its first job alone (`runs` times each, taking turns), and the sweep job by job with Hydra's
@@ -582,8 +587,11 @@ def populations(runs: int) -> list[dict[str, Any]]:
             command = [sys.executable, "train.py", *args, "report.enabled=false", *where]
             return timed_process(command, cache if empty_cache else None)
 
+    chosen = {name: sweep for name, sweep in POPULATION_SWEEPS.items() if not only or any(w in name for w in only)}
+    if not chosen:
+        sys.exit(f"sweeps={only} names none of {list(POPULATION_SWEEPS)}")
     rows = []
-    for sweep, (fixed, swept) in POPULATION_SWEEPS.items():
+    for sweep, (fixed, swept) in chosen.items():
         first = [override.split(",")[0] for override in swept]
         jobs = 1
         for override in swept:
@@ -770,7 +778,7 @@ if __name__ == "__main__":
             f"torch {torch.__version__}, {torch.get_num_threads()} threads; one run, population: median of {args.runs}",
             ["sweep", "system", "jobs", "wall s", "runs", "× one run", "peak RSS MiB"],
             ["sweep", "system", "jobs", "wall_s", "runs_s", "x_one_run", "peak_rss_mb"],
-            populations(args.runs),
+            populations(args.runs, list(args.sweeps) if args.sweeps else None),
             args.out,
         )
         sys.exit(0)
