@@ -144,6 +144,17 @@ def _kind(cfg: DictConfig) -> str:
     return repr([OmegaConf.select(cfg, key) for key in MEMBER_KINDS[:-1]] + [_container(cfg.loss)])
 
 
+def _side_by_side(keys: Sequence[Any]) -> list[slice]:
+    """The runs of equal keys in a sequence (sorted, so each key has one run), as slices of it."""
+    runs: list[slice] = []
+    for m, key in enumerate(keys):
+        if m and key == keys[m - 1]:
+            runs[-1] = slice(runs[-1].start, m + 1)
+        else:
+            runs.append(slice(m, m + 1))
+    return runs
+
+
 def _on_gpu(cfg: DictConfig) -> bool:
     """Whether the job would train on a CUDA device (trainer.accelerator auto or gpu, with one there)."""
     import torch
@@ -172,14 +183,10 @@ class PopulationSystem(L.LightningModule):
         self.run_dirs = [Path(cfg.output_dir) for cfg in self.cfgs]
         self.plain = [_container(cfg) for cfg in self.cfgs]  # each config resolved, for its files and checkpoints
         self.hparams_of = [hyperparameters(cfg, path) for cfg in self.cfgs]  # what MLPSystem would save
-        self.parts: list[slice] = []  # the sets of members with equal optimizer settings, as slices of the stack
-        self.set_of: list[int] = []  # each member's set: an index into self.parts
-        for m, key in enumerate(settings[i] for i in order):
-            if m == 0 or key != settings[order[m - 1]]:
-                self.parts.append(slice(m, m + 1))
-            else:
-                self.parts[-1] = slice(self.parts[-1].start, m + 1)
-            self.set_of.append(len(self.parts) - 1)
+        ordered = [settings[m] for m in order]
+        self.parts = _side_by_side(ordered)  # the sets of members with equal optimizer settings, slices of the stack
+        self.set_of = [s for s, part in enumerate(self.parts) for _ in range(part.start, part.stop)]  # each member's
+        kinds = _side_by_side([kind for kind, _ in ordered])  # the members of each kind, as slices of the stack
         models, generators = [], []
         for cfg in self.cfgs:  # each member's weights, drawn as its run alone draws them
             L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -193,12 +200,6 @@ class PopulationSystem(L.LightningModule):
             values = torch.stack([dict(model.named_parameters())[name].detach() for model in models])
             layer, _, kind = name.rpartition(".")
             setattr(self.network.get_submodule(layer), kind, nn.Parameter(values))
-        kinds: list[slice] = []  # the members of each kind, as slices of the stack
-        for m, cfg in enumerate(self.cfgs):
-            if m and _kind(cfg) == _kind(self.cfgs[m - 1]):
-                kinds[-1] = slice(kinds[-1].start, m + 1)
-            else:
-                kinds.append(slice(m, m + 1))
         if len(kinds) > 1:  # each kind computes with its own activations, output activation, dropout and cost
             self.network.kinds = [
                 Kind(
