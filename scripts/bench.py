@@ -528,6 +528,11 @@ POPULATION_SWEEPS = {
         ["trainer.max_epochs=3"],
         ["model.activation=sigmoid,tanh,relu,softplus", "seed=1,2,3"],
     ),
+    # Nielsen's chapter 1: 30 hidden neurons, then 100. One population, the narrower zero-padded to the wider.
+    "experiment=nielsen, widths [30] and [100] x 3 seeds, 3 epochs": (
+        ["experiment=nielsen", "trainer.max_epochs=3"],
+        ["model.hidden=[30],[100]", "seed=1,2,3"],
+    ),
 }
 
 

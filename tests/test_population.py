@@ -133,6 +133,27 @@ def test_members_may_differ_in_activation_cost_and_dropout(tmp_path: Path, capsy
         assert f"per training step, {how} (" in (folder / str(number) / "train.log").read_text()
 
 
+def test_members_may_differ_in_width_zero_padded_to_the_widest(tmp_path: Path, capsys) -> None:
+    """model.hidden of one depth: a member narrower than the widest is zero-padded to it, its padding's gradients
+    held at zero, and it is its run alone (float64, 1e-9), checkpoints cut to its own shapes. Sigmoid, whose
+    σ(0) = 0.5 reaches the padding's outgoing weights where no dropout mask zeroes it; with and without dropout
+    (masks at the member's own width), weight decay, gradient clipping by norm and the gradient norms."""
+    common = (
+        "model.activation=sigmoid",
+        "optimizer.weight_decay=0.1",
+        "trainer.gradient_clip_val=0.5",
+        "log_grad_norms=true",
+        "seed=1",
+    )
+    folder = sweep(tmp_path, capsys, "model.hidden=[20,12],[30,8]", "model.dropout=0,0.2", *common)
+    for number, (hidden, dropout) in enumerate((h, d) for h in ("[20,12]", "[30,8]") for d in (0, 0.2)):
+        run = alone(tmp_path, f"alone{number}", f"model.hidden={hidden}", f"model.dropout={dropout}", *common)
+        assert_same_run(folder / str(number), run)
+        assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
+        summaries = (json.loads((path / "summary.json").read_text()) for path in (folder / str(number), run))
+        assert len({summary["parameters"] for summary in summaries}) == 1
+
+
 def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp_path: Path, capsys) -> None:
     folder = sweep(tmp_path, capsys, "optimizer=sgd", "scheduler=none", "seed=1", "optimizer.lr=0.1,1e30,0.2")
     failed = json.loads((folder / "1" / "summary.json").read_text())
@@ -145,19 +166,35 @@ def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp
 
 def test_jobs_that_cannot_be_stacked_run_one_after_another_and_the_log_says_why(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "sweep"
-    jobs = ["model.hidden=[20],[30]", "report.landscape=null,pca", "trainer.max_epochs=1"]
+    jobs = ["model.hidden=[20],[20,20]", "report.landscape=null,pca", "trainer.max_epochs=1"]
     short = [override for override in SHORT if not override.startswith(("model.hidden", "trainer.max_epochs"))]
     arguments = ["-m", "hydra/launcher=population", *jobs, *short, f"hydra.sweep.dir={folder}"]
     status, output = run_in_process("train.py", arguments, capsys)
     assert status == 0, output[-3000:]
     assert "Jobs #1 #3 train on their own, not in a population: report.landscape follows one" in output, output
-    assert "The jobs make 2 populations, not one: they differ in model.hidden (the members" in output, output
+    assert (
+        "The jobs make 2 populations, not one: they differ in model.hidden (the depth: 1 and 2 hidden layers)" in output
+    ), output
     for number in range(4):
         summary = json.loads((folder / str(number) / "summary.json").read_text())
         assert summary["status"] == "completed"
         assert "with the other members" not in (folder / str(number) / "train.log").read_text()
     status, output = run_in_process("scripts/report.py", [str(folder)], capsys)
     assert status == 0 and (folder / "sweep_report.md").is_file(), output
+
+
+def test_a_trainer_setting_lightning_refuses_is_one_paragraph_for_every_member(tmp_path: Path, capsys) -> None:
+    """As a run's: the paragraph, in the sweep's log and each member's, no traceback, and a sweep none of whose
+    jobs completed exits 1."""
+    folder = tmp_path / "sweep"
+    arguments = ["-m", "hydra/launcher=population", "+trainer.no_such_argument=1", "seed=1,2", *SHORT]
+    status, output = run_in_process("train.py", [*arguments, f"hydra.sweep.dir={folder}"], capsys)
+    assert status == 1 and "The trainer config is not valid" in output and "Traceback" not in output, output
+    for number in (0, 1):
+        log = (folder / str(number) / "train.log").read_text()
+        assert "The trainer config is not valid" in log and "trainer.*" in log, log
+        assert "Traceback" not in log
+        assert not (folder / str(number) / "summary.json").exists()
 
 
 def test_a_population_is_at_most_max_members_and_one_left_over_runs_alone(tmp_path: Path, capsys) -> None:
@@ -241,7 +278,8 @@ def test_an_optuna_search_trains_each_batch_of_trials_as_a_population(tmp_path: 
 
 def test_a_population_killed_then_resumed_gives_each_member_its_uninterrupted_run(tmp_path: Path, capsys) -> None:
     """SIGKILL (no handler, no last word) once the members have written their first epoch; the same command with
-    resume=auto then finishes each member from its own last.ckpt, as if nothing had happened."""
+    resume=auto then finishes each member from its own last.ckpt, as if nothing had happened. The members differ
+    in width: the narrower's checkpoint, its own shape, is zero-padded again to resume."""
     import signal
     import subprocess
     import sys
@@ -251,7 +289,8 @@ def test_a_population_killed_then_resumed_gives_each_member_its_uninterrupted_ru
 
     folder = tmp_path / "sweep"
     longer = ("data.train_size=5000", "trainer.max_epochs=4", "optimizer=sgd", "scheduler=none", "model.dropout=0.2")
-    arguments = [*SHORT, *longer, "seed=1,2", f"hydra.sweep.dir={folder}"]
+    short = [override for override in SHORT if not override.startswith("model.hidden")]
+    arguments = [*short, *longer, "model.hidden=[20],[24]", f"hydra.sweep.dir={folder}"]
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=population", *arguments],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -263,7 +302,7 @@ def test_a_population_killed_then_resumed_gives_each_member_its_uninterrupted_ru
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (folder / "0" / "summary.json").exists(), "the kill came after the sweep had finished"
-    sweep(tmp_path, capsys, *longer, "seed=1,2", "resume=auto")
+    sweep(tmp_path, capsys, *longer, "model.hidden=[20],[24]", "resume=auto")
     for number in (0, 1):
-        run = alone(tmp_path, f"alone{number}", *longer, f"seed={number + 1}")
+        run = alone(tmp_path, f"alone{number}", *longer, f"model.hidden=[{20 + 4 * number}]")
         assert_same_run(folder / str(number), run, steps=2000)

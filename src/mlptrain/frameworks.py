@@ -47,4 +47,20 @@ def use_sampler(study: Any, sampler: Any) -> None:
     study.sampler = sampler
 
 
-__all__ = ["BasicSweeper", "BasicSweeperConf", "submitit_executor", "submitit_job_arguments", "use_sampler"]
+# lightning 2.6: keys of the checkpoints Trainer.save_checkpoint writes, undocumented. "loops" holds the loops'
+# progress, which only a checkpoint of a whole training state has (resume=auto takes no other); "hparams_name"
+# says how LightningModule.load_from_checkpoint passes "hyper_parameters" ("kwargs": as keyword arguments), which
+# a population member's checkpoint, written by mlptrain, says as a run's own says it.
+LOOPS_KEY = "loops"
+HPARAMS_AS_KEYWORDS = {"hparams_name": "kwargs"}
+
+
+__all__ = [
+    "HPARAMS_AS_KEYWORDS",
+    "LOOPS_KEY",
+    "BasicSweeper",
+    "BasicSweeperConf",
+    "submitit_executor",
+    "submitit_job_arguments",
+    "use_sampler",
+]

@@ -93,6 +93,9 @@ class MLP(nn.Module):
         # A population whose members differ in activation, output activation or dropout rate: each kind of
         # member's slice of the stack, with its own (mlptrain.population); None where every member is alike.
         self.kinds: list[Kind] | None = None
+        # A population whose members differ in width (depth equal), zero-padded to the widest: each member's own
+        # hidden widths, to draw its dropout masks at its own width; None where every member is alike.
+        self.widths: list[list[int]] | None = None
         self.output_activation = make_output_activation(output_activation)
         self.init_parameters(init)
 
@@ -112,26 +115,29 @@ class MLP(nn.Module):
         if self.kinds is not None and self.stacked:  # each kind of member its own activations, on its slice
             for i, layer in enumerate(self.layers[:-1]):
                 z = layer(a)
-                a = torch.cat([self._dropped(k.activations[i](z[k.part]), k.dropout, k.part) for k in self.kinds])
+                a = torch.cat([self._dropped(k.activations[i](z[k.part]), k.dropout, k.part, i) for k in self.kinds])
             out = self.layers[-1](a)
             return torch.cat([k.output_activation(out[k.part]) for k in self.kinds])
-        for layer, activation in zip(self.layers[:-1], self.activations):
-            a = self._dropped(activation(layer(a)), self.dropout.p)  # a' = σ(W a + b): (B, n_in) -> (B, n_out)
+        for i, (layer, activation) in enumerate(zip(self.layers[:-1], self.activations)):
+            # a' = σ(W a + b): (B, n_in) -> (B, n_out)
+            a = self._dropped(activation(layer(a)), self.dropout.p, layer=i)
         return self.output_activation(self.layers[-1](a))  # (B, 10)
 
-    def _dropped(self, a: torch.Tensor, p: float, part: slice = slice(None)) -> torch.Tensor:
-        """Dropout at rate p: nn.Dropout's, or for stacked members (N, B, n) each member's mask from its own
-        generator (those of `part`), drawn and scaled as torch's CPU dropout draws and scales a run's:
-        bernoulli(1 - p), divided by 1 - p."""
+    def _dropped(self, a: torch.Tensor, p: float, part: slice = slice(None), layer: int = 0) -> torch.Tensor:
+        """Dropout at rate p after hidden layer `layer`: nn.Dropout's, or for stacked members (N, B, n) each
+        member's mask from its own generator (those of `part`), drawn and scaled as torch's CPU dropout draws and
+        scales a run's: bernoulli(1 - p), divided by 1 - p; at the member's own width, where it is zero-padded."""
         if self.generators is None or not self.training or p == 0 or not self.stacked:
             return self.dropout(a) if p == self.dropout.p else F.dropout(a, p, self.training)
-        shape = a.shape[1:]  # drawn in a run's row-major order (a member's activations may be laid out transposed)
+        batch, width = a.shape[1:]  # drawn in a run's row-major order (activations may be laid out transposed)
+        widths = [width] * len(self.generators) if self.widths is None else [w[layer] for w in self.widths]
         noise = torch.stack(
             [
-                torch.empty(shape, dtype=a.dtype, device=a.device).bernoulli_(1 - p, generator=g)
-                for g in self.generators[part]
+                F.pad(torch.empty(batch, own, dtype=a.dtype, device=a.device).bernoulli_(1 - p, generator=g),
+                      (0, width - own))
+                for g, own in zip(self.generators[part], widths[part])
             ]
-        )
+        )  # fmt: skip
         return a * noise.div_(1 - p)
 
 

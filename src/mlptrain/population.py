@@ -9,7 +9,9 @@ The updates are torch.optim's: the members with equal optimizer settings are sid
 has a torch.optim optimizer over its slice of the stacked tensors. Where the optimizer keeps a state, its own
 step() makes the set's first update, creating the state as a run alone's first step does; every other update
 is torch.optim's functional update (`step.UPDATES`), with its fused kernel. A learning-rate schedule is a
-torch scheduler per set.
+torch scheduler per set. Members may differ in kind (MEMBER_KINDS: each kind's slice of the stack has its own
+activations and cost) and in width (MEMBER_WIDTHS: zero-padded to the widest, the padding's gradients held at
+zero).
 
 Each member still gets what a run alone gets, in its own directory: config.yaml, metrics.csv, summary.json,
 its log, the report when asked, and best.ckpt/last.ckpt in a single run's format, which `train=false
@@ -40,6 +42,7 @@ from mlptrain.callbacks import CheckpointOnStop, Checkpoints
 from mlptrain.config import check
 from mlptrain.data import Chunk, MNISTDataModule
 from mlptrain.errors import MlptrainError
+from mlptrain.frameworks import HPARAMS_AS_KEYWORDS
 from mlptrain.losses import make_loss, member_losses
 from mlptrain.model import MLP, Kind
 from mlptrain.report import write_run_report
@@ -59,8 +62,8 @@ from mlptrain.rundir import (
 )
 from mlptrain.signals import TrainingTakesSignals
 from mlptrain.step import Clip, Engine, make_optimizer
-from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message
-from mlptrain.train import fit, progress_bar, trainer_settings
+from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message, upgrade
+from mlptrain.train import fit, interrupted, make_trainer, progress_bar, trainer_settings
 from mlptrain.training_path import TrainingPath, choose_path
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,9 @@ MEMBER_KINDS = (
     "model.dropout",
     "loss",
 )
+# And in width: model.hidden, its depth equal (members narrower than the widest are zero-padded), but for maxout
+# and `_target_` activations, whose layers or parameters have shapes of their own.
+MEMBER_WIDTHS = ("model.hidden",)
 
 
 def _container(cfg: Any) -> Any:
@@ -136,6 +142,8 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
         for part in parents:
             node = node.get(part, {})
         node.pop(last, None)
+    if own is None:
+        plain["model"]["hidden"] = f"{len(plain['model']['hidden'])} hidden layers"  # of any widths
     return repr((sorted(plain.items()), own)), ""
 
 
@@ -153,6 +161,20 @@ def _side_by_side(keys: Sequence[Any]) -> list[slice]:
         else:
             runs.append(slice(m, m + 1))
     return runs
+
+
+def _padded(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """tensor, zero-padded at the end of each axis to `shape` (a member narrower than the widest)."""
+    if tensor.shape == shape:
+        return tensor
+    out = tensor.new_zeros(shape)
+    out[tuple(slice(0, n) for n in tensor.shape)] = tensor
+    return out
+
+
+def _cut(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A member's own part of its padded tensor (_padded's inverse), as a tensor of its own."""
+    return tensor[tuple(slice(0, n) for n in shape)].clone()
 
 
 def _on_gpu(cfg: DictConfig) -> bool:
@@ -193,13 +215,25 @@ class PopulationSystem(L.LightningModule):
             models.append(MLP(**_container(cfg.model)))
             # Its random generator, where its run alone's stands once the weights are drawn: its dropout masks
             generators.append(torch.Generator().set_state(torch.get_rng_state()))
-        # One MLP whose parameters are every member's, stacked: (N, ...) each.
+        # One MLP whose parameters are every member's, stacked: (N, ...) each. Members of different widths (the
+        # depth is equal) are zero-padded to the widest, and their padding's gradients held at zero (self.masks).
         self.names = [name for name, _ in models[0].named_parameters()]
+        self.shapes = [{name: p.shape for name, p in model.named_parameters()} for model in models]  # each its own
+        self.full = {name: torch.Size(map(max, zip(*(s[name] for s in self.shapes)))) for name in self.names}
+        padded = any(shapes != self.full for shapes in self.shapes)
         self.network = models[0]
         for name in self.names:
-            values = torch.stack([dict(model.named_parameters())[name].detach() for model in models])
+            values = torch.stack(
+                [_padded(dict(model.named_parameters())[name].detach(), self.full[name]) for model in models]
+            )
             layer, _, kind = name.rpartition(".")
             setattr(self.network.get_submodule(layer), kind, nn.Parameter(values))
+        self.masks = (
+            [torch.stack([_padded(torch.ones(s[name], dtype=torch.bool), self.full[name]) for s in self.shapes])
+             for name in self.names]
+            if padded else None
+        )  # fmt: skip
+        self.network.widths = [list(cfg.model.hidden) for cfg in self.cfgs] if padded else None
         if len(kinds) > 1:  # each kind computes with its own activations, output activation, dropout and cost
             self.network.kinds = [
                 Kind(
@@ -278,7 +312,10 @@ class PopulationSystem(L.LightningModule):
         for part in self.parts:
             config = _container(self.cfgs[part.start].optimizer)
             optimizers.append(make_optimizer(config, [p.detach()[part] for p in self.stacked], self.trainer.precision))
-        self.engine = Engine(self.network, self.loss_fn, optimizers, self.parts, self.compile, self.clip, self.norms_of)
+        masks = [mask.to(self.device) for mask in self.masks] if self.masks is not None else None
+        self.engine = Engine(
+            self.network, self.loss_fn, optimizers, self.parts, self.compile, self.clip, self.norms_of, masks
+        )
         config = _container(self.cfgs[0].scheduler)
         if config["name"] == "none":
             return optimizers
@@ -523,22 +560,22 @@ class PopulationSystem(L.LightningModule):
         self.best_updates = [member["best_updates"] for member in members]
         best = [member["best_weights"] for member in members]
         if all(weights is not None for weights in best):
-            self.best = [torch.stack([weights[name] for weights in best]).to(self.device) for name in self.names]
+            self.best = [
+                torch.stack([_padded(weights[name], self.full[name]) for weights in best]).to(self.device)
+                for name in self.names
+            ]
 
     def member_checkpoint(self, checkpoint: dict[str, Any], m: int) -> dict[str, Any]:
         """Member m's part of the population's checkpoint, as its run alone would have saved it then."""
         s = self.set_of[m]
         offset = m - self.parts[s].start
-        correct, examples = self.train_correct[m], int(self.train_examples[m])
-        wrong = examples - correct
-        state_dict = {f"model.{name}": p[m].detach().clone() for name, p in zip(self.names, self.stacked)}
-        state_dict.update({  # MLPSystem's training metrics: an ExampleMean and torchmetrics' micro accuracy
+        shapes = self.shapes[m]
+        state_dict = {f"model.{name}": _cut(p[m].detach(), shapes[name]) for name, p in zip(self.names, self.stacked)}
+        state_dict.update({  # MLPSystem's training metrics' states: system.ExampleMean's and system.Accuracy's
             "train_loss.total": self.train_total[m].clone(),
             "train_loss.examples": self.train_examples[m].clone(),
-            "train_acc.tp": correct.view(1).clone(),
-            "train_acc.fp": wrong.view(1).clone(),
-            "train_acc.tn": (10 * examples - correct - 2 * wrong).view(1).clone(),
-            "train_acc.fn": wrong.view(1).clone(),
+            "train_acc.correct": self.train_correct[m].clone(),
+            "train_acc.examples": self.train_examples[m].long(),
         })  # fmt: skip
         optimizer = checkpoint["optimizer_states"][s]
         member = {key: value for key, value in checkpoint.items() if key not in ("optimizer_states", "lr_schedulers")}
@@ -547,14 +584,17 @@ class PopulationSystem(L.LightningModule):
             optimizer_states=[
                 {
                     "state": {
-                        index: {key: t[offset].clone() if t.dim() > 0 else t.clone() for key, t in values.items()}
+                        index: {
+                            key: _cut(t[offset], shapes[self.names[index]]) if t.dim() > 0 else t.clone()
+                            for key, t in values.items()
+                        }
                         for index, values in optimizer["state"].items()
                     },
                     "param_groups": optimizer["param_groups"],
                 }
             ],
             callbacks={callback.state_key: callback.state_dict() for callback in self.checkpoints[m]},
-            hparams_name="kwargs",
+            **HPARAMS_AS_KEYWORDS,
             hyper_parameters=self.hparams_of[m],
             config=self.plain[m],
             library_versions=library_versions(),
@@ -577,11 +617,16 @@ class PopulationSystem(L.LightningModule):
         assert members is not None
         first = members[0]
         state_dict = {
-            f"network.{name}": torch.stack([c["state_dict"][f"model.{name}"] for c in members]) for name in self.names
+            f"network.{name}": torch.stack(
+                [_padded(c["state_dict"][f"model.{name}"], self.full[name]) for c in members]
+            )
+            for name in self.names
         }
         state_dict["train_total"] = torch.stack([c["state_dict"]["train_loss.total"] for c in members])
         state_dict["train_examples"] = torch.stack([c["state_dict"]["train_loss.examples"] for c in members])
-        state_dict["train_correct"] = torch.cat([c["state_dict"]["train_acc.tp"] for c in members])
+        for c in members:
+            upgrade(c["state_dict"])  # a checkpoint written before system.Accuracy
+        state_dict["train_correct"] = torch.stack([c["state_dict"]["train_acc.correct"] for c in members])
         optimizers, schedulers = [], []
         for part in self.parts:
             own = [c["optimizer_states"][0] for c in members[part]]
@@ -589,7 +634,11 @@ class PopulationSystem(L.LightningModule):
                 {
                     "state": {
                         index: {
-                            key: torch.stack([o["state"][index][key] for o in own]) if t.dim() > 0 else t
+                            key: torch.stack(
+                                [_padded(o["state"][index][key], self.full[self.names[index]]) for o in own]
+                            )
+                            if t.dim() > 0
+                            else t
                             for key, t in values.items()
                         }
                         for index, values in own[0]["state"].items()
@@ -619,7 +668,7 @@ class PopulationSystem(L.LightningModule):
             "status": "running",
             "run_dir": str(self.run_dirs[m].resolve()),
             "seed": cfg.seed,
-            "parameters": sum(p[m].numel() for p in self.stacked),
+            "parameters": sum(shape.numel() for shape in self.shapes[m].values()),
             "device": str(self.device),
             "processes": 1,
             "versions": library_versions(),
@@ -766,15 +815,21 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
     show_bar = progress_bar(first.progress_bar)
     if show_bar:
         callbacks.append(RichProgressBar())
-    trainer = L.Trainer(
-        **trainer_settings(first, path.steps_per_call),
-        default_root_dir=sweep_dir,
-        logger=False,
-        callbacks=callbacks,
-        plugins=[MemberCheckpointIO(system)],
-        enable_progress_bar=show_bar,
-        enable_model_summary=False,
-    )
+    try:
+        trainer = make_trainer(
+            trainer_settings(first, path.steps_per_call),
+            default_root_dir=sweep_dir,
+            logger=False,
+            callbacks=callbacks,
+            plugins=[MemberCheckpointIO(system)],
+            enable_progress_bar=show_bar,
+            enable_model_summary=False,
+        )
+    except MlptrainError as error:  # settings Lightning refuses: every member's, as a run's before it trains
+        log.error("%s", error)
+        for m in system.active():
+            system.note(m, str(error), "ERROR")
+        return {run_dir: None for run_dir in system.run_dirs}
     system.started = time.perf_counter()
     # What Lightning is told to resume from; MemberCheckpointIO stacks every member's checkpoint instead.
     ckpt_path = group[0][2] if system.resumed is not None else None
@@ -787,15 +842,13 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
             write_summary(system.run_dirs[m], {**system._summary(m), "status": "failed", "error": str(error)})
             system.note(m, str(error), "ERROR")
         return {run_dir: None for run_dir in system.run_dirs}
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit):  # a run's message, of the sweep's folder, in each member's log too
+        kept = any(system.checkpoints[m].paths()["last"] for m in system.active())
+        message = str(interrupted(sweep_dir, trainer.current_epoch, "kept" if kept else None, sweep=True))
         for m in system.active():
             write_summary(system.run_dirs[m], {**system._summary(m), "status": "interrupted"})
-            system.note(m, "Training was interrupted; run the same command with resume=auto to continue.", "ERROR")
-        log.error(
-            "The population was interrupted during epoch %d. Every member's last.ckpt holds where it stopped: run "
-            "the same command with resume=auto (and hydra.sweep.dir=%s) to continue.", trainer.current_epoch,
-            sweep_dir.resolve(),
-        )  # fmt: skip
+            system.note(m, message, "ERROR")
+        log.error("%s", message)
         return {run_dir: None for run_dir in system.run_dirs}
     system._check_finite()
     global_steps = system.updates_done

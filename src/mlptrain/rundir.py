@@ -427,10 +427,12 @@ def resume_path(run_dir: Path, repair: bool = True) -> str | None:
     candidates += [run_dir / "checkpoints" / "best.ckpt"]
     loaded: list[tuple[tuple[int, int], float, Path]] = []
     damaged: list[str] = []
+    from mlptrain.frameworks import LOOPS_KEY
+
     for path in (path for path in candidates if path.is_file()):
         try:
             checkpoint = read_checkpoint(path)
-            if "loops" not in checkpoint or "optimizer_states" not in checkpoint:
+            if LOOPS_KEY not in checkpoint or "optimizer_states" not in checkpoint:
                 raise unloadable(path, "holds weights only, not the state training resumes from", loads=True)
         except CheckpointError as error:
             if not repair:

@@ -182,10 +182,17 @@ def member_gradients(
     clip: Clip | None = None,
     norms_of: Sequence[str] = (),
     functional: bool = False,
+    masks: Sequence[torch.Tensor] | None = None,
 ) -> tuple[Tensors, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """`gradients`, then each network's gradient norms before clipping and its clipping, as Lightning's loop
-    makes them. One network: norms (len(norms_of),); N members stacked (N, ...): each its own, (N, len(norms_of))."""
+    makes them. One network: norms (len(norms_of),); N members stacked (N, ...): each its own, (N, len(norms_of)).
+
+    masks: for members of different widths, zero-padded to the widest (a population's), each parameter's
+    (N, ...) True where it is a member's own; the padding's gradients are held at exactly zero, so it stays
+    zero under every update, and adds nothing to a norm or a clipping."""
     grads, loss, output = gradients(model, loss_fn, params, x, y, functional)
+    if masks is not None:
+        grads = [g.where(mask, 0) for g, mask in zip(grads, masks)]
     members = loss.dim() > 0
     names = list(params)
     norms = None
@@ -216,6 +223,7 @@ def train_step(
     sets: Sequence[tuple[slice, Mapping[str, Any], Mapping[str, Any]]],
     clip: Clip | None = None,
     norms_of: Sequence[str] = (),
+    masks: Sequence[torch.Tensor] | None = None,
 ) -> tuple[Tensors, list[State], torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One mini-batch update, as Lightning's automatic loop makes it with torch.optim optimizers: a pure
     function (its inputs are left unchanged), which is what torch.compile traces. `Engine` makes the same
@@ -226,9 +234,9 @@ def train_step(
     its slice of the stack (slice(None): all, or the one network), its optimizer's settings (param_groups[0])
     and this step's scheduled values (lr, momentum or betas; numbers or 0-dim tensors); states: each set's
     optimizer state (`update.state_keys`), one tensor per parameter. Returns the new parameters and states,
-    the loss (() or (N,)), the output and the gradient norms (`member_gradients`).
+    the loss (() or (N,)), the output and the gradient norms (`member_gradients`, which `masks` go to).
     """
-    grads, loss, output, norms = member_gradients(model, loss_fn, params, x, y, clip, norms_of, functional=True)
+    grads, loss, output, norms = member_gradients(model, loss_fn, params, x, y, clip, norms_of, True, masks)
     new_params = [p.clone() for p in params.values()]  # torch.optim updates in place: on copies
     new_states = []
     for (part, group, hyper), state in zip(sets, states):
@@ -264,7 +272,8 @@ class Engine:
     Where an optimizer keeps a state and has none yet, its own `step()` makes the update that creates it, as in
     Lightning's loop; every other update is torch.optim's functional code (`UPDATES`). `compile=True` runs each
     whole group of COMPILE_GROUP equal-sized updates as one `torch.compile`d `train_step` chain; if compiling
-    fails, one warning, and every later update is eager.
+    fails, one warning, and every later update is eager. `masks`: members zero-padded to the widest
+    (`member_gradients`).
     """
 
     def __init__(
@@ -276,6 +285,7 @@ class Engine:
         compile: bool = False,
         clip: Clip | None = None,
         norms_of: Sequence[str] = (),
+        masks: Sequence[torch.Tensor] | None = None,
     ) -> None:
         updates = {find_update(optimizer) for optimizer in optimizers}
         if None in updates or len(updates) != 1 or any(len(o.param_groups) != 1 for o in optimizers):
@@ -286,7 +296,7 @@ class Engine:
         self.update: Update = updates.pop()
         self.stacked = model.stacked  # members on a leading axis of every parameter (model.MLP)
         self.names = [name for name, _ in model.named_parameters()]
-        self.clip, self.norms_of = clip, tuple(norms_of)
+        self.clip, self.norms_of, self.masks = clip, tuple(norms_of), masks
         self.compile = compile
         self._compiled: Callable[..., Any] | None = None
 
@@ -339,8 +349,9 @@ class Engine:
         losses, predicted, norms = [], [], []
         for i in range(start, stop):
             grads, loss, output, norm = member_gradients(
-                self.model, self.loss_fn, params, inputs(i, i + 1)[0], labels[i], self.clip, self.norms_of
-            )
+                self.model, self.loss_fn, params, inputs(i, i + 1)[0], labels[i], self.clip, self.norms_of,
+                masks=self.masks,
+            )  # fmt: skip
             for s, (part, optimizer) in enumerate(zip(self.parts, self.optimizers)):
                 group = optimizer.param_groups[0]
                 # Laid out as the parameters: torch 2.14's fused update on a CPU reads a transposed gradient wrongly.
@@ -372,7 +383,7 @@ class Engine:
             sets = [(part, self._constants[s], self._hyper_of_row(rows[i, s])) for s, part in enumerate(self.parts)]
             params, states, loss, output, norm = train_step(
                 self.model, self.loss_fn, self.update, dict(zip(self.names, params)), states, xs[i], ys[i], sets,
-                self.clip, self.norms_of,
+                self.clip, self.norms_of, self.masks,
             )  # fmt: skip
             losses.append(loss)
             outputs.append(output)

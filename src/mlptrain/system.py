@@ -12,7 +12,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 from torchmetrics import Metric
-from torchmetrics.classification import MulticlassAccuracy
 
 from mlptrain.data import Chunk
 from mlptrain.errors import ConfigError, NonFiniteLossError
@@ -49,6 +48,38 @@ class ExampleMean(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.total / self.examples
+
+
+class Accuracy(Metric):
+    """The fraction of examples whose predicted digit is the label (torchmetrics' micro accuracy), counted on the
+    device in a state of its own, `correct` and `examples`, which a population's members' checkpoints hold as
+    their runs alone's (mlptrain.population). Checkpoints written before it hold MulticlassAccuracy's tp, fp, tn
+    and fn instead: `upgrade` reads them."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("examples", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, predicted: torch.Tensor, labels: torch.Tensor) -> None:
+        self.correct += (predicted == labels).sum()
+        self.examples += labels.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.float() / self.examples.clamp(min=1).float()  # 0 for no examples, as torchmetrics'
+
+
+def upgrade(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's state_dict with the training accuracy as `Accuracy` keeps it: a checkpoint written before
+    it holds torchmetrics' MulticlassAccuracy(average="micro") counts, whose tp is the examples predicted right
+    and tp + fn all of them. Changed in place; returned."""
+    if "train_acc.tp" in state_dict:
+        tp, fn = state_dict.pop("train_acc.tp"), state_dict.pop("train_acc.fn")
+        state_dict.pop("train_acc.fp"), state_dict.pop("train_acc.tn")
+        state_dict["train_acc.correct"], state_dict["train_acc.examples"] = tp.sum(), (tp + fn).sum()
+    return state_dict
 
 
 class MLPSystem(L.LightningModule):
@@ -102,7 +133,7 @@ class MLPSystem(L.LightningModule):
         for stage in STAGES:
             # validate_args off: its checks pull a value to the host every step.
             setattr(self, f"{stage}_loss", ExampleMean())
-            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes=10, average="micro", validate_args=False))
+            setattr(self, f"{stage}_acc", Accuracy())
         # The training metrics' running sums go into checkpoints, so an epoch resumed midway reports
         # the same train/loss and train/acc as one that ran through.
         self.train_loss.persistent(True)
@@ -251,6 +282,7 @@ class MLPSystem(L.LightningModule):
         checkpoint["epoch_lrs"] = dict(self.epoch_lrs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade(checkpoint["state_dict"])  # before Lightning loads it
         self.updates_done = self.updates_checked = checkpoint.get("updates_done", checkpoint.get("global_step", 0))
         self.batches_done_in_epoch = checkpoint.get("batches_done_in_epoch", 0)
         self.history = [dict(row) for row in checkpoint.get("history", [])]  # none in checkpoints before 0.1
@@ -419,8 +451,8 @@ def load_checkpoint(path: str | Path) -> tuple[MLPSystem, dict[str, Any]]:
     checkpoint = read_checkpoint(path)
     try:
         system = MLPSystem(**checkpoint["hyper_parameters"])
+        system.on_load_checkpoint(checkpoint)
         system.load_state_dict(checkpoint["state_dict"])
     except Exception as error:  # hyperparameters or weights this version cannot build: all the same to the user
         raise unloadable(path, f"{type(error).__name__}: {error}") from error
-    system.on_load_checkpoint(checkpoint)
     return system, checkpoint.get("config", {})

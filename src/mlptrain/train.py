@@ -80,22 +80,27 @@ def _make_trainer(
                 'pip install -e ".[tensorboard]" (or pip install tensorboard), or use logger=csv.'
             )
         loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False))
-    settings = trainer_settings(cfg, steps_per_call)
+    trainer = make_trainer(
+        trainer_settings(cfg, steps_per_call),
+        default_root_dir=run_dir,
+        logger=loggers,
+        callbacks=callbacks,
+        plugins=[DurableCheckpointIO(run_dir)],
+        enable_progress_bar=show_bar,
+        log_every_n_steps=1,  # only per-epoch values are logged; this just silences a warning on tiny runs
+    )
+    return trainer, checkpoints
+
+
+def make_trainer(settings: dict[str, Any], **arguments: Any) -> L.Trainer:
+    """Lightning's Trainer from the trainer.* keys (`trainer_settings`) and the run's own arguments; settings it
+    refuses are one ConfigError, for a run and a population alike."""
     try:
-        trainer = L.Trainer(
-            **settings,
-            default_root_dir=run_dir,
-            logger=loggers,
-            callbacks=callbacks,
-            plugins=[DurableCheckpointIO(run_dir)],
-            enable_progress_bar=show_bar,
-            log_every_n_steps=1,  # only per-epoch values are logged; this just silences a warning on tiny runs
-        )
+        return L.Trainer(**settings, **arguments)
     except (TypeError, ValueError, MisconfigurationException) as error:
         raise ConfigError(
             f"The trainer config is not valid: {error}. Check the trainer.* keys (conf/trainer/)."
         ) from error
-    return trainer, checkpoints
 
 
 def trainer_settings(cfg: DictConfig, steps_per_call: int) -> dict[str, Any]:
@@ -117,7 +122,9 @@ def _check_processes(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.devices={devices} inside a -m sweep would make Lightning start each job's processes again "
             "with the sweep's command line. Run several-device jobs one at a time (no -m), or sweep them with "
-            "hydra/launcher=slurm, where SLURM starts one task per device (tasks_per_node = trainer.devices)."
+            "hydra/launcher=slurm, where SLURM starts one task per device (tasks_per_node = trainer.devices). A "
+            "population (hydra/launcher=population) trains on one device: hydra/launcher=population_slurm spreads "
+            "populations over SLURM jobs, one device each."
         )
 
 
@@ -243,7 +250,7 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         raise
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
         write_summary(run_dir, summarize(summary, start, trainer, checkpoints, status="interrupted"))
-        raise _interrupted(run_dir, trainer.current_epoch, checkpoints.paths()["last"]) from stop
+        raise interrupted(run_dir, trainer.current_epoch, checkpoints.paths()["last"]) from stop
     test_row = {"epoch": trainer.current_epoch, "step": system.updates_done}
     write_metrics(run_dir, [*history, {**test_row, "test/loss": results["test/loss"], "test/acc": results["test/acc"]}])
     summary.update(test_acc=results["test/acc"], test_loss=results["test/loss"], tested_checkpoint=tested)
@@ -310,15 +317,20 @@ def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: MNISTDataModu
         raise KeyboardInterrupt
 
 
-def _interrupted(run_dir: Path, epoch: int, last: str | None) -> RunInterrupted:
-    """What a run stopped by Ctrl-C or SIGTERM says: where it stopped, and the command that goes on."""
-    resume = (
-        f"to continue where it stopped, in the same directory, run the same command with `resume=auto "
-        f"hydra.run.dir={run_dir.resolve()}` added (or `ckpt_path={last}` for a new directory)"
-        if last
-        else f"no checkpoint had been written yet: the same command with `resume=auto "
-        f"hydra.run.dir={run_dir.resolve()}` added starts it again there"
-    )
+def interrupted(folder: Path, epoch: int, last: str | None, sweep: bool = False) -> RunInterrupted:
+    """What a run stopped by Ctrl-C or SIGTERM says: where it stopped, and the command that goes on. A population
+    says it of its sweep's folder (sweep=True), whose members' last.ckpt files hold where each stopped."""
+    where = f"{'hydra.sweep.dir' if sweep else 'hydra.run.dir'}={folder.resolve()}"
+    if not last:
+        resume = f"no checkpoint had been written yet: the same command with `resume=auto {where}` added starts it "
+        resume += "again there"
+    elif sweep:
+        resume = f"to continue where each member stopped, run the same command with `resume=auto {where}` added"
+    else:
+        resume = (
+            f"to continue where it stopped, in the same directory, run the same command with `resume=auto {where}` "
+            f"added (or `ckpt_path={last}` for a new directory)"
+        )
     return RunInterrupted(
-        f"Training was interrupted during epoch {epoch}. What was written is kept in {run_dir.resolve()}; {resume}."
+        f"Training was interrupted during epoch {epoch}. What was written is kept in {folder.resolve()}; {resume}."
     )

@@ -227,24 +227,25 @@ class PopulationJob:
 
 
 def _returns(jobs: "list[Job]", tasks: list[DictConfig], values: list[float | None], name: str) -> list[JobReturn]:
-    return [
-        JobReturn(
+    returns = []
+    for job, task, value in zip(jobs, tasks, values):
+        done = JobReturn(
             overrides=job.overrides,
             cfg=task,
             hydra_cfg=None,  # Hydra's own launchers hand it to Hydra callbacks (hydra.callbacks), not called here
             working_dir=str(Path.cwd()),
             task_name=name,
             status=JobStatus.COMPLETED,
-            _return_value=value,
         )
-        for job, task, value in zip(jobs, tasks, values)
-    ]
+        done.return_value = value
+        returns.append(done)
+    return returns
 
 
 def _say_what_did_not_stack(jobs: "list[Job]", groups: dict[str, list[int]]) -> None:
     """One log line for each reason some jobs train on their own, and one naming the keys that split the rest
     into several populations (members may differ only in mlptrain.population.MEMBER_KEYS)."""
-    from mlptrain.population import MEMBER_KEYS, MEMBER_KINDS
+    from mlptrain.population import MEMBER_KEYS, MEMBER_KINDS, MEMBER_WIDTHS
     from mlptrain.rundir import flat
 
     alone: dict[str, list[int]] = {}
@@ -260,18 +261,23 @@ def _say_what_did_not_stack(jobs: "list[Job]", groups: dict[str, list[int]]) -> 
             flat(OmegaConf.to_container(OmegaConf.masked_copy(t, [k for k in t if k != "output_dir"]), resolve=True))
             for t in tasks
         ]
+        depths = {len(c.get("model.hidden") or ()) for c in configs}
         keys = sorted(
             key
             for key in set().union(*configs)
             if key not in (*MEMBER_KEYS, "output_dir")
             and not key.startswith(MEMBER_KINDS)
+            and (key not in MEMBER_WIDTHS or len(depths) > 1)
             and len({repr(c.get(key)) for c in configs}) > 1
         )
-        members = [key for key in (*MEMBER_KEYS, *MEMBER_KINDS) if key != "output_dir"]
+        keys = [f"{key} (the depth: {' and '.join(map(str, sorted(depths)))} hidden layers)" if key in MEMBER_WIDTHS
+                else key for key in keys]  # fmt: skip
+        members = [key for key in (*MEMBER_KEYS, *MEMBER_KINDS) if key != "output_dir"] + ["model.hidden's widths"]
         keys = keys or ["model.activation (maxout, or a `_target_` one: weights of their own shape or kind)"]
         log.info(
             f"The jobs make {len(stacked)} populations, not one: they differ in {', '.join(keys)} (the members of "
-            f"one population may differ only in {', '.join(members)}; maxout and `_target_` activations not)"
+            f"one population may differ only in {', '.join(members)}; maxout and `_target_` activations not, nor "
+            "the depth)"
         )
 
 
@@ -281,7 +287,9 @@ def _numbers(indices: list[int]) -> str:
 
 
 def _failed(job: "Job", error: Exception) -> JobReturn:
-    return JobReturn(overrides=job.overrides, status=JobStatus.FAILED, _return_value=error)
+    failed = JobReturn(overrides=job.overrides, status=JobStatus.FAILED)
+    failed.return_value = error
+    return failed
 
 
 class Composed(NamedTuple):
