@@ -425,7 +425,7 @@ def gradient_row(setup: str, overrides: list[str], members: int) -> dict[str, An
 def one_member_process(system: str, setup: str) -> None:
     """One process: the job (`setup`, 3 epochs, no pictures) as a single run (train) or as a population of one
     (train_population), what one=true times."""
-    from mlptrain.population import train_population
+    from mlptrain.population_train import train_population
 
     with tempfile.TemporaryDirectory() as scratch:
         overrides = ["report.enabled=false", "progress_bar=false", "trainer.max_epochs=3"]

@@ -15,13 +15,12 @@ zero).
 
 Each member still gets what a run alone gets, in its own directory: config.yaml, metrics.csv, summary.json,
 its log, the report when asked, and best.ckpt/last.ckpt in a single run's format, which `train=false
-ckpt_path=...`, scripts/predict.py and a single run's resume take. `MemberCheckpointIO` cuts them out of the
+ckpt_path=...`, scripts/predict.py and a single run's resume take. mlptrain.member_checkpoints cuts them out of the
 population's checkpoint when Lightning saves it; the population itself keeps no checkpoint of its own, and its
 resume=auto stacks the members' last.ckpt files again. A member whose loss turns NaN or infinite fails as a
 run alone fails, with its message, and is masked: its records stop, the others train on.
 
-    train_population(configs) -> each job's best val/acc (None where it failed)
-
+Which jobs stack: mlptrain.stacking. The lifecycle (lock, resume, fit, test, records): mlptrain.population_train.
 The launcher that groups a sweep's jobs and composes their configs: hydra_plugins/mlptrain_population.
 """
 
@@ -33,137 +32,28 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mlptrain.callbacks import CheckpointOnStop, Checkpoints
-from mlptrain.config import check
-from mlptrain.data import Chunk, MNISTDataModule
-from mlptrain.errors import MlptrainError
-from mlptrain.frameworks import HPARAMS_AS_KEYWORDS
+from mlptrain.callbacks import Checkpoints
+from mlptrain.data import Chunk
 from mlptrain.losses import make_loss, member_losses
 from mlptrain.model import MLP, Kind
-from mlptrain.report import write_run_report
-from mlptrain.rundir import (
-    RunLock,
-    claim,
-    completed_summary,
-    library_versions,
-    read_checkpoint,
-    resume_path,
-    summarize,
-    write_durably,
-    write_metrics,
-    write_summary,
-    write_text_durably,
-    yaml_text,
-)
-from mlptrain.signals import TrainingTakesSignals
+from mlptrain.rundir import library_versions, summarize, write_metrics, write_summary
+from mlptrain.stacking import kind_of, optimizer_settings, side_by_side
 from mlptrain.step import Clip, Engine, make_optimizer
-from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message, upgrade
-from mlptrain.train import fit, interrupted, make_trainer, progress_bar, trainer_settings
-from mlptrain.training_path import TrainingPath, choose_path
+from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message
+from mlptrain.training_path import TrainingPath
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%s][%s][%s] - %s\n"  # a member's log lines, as Hydra's job_logging writes a run's
-
-# Keys in which the members of one population may differ: everything else must be equal to stack them.
-MEMBER_KEYS = (
-    "seed",
-    "data.shuffle_seed",
-    "model.init",
-    "optimizer.lr",
-    "optimizer.weight_decay",
-    "optimizer.momentum",
-    "optimizer.betas",
-    "optimizer.eps",
-    "output_dir",
-)
-# Keys in which they may differ too, each job composed by Hydra: what a member computes with, on weights of one
-# shape (maxout and a `_target_` activation, which have shapes or parameters of their own, must be equal).
-MEMBER_KINDS = (
-    "model.activation",
-    "model.logistic_slope",
-    "model.leaky_relu_slope",
-    "model.output_activation",
-    "model.dropout",
-    "loss",
-)
-# And in width: model.hidden, its depth equal (members narrower than the widest are zero-padded), but for maxout
-# and `_target_` activations, whose layers or parameters have shapes of their own.
-MEMBER_WIDTHS = ("model.hidden",)
 
 
 def _container(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
-    """What must be equal for two jobs to train as one population, as a string, and ""; or None and why the job
-    cannot be stacked (it then runs on its own, and the launcher's log says why in one line)."""
-    job = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("hydra", "output_dir")])
-    try:
-        plain = _container(job)
-        path = choose_path(job)
-    except Exception:  # the job's own run will say what is wrong
-        return None, "its config does not resolve or is refused (its run says why)"
-    why = next(
-        (
-            reason
-            for reason, applies in (
-                ("train=false evaluates a checkpoint", not job.train),
-                ("ckpt_path= starts it from a checkpoint of its own", job.ckpt_path is not None),
-                ("report.landscape follows one network's weights", job.report.landscape is not None),
-                ("logger=tensorboard writes one event log per process", job.logger.tensorboard),
-                (
-                    "compile=true with model.dropout: compiled code draws other masks",
-                    job.model.dropout and path.compile,
-                ),
-                (
-                    "model.dropout on a GPU: a run's masks come from CUDA's fused dropout kernel, whose draws a "
-                    "member's own generator cannot repeat",
-                    job.model.dropout and _on_gpu(job),
-                ),
-                (path.why, path.steps_per_call == 1),
-            )
-            if applies
-        ),
-        None,
-    )
-    if why is not None:
-        return None, why
-    activation = plain["model"]["activation"]
-    own = activation if isinstance(activation, dict) or activation == "maxout" else None
-    for key in (*MEMBER_KEYS, *MEMBER_KINDS):
-        *parents, last = key.split(".")
-        node = plain
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(last, None)
-    if own is None:
-        plain["model"]["hidden"] = f"{len(plain['model']['hidden'])} hidden layers"  # of any widths
-    return repr((sorted(plain.items()), own)), ""
-
-
-def _kind(cfg: DictConfig) -> str:
-    """What a member computes with (MEMBER_KINDS' values), as a string: members of one kind share them."""
-    return repr([OmegaConf.select(cfg, key) for key in MEMBER_KINDS[:-1]] + [_container(cfg.loss)])
-
-
-def _side_by_side(keys: Sequence[Any]) -> list[slice]:
-    """The runs of equal keys in a sequence (sorted, so each key has one run), as slices of it."""
-    runs: list[slice] = []
-    for m, key in enumerate(keys):
-        if m and key == keys[m - 1]:
-            runs[-1] = slice(runs[-1].start, m + 1)
-        else:
-            runs.append(slice(m, m + 1))
-    return runs
-
-
-def _padded(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+def padded(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """tensor, zero-padded at the end of each axis to `shape` (a member narrower than the widest)."""
     if tensor.shape == shape:
         return tensor
@@ -172,20 +62,9 @@ def _padded(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return out
 
 
-def _cut(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """A member's own part of its padded tensor (_padded's inverse), as a tensor of its own."""
+def cut(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A member's own part of its padded tensor (padded's inverse), as a tensor of its own."""
     return tensor[tuple(slice(0, n) for n in shape)].clone()
-
-
-def _on_gpu(cfg: DictConfig) -> bool:
-    """Whether the job would train on a CUDA device (trainer.accelerator auto or gpu, with one there)."""
-    import torch
-
-    return str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
-def _settings(cfg: DictConfig) -> str:
-    return repr(sorted(_container(cfg.optimizer).items()))
 
 
 class PopulationSystem(L.LightningModule):
@@ -197,7 +76,7 @@ class PopulationSystem(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False  # the updates are made below; Lightning counts one step per call
         # Members of one kind side by side, and within it those with equal optimizer settings (an optimizer each)
-        settings = [(_kind(cfg), _settings(cfg)) for cfg in cfgs]
+        settings = [(kind_of(cfg), optimizer_settings(cfg)) for cfg in cfgs]
         order = sorted(range(len(cfgs)), key=lambda m: settings[m])
         self.cfgs = [cfgs[m] for m in order]
         first = self.cfgs[0]
@@ -206,9 +85,9 @@ class PopulationSystem(L.LightningModule):
         self.plain = [_container(cfg) for cfg in self.cfgs]  # each config resolved, for its files and checkpoints
         self.hparams_of = [hyperparameters(cfg, path) for cfg in self.cfgs]  # what MLPSystem would save
         ordered = [settings[m] for m in order]
-        self.parts = _side_by_side(ordered)  # the sets of members with equal optimizer settings, slices of the stack
+        self.parts = side_by_side(ordered)  # the sets of members with equal optimizer settings, slices of the stack
         self.set_of = [s for s, part in enumerate(self.parts) for _ in range(part.start, part.stop)]  # each member's
-        kinds = _side_by_side([kind for kind, _ in ordered])  # the members of each kind, as slices of the stack
+        kinds = side_by_side([kind for kind, _ in ordered])  # the members of each kind, as slices of the stack
         models, generators = [], []
         for cfg in self.cfgs:  # each member's weights, drawn as its run alone draws them
             L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -220,20 +99,20 @@ class PopulationSystem(L.LightningModule):
         self.names = [name for name, _ in models[0].named_parameters()]
         self.shapes = [{name: p.shape for name, p in model.named_parameters()} for model in models]  # each its own
         self.full = {name: torch.Size(map(max, zip(*(s[name] for s in self.shapes)))) for name in self.names}
-        padded = any(shapes != self.full for shapes in self.shapes)
+        uneven = any(shapes != self.full for shapes in self.shapes)
         self.network = models[0]
         for name in self.names:
             values = torch.stack(
-                [_padded(dict(model.named_parameters())[name].detach(), self.full[name]) for model in models]
+                [padded(dict(model.named_parameters())[name].detach(), self.full[name]) for model in models]
             )
             layer, _, kind = name.rpartition(".")
             setattr(self.network.get_submodule(layer), kind, nn.Parameter(values))
         self.masks = (
-            [torch.stack([_padded(torch.ones(s[name], dtype=torch.bool), self.full[name]) for s in self.shapes])
+            [torch.stack([padded(torch.ones(s[name], dtype=torch.bool), self.full[name]) for s in self.shapes])
              for name in self.names]
-            if padded else None
+            if uneven else None
         )  # fmt: skip
-        self.network.widths = [list(cfg.model.hidden) for cfg in self.cfgs] if padded else None
+        self.network.widths = [list(cfg.model.hidden) for cfg in self.cfgs] if uneven else None
         if len(kinds) > 1:  # each kind computes with its own activations, output activation, dropout and cost
             self.network.kinds = [
                 Kind(
@@ -561,106 +440,9 @@ class PopulationSystem(L.LightningModule):
         best = [member["best_weights"] for member in members]
         if all(weights is not None for weights in best):
             self.best = [
-                torch.stack([_padded(weights[name], self.full[name]) for weights in best]).to(self.device)
+                torch.stack([padded(weights[name], self.full[name]) for weights in best]).to(self.device)
                 for name in self.names
             ]
-
-    def member_checkpoint(self, checkpoint: dict[str, Any], m: int) -> dict[str, Any]:
-        """Member m's part of the population's checkpoint, as its run alone would have saved it then."""
-        s = self.set_of[m]
-        offset = m - self.parts[s].start
-        shapes = self.shapes[m]
-        state_dict = {f"model.{name}": _cut(p[m].detach(), shapes[name]) for name, p in zip(self.names, self.stacked)}
-        state_dict.update({  # MLPSystem's training metrics' states: system.ExampleMean's and system.Accuracy's
-            "train_loss.total": self.train_total[m].clone(),
-            "train_loss.examples": self.train_examples[m].clone(),
-            "train_acc.correct": self.train_correct[m].clone(),
-            "train_acc.examples": self.train_examples[m].long(),
-        })  # fmt: skip
-        optimizer = checkpoint["optimizer_states"][s]
-        member = {key: value for key, value in checkpoint.items() if key not in ("optimizer_states", "lr_schedulers")}
-        member.update(
-            state_dict=state_dict,
-            optimizer_states=[
-                {
-                    "state": {
-                        index: {
-                            key: _cut(t[offset], shapes[self.names[index]]) if t.dim() > 0 else t.clone()
-                            for key, t in values.items()
-                        }
-                        for index, values in optimizer["state"].items()
-                    },
-                    "param_groups": optimizer["param_groups"],
-                }
-            ],
-            callbacks={callback.state_key: callback.state_dict() for callback in self.checkpoints[m]},
-            **HPARAMS_AS_KEYWORDS,
-            hyper_parameters=self.hparams_of[m],
-            config=self.plain[m],
-            library_versions=library_versions(),
-            rng_states={"torch": self._rng_state(m)},
-            history=[dict(row) for row in self.histories[m]],
-            epoch_lrs=dict(self.epoch_lrs[m]),
-        )
-        schedulers = checkpoint.get("lr_schedulers", [])
-        member["lr_schedulers"] = [schedulers[s]] if schedulers else []
-        return member
-
-    def _rng_state(self, m: int) -> torch.Tensor:
-        """Member m's random generator's state, as its run alone's checkpoint keeps the process's."""
-        generators = self.network.generators
-        return generators[m].get_state() if generators is not None else torch.get_rng_state()
-
-    def population_checkpoint(self) -> dict[str, Any]:
-        """The population's checkpoint, stacked from its members' (self.resumed): what Lightning restores."""
-        members = self.resumed
-        assert members is not None
-        first = members[0]
-        state_dict = {
-            f"network.{name}": torch.stack(
-                [_padded(c["state_dict"][f"model.{name}"], self.full[name]) for c in members]
-            )
-            for name in self.names
-        }
-        state_dict["train_total"] = torch.stack([c["state_dict"]["train_loss.total"] for c in members])
-        state_dict["train_examples"] = torch.stack([c["state_dict"]["train_loss.examples"] for c in members])
-        for c in members:
-            upgrade(c["state_dict"])  # a checkpoint written before system.Accuracy
-        state_dict["train_correct"] = torch.stack([c["state_dict"]["train_acc.correct"] for c in members])
-        optimizers, schedulers = [], []
-        for part in self.parts:
-            own = [c["optimizer_states"][0] for c in members[part]]
-            optimizers.append(
-                {
-                    "state": {
-                        index: {
-                            key: torch.stack(
-                                [_padded(o["state"][index][key], self.full[self.names[index]]) for o in own]
-                            )
-                            if t.dim() > 0
-                            else t
-                            for key, t in values.items()
-                        }
-                        for index, values in own[0]["state"].items()
-                    },
-                    "param_groups": own[0]["param_groups"],
-                }
-            )
-            schedulers += members[part.start].get("lr_schedulers", [])[:1]
-        population = {key: value for key, value in first.items() if key not in ("callbacks", "history")}
-        population.update(state_dict=state_dict, optimizer_states=optimizers, lr_schedulers=schedulers, callbacks={})
-        population["members"] = [
-            {
-                "history": c["history"],
-                "epoch_lrs": c["epoch_lrs"],
-                "callbacks": c["callbacks"],
-                "best_updates": c.get("best_updates", 0),
-                "best_weights": c.get("best_weights"),
-                "rng_state": c.get("rng_states", {}).get("torch"),
-            }
-            for c in members
-        ]
-        return population
 
     def _summary(self, m: int) -> dict[str, Any]:
         cfg = self.cfgs[m]
@@ -674,205 +456,3 @@ class PopulationSystem(L.LightningModule):
             "versions": library_versions(),
         }
         return summarize(summary, self.started, self.trainer, self.checkpoints[m])
-
-
-class MemberCheckpointIO(CheckpointIO):
-    """Lightning's checkpoint of the population, written as each member's: last.ckpt always, best.ckpt where
-    the member's val/acc is its best so far, then its metrics.csv from the history the checkpoint holds, all
-    durably (mlptrain.rundir). Failed members are left as they were. Loading gives the population's checkpoint
-    stacked from the members' own (PopulationSystem.resumed)."""
-
-    def __init__(self, system: PopulationSystem) -> None:
-        self.system = system
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        system = self.system
-        improved = system.improved if system.ended_epoch is not None else None
-        for m in system.active():
-            member = system.member_checkpoint(checkpoint, m)
-            folder = system.run_dirs[m] / "checkpoints"
-            folder.mkdir(parents=True, exist_ok=True)
-            last = system.checkpoints[m].last
-            if improved is not None and improved[m]:  # written first, as a run's callbacks write it
-                write_durably(folder / "best.ckpt", lambda file, saved=member: torch.save(saved, file))
-            last.best_model_path = str(folder / "last.ckpt")
-            member["callbacks"][last.state_key] = last.state_dict()
-            write_durably(folder / "last.ckpt", lambda file, saved=member: torch.save(saved, file))
-            write_metrics(system.run_dirs[m], system.histories[m])
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return self.system.population_checkpoint()
-
-    def remove_checkpoint(self, path: Any) -> None:
-        pass  # the population's own checkpoint is never written
-
-
-def _member_hooks(system: PopulationSystem) -> None:
-    """Write each member's config.yaml and its training path, as train() does first."""
-    for m, run_dir in enumerate(system.run_dirs):
-        write_text_durably(run_dir / "config.yaml", yaml_text(system.plain[m]))
-        system.note(m, f"Training path: {system.describe()}")
-
-
-Resumed = tuple[DictConfig, dict[str, Any] | None, str | None]  # a member, its checkpoint and that file, or Nones
-
-
-def _resumable(cfgs: Sequence[DictConfig]) -> list[list[Resumed]]:
-    """The members to train, grouped by where they resume from (resume=auto: each its newest checkpoint), each
-    with its checkpoint (with its best weights and the updates made at them added) and its path, or None to
-    start afresh."""
-    groups: dict[Any, list[Resumed]] = {}
-    for cfg in cfgs:
-        checkpoint, found = None, None
-        if cfg.resume == "auto":
-            found = resume_path(Path(cfg.output_dir))
-            if found is not None:
-                checkpoint = read_checkpoint(found)
-                best_path = Path(cfg.output_dir) / "checkpoints" / "best.ckpt"
-                best = read_checkpoint(best_path) if best_path.is_file() else None
-                checkpoint["best_weights"] = (
-                    {
-                        key[len("model.") :]: value
-                        for key, value in best["state_dict"].items()
-                        if key.startswith("model.")
-                    }
-                    if best is not None
-                    else None
-                )
-                checkpoint["best_updates"] = best["updates_done"] if best is not None else 0
-        where = (
-            None if checkpoint is None else (checkpoint["epoch"], checkpoint["global_step"], checkpoint["updates_done"])
-        )
-        groups.setdefault(where, []).append((cfg, checkpoint, found))
-    return list(groups.values())
-
-
-def train_population(cfgs: Sequence[DictConfig], log_name: str = "train.log") -> list[float | None]:
-    """Train the jobs `cfgs` (composed, output_dir set, equal but for MEMBER_KEYS) as populations; return each
-    job's best val/acc, or None where it failed (its summary.json and log say why, as a run's would)."""
-    results: dict[int, float | None] = {}
-    locks, todo = [], []
-    for index, cfg in enumerate(cfgs):
-        run_dir = Path(cfg.output_dir)
-        lock = RunLock(run_dir)
-        try:
-            check(cfg)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
-            claim(run_dir, _container(cfg))  # a directory holds one run, as train() makes sure
-        except MlptrainError as error:
-            lock.release()
-            log.error("%s", error)
-            results[index] = None
-            continue
-        locks.append(lock)
-        done = completed_summary(run_dir, _container(cfg)) if cfg.resume == "auto" else None
-        if done is not None:
-            log.info("resume=auto: the run in %s is complete; nothing to do.", run_dir.resolve())
-            results[index] = done.get("best_val_acc")
-        else:
-            todo.append(index)
-    try:
-        by_dir = {Path(cfgs[index].output_dir): index for index in todo}
-        for group in _resumable([cfgs[index] for index in todo]) if todo else []:
-            for run_dir, value in _train_group(group, log_name).items():
-                results[by_dir[run_dir]] = value
-    finally:
-        for lock in locks:
-            lock.release()
-    return [results.get(index) for index in range(len(cfgs))]
-
-
-def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | None]:
-    """One population: build, fit, test and write every member's files; each member's best val/acc."""
-    cfgs = [cfg for cfg, _, _ in group]
-    first = cfgs[0]
-    paths = [choose_path(cfg) for cfg in cfgs]  # compiled where each member's run alone would be (dropout: not)
-    path = next((path for path in paths if not path.compile), paths[0])
-    system = PopulationSystem(cfgs, path)
-    system.log_name = log_name
-    checkpoints = {Path(cfg.output_dir): checkpoint for cfg, checkpoint, _ in group}
-    resumed = [checkpoints[run_dir] for run_dir in system.run_dirs]
-    system.resumed = resumed if resumed[0] is not None else None
-    if str(first.trainer.precision) in ("64-true", "64"):
-        system.double()  # as train() does: weights drawn in float32, trained in float64
-    datamodule = MNISTDataModule(
-        **_container(first.data),
-        steps_per_call=path.steps_per_call,
-        limit_train_batches=first.trainer.limit_train_batches,
-        gather=False,
-        member_shuffle_seeds=[cfg.data.shuffle_seed for cfg in system.cfgs],
-    )
-    torch.set_float32_matmul_precision(first.matmul_precision)
-    _member_hooks(system)
-    log.info("Population of %d members, trained together: %s", len(cfgs), system.describe())
-    sweep_dir = system.run_dirs[0].parent
-    last = ModelCheckpoint(  # what Lightning saves, the members' checkpoints are cut from (MemberCheckpointIO)
-        dirpath=sweep_dir / ".population", filename=f".population-{system.run_dirs[0].name}", save_top_k=1,
-        enable_version_counter=False, save_on_train_epoch_end=True,
-    )  # fmt: skip
-    callbacks: list[Callback] = [last, TrainingTakesSignals(), CheckpointOnStop(last)]
-    show_bar = progress_bar(first.progress_bar)
-    if show_bar:
-        callbacks.append(RichProgressBar())
-    try:
-        trainer = make_trainer(
-            trainer_settings(first, path.steps_per_call),
-            default_root_dir=sweep_dir,
-            logger=False,
-            callbacks=callbacks,
-            plugins=[MemberCheckpointIO(system)],
-            enable_progress_bar=show_bar,
-            enable_model_summary=False,
-        )
-    except MlptrainError as error:  # settings Lightning refuses: every member's, as a run's before it trains
-        log.error("%s", error)
-        for m in system.active():
-            system.note(m, str(error), "ERROR")
-        return {run_dir: None for run_dir in system.run_dirs}
-    system.started = time.perf_counter()
-    # What Lightning is told to resume from; MemberCheckpointIO stacks every member's checkpoint instead.
-    ckpt_path = group[0][2] if system.resumed is not None else None
-    try:
-        fit(trainer, system, datamodule, ckpt_path)
-    except MlptrainError as error:  # the population's settings (Lightning refusing them, say): every member's
-        log.error("%s", error)
-        for m in system.active():
-            write_metrics(system.run_dirs[m], system.histories[m])
-            write_summary(system.run_dirs[m], {**system._summary(m), "status": "failed", "error": str(error)})
-            system.note(m, str(error), "ERROR")
-        return {run_dir: None for run_dir in system.run_dirs}
-    except (KeyboardInterrupt, SystemExit):  # a run's message, of the sweep's folder, in each member's log too
-        kept = any(system.checkpoints[m].paths()["last"] for m in system.active())
-        message = str(interrupted(sweep_dir, trainer.current_epoch, "kept" if kept else None, sweep=True))
-        for m in system.active():
-            write_summary(system.run_dirs[m], {**system._summary(m), "status": "interrupted"})
-            system.note(m, message, "ERROR")
-        log.error("%s", message)
-        return {run_dir: None for run_dir in system.run_dirs}
-    system._check_finite()
-    global_steps = system.updates_done
-    if system.best is not None:
-        system.evaluated = system.best  # tested at each member's best val/acc, as a run tests its best.ckpt
-    trainer.test(system, datamodule=datamodule, verbose=False)
-    test_loss, test_acc = (values.tolist() for values in system.test_results)
-    results: dict[Path, float | None] = {run_dir: None for run_dir in system.run_dirs}
-    for m in system.active():
-        run_dir, tested = system.run_dirs[m], system.checkpoints[m].best.best_model_path or None
-        test_row = {"epoch": trainer.current_epoch, "step": system.best_updates[m]}
-        write_metrics(run_dir, [*system.histories[m], {**test_row, "test/loss": test_loss[m], "test/acc": test_acc[m]}])
-        summary = {**system._summary(m), "global_steps": global_steps}
-        summary.update(status="completed", test_acc=test_acc[m], test_loss=test_loss[m], tested_checkpoint=tested)
-        cfg = system.cfgs[m]
-        if cfg.report.enabled and tested:
-            from mlptrain.system import load_checkpoint
-
-            member = load_checkpoint(tested)[0]
-            config = _container(cfg)
-            write_run_report(run_dir, summary, config, member, datamodule, _container(cfg.report))
-            system.note(m, f"Report with pictures: {(run_dir / 'report.md').resolve()}")
-        write_summary(run_dir, summary)
-        system.note(m, f"Test accuracy {test_acc[m]:.4f}, test loss {test_loss[m]:.4f} (checkpoint {tested})")
-        system.note(m, f"Run directory: {run_dir.resolve()}")
-        results[run_dir] = summary["best_val_acc"]
-    return results

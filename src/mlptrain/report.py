@@ -15,7 +15,6 @@ from mlptrain.predict import Trained, network_example
 
 if TYPE_CHECKING:  # a training run's: report.md is written as training ends
     from mlptrain.data import MNISTDataModule
-    from mlptrain.system import MLPSystem
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +34,21 @@ def write_run_report(
     run_dir: Path,
     summary: dict[str, Any],
     config: dict[str, Any],
-    system: MLPSystem,
+    trained: Trained,
     data: MNISTDataModule,
     settings: Mapping[str, Any],
     trajectory: torch.Tensor | None = None,
 ) -> list[str]:
     """Every picture of a finished run, and report.md, a page showing them; returns the files written.
 
-    The test set's probabilities come from `system` with the weights it holds (the tested ones), computed on
-    this process alone: under DDP each rank's metrics saw a shard. `config` is the run's, with the model's own
-    hyperparameters (from the checkpoint, in test-only mode). `settings`: the config's report group.
+    The test set's probabilities come from `trained` (predict.Trained: the plain MLP with the tested weights, and
+    its cost; no LightningModule), computed on this process alone: under DDP each rank's metrics saw a shard.
+    `config` is the run's, with the model's own hyperparameters (from the checkpoint, in test-only mode).
+    `settings`: the config's report group.
     `trajectory`: the weights along training (T, P) (callbacks.WeightTrajectory), for landscape.png.
     """
     from mlptrain import plots  # matplotlib is imported only when pictures are drawn
 
-    trained = Trained(system.model, system.loss_fn, dict(system.hparams))
     images, labels = data.test_pixels()
     probs = trained.probabilities_of(images, data.normalize, data.eval_batch_size).float().cpu().numpy()
     labels, images = labels.numpy(), images.numpy()
@@ -61,7 +60,7 @@ def write_run_report(
     matrix = plots.plot_confusion(labels, probs.argmax(1), run_dir / "confusion.png")
     np.savetxt(run_dir / "confusion.csv", matrix, fmt="%d", delimiter=",")
     plots.plot_weights(
-        system.model.layers[0].weight.detach().float().cpu().numpy(), run_dir / "weights.png", settings["weight_tiles"]
+        trained.model.layers[0].weight.detach().float().cpu().numpy(), run_dir / "weights.png", settings["weight_tiles"]
     )
     plots.plot_mistakes(images, labels, probs, run_dir / "mistakes.png", settings["mistakes"])
     written += ["confusion.png", "confusion.csv", "weights.png", "mistakes.png"]
@@ -76,7 +75,7 @@ def write_run_report(
         if trajectory is None or len(trajectory) < 3:
             log.info("landscape.png not drawn: fewer than 3 points of the weights' path were kept")
         else:
-            draw_landscape(system, data, trajectory, settings["landscape"], run_dir / "landscape.png")
+            draw_landscape(trained, data, trajectory, settings["landscape"], run_dir / "landscape.png")
             written.append("landscape.png")
     if settings["page"]:
         from mlptrain.page import write_page
@@ -88,20 +87,20 @@ def write_run_report(
     return written
 
 
-def draw_landscape(system: MLPSystem, data: MNISTDataModule, trajectory: torch.Tensor, how: str, file: Path) -> None:
+def draw_landscape(trained: Trained, data: MNISTDataModule, trajectory: torch.Tensor, how: str, file: Path) -> None:
     """landscape.png: the training loss on the first LANDSCAPE_EXAMPLES training images over a plane through
     the path's last point, `how` = pca (the path's principal directions) or random, with the path on it."""
     from mlptrain import plots
 
     x, y = data.arrays("train")
-    weight = system.model.layers[0].weight
+    weight = trained.model.layers[0].weight
     x = torch.from_numpy(x[:LANDSCAPE_EXAMPLES]).to(weight.device, weight.dtype)
     y = torch.from_numpy(y[:LANDSCAPE_EXAMPLES]).to(weight.device)
     points = trajectory.to(weight.dtype)
-    plane = pca_directions(points) if how == "pca" else random_directions(system.model, points[-1])
+    plane = pca_directions(points) if how == "pca" else random_directions(trained.model, points[-1])
     coordinates = plane.coordinates(points)
     alphas, betas = grid_around(coordinates, at_least=0.0 if how == "pca" else 1.0)
-    surface = loss_surface(system.model, system.loss_fn, x, y, plane, alphas, betas)
+    surface = loss_surface(trained.model, trained.loss_fn, x, y, plane, alphas, betas)
     plots.plot_landscape(
         surface.numpy(), alphas, betas, coordinates.cpu().numpy(), plane.how, plane.explained, len(y), file
     )

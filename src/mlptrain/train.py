@@ -26,6 +26,7 @@ from mlptrain.callbacks import CheckpointOnStop, Checkpoints, DurableCheckpointI
 from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunDirError, RunInterrupted
+from mlptrain.predict import Trained
 from mlptrain.report import write_run_report
 from mlptrain.rundir import (
     RunLock,
@@ -259,7 +260,8 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         # The model's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
         config = {**_container(cfg), **{key: dict(system.hparams[key]) for key in MODEL_GROUPS}}
         path = trajectory.path() if trajectory is not None and trajectory.points else None
-        write_run_report(run_dir, summary, config, system, datamodule, _container(cfg.report), path)
+        trained = Trained(system.model, system.loss_fn, dict(system.hparams))
+        write_run_report(run_dir, summary, config, trained, datamodule, _container(cfg.report), path)
         log.info("Report with pictures: %s", (run_dir / "report.md").resolve())
     write_summary(run_dir, summary)  # last: a summary that says completed vouches for every file before it
     if writer:

@@ -3,7 +3,7 @@
     python train.py -m hydra/launcher=population seed=1,2,3,4,5 optimizer.lr=0.1,0.5
 
 The jobs that can be stacked (the same network, loss, optimizer class, batch size, epochs and data; see
-mlptrain.population.stack_key) train together as one stacked model, in this process's main thread, each job
+mlptrain.stacking.stack_key) train together as one stacked model, in this process's main thread, each job
 with the directory, files and result it would get alone. Jobs that cannot be stacked run one after another, as
 Hydra's basic launcher runs them. Hydra finds this module as a plugin because it lives in the hydra_plugins
 namespace package.
@@ -13,7 +13,7 @@ settings of hydra/launcher=slurm in hydra.launcher.submit), all at once: a 1,000
 is 4 jobs of the cluster. A job that trains alone is submitted as hydra/launcher=slurm submits it.
 
 Composing a job's config takes Hydra about 0.1 s, which for a thousand jobs would be longer than training them:
-a job whose overrides differ from the last composed job's only in values of mlptrain.population.MEMBER_KEYS
+a job whose overrides differ from the last composed job's only in values of mlptrain.stacking.MEMBER_KEYS
 is that config with those values set, as Hydra would have set them.
 """
 
@@ -208,7 +208,7 @@ class PopulationJob:
     def __call__(self) -> list[float | None]:
         from mlptrain import signals
         from mlptrain.cli import quiet_console
-        from mlptrain.population import train_population
+        from mlptrain.population_train import train_population
 
         configure_log(self.hydra_logging, self.verbose)
         quiet_console()
@@ -244,9 +244,9 @@ def _returns(jobs: "list[Job]", tasks: list[DictConfig], values: list[float | No
 
 def _say_what_did_not_stack(jobs: "list[Job]", groups: dict[str, list[int]]) -> None:
     """One log line for each reason some jobs train on their own, and one naming the keys that split the rest
-    into several populations (members may differ only in mlptrain.population.MEMBER_KEYS)."""
-    from mlptrain.population import MEMBER_KEYS, MEMBER_KINDS, MEMBER_WIDTHS
+    into several populations (members may differ only in mlptrain.stacking.MEMBER_KEYS)."""
     from mlptrain.rundir import flat
+    from mlptrain.stacking import MEMBER_KEYS, MEMBER_KINDS, MEMBER_WIDTHS
 
     alone: dict[str, list[int]] = {}
     for job in jobs:
@@ -294,7 +294,7 @@ def _failed(job: "Job", error: Exception) -> JobReturn:
 
 class Composed(NamedTuple):
     """A job's config as Hydra composed it: its overrides, parsed; the config; the task's part (no hydra); and
-    mlptrain.population.stack_key of it."""
+    mlptrain.stacking.stack_key of it."""
 
     overrides: dict[str, Override]
     config: DictConfig
@@ -305,7 +305,7 @@ class Composed(NamedTuple):
 
     @classmethod
     def of(cls, overrides: Sequence[str], config: DictConfig) -> "Composed":
-        from mlptrain.population import stack_key
+        from mlptrain.stacking import stack_key
 
         key, why = stack_key(config)
         return cls(_parsed(overrides), config, _task_of(config), key, why, _plain(config.hydra))
@@ -372,8 +372,8 @@ def _parsed(overrides: Sequence[str]) -> dict[str, Override]:
 
 def _member_changes(base: dict[str, Override], own: dict[str, Override]) -> list[Override] | None:
     """The overrides in which a job (`own`) differs from a composed one (`base`) where it differs from it only in
-    the values of member keys (mlptrain.population.MEMBER_KEYS); else None."""
-    from mlptrain.population import MEMBER_KEYS
+    the values of member keys (mlptrain.stacking.MEMBER_KEYS); else None."""
+    from mlptrain.stacking import MEMBER_KEYS
 
     if own.keys() != base.keys():
         return None

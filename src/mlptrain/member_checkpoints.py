@@ -1,0 +1,143 @@
+"""A population's checkpoints as its members' own: Lightning saves the population's, and each member gets its
+part, cut to its own shapes, in a single run's format (`member_checkpoint`), so train=false, scripts/predict.py,
+the report and a run of its own take it; a resume stacks the members' checkpoints again, padded to the widest
+(`population_checkpoint`). `MemberCheckpointIO` is the Lightning plugin that does both."""
+
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import CheckpointIO
+
+from mlptrain.frameworks import HPARAMS_AS_KEYWORDS
+from mlptrain.population import PopulationSystem, cut, padded
+from mlptrain.rundir import library_versions, write_durably, write_metrics
+from mlptrain.system import upgrade
+
+
+def member_checkpoint(system: PopulationSystem, checkpoint: dict[str, Any], m: int) -> dict[str, Any]:
+    """Member m's part of the population's checkpoint, as its run alone would have saved it then."""
+    s = system.set_of[m]
+    offset = m - system.parts[s].start
+    shapes = system.shapes[m]
+    state_dict = {f"model.{name}": cut(p[m].detach(), shapes[name]) for name, p in zip(system.names, system.stacked)}
+    state_dict.update({  # MLPSystem's training metrics' states: system.ExampleMean's and system.Accuracy's
+        "train_loss.total": system.train_total[m].clone(),
+        "train_loss.examples": system.train_examples[m].clone(),
+        "train_acc.correct": system.train_correct[m].clone(),
+        "train_acc.examples": system.train_examples[m].long(),
+    })  # fmt: skip
+    optimizer = checkpoint["optimizer_states"][s]
+    member = {key: value for key, value in checkpoint.items() if key not in ("optimizer_states", "lr_schedulers")}
+    member.update(
+        state_dict=state_dict,
+        optimizer_states=[
+            {
+                "state": {
+                    index: {
+                        key: cut(t[offset], shapes[system.names[index]]) if t.dim() > 0 else t.clone()
+                        for key, t in values.items()
+                    }
+                    for index, values in optimizer["state"].items()
+                },
+                "param_groups": optimizer["param_groups"],
+            }
+        ],
+        callbacks={callback.state_key: callback.state_dict() for callback in system.checkpoints[m]},
+        **HPARAMS_AS_KEYWORDS,
+        hyper_parameters=system.hparams_of[m],
+        config=system.plain[m],
+        library_versions=library_versions(),
+        rng_states={"torch": _rng_state(system, m)},
+        history=[dict(row) for row in system.histories[m]],
+        epoch_lrs=dict(system.epoch_lrs[m]),
+    )
+    schedulers = checkpoint.get("lr_schedulers", [])
+    member["lr_schedulers"] = [schedulers[s]] if schedulers else []
+    return member
+
+
+def _rng_state(system: PopulationSystem, m: int) -> torch.Tensor:
+    """Member m's random generator's state, as its run alone's checkpoint keeps the process's."""
+    generators = system.network.generators
+    return generators[m].get_state() if generators is not None else torch.get_rng_state()
+
+
+def population_checkpoint(system: PopulationSystem) -> dict[str, Any]:
+    """The population's checkpoint, stacked from its members' (system.resumed): what Lightning restores."""
+    members = system.resumed
+    assert members is not None
+    first = members[0]
+    state_dict = {
+        f"network.{name}": torch.stack([padded(c["state_dict"][f"model.{name}"], system.full[name]) for c in members])
+        for name in system.names
+    }
+    state_dict["train_total"] = torch.stack([c["state_dict"]["train_loss.total"] for c in members])
+    state_dict["train_examples"] = torch.stack([c["state_dict"]["train_loss.examples"] for c in members])
+    for c in members:
+        upgrade(c["state_dict"])  # a checkpoint written before system.Accuracy
+    state_dict["train_correct"] = torch.stack([c["state_dict"]["train_acc.correct"] for c in members])
+    optimizers, schedulers = [], []
+    for part in system.parts:
+        own = [c["optimizer_states"][0] for c in members[part]]
+        optimizers.append(
+            {
+                "state": {
+                    index: {
+                        key: torch.stack(
+                            [padded(o["state"][index][key], system.full[system.names[index]]) for o in own]
+                        )
+                        if t.dim() > 0
+                        else t
+                        for key, t in values.items()
+                    }
+                    for index, values in own[0]["state"].items()
+                },
+                "param_groups": own[0]["param_groups"],
+            }
+        )
+        schedulers += members[part.start].get("lr_schedulers", [])[:1]
+    population = {key: value for key, value in first.items() if key not in ("callbacks", "history")}
+    population.update(state_dict=state_dict, optimizer_states=optimizers, lr_schedulers=schedulers, callbacks={})
+    population["members"] = [
+        {
+            "history": c["history"],
+            "epoch_lrs": c["epoch_lrs"],
+            "callbacks": c["callbacks"],
+            "best_updates": c.get("best_updates", 0),
+            "best_weights": c.get("best_weights"),
+            "rng_state": c.get("rng_states", {}).get("torch"),
+        }
+        for c in members
+    ]
+    return population
+
+
+class MemberCheckpointIO(CheckpointIO):
+    """Lightning's checkpoint of the population, written as each member's: last.ckpt always, best.ckpt where
+    the member's val/acc is its best so far, then its metrics.csv from the history the checkpoint holds, all
+    durably (mlptrain.rundir). Failed members are left as they were. Loading gives the population's checkpoint
+    stacked from the members' own (PopulationSystem.resumed, population_checkpoint)."""
+
+    def __init__(self, system: PopulationSystem) -> None:
+        self.system = system
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        system = self.system
+        improved = system.improved if system.ended_epoch is not None else None
+        for m in system.active():
+            member = member_checkpoint(system, checkpoint, m)
+            folder = system.run_dirs[m] / "checkpoints"
+            folder.mkdir(parents=True, exist_ok=True)
+            last = system.checkpoints[m].last
+            if improved is not None and improved[m]:  # written first, as a run's callbacks write it
+                write_durably(folder / "best.ckpt", lambda file, saved=member: torch.save(saved, file))
+            last.best_model_path = str(folder / "last.ckpt")
+            member["callbacks"][last.state_key] = last.state_dict()
+            write_durably(folder / "last.ckpt", lambda file, saved=member: torch.save(saved, file))
+            write_metrics(system.run_dirs[m], system.histories[m])
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return population_checkpoint(self.system)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        pass  # the population's own checkpoint is never written

@@ -1,0 +1,213 @@
+"""train_population(configs): a population's lifecycle, as train() is a run's: each member's directory held and
+claimed, resumed where it stopped, the population fitted and tested, each member's records, report and summary
+written. The launcher that calls it: hydra_plugins/mlptrain_population.
+
+    train_population(configs) -> each job's best val/acc (None where it failed)
+"""
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from mlptrain.callbacks import CheckpointOnStop
+from mlptrain.config import check
+from mlptrain.data import MNISTDataModule
+from mlptrain.errors import MlptrainError
+from mlptrain.member_checkpoints import MemberCheckpointIO
+from mlptrain.population import PopulationSystem
+from mlptrain.predict import load_trained
+from mlptrain.report import write_run_report
+from mlptrain.rundir import (
+    RunLock,
+    claim,
+    completed_summary,
+    read_checkpoint,
+    resume_path,
+    write_metrics,
+    write_summary,
+    write_text_durably,
+    yaml_text,
+)
+from mlptrain.signals import TrainingTakesSignals
+from mlptrain.train import fit, interrupted, make_trainer, progress_bar, trainer_settings
+from mlptrain.training_path import choose_path
+
+log = logging.getLogger(__name__)
+
+
+def _container(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _member_hooks(system: PopulationSystem) -> None:
+    """Write each member's config.yaml and its training path, as train() does first."""
+    for m, run_dir in enumerate(system.run_dirs):
+        write_text_durably(run_dir / "config.yaml", yaml_text(system.plain[m]))
+        system.note(m, f"Training path: {system.describe()}")
+
+
+Resumed = tuple[DictConfig, dict[str, Any] | None, str | None]  # a member, its checkpoint and that file, or Nones
+
+
+def _resumable(cfgs: Sequence[DictConfig]) -> list[list[Resumed]]:
+    """The members to train, grouped by where they resume from (resume=auto: each its newest checkpoint), each
+    with its checkpoint (with its best weights and the updates made at them added) and its path, or None to
+    start afresh."""
+    groups: dict[Any, list[Resumed]] = {}
+    for cfg in cfgs:
+        checkpoint, found = None, None
+        if cfg.resume == "auto":
+            found = resume_path(Path(cfg.output_dir))
+            if found is not None:
+                checkpoint = read_checkpoint(found)
+                best_path = Path(cfg.output_dir) / "checkpoints" / "best.ckpt"
+                best = read_checkpoint(best_path) if best_path.is_file() else None
+                checkpoint["best_weights"] = (
+                    {
+                        key[len("model.") :]: value
+                        for key, value in best["state_dict"].items()
+                        if key.startswith("model.")
+                    }
+                    if best is not None
+                    else None
+                )
+                checkpoint["best_updates"] = best["updates_done"] if best is not None else 0
+        where = (
+            None if checkpoint is None else (checkpoint["epoch"], checkpoint["global_step"], checkpoint["updates_done"])
+        )
+        groups.setdefault(where, []).append((cfg, checkpoint, found))
+    return list(groups.values())
+
+
+def train_population(cfgs: Sequence[DictConfig], log_name: str = "train.log") -> list[float | None]:
+    """Train the jobs `cfgs` (composed, output_dir set, equal but for MEMBER_KEYS) as populations; return each
+    job's best val/acc, or None where it failed (its summary.json and log say why, as a run's would)."""
+    results: dict[int, float | None] = {}
+    locks, todo = [], []
+    for index, cfg in enumerate(cfgs):
+        run_dir = Path(cfg.output_dir)
+        lock = RunLock(run_dir)
+        try:
+            check(cfg)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            claim(run_dir, _container(cfg))  # a directory holds one run, as train() makes sure
+        except MlptrainError as error:
+            lock.release()
+            log.error("%s", error)
+            results[index] = None
+            continue
+        locks.append(lock)
+        done = completed_summary(run_dir, _container(cfg)) if cfg.resume == "auto" else None
+        if done is not None:
+            log.info("resume=auto: the run in %s is complete; nothing to do.", run_dir.resolve())
+            results[index] = done.get("best_val_acc")
+        else:
+            todo.append(index)
+    try:
+        by_dir = {Path(cfgs[index].output_dir): index for index in todo}
+        for group in _resumable([cfgs[index] for index in todo]) if todo else []:
+            for run_dir, value in _train_group(group, log_name).items():
+                results[by_dir[run_dir]] = value
+    finally:
+        for lock in locks:
+            lock.release()
+    return [results.get(index) for index in range(len(cfgs))]
+
+
+def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | None]:
+    """One population: build, fit, test and write every member's files; each member's best val/acc."""
+    cfgs = [cfg for cfg, _, _ in group]
+    first = cfgs[0]
+    paths = [choose_path(cfg) for cfg in cfgs]  # compiled where each member's run alone would be (dropout: not)
+    path = next((path for path in paths if not path.compile), paths[0])
+    system = PopulationSystem(cfgs, path)
+    system.log_name = log_name
+    checkpoints = {Path(cfg.output_dir): checkpoint for cfg, checkpoint, _ in group}
+    resumed = [checkpoints[run_dir] for run_dir in system.run_dirs]
+    system.resumed = resumed if resumed[0] is not None else None
+    if str(first.trainer.precision) in ("64-true", "64"):
+        system.double()  # as train() does: weights drawn in float32, trained in float64
+    datamodule = MNISTDataModule(
+        **_container(first.data),
+        steps_per_call=path.steps_per_call,
+        limit_train_batches=first.trainer.limit_train_batches,
+        gather=False,
+        member_shuffle_seeds=[cfg.data.shuffle_seed for cfg in system.cfgs],
+    )
+    torch.set_float32_matmul_precision(first.matmul_precision)
+    _member_hooks(system)
+    log.info("Population of %d members, trained together: %s", len(cfgs), system.describe())
+    sweep_dir = system.run_dirs[0].parent
+    last = ModelCheckpoint(  # what Lightning saves, the members' checkpoints are cut from (MemberCheckpointIO)
+        dirpath=sweep_dir / ".population", filename=f".population-{system.run_dirs[0].name}", save_top_k=1,
+        enable_version_counter=False, save_on_train_epoch_end=True,
+    )  # fmt: skip
+    callbacks: list[Callback] = [last, TrainingTakesSignals(), CheckpointOnStop(last)]
+    show_bar = progress_bar(first.progress_bar)
+    if show_bar:
+        callbacks.append(RichProgressBar())
+    try:
+        trainer = make_trainer(
+            trainer_settings(first, path.steps_per_call),
+            default_root_dir=sweep_dir,
+            logger=False,
+            callbacks=callbacks,
+            plugins=[MemberCheckpointIO(system)],
+            enable_progress_bar=show_bar,
+            enable_model_summary=False,
+        )
+    except MlptrainError as error:  # settings Lightning refuses: every member's, as a run's before it trains
+        log.error("%s", error)
+        for m in system.active():
+            system.note(m, str(error), "ERROR")
+        return {run_dir: None for run_dir in system.run_dirs}
+    system.started = time.perf_counter()
+    # What Lightning is told to resume from; MemberCheckpointIO stacks every member's checkpoint instead.
+    ckpt_path = group[0][2] if system.resumed is not None else None
+    try:
+        fit(trainer, system, datamodule, ckpt_path)
+    except MlptrainError as error:  # the population's settings (Lightning refusing them, say): every member's
+        log.error("%s", error)
+        for m in system.active():
+            write_metrics(system.run_dirs[m], system.histories[m])
+            write_summary(system.run_dirs[m], {**system._summary(m), "status": "failed", "error": str(error)})
+            system.note(m, str(error), "ERROR")
+        return {run_dir: None for run_dir in system.run_dirs}
+    except (KeyboardInterrupt, SystemExit):  # a run's message, of the sweep's folder, in each member's log too
+        kept = any(system.checkpoints[m].paths()["last"] for m in system.active())
+        message = str(interrupted(sweep_dir, trainer.current_epoch, "kept" if kept else None, sweep=True))
+        for m in system.active():
+            write_summary(system.run_dirs[m], {**system._summary(m), "status": "interrupted"})
+            system.note(m, message, "ERROR")
+        log.error("%s", message)
+        return {run_dir: None for run_dir in system.run_dirs}
+    system._check_finite()
+    global_steps = system.updates_done
+    if system.best is not None:
+        system.evaluated = system.best  # tested at each member's best val/acc, as a run tests its best.ckpt
+    trainer.test(system, datamodule=datamodule, verbose=False)
+    test_loss, test_acc = (values.tolist() for values in system.test_results)
+    results: dict[Path, float | None] = {run_dir: None for run_dir in system.run_dirs}
+    for m in system.active():
+        run_dir, tested = system.run_dirs[m], system.checkpoints[m].best.best_model_path or None
+        test_row = {"epoch": trainer.current_epoch, "step": system.best_updates[m]}
+        write_metrics(run_dir, [*system.histories[m], {**test_row, "test/loss": test_loss[m], "test/acc": test_acc[m]}])
+        summary = {**system._summary(m), "global_steps": global_steps}
+        summary.update(status="completed", test_acc=test_acc[m], test_loss=test_loss[m], tested_checkpoint=tested)
+        cfg = system.cfgs[m]
+        if cfg.report.enabled and tested:
+            config = _container(cfg)
+            write_run_report(run_dir, summary, config, load_trained(tested), datamodule, _container(cfg.report))
+            system.note(m, f"Report with pictures: {(run_dir / 'report.md').resolve()}")
+        write_summary(run_dir, summary)
+        system.note(m, f"Test accuracy {test_acc[m]:.4f}, test loss {test_loss[m]:.4f} (checkpoint {tested})")
+        system.note(m, f"Run directory: {run_dir.resolve()}")
+        results[run_dir] = summary["best_val_acc"]
+    return results

@@ -1,0 +1,120 @@
+"""Which jobs of a sweep train together as one population (hydra/launcher=population), and why a job cannot.
+
+    stack_key(cfg) -> (what must be equal to stack, "") or (None, why the job trains on its own)
+
+Members of one population may differ in MEMBER_KEYS (seeds, init, the optimizer's numbers), in MEMBER_KINDS
+(what the notes compare: the activation, the cost, dropout) and in MEMBER_WIDTHS (the widths, the depth equal).
+Imports neither torch nor Lightning where it can: the launcher groups a sweep's jobs with it before training.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mlptrain.training_path import choose_path
+
+# Keys in which the members of one population may differ: everything else must be equal to stack them.
+MEMBER_KEYS = (
+    "seed",
+    "data.shuffle_seed",
+    "model.init",
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "optimizer.momentum",
+    "optimizer.betas",
+    "optimizer.eps",
+    "output_dir",
+)
+# Keys in which they may differ too, each job composed by Hydra: what a member computes with, on weights of one
+# shape (maxout and a `_target_` activation, which have shapes or parameters of their own, must be equal).
+MEMBER_KINDS = (
+    "model.activation",
+    "model.logistic_slope",
+    "model.leaky_relu_slope",
+    "model.output_activation",
+    "model.dropout",
+    "loss",
+)
+# And in width: model.hidden, its depth equal (members narrower than the widest are zero-padded), but for maxout
+# and `_target_` activations, whose layers or parameters have shapes of their own.
+MEMBER_WIDTHS = ("model.hidden",)
+
+
+def _container(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
+    """What must be equal for two jobs to train as one population, as a string, and ""; or None and why the job
+    cannot be stacked (it then runs on its own, and the launcher's log says why in one line)."""
+    job = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("hydra", "output_dir")])
+    try:
+        plain = _container(job)
+        path = choose_path(job)
+    except Exception:  # the job's own run will say what is wrong
+        return None, "its config does not resolve or is refused (its run says why)"
+    why = next(
+        (
+            reason
+            for reason, applies in (
+                ("train=false evaluates a checkpoint", not job.train),
+                ("ckpt_path= starts it from a checkpoint of its own", job.ckpt_path is not None),
+                ("report.landscape follows one network's weights", job.report.landscape is not None),
+                ("logger=tensorboard writes one event log per process", job.logger.tensorboard),
+                (
+                    "compile=true with model.dropout: compiled code draws other masks",
+                    job.model.dropout and path.compile,
+                ),
+                (
+                    "model.dropout on a GPU: a run's masks come from CUDA's fused dropout kernel, whose draws a "
+                    "member's own generator cannot repeat",
+                    job.model.dropout and _on_gpu(job),
+                ),
+                (path.why, path.steps_per_call == 1),
+            )
+            if applies
+        ),
+        None,
+    )
+    if why is not None:
+        return None, why
+    activation = plain["model"]["activation"]
+    own = activation if isinstance(activation, dict) or activation == "maxout" else None
+    for key in (*MEMBER_KEYS, *MEMBER_KINDS):
+        *parents, last = key.split(".")
+        node = plain
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+    if own is None:
+        plain["model"]["hidden"] = f"{len(plain['model']['hidden'])} hidden layers"  # of any widths
+    return repr((sorted(plain.items()), own)), ""
+
+
+def kind_of(cfg: DictConfig) -> str:
+    """What a member computes with (MEMBER_KINDS' values), as a string: members of one kind share them."""
+    return repr([OmegaConf.select(cfg, key) for key in MEMBER_KINDS[:-1]] + [_container(cfg.loss)])
+
+
+def side_by_side(keys: Sequence[Any]) -> list[slice]:
+    """The runs of equal keys in a sequence (sorted, so each key has one run), as slices of it."""
+    runs: list[slice] = []
+    for m, key in enumerate(keys):
+        if m and key == keys[m - 1]:
+            runs[-1] = slice(runs[-1].start, m + 1)
+        else:
+            runs.append(slice(m, m + 1))
+    return runs
+
+
+def _on_gpu(cfg: DictConfig) -> bool:
+    """Whether the job would train on a CUDA device (trainer.accelerator auto or gpu, with one there)."""
+    import torch
+
+    return str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def optimizer_settings(cfg: DictConfig) -> str:
+    """A member's optimizer settings, as a string: members with equal ones share an optimizer."""
+    return repr(sorted(_container(cfg.optimizer).items()))
