@@ -154,6 +154,33 @@ def test_members_may_differ_in_width_zero_padded_to_the_widest(tmp_path: Path, c
         assert len({summary["parameters"] for summary in summaries}) == 1
 
 
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a TensorBoard log folder (all its event files): tag -> [(step, value)], in order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_logger_tensorboard_gives_each_member_the_event_log_of_its_run_alone(tmp_path: Path, capsys) -> None:
+    """logger=tensorboard: each member's own tensorboard/ folder, with its run alone's scalars (every tag, at
+    the same steps, the same values) and hparams.yaml."""
+    overrides = ("logger=tensorboard", "log_grad_norms=true")
+    folder = sweep(tmp_path, capsys, *overrides, "seed=1,2")
+    for number in (0, 1):
+        run = alone(tmp_path, f"alone{number}", *overrides, f"seed={number + 1}")
+        assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
+        member, own = (tensorboard_scalars(path / "tensorboard") for path in (folder / str(number), run))
+        assert {"train/loss", "val/acc", "test/acc", "lr-AdamW", "epoch"} <= own.keys()
+        assert member.keys() == own.keys()
+        for tag, events in own.items():
+            assert [step for step, _ in member[tag]] == [step for step, _ in events], tag
+            assert [value for _, value in member[tag]] == pytest.approx([value for _, value in events], rel=1e-6), tag
+        hparams = [(path / "tensorboard" / "hparams.yaml").read_text() for path in (folder / str(number), run)]
+        assert hparams[0] == hparams[1]
+
+
 def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp_path: Path, capsys) -> None:
     folder = sweep(tmp_path, capsys, "optimizer=sgd", "scheduler=none", "seed=1", "optimizer.lr=0.1,1e30,0.2")
     failed = json.loads((folder / "1" / "summary.json").read_text())
@@ -244,6 +271,7 @@ def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
 
     monkeypatch.setattr(PopulationSystem, "training_step", step_then_stop)
     overrides = ("optimizer=sgd", "optimizer.lr=0.02", "optimizer.momentum=0.9", "scheduler=none", "model.dropout=0.2")
+    overrides += ("logger=tensorboard",)
     folder = sweep(tmp_path, capsys, *overrides, "seed=1,2", ends=1)  # as an interrupted run ends
     for number in (0, 1):
         assert json.loads((folder / str(number) / "summary.json").read_text())["status"] == "interrupted"
@@ -260,6 +288,11 @@ def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
     assert (folder / "1" / "summary.json").stat().st_mtime_ns == finished
     for number in (0, 1):
         assert_same_run(folder / str(number), runs[number])
+    # Member 0's TensorBoard log, written before and after the stop, holds its uninterrupted run's scalars once.
+    member, own = (tensorboard_scalars(path / "tensorboard") for path in (folder / "0", runs[0]))
+    assert {tag: [step for step, _ in events] for tag, events in member.items()} == {
+        tag: [step for step, _ in events] for tag, events in own.items()
+    }
 
 
 def test_an_optuna_search_trains_each_batch_of_trials_as_a_population(tmp_path: Path, capsys) -> None:

@@ -160,6 +160,7 @@ class PopulationSystem(L.LightningModule):
         self.evaluated: list[torch.Tensor] | None = None  # the parameters validation and test use
         self.resumed: list[dict[str, Any]] | None = None  # the members' checkpoints a resume starts from
         self.log_name = "train.log"  # each member's log, in its directory: Hydra's job log name
+        self.tensorboards: list[Any] | None = None  # logger=tensorboard: each member's own (train.tensorboard_logger)
         self.started = time.perf_counter()
 
     @property
@@ -333,6 +334,7 @@ class PopulationSystem(L.LightningModule):
             values = {"train/loss": loss[m], "train/acc": acc[m]}
             values.update({f"grad_norm/{name}": value for name, value in zip(self.norms_of, norms[m])})
             self._add_row(m, {**values, **self.epoch_lrs[m]})
+            self._to_tensorboard(m, {**values, **self.epoch_lrs[m]})
             row = self.histories[m][-1]  # the epoch's line, as a run logs it
             shown = "  ".join(f"{key} {row[key]:.4f}" for key in sorted(row) if key.split("/")[0] in ("train", "val"))
             self.note(m, f"epoch {self.current_epoch}  {shown}")
@@ -409,12 +411,35 @@ class PopulationSystem(L.LightningModule):
         losses, accs = loss.tolist(), acc.tolist()
         for m in self.active():
             self._add_row(m, {"val/loss": losses[m], "val/acc": accs[m]})
+            self._to_tensorboard(m, {"val/loss": losses[m], "val/acc": accs[m]})
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate("test", batch)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._epoch_values("test")
+        losses, accs = (values.tolist() for values in self.test_results)
+        for m in self.active():
+            self._to_tensorboard(m, {"test/loss": losses[m], "test/acc": accs[m]})
+
+    # -- each member's TensorBoard log, as Lightning writes a run's ---------------------------------------------
+
+    def on_fit_start(self) -> None:
+        for m, logger in enumerate(self.tensorboards or ()):
+            logger.log_hyperparams(self.hparams_of[m])
+            logger.save()
+
+    def _to_tensorboard(self, m: int, values: dict[str, float]) -> None:
+        """Member m's values at an epoch's end, to its TensorBoard log: at the step, and with the epoch, that
+        Lightning logs a run's (in fitting, that of the epoch's last training step; in testing, the last)."""
+        if self.tensorboards is not None:
+            step = self.trainer.global_step - (0 if self.trainer.testing else 1)
+            self.tensorboards[m].log_metrics({**values, "epoch": self.current_epoch}, step=step)
+
+    def finish_tensorboards(self, status: str) -> None:
+        """Each member's TensorBoard log written out, as Lightning ends a run's after fitting and testing."""
+        for m, logger in enumerate(self.tensorboards or ()):
+            logger.finalize(status if self.failures[m] is None else "failed")
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from mlptrain.rundir import (
     yaml_text,
 )
 from mlptrain.signals import TrainingTakesSignals
-from mlptrain.train import fit, interrupted, make_trainer, progress_bar, trainer_settings
+from mlptrain.train import fit, interrupted, make_trainer, progress_bar, tensorboard_logger, trainer_settings
 from mlptrain.training_path import choose_path
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,8 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
     if show_bar:
         callbacks.append(RichProgressBar())
     try:
+        if first.logger.tensorboard:  # each member its own event files, as its run alone's
+            system.tensorboards = [tensorboard_logger(run_dir) for run_dir in system.run_dirs]
         trainer = make_trainer(
             trainer_settings(first, path.steps_per_call),
             default_root_dir=sweep_dir,
@@ -175,12 +177,14 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
         fit(trainer, system, datamodule, ckpt_path)
     except MlptrainError as error:  # the population's settings (Lightning refusing them, say): every member's
         log.error("%s", error)
+        system.finish_tensorboards("failed")
         for m in system.active():
             write_metrics(system.run_dirs[m], system.histories[m])
             write_summary(system.run_dirs[m], {**system._summary(m), "status": "failed", "error": str(error)})
             system.note(m, str(error), "ERROR")
         return {run_dir: None for run_dir in system.run_dirs}
     except (KeyboardInterrupt, SystemExit):  # a run's message, of the sweep's folder, in each member's log too
+        system.finish_tensorboards("interrupted")
         kept = any(system.checkpoints[m].paths()["last"] for m in system.active())
         message = str(interrupted(sweep_dir, trainer.current_epoch, "kept" if kept else None, sweep=True))
         for m in system.active():
@@ -189,10 +193,12 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
         log.error("%s", message)
         return {run_dir: None for run_dir in system.run_dirs}
     system._check_finite()
+    system.finish_tensorboards("success")
     global_steps = system.updates_done
     if system.best is not None:
         system.evaluated = system.best  # tested at each member's best val/acc, as a run tests its best.ckpt
     trainer.test(system, datamodule=datamodule, verbose=False)
+    system.finish_tensorboards("success")
     test_loss, test_acc = (values.tolist() for values in system.test_results)
     results: dict[Path, float | None] = {run_dir: None for run_dir in system.run_dirs}
     for m in system.active():

@@ -75,12 +75,7 @@ def _make_trainer(
         callbacks.append(RichProgressBar())
     loggers: list[Logger] = []  # metrics.csv is written from the run's history, with its checkpoints (rundir)
     if cfg.logger.tensorboard:
-        if not any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
-            raise ConfigError(
-                "logger=tensorboard writes TensorBoard event files, but the tensorboard package is not installed: "
-                'pip install -e ".[tensorboard]" (or pip install tensorboard), or use logger=csv.'
-            )
-        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False))
+        loggers.append(tensorboard_logger(run_dir))
     trainer = make_trainer(
         trainer_settings(cfg, steps_per_call),
         default_root_dir=run_dir,
@@ -102,6 +97,16 @@ def make_trainer(settings: dict[str, Any], **arguments: Any) -> L.Trainer:
         raise ConfigError(
             f"The trainer config is not valid: {error}. Check the trainer.* keys (conf/trainer/)."
         ) from error
+
+
+def tensorboard_logger(run_dir: Path) -> TensorBoardLogger:
+    """logger=tensorboard's: the run's event files in run_dir/tensorboard (a population's members: each its own)."""
+    if not any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
+        raise ConfigError(
+            "logger=tensorboard writes TensorBoard event files, but the tensorboard package is not installed: "
+            'pip install -e ".[tensorboard]" (or pip install tensorboard), or use logger=csv.'
+        )
+    return TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
 
 
 def trainer_settings(cfg: DictConfig, steps_per_call: int) -> dict[str, Any]:
