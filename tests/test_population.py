@@ -181,6 +181,23 @@ def test_logger_tensorboard_gives_each_member_the_event_log_of_its_run_alone(tmp
         assert hparams[0] == hparams[1]
 
 
+def test_report_landscape_keeps_each_members_path_through_weight_space_as_its_run_alone(tmp_path: Path, capsys) -> None:
+    """report.landscape: each member keeps the points of its path (at its run alone's updates, its own weights,
+    float64 to 1e-9, in its checkpoints), and its report draws landscape.png from them. Members of two widths."""
+    folder = sweep(tmp_path, capsys, "report.landscape=pca", "report.enabled=true", "model.hidden=[20],[24]")
+    for number in (0, 1):
+        run = alone(tmp_path, f"alone{number}", "report.landscape=pca", f"model.hidden=[{20 + 4 * number}]")
+        assert_same_run(folder / str(number), run)
+        member, own = (
+            torch.load(path / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["WeightTrajectory"]
+            for path in (folder / str(number), run)
+        )
+        assert member["updates"] == own["updates"] and len(own["updates"]) > 3
+        torch.testing.assert_close(member["points"], own["points"], rtol=1e-9, atol=1e-9)
+        assert (folder / str(number) / "landscape.png").is_file()
+        assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
+
+
 def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp_path: Path, capsys) -> None:
     folder = sweep(tmp_path, capsys, "optimizer=sgd", "scheduler=none", "seed=1", "optimizer.lr=0.1,1e30,0.2")
     failed = json.loads((folder / "1" / "summary.json").read_text())
@@ -193,12 +210,12 @@ def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp
 
 def test_jobs_that_cannot_be_stacked_run_one_after_another_and_the_log_says_why(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "sweep"
-    jobs = ["model.hidden=[20],[20,20]", "report.landscape=null,pca", "trainer.max_epochs=1"]
-    short = [override for override in SHORT if not override.startswith(("model.hidden", "trainer.max_epochs"))]
+    jobs = ["model.hidden=[20],[20,20]", "data.loader=tensor,dataloader", "trainer.max_epochs=1"]
+    short = [o for o in SHORT if not o.startswith(("model.hidden", "trainer.max_epochs", "steps_per_call"))]
     arguments = ["-m", "hydra/launcher=population", *jobs, *short, f"hydra.sweep.dir={folder}"]
     status, output = run_in_process("train.py", arguments, capsys)
     assert status == 0, output[-3000:]
-    assert "Jobs #1 #3 train on their own, not in a population: report.landscape follows one" in output, output
+    assert "Jobs #1 #3 train on their own, not in a population: Lightning's loop, one mini-batch" in output, output
     assert (
         "The jobs make 2 populations, not one: they differ in model.hidden (the depth: 1 and 2 hidden layers)" in output
     ), output
@@ -296,15 +313,21 @@ def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
 
 
 def test_an_optuna_search_trains_each_batch_of_trials_as_a_population(tmp_path: Path, capsys) -> None:
-    """hparams_search=optuna with n_jobs=2: the sweeper hands the launcher 2 trials at a time, which differ in
-    the learning rate only, so each pair trains together, and Optuna is told each trial's own best val/acc."""
-    fixed = ["optimizer.weight_decay=0.01", "data.batch_size=10", "model.activation=relu", "model.dropout=0.0"]
-    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"]
-    folder = sweep(tmp_path, capsys, *search, "optimizer.lr=interval(0.001,0.01)", *fixed)
+    """hparams_search=optuna with n_jobs=4: the sweeper hands the launcher 4 trials at once, drawn from the default
+    space but for its batch size (a choice that would split them), differing in learning rate, weight decay,
+    activation and dropout: they train as one population, and Optuna is told each trial's own best val/acc."""
+    folder = tmp_path / "sweep"
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4"]
+    arguments = ["-m", "hydra/launcher=population", *search, "optimizer.lr=interval(0.001,0.01)", *SHORT]
+    status, output = run_in_process("train.py", [*arguments, f"hydra.sweep.dir={folder}"], capsys)
+    assert status == 0 and "Population of 4 jobs, trained together" in output, output[-3000:]
     summaries = [json.loads((folder / str(number) / "summary.json").read_text()) for number in range(4)]
     assert [summary["status"] for summary in summaries] == ["completed"] * 4
     for number in range(4):
         assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
+    configs = [yaml.safe_load((folder / str(number) / "config.yaml").read_text()) for number in range(4)]
+    assert len({config["model"]["activation"] for config in configs}) > 1  # kinds, in one population
+    assert len({config["model"]["dropout"] for config in configs}) == 4
     results = yaml.safe_load((folder / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(max(summary["best_val_acc"] for summary in summaries))
 

@@ -1,6 +1,7 @@
 """The callbacks and plugin every run adds to Lightning's Trainer: what each checkpoint records, how it is written
 (durably), and a checkpoint on SIGTERM."""
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -103,23 +104,34 @@ class WeightTrajectory(Callback):
         self.updates: list[int] = []  # the update count at each point
         self.every = 1
 
-    def _keep(self, pl_module: L.LightningModule) -> None:
-        self.points.append(flatten(pl_module.model).cpu())
-        self.updates.append(pl_module.updates_done)
+    # What the hooks below do, for a network given as point() (a population's members: each its own)
+
+    def start(self, updates_per_epoch: int, point: Callable[[], torch.Tensor], updates: int) -> None:
+        self.every = max(1, int(updates_per_epoch) // self.per_epoch)
+        if not self.points:
+            self.keep(point(), updates)
+
+    def stepped(self, point: Callable[[], torch.Tensor], updates: int) -> None:
+        if updates - self.updates[-1] >= self.every:
+            self.keep(point(), updates)
+
+    def end(self, point: Callable[[], torch.Tensor], updates: int) -> None:
+        if updates != self.updates[-1]:
+            self.keep(point(), updates)
+
+    def keep(self, point: torch.Tensor, updates: int) -> None:
+        self.points.append(point)
+        self.updates.append(updates)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         updates_per_epoch = trainer.num_training_batches * pl_module.hparams.steps_per_call
-        self.every = max(1, int(updates_per_epoch) // self.per_epoch)
-        if not self.points:
-            self._keep(pl_module)
+        self.start(updates_per_epoch, lambda: flatten(pl_module.model).cpu(), pl_module.updates_done)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if pl_module.updates_done - self.updates[-1] >= self.every:
-            self._keep(pl_module)
+        self.stepped(lambda: flatten(pl_module.model).cpu(), pl_module.updates_done)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.updates_done != self.updates[-1]:
-            self._keep(pl_module)
+        self.end(lambda: flatten(pl_module.model).cpu(), pl_module.updates_done)
 
     def path(self) -> torch.Tensor:
         """(T, P): the points kept, in order."""

@@ -42,7 +42,10 @@ def member_checkpoint(system: PopulationSystem, checkpoint: dict[str, Any], m: i
                 "param_groups": optimizer["param_groups"],
             }
         ],
-        callbacks={callback.state_key: callback.state_dict() for callback in system.checkpoints[m]},
+        callbacks={
+            **{callback.state_key: callback.state_dict() for callback in system.checkpoints[m]},
+            **({"WeightTrajectory": system.trajectories[m].state_dict()} if system.trajectories else {}),
+        },
         **HPARAMS_AS_KEYWORDS,
         hyper_parameters=system.hparams_of[m],
         config=system.plain[m],

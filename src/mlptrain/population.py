@@ -27,6 +27,7 @@ The launcher that groups a sweep's jobs and composes their configs: hydra_plugin
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mlptrain.callbacks import Checkpoints
+from mlptrain.callbacks import Checkpoints, WeightTrajectory
 from mlptrain.data import Chunk
 from mlptrain.losses import make_loss, member_losses
 from mlptrain.model import MLP, Kind
@@ -161,6 +162,8 @@ class PopulationSystem(L.LightningModule):
         self.resumed: list[dict[str, Any]] | None = None  # the members' checkpoints a resume starts from
         self.log_name = "train.log"  # each member's log, in its directory: Hydra's job log name
         self.tensorboards: list[Any] | None = None  # logger=tensorboard: each member's own (train.tensorboard_logger)
+        # report.landscape: each member's path through weight space, kept as its run alone's WeightTrajectory keeps it
+        self.trajectories = [WeightTrajectory() for _ in self.cfgs] if first.report.landscape else None
         self.started = time.perf_counter()
 
     @property
@@ -260,6 +263,22 @@ class PopulationSystem(L.LightningModule):
         if self.updates_done - self.updates_checked >= self.check_finite_every_n_steps:
             self.updates_checked = self.updates_done
             self._check_finite()
+        for m in self.active() if self.trajectories is not None else ():
+            self.trajectories[m].stepped(partial(self.point, m), self.updates_done)
+
+    def on_train_start(self) -> None:
+        updates_per_epoch = self.trainer.num_training_batches * self.path.steps_per_call
+        for m, trajectory in enumerate(self.trajectories or ()):
+            trajectory.start(updates_per_epoch, partial(self.point, m), self.updates_done)
+
+    def on_train_end(self) -> None:
+        for m in self.active() if self.trajectories is not None else ():
+            self.trajectories[m].end(partial(self.point, m), self.updates_done)
+
+    def point(self, m: int) -> torch.Tensor:
+        """Member m's parameters as one vector on the CPU, as anatomy.flatten gives its run alone's."""
+        own = [cut(p[m].detach(), self.shapes[m][name]).flatten() for name, p in zip(self.names, self.stacked)]
+        return torch.cat(own).cpu()
 
     def _check_finite(self) -> None:
         """Members whose training loss has turned NaN or infinite fail, each as a run alone fails then."""
@@ -461,6 +480,8 @@ class PopulationSystem(L.LightningModule):
         if self.network.generators is not None:  # each member's dropout draws on where it stopped
             for generator, member in zip(self.network.generators, members):
                 generator.set_state(member["rng_state"])
+        for member, trajectory in zip(members, self.trajectories or ()):
+            trajectory.load_state_dict(member["callbacks"].get("WeightTrajectory", {}))
         self.best_updates = [member["best_updates"] for member in members]
         best = [member["best_weights"] for member in members]
         if all(weights is not None for weights in best):

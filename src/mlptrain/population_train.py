@@ -210,7 +210,9 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
         cfg = system.cfgs[m]
         if cfg.report.enabled and tested:
             config = _container(cfg)
-            write_run_report(run_dir, summary, config, load_trained(tested), datamodule, _container(cfg.report))
+            trajectory = system.trajectories[m] if system.trajectories is not None else None
+            path = trajectory.path() if trajectory is not None and trajectory.points else None
+            write_run_report(run_dir, summary, config, load_trained(tested), datamodule, _container(cfg.report), path)
             system.note(m, f"Report with pictures: {(run_dir / 'report.md').resolve()}")
         write_summary(run_dir, summary)
         system.note(m, f"Test accuracy {test_acc[m]:.4f}, test loss {test_loss[m]:.4f} (checkpoint {tested})")

@@ -60,7 +60,6 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
             for reason, applies in (
                 ("train=false evaluates a checkpoint", not job.train),
                 ("ckpt_path= starts it from a checkpoint of its own", job.ckpt_path is not None),
-                ("report.landscape follows one network's weights", job.report.landscape is not None),
                 (
                     "compile=true with model.dropout: compiled code draws other masks",
                     job.model.dropout and path.compile,
