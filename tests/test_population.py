@@ -198,6 +198,17 @@ def test_report_landscape_keeps_each_members_path_through_weight_space_as_its_ru
         assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
 
 
+def test_each_member_goes_on_from_its_own_ckpt_path_as_its_run_alone(tmp_path: Path, capsys) -> None:
+    """ckpt_path= per member: two runs' last.ckpt after 1 epoch, each the start of a member of a 2-epoch
+    population in new directories, each member as its run alone from the same checkpoint (float64, 1e-9)."""
+    starts = [alone(tmp_path, f"first{seed}", f"seed={seed}", "trainer.max_epochs=1") for seed in (1, 2)]
+    checkpoints = [str(run / "checkpoints" / "last.ckpt") for run in starts]
+    folder = sweep(tmp_path, capsys, f"ckpt_path={','.join(checkpoints)}")
+    for number, checkpoint in enumerate(checkpoints):
+        assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
+        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", f"ckpt_path={checkpoint}"))
+
+
 def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp_path: Path, capsys) -> None:
     folder = sweep(tmp_path, capsys, "optimizer=sgd", "scheduler=none", "seed=1", "optimizer.lr=0.1,1e30,0.2")
     failed = json.loads((folder / "1" / "summary.json").read_text())

@@ -35,7 +35,15 @@ from mlptrain.rundir import (
     yaml_text,
 )
 from mlptrain.signals import TrainingTakesSignals
-from mlptrain.train import fit, interrupted, make_trainer, progress_bar, tensorboard_logger, trainer_settings
+from mlptrain.train import (
+    check_ckpt_path,
+    fit,
+    interrupted,
+    make_trainer,
+    progress_bar,
+    tensorboard_logger,
+    trainer_settings,
+)
 from mlptrain.training_path import choose_path
 
 log = logging.getLogger(__name__)
@@ -56,9 +64,9 @@ Resumed = tuple[DictConfig, dict[str, Any] | None, str | None]  # a member, its 
 
 
 def _resumable(cfgs: Sequence[DictConfig]) -> list[list[Resumed]]:
-    """The members to train, grouped by where they resume from (resume=auto: each its newest checkpoint), each
-    with its checkpoint (with its best weights and the updates made at them added) and its path, or None to
-    start afresh."""
+    """The members to train, grouped by where they start from (resume=auto: each its newest checkpoint; else,
+    or where it has none, its ckpt_path, as a run's), each with its checkpoint (with its best weights and the
+    updates made at them added) and its path, or None to start afresh."""
     groups: dict[Any, list[Resumed]] = {}
     for cfg in cfgs:
         checkpoint, found = None, None
@@ -78,6 +86,9 @@ def _resumable(cfgs: Sequence[DictConfig]) -> list[list[Resumed]]:
                     else None
                 )
                 checkpoint["best_updates"] = best["updates_done"] if best is not None else 0
+        if found is None and cfg.ckpt_path is not None:  # another run's: its best starts afresh here, as a run's
+            found = str(cfg.ckpt_path)
+            checkpoint = {**read_checkpoint(found), "best_weights": None, "best_updates": 0}
         where = (
             None if checkpoint is None else (checkpoint["epoch"], checkpoint["global_step"], checkpoint["updates_done"])
         )
@@ -95,6 +106,7 @@ def train_population(cfgs: Sequence[DictConfig], log_name: str = "train.log") ->
         lock = RunLock(run_dir)
         try:
             check(cfg)
+            check_ckpt_path(cfg)
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
             claim(run_dir, _container(cfg))  # a directory holds one run, as train() makes sure

@@ -25,6 +25,7 @@ MEMBER_KEYS = (
     "optimizer.betas",
     "optimizer.eps",
     "output_dir",
+    "ckpt_path",  # each member from its own checkpoint, where they stand at the same epoch and update
 )
 # Keys in which they may differ too, each job composed by Hydra: what a member computes with, on weights of one
 # shape (maxout and a `_target_` activation, which have shapes or parameters of their own, must be equal).
@@ -59,7 +60,6 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
             reason
             for reason, applies in (
                 ("train=false evaluates a checkpoint", not job.train),
-                ("ckpt_path= starts it from a checkpoint of its own", job.ckpt_path is not None),
                 (
                     "compile=true with model.dropout: compiled code draws other masks",
                     job.model.dropout and path.compile,

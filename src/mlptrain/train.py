@@ -156,11 +156,8 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
     run_dir = Path(cfg.output_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output_dir={run_dir} is a file, not a directory: give a directory, or leave it to Hydra.")
-    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a file. Give the path of a .ckpt file, or ckpt_path=null.")
+    check_ckpt_path(cfg)
     _check_processes(cfg)
-    if cfg.ckpt_path is not None and cfg.train:
-        read_checkpoint(cfg.ckpt_path)  # one that does not load, or would run code, is refused before anything
     try:
         return _in_run_dir(cfg, run_dir, callbacks)
     except OSError as error:
@@ -173,6 +170,15 @@ def train(cfg: DictConfig, callbacks: Sequence[Callback] = ()) -> float | None:
             "write access, and run the same command with resume=auto to go on, or give it another directory "
             "(hydra.run.dir=...)."
         ) from error
+
+
+def check_ckpt_path(cfg: DictConfig) -> None:
+    """A ckpt_path that is not a file, or a checkpoint that does not load (or would run code), refused before
+    anything is written: one ConfigError or CheckpointError paragraph, for a run and a population's member."""
+    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a file. Give the path of a .ckpt file, or ckpt_path=null.")
+    if cfg.ckpt_path is not None and cfg.train:
+        read_checkpoint(cfg.ckpt_path)
 
 
 def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -> float | None:
