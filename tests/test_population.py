@@ -102,16 +102,6 @@ def test_each_member_gets_the_weights_and_metrics_of_its_own_run(tmp_path: Path,
     )
 
 
-def test_dropout_members_draw_their_own_masks_as_their_runs_alone(tmp_path: Path, capsys) -> None:
-    """model.dropout: each member's masks come from its own generator, where its run alone's stands once its
-    weights are drawn, so each member is its run alone (float64, 1e-9)."""
-    folder = sweep(tmp_path, capsys, "model.dropout=0.3", "seed=1,2", "optimizer.lr=0.001,0.01")
-    for number, (seed, lr) in enumerate([(1, 0.001), (1, 0.01), (2, 0.001), (2, 0.01)]):
-        run = alone(tmp_path, f"alone{number}", "model.dropout=0.3", f"seed={seed}", f"optimizer.lr={lr}")
-        assert_same_run(folder / str(number), run)
-        assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
-
-
 @pytest.mark.parametrize("compiled", [False], ids=["eager"])  # compiled: 5 min cold for 4 kinds (docs/benchmarks.md)
 def test_members_may_differ_in_activation_cost_and_dropout(tmp_path: Path, capsys, compiled: bool) -> None:
     """What the notes compare, in one population: activation against activation, the quadratic cost against
@@ -207,6 +197,62 @@ def test_each_member_goes_on_from_its_own_ckpt_path_as_its_run_alone(tmp_path: P
     for number, checkpoint in enumerate(checkpoints):
         assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
         assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", f"ckpt_path={checkpoint}"))
+
+
+# The equality matrix: for every key in which members may differ (stacking.MEMBER_KEYS, MEMBER_KINDS,
+# MEMBER_WIDTHS), a population of two members that differ in it, with what the key needs to matter. Each member
+# must be its run alone (float64, 1e-9). ckpt_path and output_dir have tests of their own; dropout members of
+# several seeds, each with its own generator, are in the SIGTERM and SIGKILL tests and the widths test.
+MATRIX = {
+    "seed": ("seed=1,2",),
+    "data.shuffle_seed": ("data.shuffle_seed=3,4",),
+    "model.init": ("model.init=xavier,normal",),
+    "optimizer.lr": ("optimizer.lr=0.001,0.01",),
+    "optimizer.weight_decay": ("optimizer.weight_decay=0,0.1",),
+    "optimizer.momentum": ("optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.5,0.9"),
+    "optimizer.betas": ("optimizer.betas=[0.9,0.999],[0.8,0.99]",),
+    "optimizer.eps": ("+optimizer.eps=1e-8,1e-3",),
+    "model.activation": ("model.activation=sigmoid,tanh",),
+    "model.logistic_slope": ("model.activation=logistic", "model.logistic_slope=1,4"),
+    "model.leaky_relu_slope": ("model.activation=leaky_relu", "model.leaky_relu_slope=0.01,0.3"),
+    "model.output_activation": ("loss=mse", "model.output_activation=none,softmax"),
+    "model.dropout": ("model.dropout=0,0.3",),
+    "loss": ("loss=mse,cross_entropy",),
+    "model.hidden": ("model.hidden=[20],[30]",),
+}
+
+
+def test_the_equality_matrix_has_a_case_for_every_key_members_may_differ_in() -> None:
+    from mlptrain.stacking import MEMBER_KEYS, MEMBER_KINDS, MEMBER_WIDTHS
+
+    assert set(MATRIX) == {*MEMBER_KEYS, *MEMBER_KINDS, *MEMBER_WIDTHS} - {"ckpt_path", "output_dir"}
+
+
+@pytest.mark.parametrize("key", list(MATRIX))
+def test_each_member_equals_its_run_alone_whatever_key_they_differ_in(tmp_path: Path, capsys, key: str) -> None:
+    """One case of the matrix: two members differing in `key`, as one population, each its run alone."""
+    *fixed, swept = MATRIX[key]
+    name, _, values = swept.partition("=")
+    jobs = [f"{name}={value}" for value in _sweep_values(values)]
+    folder = sweep(tmp_path, capsys, *fixed, swept, "trainer.max_epochs=1")
+    for number, job in enumerate(jobs):
+        assert "with the other members of a population" in (folder / str(number) / "train.log").read_text(), job
+        assert_same_run(
+            folder / str(number), alone(tmp_path, f"alone{number}", *fixed, job, "trainer.max_epochs=1"), steps=70
+        )
+
+
+def _sweep_values(values: str) -> list[str]:
+    """a,b or [a,b],[c,d]: the values of a sweep override, as Hydra splits them (top-level commas)."""
+    parts, depth, current = [], 0, ""
+    for char in values:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current]
 
 
 def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp_path: Path, capsys) -> None:
