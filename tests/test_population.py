@@ -9,6 +9,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from mlptrain.train import train
+from mlptrain.training_path import choose_path
 from tests.conftest import compose_config, run_in_process
 
 pytestmark = pytest.mark.slow  # whole sweeps
@@ -240,6 +241,22 @@ def test_each_member_equals_its_run_alone_whatever_key_they_differ_in(tmp_path: 
         assert_same_run(
             folder / str(number), alone(tmp_path, f"alone{number}", *fixed, job, "trainer.max_epochs=1"), steps=70
         )
+
+
+@pytest.mark.parametrize("target", ["torch.optim.RMSprop", "torch.optim.Adagrad"])
+def test_an_optimizer_without_a_functional_update_trains_members_with_its_own_step(
+    tmp_path: Path, capsys, target: str
+) -> None:
+    """optimizer=any: a class without a functional update here trains a run alone in Lightning's loop; members
+    make each update with the optimizer's own step(), one optimizer per set of equal settings, and equal it."""
+    fixed = ("optimizer=any", f"optimizer._target_={target}", "trainer.max_epochs=1")
+    folder = sweep(tmp_path, capsys, *fixed, "optimizer.lr=0.001,0.01", "seed=1,2")
+    for number, (lr, seed) in enumerate((lr, seed) for lr in (0.001, 0.01) for seed in (1, 2)):
+        log = (folder / str(number) / "train.log").read_text()
+        assert "so each update is its own step(), with the other members of a population" in log
+        overrides = (*fixed, f"optimizer.lr={lr}", f"seed={seed}")
+        assert choose_path(compose_config([*SHORT, *overrides], tmp_path / "any")).steps_per_call == 1  # alone
+        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *overrides), steps=70)
 
 
 def _sweep_values(values: str) -> list[str]:

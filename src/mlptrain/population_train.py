@@ -44,7 +44,7 @@ from mlptrain.train import (
     tensorboard_logger,
     trainer_settings,
 )
-from mlptrain.training_path import choose_path
+from mlptrain.training_path import member_path
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
     """One population: build, fit, test and write every member's files; each member's best val/acc."""
     cfgs = [cfg for cfg, _, _ in group]
     first = cfgs[0]
-    paths = [choose_path(cfg) for cfg in cfgs]  # compiled where each member's run alone would be (dropout: not)
+    paths = [member_path(cfg) for cfg in cfgs]  # compiled where each member's run alone would be (dropout: not)
     path = next((path for path in paths if not path.compile), paths[0])
     system = PopulationSystem(cfgs, path)
     system.log_name = log_name

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain.training_path import choose_path
+from mlptrain.training_path import member_path
 
 # Keys in which the members of one population may differ: everything else must be equal to stack them.
 MEMBER_KEYS = (
@@ -52,7 +52,7 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
     job = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("hydra", "output_dir")])
     try:
         plain = _container(job)
-        path = choose_path(job)
+        path = member_path(job)
     except Exception:  # the job's own run will say what is wrong
         return None, "its config does not resolve or is refused (its run says why)"
     why = next(

@@ -288,12 +288,16 @@ class Engine:
         masks: Sequence[torch.Tensor] | None = None,
     ) -> None:
         updates = {find_update(optimizer) for optimizer in optimizers}
-        if None in updates or len(updates) != 1 or any(len(o.param_groups) != 1 for o in optimizers):
-            raise ValueError(f"Engine takes optimizers of one class of {', '.join(k.__name__ for k in UPDATES)}")
+        if len({type(o) for o in optimizers}) != 1 or any(len(o.param_groups) != 1 for o in optimizers):
+            raise ValueError("Engine takes optimizers of one class, each with one parameter group")
+        if None in updates and compile:
+            raise ValueError(f"Engine compiles the functional updates of {', '.join(k.__name__ for k in UPDATES)} only")
         if len(optimizers) != len(parts):
             raise ValueError("Engine needs one optimizer per set of members")
         self.model, self.loss_fn, self.optimizers, self.parts = model, loss_fn, list(optimizers), list(parts)
-        self.update: Update = updates.pop()
+        # None: an optimizer without a functional update here (RMSprop, Adagrad, ...), whose own step() makes every
+        # update, as Lightning's loop makes them (a population's members; a single run takes Lightning's loop).
+        self.update: Update | None = updates.pop()
         self.stacked = model.stacked  # members on a leading axis of every parameter (model.MLP)
         self.names = [name for name, _ in model.named_parameters()]
         self.clip, self.norms_of, self.masks = clip, tuple(norms_of), masks
@@ -301,7 +305,10 @@ class Engine:
         self._compiled: Callable[..., Any] | None = None
 
     def _state(self, optimizer: Optimizer) -> State | None:
-        """The optimizer's state as lists in parameter order; None before its first step has created it."""
+        """The optimizer's state as lists in parameter order; None before its first step has created it, and
+        always for an optimizer without a functional update (its own step() makes every update)."""
+        if self.update is None:
+            return None
         group = optimizer.param_groups[0]
         keys = self.update.state_keys(group)
         if any(key not in optimizer.state.get(p, {}) for p in group["params"] for key in keys):
@@ -355,9 +362,9 @@ class Engine:
             for s, (part, optimizer) in enumerate(zip(self.parts, self.optimizers)):
                 group = optimizer.param_groups[0]
                 # Laid out as the parameters: torch 2.14's fused update on a CPU reads a transposed gradient wrongly.
-                fused = self.stacked or settings[s]["fused"]
+                fused = self.stacked or settings[s].get("fused")
                 set_grads = [_part(g, part).contiguous() for g in grads] if fused else grads
-                if states[s] is None:  # its first update: the optimizer's own step() creates its state, as in a run
+                if states[s] is None:  # its first update (its own step() creates its state, as in a run), or every one
                     for p, g in zip(group["params"], set_grads):
                         p.grad = g
                     optimizer.step()

@@ -134,3 +134,16 @@ def choose_path(cfg: DictConfig) -> TrainingPath:
         bool(compiling),
         f"{steps} mini-batches per training step, {'compiled' if compiling else 'not compiled'} ({why})",
     )
+
+
+def member_path(cfg: DictConfig) -> TrainingPath:
+    """A population member's path: choose_path's, except where only the optimizer keeps a run in Lightning's loop
+    (a torch.optim class without a functional update here): a population then makes each of its K updates a
+    call with the optimizer's own step(), the update Lightning's loop makes (step.Engine), not compiled."""
+    path = choose_path(cfg)
+    reason = _optimizer_reason(cfg)
+    if path.steps_per_call > 1 or cfg.steps_per_call == 1 or _plain_reason(cfg) or reason is None:
+        return path
+    steps = AUTO_STEPS_PER_CALL if cfg.steps_per_call == "auto" else cfg.steps_per_call
+    return TrainingPath(steps, False, f"{steps} mini-batches per training step, not compiled: {reason}, so each "
+                        "update is its own step()")  # fmt: skip
