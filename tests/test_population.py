@@ -37,8 +37,11 @@ def sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str], *overrides: str, e
     folder = tmp_path / "sweep"
     given = {override.split("=")[0] for override in overrides}
     short = [override for override in SHORT if override.split("=")[0] not in given]
+    no_report = "hydra.callbacks.sweep_status.report=false"  # the sweep's comparison: tests/test_sweep.py
     status, output = run_in_process(
-        "train.py", ["-m", "hydra/launcher=population", *overrides, *short, f"hydra.sweep.dir={folder}"], capsys
+        "train.py",
+        ["-m", "hydra/launcher=population", *overrides, *short, no_report, f"hydra.sweep.dir={folder}"],
+        capsys,
     )
     assert status == ends, output[-3000:]
     return folder

@@ -10,6 +10,7 @@ from tests.conftest import run_in_process, run_python
 pytestmark = pytest.mark.slow  # subprocesses: see pyproject.toml's markers
 
 SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=20", "report.enabled=false", "progress_bar=false"]
+OUTPUT: dict[Path, str] = {}  # what each sweep below printed
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,17 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    OUTPUT[sweep_dir] = done.stdout + done.stderr
     return sweep_dir
+
+
+def test_a_sweep_writes_its_report_as_it_ends_and_names_it_last(sweep: Path) -> None:
+    """No second command: the sweep's comparison is written as it ends (cli.SweepStatus), and named last."""
+    table = (sweep / "sweep_report.md").read_text()
+    assert "varied: model.activation, optimizer.lr, seed." in table and "| 2/2 |" in table
+    assert (sweep / "val_acc.png").read_bytes().startswith(b"\x89PNG") and (sweep / "sweep_jobs.csv").is_file()
+    lines = [line for line in OUTPUT[sweep].splitlines() if line.strip()]
+    assert f"Sweep report: {(sweep / 'sweep_report.md').resolve()}" in lines[-1], lines[-3:]
 
 
 def test_a_failed_job_does_not_stop_the_sweep(sweep: Path) -> None:

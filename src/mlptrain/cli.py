@@ -97,9 +97,14 @@ def main(cfg: DictConfig, task: Callable[[DictConfig], Any] | None = None) -> An
 
 
 class SweepStatus(Callback):
-    """A -m sweep's exit status (conf/train.yaml, hydra.callbacks): 1 when none of its jobs completed, with one
-    paragraph that counts them by status; a job that failed says why itself, in its log and summary.json.
-    Any launcher, a population's and Optuna's search included: it reads the jobs' summary.json files."""
+    """A -m sweep's end (conf/train.yaml, hydra.callbacks): its exit status, 1 when none of its jobs completed,
+    with one paragraph that counts them by status (a job that failed says why itself, in its log and
+    summary.json); and, where some completed and `report` is on, the sweep's comparison (sweep_report.md,
+    sweep_jobs.csv, val_acc.png: mlptrain.sweep_report), named in the last log line. Any launcher, a
+    population's and Optuna's search included: it reads the jobs' summary.json files."""
+
+    def __init__(self, report: bool = True) -> None:
+        self.report = report
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from mlptrain.rundir import run_status
@@ -114,6 +119,8 @@ class SweepStatus(Callback):
                     "%d of the sweep's %d jobs did not complete (%s): see each one's summary.json or log in %s",
                     sum(failed.values()), len(jobs), _counted(failed), sweep_dir.resolve(),
                 )  # fmt: skip
+            if jobs and self.report:
+                _write_sweep_report(sweep_dir)
             return
         log.error(
             "No job of the sweep completed (of %d: %s), so the sweep ends with exit status 1. Each job's own "
@@ -121,6 +128,25 @@ class SweepStatus(Callback):
             len(jobs), _counted(failed), sweep_dir.resolve(),
         )  # fmt: skip
         sys.exit(1)
+
+
+def _write_sweep_report(sweep_dir: Path) -> None:
+    """The sweep's comparison, as scripts/report.py writes it; a failure to write it is one warning: the jobs'
+    own records are complete, and scripts/report.py writes it later."""
+    from mlptrain.errors import MlptrainError
+    from mlptrain.sweep_report import summarize
+
+    try:
+        summarize(sweep_dir)
+    except (MlptrainError, OSError) as error:
+        log.warning(
+            "The sweep's report could not be written (%s); `python scripts/report.py %s` writes it.", error, sweep_dir
+        )
+        return
+    log.info(
+        "Sweep report: %s (the jobs side by side; one row per job in sweep_jobs.csv, their curves in val_acc.png)",
+        (sweep_dir / "sweep_report.md").resolve(),
+    )
 
 
 def _counted(statuses: dict[str, int]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from mlptrain.errors import ConfigError
-from mlptrain.rundir import write_csv
+from mlptrain.rundir import write_csv, write_text_durably
 
 # Keys that differ between any two runs without being a choice of the sweep.
 NOT_SWEPT = {"output_dir", "data.shuffle_seed"}
@@ -107,8 +107,9 @@ def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
     folded = grouped_rows(rows, swept)
     write_csv(sweep_dir / "sweep_jobs.csv", rows)
     header = f"# Sweep {sweep_dir}\n\n{len(jobs)} jobs; varied: {', '.join(swept) or 'nothing'}.\n\n"
-    (sweep_dir / "sweep_report.md").write_text(
-        header + markdown(rows, folded, swept) + "\n![validation accuracy per epoch](val_acc.png)\n"
+    write_text_durably(
+        sweep_dir / "sweep_report.md",
+        header + markdown(rows, folded, swept) + "\n![validation accuracy per epoch](val_acc.png)\n",
     )
     labels = [", ".join(f"{k.split('.')[-1]}={r[k]}" for k in swept) or r["job"] for r in rows]
     plot_val_acc_per_job([job["run_dir"] / "metrics.csv" for job in jobs], labels, sweep_dir / "val_acc.png")
