@@ -291,9 +291,10 @@ def test_a_screenshot_of_the_page(browser, default_run: Path, tmp_path: Path) ->
 def test_the_page_served_on_localhost(browser, default_run: Path, tmp_path: Path) -> None:
     ckpt = default_run / "checkpoints" / "best.ckpt"
     arguments = [f"ckpt_path={ckpt}", f"out={tmp_path / 'page'}", "serve=true", "port=0", "examples=0"]
-    server = subprocess.Popen(
-        [sys.executable, "scripts/export.py", *arguments], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
+    server = subprocess.Popen(  # -X faulthandler: SIGABRT prints every thread's stack (see below)
+        [sys.executable, "-X", "faulthandler", "scripts/export.py", *arguments], cwd=ROOT, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
     try:
         lines = [server.stdout.readline() for _ in range(3)]
         url = re.search(r"serving (http://127\.0\.0\.1:\d+/index\.html)", lines[2]).group(1)
@@ -304,7 +305,13 @@ def test_the_page_served_on_localhost(browser, default_run: Path, tmp_path: Path
         assert_page_computes_what_the_model_computes(page_state(browser), ckpt)
     finally:
         server.send_signal(signal.SIGINT)  # Ctrl-C
-        assert server.wait(timeout=30) == 0
+        try:
+            status = server.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # once in CI (2026-12-03), unexplained: where it waits, in this output
+            server.send_signal(signal.SIGABRT)
+            server.wait(timeout=30)
+            raise
+    assert status == 0
 
 
 @pytest.mark.slow
