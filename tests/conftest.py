@@ -4,11 +4,27 @@ import os
 import runpy
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_as_they_were() -> Iterator[None]:
+    """Every test leaves the worker's signal handlers as it found them. Lightning ignores SIGINT for good once a
+    fit is interrupted (SIG_IGN, lightning.pytorch.trainer.call), and an ignored signal is inherited by every
+    process started later: a test that then sends Ctrl-C to a child (scripts/export.py serving its page) waited
+    for ever, in whichever worker such a test had run before."""
+    import signal
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    yield
+    for signum, handler in saved.items():
+        if handler is not None and signal.getsignal(signum) is not handler:
+            signal.signal(signum, handler)
+
 
 # pytest runs the tests on one pytest-xdist worker per core (pyproject.toml's addopts: -n auto). Each worker,
 # and every process its tests start, gets its share of the cores: torch's default, every core in each process,
