@@ -287,13 +287,21 @@ def test_a_screenshot_of_the_page(browser, default_run: Path, tmp_path: Path) ->
     assert ((panel[..., 0] > 230) & (panel[..., 1] > 190) & (panel[..., 2] < 110)).sum() > 100
 
 
+def _ctrl_c_as_in_a_shell() -> None:
+    """In the child, before it starts: SIGINT as a shell's command gets it (default, not blocked). A child inherits
+    an ignored or blocked SIGINT, and Lightning ignores it for good in a process whose fit was interrupted (the
+    test worker's, in CI), so the server's Ctrl-C below would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.slow
 def test_the_page_served_on_localhost(browser, default_run: Path, tmp_path: Path) -> None:
     ckpt = default_run / "checkpoints" / "best.ckpt"
     arguments = [f"ckpt_path={ckpt}", f"out={tmp_path / 'page'}", "serve=true", "port=0", "examples=0"]
     server = subprocess.Popen(  # -X faulthandler: SIGABRT prints every thread's stack (see below)
         [sys.executable, "-X", "faulthandler", "scripts/export.py", *arguments], cwd=ROOT, stdout=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=_ctrl_c_as_in_a_shell,
     )  # fmt: skip
     try:
         lines = [server.stdout.readline() for _ in range(3)]
