@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use(): the backend is chosen before pyplot loads
 from matplotlib.ticker import MaxNLocator
 
+from mlptrain.rundir import write_durably
+
 
 def plot_test_accuracy(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """Test accuracy per epoch, one line per system (rows as mlptrain.compare writes them to epochs.csv)."""
@@ -254,7 +256,8 @@ def plot_val_acc_per_job(metrics_files: Sequence[Path], labels: Sequence[str], p
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
-    figure.savefig(path)
+    # Replaced whole (rundir.write_durably): several workers of one Optuna search may end, and draw it, at once.
+    write_durably(path, lambda file: figure.savefig(file, format="png"))
     plt.close(figure)
 
 

@@ -197,8 +197,8 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
         return {run_dir: None for run_dir in system.run_dirs}
     except (KeyboardInterrupt, SystemExit):  # a run's message, of the sweep's folder, in each member's log too
         system.finish_tensorboards("interrupted")
-        kept = any(system.checkpoints[m].paths()["last"] for m in system.active())
-        message = str(interrupted(sweep_dir, trainer.current_epoch, "kept" if kept else None, sweep=True))
+        last = next((path for m in system.active() if (path := system.checkpoints[m].paths()["last"])), None)
+        message = str(interrupted(sweep_dir, trainer.current_epoch, last, sweep=True))
         for m in system.active():
             write_summary(system.run_dirs[m], {**system._summary(m), "status": "interrupted"})
             system.note(m, message, "ERROR")

@@ -1,7 +1,6 @@
 """Gather the runs of a sweep (`python train.py -m ...`) into one table: per job, and mean ± std over seeds."""
 
 import json
-import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -113,11 +112,5 @@ def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
         header + markdown(rows, folded, swept) + "\n![validation accuracy per epoch](val_acc.png)\n",
     )
     labels = [", ".join(f"{k.split('.')[-1]}={r[k]}" for k in swept) or r["job"] for r in rows]
-    # Drawn beside, then renamed: several workers of one search may end, and write it, at once.
-    drawn = sweep_dir / f".val_acc-{os.getpid()}.png"
-    try:
-        plot_val_acc_per_job([job["run_dir"] / "metrics.csv" for job in jobs], labels, drawn)
-        os.replace(drawn, sweep_dir / "val_acc.png")
-    finally:
-        drawn.unlink(missing_ok=True)
+    plot_val_acc_per_job([job["run_dir"] / "metrics.csv" for job in jobs], labels, sweep_dir / "val_acc.png")
     return folded

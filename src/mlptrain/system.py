@@ -131,7 +131,6 @@ class MLPSystem(L.LightningModule):
         self.history: list[dict[str, float]] = []
         self.epoch_lrs: dict[str, float] = {}  # the learning rate at the epoch's start (a resume may be mid-epoch)
         for stage in STAGES:
-            # validate_args off: its checks pull a value to the host every step.
             setattr(self, f"{stage}_loss", ExampleMean())
             setattr(self, f"{stage}_acc", Accuracy())
         # The training metrics' running sums go into checkpoints, so an epoch resumed midway reports
