@@ -10,36 +10,10 @@ network (each layer's activations); `nudges=PATH` draws what backpropagation on 
 each weight and bias (give `label=D` with `image=`).
 """
 
-from pathlib import Path
-
 from mlptrain.cli import exit_without_collecting
-from mlptrain.config import parse_arguments
+from mlptrain.commands import predict
 from mlptrain.errors import run_script
-from mlptrain.predict import digit_probabilities, draw_network, draw_nudges, image_pixels, load_trained, test_image
-
-
-def run(arguments: list[str]) -> None:
-    args = parse_arguments(arguments)
-    trained = load_trained(args.ckpt_path)
-    data = trained.config.get("data", {})
-    if args.image is not None:
-        pixels, truth = image_pixels(args.image), None
-    else:
-        pixels, truth = test_image(args.index, data.get("dir"))
-    probs = digit_probabilities(trained, pixels, data.get("normalize", "standard"))
-    for digit, p in enumerate(probs):
-        print(f"{digit}  {p:6.1%}  {'#' * round(40 * p)}")
-    print(f"prediction: {probs.argmax()}" + ("" if truth is None else f" (true label: {truth})"))
-    name = f"test image #{args.index}, a {truth}" if args.image is None else str(args.image)
-    if args.network is not None:
-        draw_network(trained, pixels, data.get("normalize", "standard"), name, Path(args.network))
-        print(f"network picture: {args.network}")
-    if args.nudges is not None:
-        label = truth if truth is not None else args.label
-        draw_nudges(trained, pixels, label, data.get("normalize", "standard"), Path(args.nudges))
-        print(f"nudges picture: {args.nudges}")
-
 
 if __name__ == "__main__":
     exit_without_collecting()
-    run_script(run)
+    run_script(predict)

@@ -72,22 +72,27 @@ def quiet_console() -> None:
         )
 
 
-def main(cfg: DictConfig, task: Callable[[DictConfig], Any] | None = None) -> Any:
+def main(cfg: DictConfig, task: Callable[[DictConfig], Any] | None = None, command_line: bool = True) -> Any:
     """A command line's body: run `task` (mlptrain.train.train by default, or compare), and turn a user's mistake
-    into one paragraph and exit status 1."""
+    into one paragraph and exit status 1. command_line=False (mlptrain.runs, in a notebook's process): signals are
+    left to their handlers, and the mistake is raised, as the paragraph, where a command line would exit; a job of
+    a sweep logs it and returns None in both."""
     signals = None
     try:
         check(cfg)  # before torch and Lightning load: a mistake costs what composing the config costs
         quiet_console()
-        from mlptrain import signals
+        if command_line:
+            from mlptrain import signals
 
-        signals.hold()  # SIGTERM, SIGINT and SIGUSR1 are taken during training alone (mlptrain.signals)
+            signals.hold()  # SIGTERM, SIGINT and SIGUSR1 are taken during training alone (mlptrain.signals)
         if task is None:
             from mlptrain.train import train as task
         return task(cfg)
     except MlptrainError as error:
-        log.error("%s", error)
         in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if not command_line and not in_sweep:
+            raise
+        log.error("%s", error)
         if in_sweep:
             return None  # one failed job of a sweep must not stop the others; its summary.json says why
         sys.exit(1)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
-from mlptrain.mnist import EMBEDDED_DIR, N_TRAIN_FILE, SHA256, prepare_mnist, read_split, to_inputs
+from mlptrain.mnist import N_TRAIN_FILE, SHA256, data_dir, prepare_mnist, read_split, to_inputs
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.steps_per_call = steps_per_call
         self.gather = gather  # False: training mini-batches as rows of the inputs (TensorBatches' gather)
         self.limit_train_batches = limit_train_batches
-        self.root = Path(dir).expanduser() if dir else EMBEDDED_DIR
+        self.root = data_dir(dir)
         self.download = download
         self.val_size, self.train_size = val_size, train_size
         self.split_seed, self.shuffle_seed = split_seed, shuffle_seed

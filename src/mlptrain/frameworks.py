@@ -47,6 +47,20 @@ def use_sampler(study: Any, sampler: Any) -> None:
     study.sampler = sampler
 
 
+# hydra-core 1.3.2-1.3.8: the application object @hydra.main makes (hydra._internal.hydra.Hydra), whose run() and
+# multirun() are the command line's: the run directory, its .hydra/ files, job logging, the launchers, sweepers and
+# callbacks. mlptrain.runs (the notebook API) runs a command line's job through them, without a command line.
+
+
+def hydra_application(config_module: str, job_name: str) -> Any:
+    """Hydra's application over the configs of the package `config_module` (pkg://), its job named `job_name`
+    (its log file: `job_name`.log), as @hydra.main makes it; set as GlobalHydra's, as @hydra.main sets it."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+
+    return Hydra.create_main_hydra2(job_name, create_config_search_path(f"pkg://{config_module}"))
+
+
 # lightning 2.6: keys of the checkpoints Trainer.save_checkpoint writes, undocumented. "loops" holds the loops'
 # progress, which only a checkpoint of a whole training state has (resume=auto takes no other); "hparams_name"
 # says how LightningModule.load_from_checkpoint passes "hyper_parameters" ("kwargs": as keyword arguments), which
@@ -60,6 +74,7 @@ __all__ = [
     "LOOPS_KEY",
     "BasicSweeper",
     "BasicSweeperConf",
+    "hydra_application",
     "submitit_executor",
     "submitit_job_arguments",
     "use_sampler",

@@ -26,8 +26,10 @@ SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-# The copy carried in this repository (data/MNIST/raw/*.gz), used when data.dir is null.
+# The copy carried in this repository (data/MNIST/raw/*.gz): where data.dir=null looks first in a checkout. An
+# installed package does not carry it (README, "MNIST outside the checkout"): it looks in the user's cache instead.
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "data"
+DATA_VARIABLE = "MLPTRAIN_DATA"  # a folder holding MNIST/raw/, for every run that leaves data.dir unset
 # Pixel mean and standard deviation over the 60,000 training images, on the [0, 1] scale.
 MEAN, STD = 0.1307, 0.3081
 N_TRAIN_FILE = 60_000
@@ -39,12 +41,32 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def cache_dir() -> Path:
+    """The user's cache for MNIST: $XDG_CACHE_HOME/mlptrain, or ~/.cache/mlptrain."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "mlptrain"
+
+
+def default_dir() -> Path:
+    """Where MNIST is when data.dir is null: $MLPTRAIN_DATA where it is set; else this checkout's copy (data/),
+    when mlptrain runs from its repository; else the user's cache (cache_dir), where data.download=true fetches it."""
+    if os.environ.get(DATA_VARIABLE):
+        return Path(os.environ[DATA_VARIABLE]).expanduser()
+    if (EMBEDDED_DIR / "MNIST" / "raw").is_dir():
+        return EMBEDDED_DIR
+    return cache_dir()
+
+
+def data_dir(configured: str | Path | None) -> Path:
+    """The folder holding MNIST/raw/ for data.dir = `configured` (null: default_dir)."""
+    return Path(configured).expanduser() if configured else default_dir()
+
+
 def _fix_hint(raw: Path) -> str:
     return (
         f"Copy the four original MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-        f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into {raw}, or leave data.dir unset "
-        f"(null) to use the copy embedded in this repository, or set data.download=true to fetch "
-        f"them with torchvision."
+        f"t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into {raw}, or point data.dir= (or the "
+        f"environment variable {DATA_VARIABLE}) at a folder that holds MNIST/raw/ with them, or set "
+        f"data.download=true to fetch them there with torchvision (checksums are checked either way)."
     )
 
 

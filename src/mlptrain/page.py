@@ -23,9 +23,11 @@ from torch import nn
 from mlptrain.activations import HIDDEN_ACTIVATIONS, Logistic, Maxout, Step
 from mlptrain.errors import ConfigError
 from mlptrain.mnist import MEAN, STD
-from mlptrain.predict import Trained, probabilities
+from mlptrain.predict import Trained, load_trained, probabilities, test_set
 
 log = logging.getLogger(__name__)
+
+TOLERANCE = 1e-5  # the largest difference allowed between onnxruntime's probabilities and the model's
 
 # Each hidden activation module the page can compute, by exact class -> its name and parameters in page.html's
 # ACTIVATIONS. The registry's modules are all here (a test checks); other torch.nn classes a `_target_` may
@@ -228,3 +230,44 @@ def write_onnx(trained: Trained, normalize: str, path: Path, images: np.ndarray)
     with torch.no_grad():
         expected = classifier(pixels)[1].numpy()
     return float(np.abs(probs - expected).max()), float((probs.argmax(1) == expected.argmax(1)).mean())
+
+
+def page_of(ckpt: Path, folder: Path, examples: int = 6) -> Path:
+    """folder/index.html: the page of the checkpoint `ckpt`, with its first test images and its most confident
+    mistakes (`examples` of each)."""
+    trained = load_trained(ckpt)
+    data = trained.config.get("data", {})
+    test_images, test_labels = test_set(data.get("dir"))
+    probs = trained.probabilities_of(test_images, data.get("normalize", "standard")).float().numpy()
+    images, labels = test_images.numpy(), test_labels.numpy()
+    return write_page(trained, trained.config, folder, images, labels, probs, examples, source=str(ckpt))
+
+
+def export(args: Any) -> Path | None:
+    """What `mlptrain page` (scripts/export.py) is asked for (config.ExportConfig), written and said where; the
+    page's folder (None for ONNX)."""
+    ckpt = Path(args.ckpt_path)
+    run_dir = ckpt.resolve().parent.parent if ckpt.resolve().parent.name == "checkpoints" else ckpt.resolve().parent
+    if args.format == "onnx":
+        trained = load_trained(ckpt)
+        data = trained.config.get("data", {})
+        images = test_set(data.get("dir"))[0].numpy()
+        path = Path(args.out) if args.out else run_dir / "model.onnx"
+        difference, agreement = write_onnx(trained, data.get("normalize", "standard"), path, images)
+        if difference > TOLERANCE:
+            raise ConfigError(
+                f"{path} was written, but onnxruntime's probabilities differ from the model's by up to "
+                f"{difference:.2e} on the test set, more than {TOLERANCE:g}: do not use it. Please report this, "
+                "with the checkpoint and the versions of torch, onnx and onnxruntime."
+            )
+        print(f"model.onnx: {path}")
+        print(
+            f"checked with onnxruntime on the {len(images):,} test images: probabilities within {difference:.1e} "
+            f"of the model's, the same answer for {agreement:.2%}"
+        )
+        return None
+    folder = Path(args.out) if args.out else run_dir / "page"
+    page = page_of(ckpt, folder, args.examples)
+    print(f"page: {page}")
+    print(f"open it in a browser: file://{page.resolve()}")
+    return folder

@@ -1,23 +1,29 @@
-"""Pictures of runs, drawn with matplotlib's Agg backend (no display needed)."""
+"""Pictures of runs, drawn with matplotlib's object API (Figure), never pyplot: no display is needed, and no
+backend is chosen for the process, so a notebook's own inline plots stay as they were."""
 
 import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # after use(): the backend is chosen before pyplot loads
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mlptrain.rundir import write_durably
 
 
+def subplots(*grid: int, figsize: tuple[float, float], dpi: int = 120, **options: Any) -> tuple[Figure, Any]:
+    """pyplot.subplots without pyplot: a Figure of its own, which savefig draws with the backend of the file's
+    format (Agg for PNG)."""
+    figure = Figure(figsize=figsize, dpi=dpi)
+    return figure, figure.subplots(*grid, **options)
+
+
 def plot_test_accuracy(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """Test accuracy per epoch, one line per system (rows as mlptrain.compare writes them to epochs.csv)."""
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, axes = subplots(figsize=(7, 4.5), dpi=120)
     styles = ["-", "--", ":", "-."]
     for i, system in enumerate(dict.fromkeys(row["system"] for row in rows)):
         mine = [row for row in rows if row["system"] == system]
@@ -39,7 +45,6 @@ def plot_test_accuracy(rows: Sequence[dict[str, Any]], path: Path) -> None:
     axes.legend()
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
 
 
 def _epoch_table(metrics_csv: Path) -> dict[int, dict[str, float]]:
@@ -59,7 +64,7 @@ def plot_curves(metrics_csv: Path, path: Path) -> bool:
     epochs = sorted(e for e, values in table.items() if "train/loss" in values)
     if not epochs:
         return False
-    figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    figure, (loss_axes, acc_axes) = subplots(1, 2, figsize=(10, 4), dpi=120)
     for split, style in (("train", "-"), ("val", "--")):
         mine = [e for e in epochs if f"{split}/loss" in table[e]]
         xs = [e + 1 for e in mine]
@@ -75,7 +80,6 @@ def plot_curves(metrics_csv: Path, path: Path) -> bool:
     acc_axes.set_title("Accuracy per epoch")
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
     return True
 
 
@@ -85,7 +89,7 @@ def plot_grad_norms(metrics_csv: Path, path: Path) -> bool:
     names = sorted({k for values in table.values() for k in values if k.startswith("grad_norm/")})
     if not names:
         return False
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, axes = subplots(figsize=(7, 4.5), dpi=120)
     epochs = sorted(table)
     for name in names:
         xs = [e for e in epochs if name in table[e]]
@@ -99,7 +103,6 @@ def plot_grad_norms(metrics_csv: Path, path: Path) -> bool:
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
     return True
 
 
@@ -112,7 +115,7 @@ def plot_confusion(labels: np.ndarray, preds: np.ndarray, path: Path) -> np.ndar
     """The test-set confusion matrix with each digit's accuracy; returns the matrix."""
     matrix = confusion_matrix(labels, preds)
     per_class = matrix.diagonal() / matrix.sum(1).clip(min=1)
-    figure, axes = plt.subplots(figsize=(7.5, 6.5), dpi=120)
+    figure, axes = subplots(figsize=(7.5, 6.5), dpi=120)
     image = axes.imshow(np.log1p(matrix), cmap="Blues")
     for i in range(10):
         for j in range(10):
@@ -128,7 +131,6 @@ def plot_confusion(labels: np.ndarray, preds: np.ndarray, path: Path) -> np.ndar
     figure.colorbar(image, ax=axes, label="log(1 + count)", shrink=0.8)
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
     return matrix
 
 
@@ -140,7 +142,7 @@ def _tiles_figure(
     gap, head = 4, 9  # pixels between tiles, and above each for its title
     rows = max(1, -(-len(tiles) // columns))
     mosaic = np.full((rows * (28 + head), columns * (28 + gap) - gap), np.nan)  # NaN: left white
-    figure = plt.figure(figsize=size, dpi=120)
+    figure = Figure(figsize=size, dpi=120)
     axes = figure.add_axes((0.01, 0.01, 0.98, 0.93))
     for index, (tile, text) in enumerate(zip(tiles, titles)):
         top, left = head + (index // columns) * (28 + head), (index % columns) * (28 + gap)
@@ -174,7 +176,6 @@ def plot_weights(weights: np.ndarray, path: Path, tiles: int = 64) -> int:
     """weights.png: weights_figure. Returns the tiles drawn."""
     figure = weights_figure(weights, tiles)
     figure.savefig(path)
-    plt.close(figure)
     return min(tiles, len(weights))
 
 
@@ -196,7 +197,6 @@ def plot_mistakes(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, pat
         f"Most confident mistakes ({len(wrong)} wrong in all): true → predicted",
     )
     figure.savefig(path)
-    plt.close(figure)
     return worst
 
 
@@ -209,7 +209,7 @@ def plot_activations(path: Path, logistic_slope: float = 4.0, leaky_relu_slope: 
     names = list(HIDDEN_ACTIVATIONS)
     columns = 4
     rows = -(-len(names) // columns)
-    figure, grid = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), dpi=120, squeeze=False)
+    figure, grid = subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), dpi=120, squeeze=False)
     x = torch.linspace(-4, 4, 801, dtype=torch.float64, requires_grad=True)
     for axes, name in zip(grid.flat, names):
         activation = make_activation(name, logistic_slope=logistic_slope, leaky_relu_slope=leaky_relu_slope)
@@ -238,13 +238,12 @@ def plot_activations(path: Path, logistic_slope: float = 4.0, leaky_relu_slope: 
     figure.suptitle("Hidden-layer activations (solid) and the derivative backpropagation uses (dashed)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
     return names
 
 
 def plot_val_acc_per_job(metrics_files: Sequence[Path], labels: Sequence[str], path: Path) -> None:
     """Validation accuracy per epoch, one line per job of a sweep."""
-    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    figure, axes = subplots(figsize=(8, 5), dpi=120)
     for metrics_csv, label in zip(metrics_files, labels):
         table = _epoch_table(metrics_csv) if metrics_csv.is_file() else {}
         epochs = [e for e in sorted(table) if "val/acc" in table[e]]
@@ -258,7 +257,6 @@ def plot_val_acc_per_job(metrics_files: Sequence[Path], labels: Sequence[str], p
     figure.tight_layout()
     # Replaced whole (rundir.write_durably): several workers of one Optuna search may end, and draw it, at once.
     write_durably(path, lambda file: figure.savefig(file, format="png"))
-    plt.close(figure)
 
 
 def _brightness(values: np.ndarray) -> np.ndarray:
@@ -279,7 +277,7 @@ def plot_network(examples: Sequence[dict[str, Any]], path: Path, units: int = 16
     """
     from mlptrain.anatomy import strongest
 
-    figure, rows = plt.subplots(len(examples), 1, figsize=(11, 4.6 * len(examples)), dpi=120, squeeze=False)
+    figure, rows = subplots(len(examples), 1, figsize=(11, 4.6 * len(examples)), dpi=120, squeeze=False)
     for axes, example in zip(rows[:, 0], examples):
         activations = [np.asarray(a, dtype=np.float64) for a in example["activations"]]
         weights = [np.asarray(w, dtype=np.float64) for w in example["weights"]]
@@ -353,7 +351,6 @@ def plot_network(examples: Sequence[dict[str, Any]], path: Path, units: int = 16
     )
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
 
 
 def plot_nudges(nudges: Any, image: np.ndarray, label: int, path: Path, tiles: int = 16) -> list[int]:
@@ -366,7 +363,7 @@ def plot_nudges(nudges: Any, image: np.ndarray, label: int, path: Path, tiles: i
     biases = [b.double().cpu().numpy() for b in nudges.bias_changes]
     units = np.sort(np.argsort(-np.linalg.norm(first, axis=1), kind="stable")[:tiles]).tolist()
 
-    figure = plt.figure(figsize=(12, 8.5), dpi=120)
+    figure = Figure(figsize=(12, 8.5), dpi=120)
     top, bottom = figure.subfigures(2, 1, height_ratios=[1, 1.1])
     panels = top.subplots(1, 3, width_ratios=[0.7, 1.4, 1.6])
     panels[0].imshow(image, cmap="gray_r")
@@ -407,7 +404,6 @@ def plot_nudges(nudges: Any, image: np.ndarray, label: int, path: Path, tiles: i
         fontsize=9,
     )
     figure.savefig(path)
-    plt.close(figure)
     return units
 
 
@@ -423,7 +419,7 @@ def plot_landscape(
 ) -> None:
     """The training loss over a plane through the weights (len(betas), len(alphas)) as contours, and the
     path the weights took (T, 2) projected onto it, from its start (circle) to its end (star)."""
-    figure, axes = plt.subplots(figsize=(7.5, 6), dpi=120)
+    figure, axes = subplots(figsize=(7.5, 6), dpi=120)
     low, high = float(surface.min()), float(surface.max())
     levels = np.geomspace(max(low, 1e-6), high, 25) if high > 10 * max(low, 1e-6) else np.linspace(low, high, 25)
     filled = axes.contourf(
@@ -433,7 +429,7 @@ def plot_landscape(
         levels=levels,
         cmap="viridis",
         extend="both",
-        norm=matplotlib.colors.LogNorm() if levels[0] * 10 < levels[-1] else None,
+        norm=LogNorm() if levels[0] * 10 < levels[-1] else None,
     )
     axes.contour(alphas, betas, surface, levels=levels[::3], colors="white", linewidths=0.4, alpha=0.6)
     figure.colorbar(
@@ -460,4 +456,3 @@ def plot_landscape(
     axes.legend(fontsize=7, loc="upper right")
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)

@@ -11,7 +11,8 @@ import torch
 
 from mlptrain.errors import ConfigError
 from mlptrain.losses import make_loss
-from mlptrain.mnist import EMBEDDED_DIR, read_split, to_inputs
+from mlptrain.mnist import data_dir as mnist_dir
+from mlptrain.mnist import read_split, to_inputs
 from mlptrain.model import MLP
 from mlptrain.rundir import read_checkpoint, unloadable
 
@@ -132,8 +133,8 @@ def _area_weights(n_out: int, n_in: int) -> np.ndarray:
 
 def test_set(data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The MNIST test set as on file: images (10000, 28, 28) uint8 and labels (10000,), from `data_dir` (a run's
-    data.dir) or the embedded copy."""
-    return read_split(Path(data_dir) if data_dir else EMBEDDED_DIR, train=False)
+    data.dir), or where data.dir=null finds it (mnist.default_dir)."""
+    return read_split(mnist_dir(data_dir), train=False)
 
 
 def test_image(index: int, data_dir: str | None = None) -> tuple[np.ndarray, int]:

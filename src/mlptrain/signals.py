@@ -58,6 +58,11 @@ def drain() -> None:
     _pending.clear()
 
 
+def holding() -> bool:
+    """Whether hold() is in force in this process (a command line's, or a launcher's)."""
+    return bool(_previous)
+
+
 def let_go() -> None:
     """Undo hold(): for a harness that runs a command line inside its own, longer-lived process (the tests)."""
     drain()

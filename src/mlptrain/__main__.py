@@ -1,0 +1,5 @@
+"""`python -m mlptrain COMMAND ...`: the `mlptrain` command (mlptrain.commands)."""
+
+from mlptrain.commands import entry
+
+entry()
