@@ -35,6 +35,7 @@ same batches in a process of its own (loading MNIST, and the test accuracy after
 prints it, included).
 """
 
+import importlib.util
 import json
 import logging
 import os
@@ -663,8 +664,19 @@ def commands_table(runs: int, train_overrides: list[str]) -> tuple[list[dict[str
         "scripts/export.py (the page)": ([python, "scripts/export.py", f"ckpt_path={ckpt}", f"out={work / 'page'}"], 0),
         "population of 2 (seed=1,2)": ([python, "train.py", "-m", "hydra/launcher=population", "seed=1,2",
                                         *train_overrides, f"hydra.sweep.dir={work / 'sweep'}"], 0),
+        "mlptrain train --help": ([python, "-m", "mlptrain", "train", "--help"], 0),
+        # the same run as the first, recorded in MLflow's embedded store as well (its cost: against the first)
+        "python train.py logger=mlflow": ([python, "train.py", *train_overrides, "logger=mlflow",
+                                           f"logger.mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
+                                           f"hydra.run.dir={work / 'tracked'}"], 0),
     }  # fmt: skip
-    fresh = {"python train.py": run_dir, "population of 2 (seed=1,2)": work / "sweep"}  # each run starts afresh
+    if importlib.util.find_spec("mlflow") is None:  # the extra is not installed
+        del commands["python train.py logger=mlflow"]
+    fresh = {
+        "python train.py": run_dir,
+        "population of 2 (seed=1,2)": work / "sweep",
+        "python train.py logger=mlflow": work / "tracked",
+    }
     measured: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     phases: list[dict[str, float]] = []
     for _ in range(runs):

@@ -135,8 +135,18 @@ class TrainerConfig:
 
 
 @dataclass
+class MlflowConfig:  # conf/logger/mlflow.yaml says what each key does; off in the other logger presets
+    enabled: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "mlptrain"
+    required: bool = False
+    log_checkpoints: bool = False
+
+
+@dataclass
 class LoggerConfig:
     tensorboard: bool = MISSING
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 @dataclass
@@ -454,6 +464,12 @@ def _activation(cfg: DictConfig) -> str | None:
 SEED_MAX = 2**32 - 1  # numpy's and Lightning's seeds are 32-bit; Lightning replaces one outside with 0
 
 
+def _credentials_in(uri: str | None) -> bool:
+    from urllib.parse import urlsplit
+
+    return bool(uri) and "@" in urlsplit(uri).netloc
+
+
 @functools.cache
 def _train_rules() -> tuple[Rule, ...]:
     """RULES: made once, on first use, with the registries whose names they list."""
@@ -500,6 +516,25 @@ def _train_rules() -> tuple[Rule, ...]:
         between("report.mistakes", 1),
         between("report.network_images", 0, 10),
         one_of("report.landscape", (None, "pca", "random")),
+        rule(
+            "logger.mlflow.tracking_uri",
+            lambda cfg: (
+                _credentials_in(cfg.logger.mlflow.tracking_uri)
+                and "logger.mlflow.tracking_uri holds a user name or password, which config.yaml, the log and the "
+                "report would then show: give the URI without them, and the credentials in MLflow's own environment "
+                "variables, MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)."
+            ),
+            ("logger=mlflow", "logger.mlflow.tracking_uri='http://me:secret@localhost:5000'"),
+        ),
+        rule(
+            "logger.mlflow.experiment",
+            lambda cfg: (
+                not str(cfg.logger.mlflow.experiment).strip()
+                and "logger.mlflow.experiment is empty: give the name of the MLflow experiment the runs go to, "
+                "e.g. logger.mlflow.experiment=mlptrain (it is made where it does not exist)."
+            ),
+            ("logger=mlflow", "logger.mlflow.experiment=''"),
+        ),
         rule(
             "report.landscape",
             lambda cfg: (

@@ -194,6 +194,8 @@ def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -
         if cfg.train and cfg.resume == "auto":
             done = completed_summary(run_dir, _container(cfg))
             if done is not None:
+                if cfg.logger.mlflow.enabled and writer:  # what a tracker that was away missed, logged now
+                    _tracker(cfg, run_dir, resume_path(run_dir, repair=False), None).finish()
                 log.info(
                     "resume=auto: the run in %s is complete (test accuracy %.4f); nothing to do. Its summary: %s",
                     run_dir.resolve(), done["test_acc"], (run_dir / "summary.json").resolve(),
@@ -208,9 +210,10 @@ def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -
 def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callback]) -> float | None:
     """train(cfg)'s work, in a directory this process holds."""
     path = choose_path(cfg) if cfg.train else None
-    ckpt_path = cfg.ckpt_path
+    ckpt_path = resumed = cfg.ckpt_path
     if cfg.train and cfg.resume == "auto":
-        ckpt_path = resume_path(run_dir, repair=writer) or ckpt_path
+        resumed = resume_path(run_dir, repair=writer)
+        ckpt_path = resumed or ckpt_path
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     system = _build_system(cfg, path) if path else load_checkpoint(cfg.ckpt_path)[0]
@@ -232,7 +235,13 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     trajectory = WeightTrajectory() if cfg.report.landscape else None
     if trajectory is not None and not cfg.train:  # the path kept in the checkpoint's training
         trajectory.load_state_dict(read_checkpoint(cfg.ckpt_path).get("callbacks", {}).get("WeightTrajectory", {}))
-    extra = [*callbacks, trajectory] if trajectory is not None else callbacks
+    extra = [*callbacks, trajectory] if trajectory is not None else list(callbacks)
+    tracker = None
+    if cfg.logger.mlflow.enabled and writer:  # started before training: a required store that refuses stops it here
+        from mlptrain.tracking import Tracking
+
+        tracker = _tracker(cfg, run_dir, resumed if resumed != cfg.ckpt_path else None, path.why if path else None)
+        extra.append(Tracking(tracker))
     trainer, checkpoints = _make_trainer(cfg, run_dir, extra, steps_per_call)
 
     summary: dict[str, Any] = {
@@ -256,12 +265,16 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     except MlptrainError as error:
         write_metrics(run_dir, system.history)
         write_summary(run_dir, summarize(summary, start, trainer, checkpoints, status="failed", error=str(error)))
+        if tracker is not None:
+            tracker.finish()
         kept = [path for path in checkpoints.paths().values() if path]
         if kept:
             raise type(error)(f"{error} Checkpoints written before it are kept: {', '.join(kept)}.") from error
         raise
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
         write_summary(run_dir, summarize(summary, start, trainer, checkpoints, status="interrupted"))
+        if tracker is not None:
+            tracker.finish()
         raise interrupted(run_dir, trainer.current_epoch, checkpoints.paths()["last"]) from stop
     test_row = {"epoch": trainer.current_epoch, "step": system.updates_done}
     write_metrics(run_dir, [*history, {**test_row, "test/loss": results["test/loss"], "test/acc": results["test/acc"]}])
@@ -275,6 +288,8 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         write_run_report(run_dir, summary, config, trained, datamodule, _container(cfg.report), path)
         log.info("Report with pictures: %s", (run_dir / "report.md").resolve())
     write_summary(run_dir, summary)  # last: a summary that says completed vouches for every file before it
+    if tracker is not None:
+        tracker.finish()  # from the files just written: the MLflow run equals them
     if writer:
         log.info(
             "Test accuracy %.4f, test loss %.4f (checkpoint %s)", results["test/acc"], results["test/loss"], tested
@@ -282,6 +297,16 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         log.info("Run directory: %s", run_dir.resolve())
     best = checkpoints.best.best_model_score
     return float(best) if best is not None else None
+
+
+def _tracker(cfg: DictConfig, run_dir: Path, resumed: str | None, why: str | None) -> Any:
+    """logger=mlflow's Tracker, its MLflow run started, or continued where `resumed` (a checkpoint of this run
+    directory) names one."""
+    from mlptrain.tracking import Tracker, resumed_run_id
+
+    tracker = Tracker(_container(cfg.logger.mlflow), run_dir, _container(cfg))
+    tracker.start(resumed_run_id(read_checkpoint(resumed)) if resumed else None, why)
+    return tracker
 
 
 MODEL_GROUPS = ("model", "loss", "optimizer", "scheduler")  # what a checkpoint's network was built and trained with
