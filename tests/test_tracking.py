@@ -118,7 +118,7 @@ def test_the_embedded_store_holds_the_run_as_its_files_do(tmp_path: Path) -> Non
     assert _histories(uri, run.info.run_id) == _from_csv(tmp_path / "run")  # every value at its step, once
     params = run.data.params
     assert params["model.hidden"] == "[64]" and params["optimizer.lr"] == "0.001" and "training_path" in params
-    assert run.data.tags["mlptrain.version.torch"] and run.data.tags["mlflow.runName"] == "run"
+    assert run.data.tags["mlptrain.version.torch"] and run.data.tags["mlflow.runName"] == f"{tmp_path.name}/run"
     artifacts = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run.info.run_id)}
     assert {"config.yaml", "summary.json", "report.md", "curves.png", "page"} <= artifacts
     assert (tmp_path / "outputs" / "mlflow-artifacts").is_dir()  # beside the database, not ./mlruns

@@ -41,6 +41,8 @@ _LIGHTNING_NOISE = _DropLines(
     "💡 Tip:", "TPU available: False", "Loading `train_dataloader` to estimate number of stepping batches"
 )
 _NO_CUDA_NOISE = _DropLines("No CUDA runtime is found")
+# logger=mlflow: MLflow's SQLite store says so each time it is opened, the first time and every time after.
+_MLFLOW_STORE_NOISE = _DropLines("Creating initial MLflow database tables", "Updating database tables")
 
 
 def quiet_console() -> None:
@@ -53,6 +55,7 @@ def quiet_console() -> None:
         logging.getLogger(name).addFilter(_LIGHTNING_NOISE)  # a filter already there is not added twice
     if not torch.cuda.is_available():
         logging.getLogger("torch.utils.cpp_extension").addFilter(_NO_CUDA_NOISE)
+    logging.getLogger("mlflow.store.db.utils").addFilter(_MLFLOW_STORE_NOISE)
     # Lightning 2.6 calls an API that torch 2.10+ deprecates; nothing a user can change.
     warnings.filterwarnings(
         "ignore",

@@ -101,7 +101,7 @@ class Tracker:
         commit = _git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        tags["mlflow.runName"] = self.run_dir.name
+        tags["mlflow.runName"] = "/".join(self.run_dir.resolve().parts[-2:])  # <date>/<time>, or <sweep>/<job>
         tags["mlptrain.run_dir"] = str(self.run_dir.resolve())
         self.run_id = client.create_run(experiment_id, tags=tags).info.run_id
         params = {key: _param(value) for key, value in flat(self.config).items() if not key.startswith("hydra.")}
