@@ -23,6 +23,10 @@ class NonFiniteLossError(MlptrainError, ArithmeticError):
 class RunInterrupted(MlptrainError):
     """Training was stopped by Ctrl-C or SIGTERM; what was written is kept."""
 
+    def __init__(self, message: object, epoch: int | None = None) -> None:
+        super().__init__(message)
+        self.epoch = epoch  # where it stopped: for a caller that says its own way to go on (mlptrain.runs)
+
 
 class CheckpointError(MlptrainError):
     """A checkpoint that is missing, truncated, not mlptrain's, or would run code if it were loaded."""

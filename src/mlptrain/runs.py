@@ -56,10 +56,12 @@ def run(*overrides: str, path: str | Path | None = None, **settings: Any) -> "Ru
             if isinstance(failed, _Failed):
                 raise failed.error
         except RunInterrupted as error:  # its paragraph, saying how to go on from here rather than from a shell
-            where = str(error).split(" What was written", 1)[0]
+            from mlptrain.train import stopped_where
+
             raise RunInterrupted(
-                f"{where} What was written is kept in {folders[-1].resolve()}. To go on where it stopped, call "
-                f'mlptrain.run again with the same overrides and resume="auto", path="{folders[-1].resolve()}".'
+                f"{stopped_where(folders[-1], error.epoch)}. To go on where it stopped, call mlptrain.run again with "
+                f'the same overrides and resume="auto", path="{folders[-1].resolve()}".',
+                error.epoch,
             ) from None
     return Run(folders[-1])
 

@@ -75,7 +75,7 @@ class Tracker:
         started = self._safely("start the MLflow run", lambda: self._start(run_id, path_why))
         if not started and self.settings.get("required"):
             raise ConfigError(
-                f"logger.mlflow.required=true, and the MLflow tracking store {_shown(self.uri)} could not be used "
+                f"logger.mlflow.required=true, and the MLflow tracking store {self.uri} could not be used "
                 f"({self.failure}). Nothing was trained. Start the server or fix the URI "
                 "(logger.mlflow.tracking_uri=...), or set logger.mlflow.required=false to train with local records "
                 "only and fill MLflow in later with resume=auto."
@@ -183,7 +183,7 @@ class Tracker:
                     "MLflow (%s) could not %s (%s). Training goes on, and its local records (metrics.csv, "
                     "summary.json, the checkpoints) are complete; once the store is back, the same command with "
                     "resume=auto logs what MLflow missed.",
-                    _shown(self.uri), what, self.failure,
+                    self.uri, what, self.failure,
                 )  # fmt: skip
             return False
 
@@ -239,7 +239,3 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _shown(uri: str) -> str:
-    return uri  # with no credentials in it: config.check refuses a URI that has them

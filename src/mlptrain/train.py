@@ -210,10 +210,8 @@ def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -
 def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callback]) -> float | None:
     """train(cfg)'s work, in a directory this process holds."""
     path = choose_path(cfg) if cfg.train else None
-    ckpt_path = resumed = cfg.ckpt_path
-    if cfg.train and cfg.resume == "auto":
-        resumed = resume_path(run_dir, repair=writer)
-        ckpt_path = resumed or ckpt_path
+    resumed = resume_path(run_dir, repair=writer) if cfg.train and cfg.resume == "auto" else None  # this run's own
+    ckpt_path = resumed or cfg.ckpt_path
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     system = _build_system(cfg, path) if path else load_checkpoint(cfg.ckpt_path)[0]
@@ -240,7 +238,7 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     if cfg.logger.mlflow.enabled and writer:  # started before training: a required store that refuses stops it here
         from mlptrain.tracking import Tracking
 
-        tracker = _tracker(cfg, run_dir, resumed if resumed != cfg.ckpt_path else None, path.why if path else None)
+        tracker = _tracker(cfg, run_dir, resumed, path.why if path else None)
         extra.append(Tracking(tracker))
     trainer, checkpoints = _make_trainer(cfg, run_dir, extra, steps_per_call)
 
@@ -369,6 +367,9 @@ def interrupted(folder: Path, epoch: int, last: str | None, sweep: bool = False)
             f"to continue where it stopped, in the same directory, run the same command with `resume=auto {where}` "
             f"added (or `ckpt_path={last}` for a new directory)"
         )
-    return RunInterrupted(
-        f"Training was interrupted during epoch {epoch}. What was written is kept in {folder.resolve()}; {resume}."
-    )
+    return RunInterrupted(f"{stopped_where(folder, epoch)}; {resume}.", epoch)
+
+
+def stopped_where(folder: Path, epoch: int | None) -> str:
+    """Where an interrupted run stopped, as its message (interrupted) begins: a notebook's says its own way on."""
+    return f"Training was interrupted during epoch {epoch}. What was written is kept in {folder.resolve()}"
