@@ -11,6 +11,7 @@ against a bare PyTorch loop, the DataLoader path and the NumPy baseline; and who
     python scripts/bench.py gradients=true           # ms per update of N members' gradients, eager and compiled
     python scripts/bench.py one=true runs=3          # a single run against a population of one, 3 epochs
     python scripts/bench.py commands=true runs=5     # every command's wall time and peak memory, train.py's phases
+    python scripts/bench.py tracked=200 runs=3       # a population of 200 with logger=mlflow against logger=csv
 
 In one process, the systems take turns (round 1: each system, round 2: each system, ...), each round a fresh
 model trained for `epochs` epochs on the same batches, so that load on a shared machine hits them alike. The
@@ -95,6 +96,8 @@ DEFAULTS = {
     "setup": None,  # mode=one_member: nielsen or default
     "commands": False,  # true: every command's wall time and peak memory, and train.py's phases (commands_table)
     "train_overrides": [],  # commands: overrides for its train.py and population runs (the default run if none)
+    "tracked": None,  # N: a population of N members with logger=mlflow against logger=csv (tracking_table)
+    "tracked_epochs": 2,  # tracked: the population's epochs
 }
 # gradients=true: (setup, overrides, members) of each row
 GRADIENT_ROWS = [("default", [], 1), ("default", [], 12), ("nielsen", ["experiment=nielsen"], 1)]
@@ -559,6 +562,29 @@ def members_table(counts: list[int], runs: int, train_size: int) -> list[dict[st
     return rows
 
 
+def tracking_table(members: int, runs: int, epochs: int) -> list[dict[str, Any]]:
+    """What logger=mlflow costs a population (issue 34: within 10% of its time): `python train.py -m
+    hydra/launcher=population 'seed=range(1,N+1)'` (the default network, `epochs` epochs, no pictures) with
+    logger=csv and with logger=mlflow, whole processes timed start to exit, `runs` times each, taking turns. The
+    MLflow store is an embedded SQLite database that an earlier run made; a store's first use (creating its tables)
+    is its own row, timed once, first."""
+    sweep = [
+        sys.executable, "train.py", "-m", "hydra/launcher=population", f"trainer.max_epochs={epochs}",
+        "report.enabled=false", "progress_bar=false", f"seed=range(1,{members + 1})",
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory() as store:
+        tracked = [*sweep, "logger=mlflow", f"logger.mlflow.tracking_uri=sqlite:///{store}/mlflow.db"]
+        measured: dict[str, list[tuple[float, float]]] = {}
+        with tempfile.TemporaryDirectory() as out:
+            measured["logger=mlflow, a new store"] = [timed_process([*tracked, f"hydra.sweep.dir={out}"])]
+        measured.update({"logger=csv": [], "logger=mlflow": []})
+        for _ in range(runs):
+            for name, command in (("logger=csv", [*sweep, "logger=csv"]), ("logger=mlflow", tracked)):
+                with tempfile.TemporaryDirectory() as out:
+                    measured[name].append(timed_process([*command, f"hydra.sweep.dir={out}"]))
+    return timing_rows(measured, "logger=csv", "x_csv", {name: {"members": members} for name in measured})
+
+
 def timing_rows(
     measured: dict[str, list[tuple[float, float]]], reference: str, ratio: str, fields: dict[str, dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -758,6 +784,15 @@ if __name__ == "__main__":
         for target, figures, met in targets:
             print(f"| {target} | {figures} | {'met' if met else 'missed'} |")
         Path(args.out).write_text(json.dumps({"rows": rows, "train_phases": phases, "targets": targets}, indent=2))
+        sys.exit(0)
+    if args.tracked:
+        print_rows(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.runs}, taking turns",
+            ["members", "system", "wall s", "runs", "× logger=csv", "peak RSS MiB"],
+            ["members", "system", "wall_s", "runs_s", "x_csv", "peak_rss_mb"],
+            tracking_table(args.tracked, args.runs, args.tracked_epochs),
+            args.out,
+        )
         sys.exit(0)
     if args.gradients:
         rows = member_gradients_table()

@@ -1,12 +1,14 @@
 """Optuna searches by several workers on one study (hparams_search=optuna, hydra_plugins/mlptrain_optuna): worker
 processes started as a user starts them, sharing a journal file or a SQLite database, and one killed mid-trial."""
 
+import csv
 import json
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -70,7 +72,10 @@ def test_the_search_space_is_hydras_override_syntax_as_optuna_distributions() ->
 def test_two_workers_share_one_study_and_run_its_trials_once(kind: str, tmp_path: Path) -> None:
     storage = str(tmp_path / "search.journal") if kind == "journal" else f"sqlite:///{tmp_path / 'search.db'}"
     sweep = tmp_path / "sweep"  # one sweep dir for both: a trial's folder is its number
-    workers = [worker(storage, sweep, "hydra.sweeper.n_trials=6") for _ in range(2)]
+    # The SQLite one logs to MLflow too (an embedded store both workers share): the search is a parent MLflow run,
+    # with a child per trial, made once however the workers race.
+    tracked = ["logger=mlflow", f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"] * (kind == "sqlite")
+    workers = [worker(storage, sweep, "hydra.sweeper.n_trials=6", *tracked) for _ in range(2)]
     outputs = [finish(process) for process in workers]
     study = trials(storage)
     done = [t for t in study if t.state == optuna.trial.TrialState.COMPLETE]
@@ -91,6 +96,35 @@ def test_two_workers_share_one_study_and_run_its_trials_once(kind: str, tmp_path
     assert results["completed_trials"] == 6
     if kind == "journal":
         assert watched(storage) == ["shared"]
+    else:
+        trials_in_mlflow(tmp_path / "mlflow.db", sweep, done, best)
+
+
+def trials_in_mlflow(store: Path, sweep: Path, done: list[Any], best: Any) -> None:
+    """The search in MLflow: one parent run (the sweep's, with the study's best trial), one child per trial,
+    tagged with its number, parameters, state and value, and holding its metrics.csv's values once each."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("mlptrain").experiment_id])
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert parent.info.status == "FINISHED" and parent.data.tags["optuna.best_trial"] == str(best.number)
+    assert parent.data.tags["mlptrain.jobs.completed"] == "6"
+    children = {int(run.data.tags["optuna.trial_number"]): run for run in runs if run is not parent}
+    assert len(runs) == 7 and sorted(children) == sorted(t.number for t in done)  # one child per trial, none twice
+    for t in done:
+        child = children[t.number]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["mlptrain.run_dir"] == str(sweep / str(t.number))
+        assert child.data.tags["optuna.state"] == "COMPLETE" and float(child.data.tags["optuna.value"]) == t.value
+        assert float(child.data.tags["optuna.param.optimizer.lr"]) == t.params["optimizer.lr"]
+        with (sweep / str(t.number) / "metrics.csv").open(newline="") as file:
+            rows = list(csv.DictReader(file))
+        expected = sorted((key, int(row["step"]), float(value)) for row in rows for key, value in row.items()
+                          if key not in ("epoch", "step") and value != "")  # fmt: skip
+        logged = sorted((key, m.step, m.value) for key in child.data.metrics
+                        for m in client.get_metric_history(child.info.run_id, key))  # fmt: skip
+        assert logged == expected  # every value at its step, once
 
 
 def watched(storage: str) -> list[str]:

@@ -76,7 +76,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 def _train(cwd: Path, *overrides: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *RUN, *overrides],
+        [sys.executable, str(ROOT / "train.py"), *(["-m"] if "-m" in overrides else []), *RUN,
+         *(override for override in overrides if override != "-m")],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **QUICK, **(env or {})},
     )  # fmt: skip
@@ -109,6 +110,18 @@ def _from_csv(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {key: sorted(values) for key, values in histories.items()}
 
 
+def _stopped_in_epoch_two(training: subprocess.Popen, run_dir: Path) -> str:
+    """SIGTERM to `training` once run_dir's first last.ckpt is written, into the second epoch; its output."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    while not last.is_file() and training.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    training.send_signal(signal.SIGTERM)
+    output = _finish(training)[1]
+    assert "interrupted" in output, output[-3000:]
+    return output
+
+
 def test_the_embedded_store_holds_the_run_as_its_files_do(tmp_path: Path) -> None:
     status, output = _finish(_train(tmp_path, "trainer.max_epochs=2", "hydra.run.dir=run", "report.page=true"))
     assert status == 0, output[-3000:]
@@ -129,14 +142,7 @@ def test_sigterm_and_resume_auto_continue_one_mlflow_run(tmp_path: Path, server:
     settings = ["trainer.max_epochs=6", f"logger.mlflow.tracking_uri={server.uri}", "report.enabled=false"]
     straight = _train(tmp_path, *settings, "hydra.run.dir=straight", "logger.mlflow.experiment=straight")
     assert _finish(straight)[0] == 0
-    stopped = _train(tmp_path, *settings, "hydra.run.dir=stopped")
-    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
-    while not last.is_file() and stopped.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the second epoch
-    stopped.send_signal(signal.SIGTERM)
-    status, output = _finish(stopped)
-    assert "interrupted" in output, output[-3000:]
+    output = _stopped_in_epoch_two(_train(tmp_path, *settings, "hydra.run.dir=stopped"), tmp_path / "stopped")
     (interrupted,) = _runs(server.uri)
     assert interrupted.info.status == "KILLED"
     status, output = _finish(_train(tmp_path, *settings, "hydra.run.dir=stopped", "resume=auto"))
@@ -180,3 +186,30 @@ def test_a_refused_connection_with_required_stops_before_training(tmp_path: Path
     status, output = _finish(_train(tmp_path, f"logger.mlflow.tracking_uri={refused}", "trainer.max_epochs=1",
                                     "report.enabled=false", "hydra.run.dir=warned"))  # fmt: skip
     assert status == 0 and output.count("could not start the MLflow run") == 1, output[-3000:]
+
+
+def test_a_population_is_a_sweep_run_with_a_child_per_member_across_sigterm_and_resume(
+    tmp_path: Path, server: Server
+) -> None:
+    sweep = ["-m", "hydra/launcher=population", "seed=1,2,3", "trainer.max_epochs=4", "report.enabled=false",
+             f"logger.mlflow.tracking_uri={server.uri}", "hydra.sweep.dir=sweep"]  # fmt: skip
+    output = _stopped_in_epoch_two(_train(tmp_path, *sweep), tmp_path / "sweep" / "0")
+    before = {run.info.run_name: run for run in _runs(server.uri)}
+    assert {run.info.status for run in before.values()} == {"KILLED"}, output[-3000:]
+    status, output = _finish(_train(tmp_path, *sweep, "resume=auto"))
+    assert status == 0 and "Population of 3 jobs" in output, output[-3000:]
+    runs = _runs(server.uri)
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    children = {run.data.tags["mlptrain.run_dir"]: run for run in runs if run is not parent}
+    assert len(runs) == 4 and {run.info.run_name: run.info.run_id for run in runs} == {
+        name: run.info.run_id for name, run in before.items()
+    }  # the same four MLflow runs, continued
+    assert parent.info.status == "FINISHED" and parent.data.tags["mlptrain.jobs.completed"] == "3"
+    artifacts = MlflowClient(tracking_uri=server.uri).list_artifacts(parent.info.run_id)
+    assert "sweep_report.md" in {artifact.path for artifact in artifacts}
+    for job in range(3):
+        child = children[str(tmp_path / "sweep" / str(job))]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
+        assert child.info.end_time >= child.info.start_time
+        assert child.data.params["seed"] == str(job + 1)
+        assert _histories(server.uri, child.info.run_id) == _from_csv(tmp_path / "sweep" / str(job))  # once each

@@ -167,3 +167,29 @@ class DurableCheckpointIO(CheckpointIO):
 
     def remove_checkpoint(self, path: Any) -> None:
         Path(path).unlink(missing_ok=True)
+
+
+class Tracking(Callback):
+    """logger=mlflow (mlptrain.tracking): whenever a checkpoint is saved, the rows of each run's history not yet in
+    MLflow are logged (a run's: `pl_module.history`; a population's members': `histories(pl_module)`), and the
+    MLflow run's id is kept in the checkpoint (its state; a member's, in its own checkpoint), for a resume to
+    continue it."""
+
+    def __init__(self, trackers: Any, histories: Callable[[L.LightningModule], Any] | None = None) -> None:
+        self.trackers, self.histories = list(trackers), histories or (lambda module: [module.history])
+
+    @property
+    def state_key(self) -> str:
+        from mlptrain.tracking import STATE_KEY
+
+        return STATE_KEY
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.trackers[0].current_id()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass  # read before training starts (resumed_run_id), so that the run is continued before it trains
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        for tracker, history in zip(self.trackers, self.histories(pl_module)):
+            tracker.log_rows(history)

@@ -108,27 +108,29 @@ class SweepStatus(Callback):
     """A -m sweep's end (conf/train.yaml, hydra.callbacks): its exit status, 1 when none of its jobs completed,
     with one paragraph that counts them by status (a job that failed says why itself, in its log and
     summary.json); and, where some completed and `report` is on, the sweep's comparison (sweep_report.md,
-    sweep_jobs.csv, val_acc.png: mlptrain.sweep_report), named in the last log line. Any launcher, a
-    population's and Optuna's search included: it reads the jobs' summary.json files."""
+    sweep_jobs.csv, val_acc.png: mlptrain.sweep_report), named in the last log line; with logger=mlflow, the
+    sweep's MLflow run. Any launcher, a population's and Optuna's search included: it reads the jobs' files."""
 
     def __init__(self, report: bool = True) -> None:
         self.report = report
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from mlptrain.rundir import run_status
+        from mlptrain.tracking import finish_sweep
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         jobs = sorted(folder.parent for folder in sweep_dir.glob("**/.hydra") if folder.is_dir())
         statuses = Counter(run_status(job) or "refused before training" for job in jobs)
         failed = {status: count for status, count in statuses.items() if status != "completed"}
+        if failed and statuses["completed"]:
+            log.warning(
+                "%d of the sweep's %d jobs did not complete (%s): see each one's summary.json or log in %s",
+                sum(failed.values()), len(jobs), _counted(failed), sweep_dir.resolve(),
+            )  # fmt: skip
+        if statuses["completed"] and self.report:
+            _write_sweep_report(sweep_dir)
+        finish_sweep(sweep_dir, jobs)  # logger=mlflow (a job's config.yaml says so): the sweep's MLflow run
         if not jobs or statuses["completed"]:
-            if failed:
-                log.warning(
-                    "%d of the sweep's %d jobs did not complete (%s): see each one's summary.json or log in %s",
-                    sum(failed.values()), len(jobs), _counted(failed), sweep_dir.resolve(),
-                )  # fmt: skip
-            if jobs and self.report:
-                _write_sweep_report(sweep_dir)
             return
         log.error(
             "No job of the sweep completed (of %d: %s), so the sweep ends with exit status 1. Each job's own "

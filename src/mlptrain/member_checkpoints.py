@@ -12,6 +12,7 @@ from mlptrain.frameworks import HPARAMS_AS_KEYWORDS
 from mlptrain.population import PopulationSystem, cut, padded
 from mlptrain.rundir import library_versions, write_durably, write_metrics
 from mlptrain.system import upgrade
+from mlptrain.tracking import STATE_KEY
 
 
 def member_checkpoint(system: PopulationSystem, checkpoint: dict[str, Any], m: int) -> dict[str, Any]:
@@ -45,6 +46,7 @@ def member_checkpoint(system: PopulationSystem, checkpoint: dict[str, Any], m: i
         callbacks={
             **{callback.state_key: callback.state_dict() for callback in system.checkpoints[m]},
             **({"WeightTrajectory": system.trajectories[m].state_dict()} if system.trajectories else {}),
+            **({STATE_KEY: {"run_id": system.trackers[m].current_id()}} if system.trackers else {}),
         },
         **HPARAMS_AS_KEYWORDS,
         hyper_parameters=system.hparams_of[m],

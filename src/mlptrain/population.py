@@ -162,6 +162,7 @@ class PopulationSystem(L.LightningModule):
         self.resumed: list[dict[str, Any]] | None = None  # the members' checkpoints a resume starts from
         self.log_name = "train.log"  # each member's log, in its directory: Hydra's job log name
         self.tensorboards: list[Any] | None = None  # logger=tensorboard: each member's own (train.tensorboard_logger)
+        self.trackers: list[Any] | None = None  # logger=mlflow: each member's MLflow run (mlptrain.tracking.Tracker)
         # report.landscape: each member's path through weight space, kept as its run alone's WeightTrajectory keeps it
         self.trajectories = [WeightTrajectory() for _ in self.cfgs] if first.report.landscape else None
         self.started = time.perf_counter()

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain.callbacks import CheckpointOnStop
+from mlptrain.callbacks import CheckpointOnStop, Tracking
 from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import MlptrainError
@@ -96,11 +96,15 @@ def _resumable(cfgs: Sequence[DictConfig]) -> list[list[Resumed]]:
     return list(groups.values())
 
 
-def train_population(cfgs: Sequence[DictConfig], log_name: str = "train.log") -> list[float | None]:
+def train_population(
+    cfgs: Sequence[DictConfig], log_name: str = "train.log", sweep_dir: Path | None = None
+) -> list[float | None]:
     """Train the jobs `cfgs` (composed, output_dir set, equal but for MEMBER_KEYS) as populations; return each
-    job's best val/acc, or None where it failed (its summary.json and log say why, as a run's would)."""
+    job's best val/acc, or None where it failed (its summary.json and log say why, as a run's would). sweep_dir:
+    the sweep's folder, whose MLflow run is the parent of the members' (logger=mlflow)."""
     results: dict[int, float | None] = {}
     locks, todo = [], []
+    store = None  # logger=mlflow: the MLflow store completed members are filled in on
     for index, cfg in enumerate(cfgs):
         run_dir = Path(cfg.output_dir)
         lock = RunLock(run_dir)
@@ -118,6 +122,13 @@ def train_population(cfgs: Sequence[DictConfig], log_name: str = "train.log") ->
         locks.append(lock)
         done = completed_summary(run_dir, _container(cfg)) if cfg.resume == "auto" else None
         if done is not None:
+            if cfg.logger.mlflow.enabled:  # what a tracker that was away missed, logged now, as a run's
+                from mlptrain.tracking import Store, tracked
+
+                store = store or Store(_container(cfg.logger.mlflow))
+                found = resume_path(run_dir, repair=False)
+                checkpoint = read_checkpoint(found) if found else None
+                tracked(_container(cfg), run_dir, checkpoint, None, sweep_dir, store).finish()
             log.info("resume=auto: the run in %s is complete; nothing to do.", run_dir.resolve())
             results[index] = done.get("best_val_acc")
         else:
@@ -125,7 +136,7 @@ def train_population(cfgs: Sequence[DictConfig], log_name: str = "train.log") ->
     try:
         by_dir = {Path(cfgs[index].output_dir): index for index in todo}
         for group in _resumable([cfgs[index] for index in todo]) if todo else []:
-            for run_dir, value in _train_group(group, log_name).items():
+            for run_dir, value in _train_group(group, log_name, sweep_dir).items():
                 results[by_dir[run_dir]] = value
     finally:
         for lock in locks:
@@ -133,8 +144,9 @@ def train_population(cfgs: Sequence[DictConfig], log_name: str = "train.log") ->
     return [results.get(index) for index in range(len(cfgs))]
 
 
-def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | None]:
-    """One population: build, fit, test and write every member's files; each member's best val/acc."""
+def _train_group(group: Sequence[Resumed], log_name: str, sweep_dir: Path | None) -> dict[Path, float | None]:
+    """One population: build, fit, test and write every member's files (and their MLflow runs: children of the
+    sweep's, in sweep_dir); each member's best val/acc."""
     cfgs = [cfg for cfg, _, _ in group]
     first = cfgs[0]
     paths = [member_path(cfg) for cfg in cfgs]  # compiled where each member's run alone would be (dropout: not)
@@ -156,9 +168,9 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
     torch.set_float32_matmul_precision(first.matmul_precision)
     _member_hooks(system)
     log.info("Population of %d members, trained together: %s", len(cfgs), system.describe())
-    sweep_dir = system.run_dirs[0].parent
+    folder = system.run_dirs[0].parent
     last = ModelCheckpoint(  # what Lightning saves, the members' checkpoints are cut from (MemberCheckpointIO)
-        dirpath=sweep_dir / ".population", filename=f".population-{system.run_dirs[0].name}", save_top_k=1,
+        dirpath=folder / ".population", filename=f".population-{system.run_dirs[0].name}", save_top_k=1,
         enable_version_counter=False, save_on_train_epoch_end=True,
     )  # fmt: skip
     callbacks: list[Callback] = [last, TrainingTakesSignals(), CheckpointOnStop(last)]
@@ -168,9 +180,12 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
     try:
         if first.logger.tensorboard:  # each member its own event files, as its run alone's
             system.tensorboards = [tensorboard_logger(run_dir) for run_dir in system.run_dirs]
+        if first.logger.mlflow.enabled:  # each member its MLflow run, before training (a required store refuses)
+            system.trackers = _trackers(system, group, sweep_dir)
+            callbacks.append(Tracking(system.trackers, lambda system: system.histories))
         trainer = make_trainer(
             trainer_settings(first, path.steps_per_call),
-            default_root_dir=sweep_dir,
+            default_root_dir=folder,
             logger=False,
             callbacks=callbacks,
             plugins=[MemberCheckpointIO(system)],
@@ -181,10 +196,46 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
         log.error("%s", error)
         for m in system.active():
             system.note(m, str(error), "ERROR")
+        _finish_tracking(system)  # FAILED: no summary.json
         return {run_dir: None for run_dir in system.run_dirs}
+    try:
+        return _fit_and_test(system, trainer, datamodule, group[0][2], folder)
+    finally:
+        _finish_tracking(system)  # from the files just written: each member's MLflow run equals them
+
+
+def _finish_tracking(system: PopulationSystem) -> None:
+    """Each member's MLflow run filled in from its files, and ended, by the store's thread; done on return."""
+    for tracker in system.trackers or ():
+        tracker.finish(wait=False)
+    if system.trackers:
+        system.trackers[0].store.wait()
+
+
+def _trackers(system: PopulationSystem, group: Sequence[Resumed], sweep_dir: Path | None) -> list[Any]:
+    """Each member's MLflow run (logger=mlflow), started, or continued where it resumes its own directory's
+    checkpoint (not another run's ckpt_path), a child of the sweep's, on one Store: a store that fails is one
+    warning for them all."""
+    from mlptrain.tracking import Store, tracked
+
+    own = {
+        Path(cfg.output_dir): checkpoint
+        for cfg, checkpoint, found in group
+        if found is not None and Path(cfg.output_dir).resolve() in Path(found).resolve().parents
+    }
+    store, why = Store(system.plain[0]["logger"]["mlflow"]), system.describe()
+    return [tracked(system.plain[m], run_dir, own.get(run_dir), why, sweep_dir, store)
+            for m, run_dir in enumerate(system.run_dirs)]  # fmt: skip
+
+
+def _fit_and_test(
+    system: PopulationSystem, trainer: Any, datamodule: MNISTDataModule, resumed_from: str | None, folder: Path
+) -> dict[Path, float | None]:
+    """Fit the population (from `resumed_from`, where it resumes), test each member at its best and write its
+    files; each member's best val/acc (None where it failed)."""
     system.started = time.perf_counter()
     # What Lightning is told to resume from; MemberCheckpointIO stacks every member's checkpoint instead.
-    ckpt_path = group[0][2] if system.resumed is not None else None
+    ckpt_path = resumed_from if system.resumed is not None else None
     try:
         fit(trainer, system, datamodule, ckpt_path)
     except MlptrainError as error:  # the population's settings (Lightning refusing them, say): every member's
@@ -198,7 +249,7 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
     except (KeyboardInterrupt, SystemExit):  # a run's message, of the sweep's folder, in each member's log too
         system.finish_tensorboards("interrupted")
         last = next((path for m in system.active() if (path := system.checkpoints[m].paths()["last"])), None)
-        message = str(interrupted(sweep_dir, trainer.current_epoch, last, sweep=True))
+        message = str(interrupted(folder, trainer.current_epoch, last, sweep=True))
         for m in system.active():
             write_summary(system.run_dirs[m], {**system._summary(m), "status": "interrupted"})
             system.note(m, message, "ERROR")
@@ -227,6 +278,8 @@ def _train_group(group: Sequence[Resumed], log_name: str) -> dict[Path, float | 
             write_run_report(run_dir, summary, config, load_trained(tested), datamodule, _container(cfg.report), path)
             system.note(m, f"Report with pictures: {(run_dir / 'report.md').resolve()}")
         write_summary(run_dir, summary)
+        if system.trackers:  # its files are final: MLflow has them while the next member's report is drawn
+            system.trackers[m].finish(wait=False)
         system.note(m, f"Test accuracy {test_acc[m]:.4f}, test loss {test_loss[m]:.4f} (checkpoint {tested})")
         system.note(m, f"Run directory: {run_dir.resolve()}")
         results[run_dir] = summary["best_val_acc"]

@@ -272,7 +272,7 @@ def claim(run_dir: Path, config: dict[str, Any]) -> None:
             )
         _discard(run_dir, held)
         return
-    stored = _stored_config(run_dir)
+    stored = stored_config(run_dir)
     resuming = config.get("resume") == "auto" or requeued_by_slurm()
     if not resuming:
         raise RunDirError(
@@ -321,11 +321,13 @@ def claim(run_dir: Path, config: dict[str, Any]) -> None:
     )  # fmt: skip
 
 
-def _stored_config(run_dir: Path) -> dict[str, Any] | None:
+def stored_config(run_dir: Path, name: str = "config.yaml") -> dict[str, Any] | None:
+    """The config a run directory's config.yaml (or another YAML file there) records, or None (none there, or not
+    readable)."""
     import yaml  # Hydra's own dependency
 
     try:
-        stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+        stored = yaml.safe_load((run_dir / name).read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return None
     return stored if isinstance(stored, dict) else None
@@ -464,6 +466,20 @@ def resume_path(run_dir: Path, repair: bool = True) -> str | None:
         )
     log.info("resume=auto: no checkpoint in %s yet, so training starts from the beginning", run_dir.resolve())
     return None
+
+
+def in_use(run_dir: Path) -> bool:
+    """Whether a live process holds run_dir (its run.lock): a run in progress, another worker's, say."""
+    try:
+        file = (run_dir / LOCK_FILE).open("r")
+    except OSError:
+        return False
+    with file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        return False
 
 
 class RunLock:

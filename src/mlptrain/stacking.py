@@ -61,10 +61,6 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
             for reason, applies in (
                 ("train=false evaluates a checkpoint", not job.train),
                 (
-                    "logger=mlflow logs a run as an MLflow run of its own; a population's members are not yet",
-                    job.logger.mlflow.enabled,
-                ),
-                (
                     "compile=true with model.dropout: compiled code draws other masks",
                     job.model.dropout and path.compile,
                 ),

@@ -22,7 +22,14 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain.callbacks import CheckpointOnStop, Checkpoints, DurableCheckpointIO, RecordRun, WeightTrajectory
+from mlptrain.callbacks import (
+    CheckpointOnStop,
+    Checkpoints,
+    DurableCheckpointIO,
+    RecordRun,
+    Tracking,
+    WeightTrajectory,
+)
 from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunDirError, RunInterrupted
@@ -236,10 +243,8 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     extra = [*callbacks, trajectory] if trajectory is not None else list(callbacks)
     tracker = None
     if cfg.logger.mlflow.enabled and writer:  # started before training: a required store that refuses stops it here
-        from mlptrain.tracking import Tracking
-
         tracker = _tracker(cfg, run_dir, resumed, path.why if path else None)
-        extra.append(Tracking(tracker))
+        extra.append(Tracking([tracker]))
     trainer, checkpoints = _make_trainer(cfg, run_dir, extra, steps_per_call)
 
     summary: dict[str, Any] = {
@@ -298,13 +303,11 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
 
 
 def _tracker(cfg: DictConfig, run_dir: Path, resumed: str | None, why: str | None) -> Any:
-    """logger=mlflow's Tracker, its MLflow run started, or continued where `resumed` (a checkpoint of this run
-    directory) names one."""
-    from mlptrain.tracking import Tracker, resumed_run_id
+    """logger=mlflow's Tracker, its MLflow run started (a child of its sweep's, in a sweep), or continued where
+    `resumed` (a checkpoint of this run directory) names one."""
+    from mlptrain.tracking import current_sweep, tracked
 
-    tracker = Tracker(_container(cfg.logger.mlflow), run_dir, _container(cfg))
-    tracker.start(resumed_run_id(read_checkpoint(resumed)) if resumed else None, why)
-    return tracker
+    return tracked(_container(cfg), run_dir, read_checkpoint(resumed) if resumed else None, why, current_sweep())
 
 
 MODEL_GROUPS = ("model", "loss", "optimizer", "scheduler")  # what a checkpoint's network was built and trained with

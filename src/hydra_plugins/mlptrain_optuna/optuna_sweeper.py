@@ -254,7 +254,7 @@ class OptunaSweeper(Sweeper):
                     returns += self.launcher.launch([job for _, job in group], initial_job_idx=first_folder)
             stop = False
             for (trial, _), result in zip(jobs, returns):
-                value = _value(result)
+                value = _value(result, trial.number)
                 status = run_status(sweep_dir / str(folders[trial.number]))
                 ran += 1
                 if status == "interrupted":  # a signal stopped it: another worker (or this one, requeued) resumes it
@@ -266,6 +266,7 @@ class OptunaSweeper(Sweeper):
                     self._fail(study, trial.number, retry=False)
                 else:
                     _tell(study, trial.number, value)
+                _tag_trial(study, trial.number, sweep_dir / str(folders[trial.number]))
             if stop:
                 break
             if ran and failed / ran > s.max_failure_rate:
@@ -371,6 +372,21 @@ def _tries(study: Any, number: int) -> list[int]:
     return list(frozen.user_attrs.get(RETRY_OF, ()))
 
 
+def _tag_trial(study: Any, number: int, run_dir: Path) -> None:
+    """logger=mlflow: the trial's number, parameters, state and value as tags of its folder's MLflow run (a trial
+    put back continues the first try's run, in its folder: its tags then name the last try, and retry_of the rest)."""
+    from mlptrain.tracking import tag_run
+
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    tags = {"optuna.study_name": study.study_name, "optuna.trial_number": number, "optuna.state": frozen.state.name}
+    tags.update({f"optuna.param.{name}": value for name, value in frozen.params.items()})
+    if frozen.value is not None:
+        tags["optuna.value"] = frozen.value
+    if frozen.user_attrs.get(RETRY_OF):
+        tags["optuna.retry_of"] = list(frozen.user_attrs[RETRY_OF])
+    tag_run(run_dir, tags)
+
+
 def _runs(jobs: list[tuple[Any, list[str]]], folders: dict[int, int]) -> list[list[tuple[Any, list[str]]]]:
     """The jobs in groups the launcher takes at once: runs of consecutive folder numbers (a launcher numbers the
     jobs of a call from its first)."""
@@ -384,9 +400,17 @@ def _runs(jobs: list[tuple[Any, list[str]]], folders: dict[int, int]) -> list[li
     return groups
 
 
-def _value(result: Any) -> float | None:
+def _value(result: Any, number: int) -> float | None:
+    """The trial's best val/acc; None where it failed. A job that raised (not a mistake its run told in one
+    paragraph: a bug) has its traceback logged, as Hydra's own sweeper shows it, and the search goes on."""
     from hydra.core.utils import JobStatus
 
+    if result.status == JobStatus.FAILED:
+        try:
+            _ = result.return_value  # Hydra's way to a failed job's exception: it raises it
+        except Exception as error:
+            log.error(f"Trial {number} raised {type(error).__name__}: {error}", exc_info=error)
+        return None
     if result.status != JobStatus.COMPLETED or result.return_value is None:
         return None
     return float(result.return_value)

@@ -195,6 +195,7 @@ class PopulationJob:
     name: str
     hydra_logging: Any
     verbose: Any
+    sweep_dir: str  # the sweep's folder, absolute (logger=mlflow: its MLflow run is the members' parent)
     requeued: bool = False  # a job of a cluster that requeues it after a preemption or the time-limit signal
 
     @classmethod
@@ -203,7 +204,8 @@ class PopulationJob:
             log.info(f"\t#{job.index} : {' '.join(filter_overrides(job.overrides))}")
         tasks = [job.prepare() for job in jobs]
         name = str(jobs[0].composed.config.hydra.job.name)
-        return cls(tasks, name, config.hydra.hydra_logging, config.hydra.verbose)
+        sweep_dir = str(Path(str(config.hydra.sweep.dir)).resolve())
+        return cls(tasks, name, config.hydra.hydra_logging, config.hydra.verbose, sweep_dir)
 
     def __call__(self) -> list[float | None]:
         from mlptrain import signals
@@ -214,7 +216,7 @@ class PopulationJob:
         quiet_console()
         signals.hold()
         try:
-            values = train_population(self.tasks, log_name=f"{self.name}.log")
+            values = train_population(self.tasks, log_name=f"{self.name}.log", sweep_dir=Path(self.sweep_dir))
         finally:
             signals.drain()
         if self.requeued and any(run_status(task.output_dir) == "interrupted" for task in self.tasks):
