@@ -43,6 +43,10 @@ _LIGHTNING_NOISE = _DropLines(
 _NO_CUDA_NOISE = _DropLines("No CUDA runtime is found")
 # logger=mlflow: MLflow's SQLite store says so each time it is opened, the first time and every time after.
 _MLFLOW_STORE_NOISE = _DropLines("Creating initial MLflow database tables", "Updating database tables")
+# Lightning logs "Received SIGTERM" from inside its signal handler, which Python runs between any two bytecodes of
+# the main thread: also in the middle of a log line's write to train.log, where a second write into the same
+# buffered file is refused ("reentrant call") with a traceback on the console. The run's own message says it.
+_SIGTERM_NOISE = _DropLines("[rank: 0] Received SIGTERM", "Received SIGTERM", "Bypassing SIGTERM")
 
 
 def quiet_console() -> None:
@@ -56,6 +60,7 @@ def quiet_console() -> None:
     if not torch.cuda.is_available():
         logging.getLogger("torch.utils.cpp_extension").addFilter(_NO_CUDA_NOISE)
     logging.getLogger("mlflow.store.db.utils").addFilter(_MLFLOW_STORE_NOISE)
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").addFilter(_SIGTERM_NOISE)
     # Lightning 2.6 calls an API that torch 2.10+ deprecates; nothing a user can change.
     warnings.filterwarnings(
         "ignore",
