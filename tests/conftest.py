@@ -1,5 +1,6 @@
 """Compose the real config with Hydra's compose API and shrink it for fast runs."""
 
+import csv
 import os
 import runpy
 import subprocess
@@ -104,3 +105,24 @@ def run_in_process(script: str, arguments: list[str], capsys: pytest.CaptureFixt
         signals.let_go()  # the command line holds signals until its process ends: this process goes on
     output = capsys.readouterr()
     return status, output.out + output.err
+
+
+def csv_histories(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Each metric of a run's metrics.csv: its (step, value) pairs, sorted (logger=mlflow's tests compare MLflow's)."""
+    histories: dict[str, list[tuple[int, float]]] = {}
+    with (run_dir / "metrics.csv").open(newline="") as file:
+        for row in csv.DictReader(file):
+            for key, value in row.items():
+                if key not in ("epoch", "step") and value != "":
+                    histories.setdefault(key, []).append((int(row["step"]), float(value)))
+    return {key: sorted(values) for key, values in histories.items()}
+
+
+def mlflow_histories(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Each metric of an MLflow run: its (step, value) pairs as MLflow holds them, sorted (a step logged twice shows
+    twice)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    keys = client.get_run(run_id).data.metrics
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}

@@ -1,7 +1,6 @@
 """Optuna searches by several workers on one study (hparams_search=optuna, hydra_plugins/mlptrain_optuna): worker
 processes started as a user starts them, sharing a journal file or a SQLite database, and one killed mid-trial."""
 
-import csv
 import json
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_in_process
+from tests.conftest import ROOT, csv_histories, mlflow_histories, run_in_process
 
 TINY = ["trainer.accelerator=cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=20", "report.enabled=false"]
 
@@ -105,7 +104,8 @@ def trials_in_mlflow(store: Path, sweep: Path, done: list[Any], best: Any) -> No
     tagged with its number, parameters, state and value, and holding its metrics.csv's values once each."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    uri = f"sqlite:///{store}"
+    client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("mlptrain").experiment_id])
     (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     assert parent.info.status == "FINISHED" and parent.data.tags["optuna.best_trial"] == str(best.number)
@@ -118,13 +118,7 @@ def trials_in_mlflow(store: Path, sweep: Path, done: list[Any], best: Any) -> No
         assert child.data.tags["mlptrain.run_dir"] == str(sweep / str(t.number))
         assert child.data.tags["optuna.state"] == "COMPLETE" and float(child.data.tags["optuna.value"]) == t.value
         assert float(child.data.tags["optuna.param.optimizer.lr"]) == t.params["optimizer.lr"]
-        with (sweep / str(t.number) / "metrics.csv").open(newline="") as file:
-            rows = list(csv.DictReader(file))
-        expected = sorted((key, int(row["step"]), float(value)) for row in rows for key, value in row.items()
-                          if key not in ("epoch", "step") and value != "")  # fmt: skip
-        logged = sorted((key, m.step, m.value) for key in child.data.metrics
-                        for m in client.get_metric_history(child.info.run_id, key))  # fmt: skip
-        assert logged == expected  # every value at its step, once
+        assert mlflow_histories(uri, child.info.run_id) == csv_histories(sweep / str(t.number))  # each step once
 
 
 def watched(storage: str) -> list[str]:

@@ -3,7 +3,6 @@
 records: params, every metric's history against metrics.csv, the artifacts, the status; across SIGTERM and
 resume=auto, a server killed mid-run and started again, and a server that refuses with required=true."""
 
-import csv
 import os
 import signal
 import socket
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, csv_histories, mlflow_histories
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -94,22 +93,6 @@ def _runs(uri: str, experiment: str = "mlptrain") -> list:
     return client.search_runs([found.experiment_id]) if found else []
 
 
-def _histories(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
-    client = MlflowClient(tracking_uri=uri)
-    keys = client.get_run(run_id).data.metrics
-    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
-
-
-def _from_csv(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    histories: dict[str, list[tuple[int, float]]] = {}
-    with (run_dir / "metrics.csv").open(newline="") as file:
-        for row in csv.DictReader(file):
-            for key, value in row.items():
-                if key not in ("epoch", "step") and value != "":
-                    histories.setdefault(key, []).append((int(row["step"]), float(value)))
-    return {key: sorted(values) for key, values in histories.items()}
-
-
 def _stopped_in_epoch_two(training: subprocess.Popen, run_dir: Path) -> str:
     """SIGTERM to `training` once run_dir's first last.ckpt is written, into the second epoch; its output."""
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -128,7 +111,7 @@ def test_the_embedded_store_holds_the_run_as_its_files_do(tmp_path: Path) -> Non
     uri = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
     (run,) = _runs(uri)
     assert run.info.status == "FINISHED"
-    assert _histories(uri, run.info.run_id) == _from_csv(tmp_path / "run")  # every value at its step, once
+    assert mlflow_histories(uri, run.info.run_id) == csv_histories(tmp_path / "run")  # every value at its step, once
     params = run.data.params
     assert params["model.hidden"] == "[64]" and params["optimizer.lr"] == "0.001" and "training_path" in params
     assert run.data.tags["mlptrain.version.torch"] and run.data.tags["mlflow.runName"] == f"{tmp_path.name}/run"
@@ -149,10 +132,10 @@ def test_sigterm_and_resume_auto_continue_one_mlflow_run(tmp_path: Path, server:
     assert status == 0, output[-3000:]
     (resumed,) = _runs(server.uri)  # the same MLflow run, continued
     assert resumed.info.run_id == interrupted.info.run_id and resumed.info.status == "FINISHED"
-    histories = _histories(server.uri, resumed.info.run_id)
-    assert histories == _from_csv(tmp_path / "stopped")  # no step twice, none missing
+    histories = mlflow_histories(server.uri, resumed.info.run_id)
+    assert histories == csv_histories(tmp_path / "stopped")  # no step twice, none missing
     (whole,) = _runs(server.uri, "straight")
-    assert histories == _histories(server.uri, whole.info.run_id)  # as the run that was never stopped
+    assert histories == mlflow_histories(server.uri, whole.info.run_id)  # as the run that was never stopped
 
 
 def test_a_server_that_goes_away_costs_nothing_and_resume_auto_fills_it_in(tmp_path: Path, server: Server) -> None:
@@ -166,13 +149,13 @@ def test_a_server_that_goes_away_costs_nothing_and_resume_auto_fills_it_in(tmp_p
     assert status == 0, output[-3000:]
     assert output.count("could not log the run's") == 1, output[-3000:]  # one warning
     assert '"status": "completed"' in (tmp_path / "run" / "summary.json").read_text()
-    assert len(_from_csv(tmp_path / "run")["val/acc"]) == 5  # the local records whole
+    assert len(csv_histories(tmp_path / "run")["val/acc"]) == 5  # the local records whole
     server.start()
     status, output = _finish(_train(tmp_path, *settings, "report.enabled=false", "resume=auto"))
     assert status == 0 and "nothing to do" in output, output[-3000:]
     (run,) = _runs(server.uri)
     assert run.info.status == "FINISHED"
-    assert _histories(server.uri, run.info.run_id) == _from_csv(tmp_path / "run")
+    assert mlflow_histories(server.uri, run.info.run_id) == csv_histories(tmp_path / "run")
 
 
 def test_a_refused_connection_with_required_stops_before_training(tmp_path: Path) -> None:
@@ -212,4 +195,5 @@ def test_a_population_is_a_sweep_run_with_a_child_per_member_across_sigterm_and_
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
         assert child.info.end_time >= child.info.start_time
         assert child.data.params["seed"] == str(job + 1)
-        assert _histories(server.uri, child.info.run_id) == _from_csv(tmp_path / "sweep" / str(job))  # once each
+        member = tmp_path / "sweep" / str(job)
+        assert mlflow_histories(server.uri, child.info.run_id) == csv_histories(member)  # every value once

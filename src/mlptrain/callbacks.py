@@ -185,7 +185,7 @@ class Tracking(Callback):
         return STATE_KEY
 
     def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.trackers[0].current_id()}
+        return self.trackers[0].state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass  # read before training starts (resumed_run_id), so that the run is continued before it trains

@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache, partial
@@ -62,6 +63,11 @@ def tracking_uri(configured: str | None) -> str:
     return f"sqlite:///{(Path('outputs') / 'mlflow.db').resolve()}"
 
 
+def _database(uri: str) -> Path | None:
+    """The file of an embedded SQLite store's URI (sqlite:///path), or None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 class Store:
     """One MLflow tracking store, as this process uses it: the client, the experiment, and whether the store has
     failed (then every tracker on it stays quiet: one warning, however many runs log to it)."""
@@ -73,6 +79,7 @@ class Store:
         self.away = False  # the store failed once: no more calls in this process
         self.failure = ""
         self.experiment_id: str | None = None
+        self.started = False  # a run was started on it (a refusal after that is a warning, whatever `required` says)
         self.parents: dict[Path, str | None] = {}  # sweep folders' runs, found or made
         self.thread: ThreadPoolExecutor | None = None
 
@@ -94,7 +101,7 @@ class Store:
         if self.client is None:
             from mlflow.tracking import MlflowClient
 
-            database = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
+            database = _database(self.uri)
             if database is not None:
                 database.parent.mkdir(parents=True, exist_ok=True)
             with _locked(database.with_name(database.name + ".lock")) if database else contextlib.nullcontext():
@@ -115,9 +122,8 @@ class Store:
             client, name = self.open(), self.settings["experiment"]
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
-                location = None
-                if self.uri.startswith("sqlite:"):  # artifacts beside the embedded database
-                    location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlflow-artifacts").as_uri()
+                database = _database(self.uri)  # an embedded one: the artifacts beside it
+                location = (database.parent / "mlflow-artifacts").as_uri() if database else None
                 try:
                     self.experiment_id = client.create_experiment(name, artifact_location=location)
                 except Exception:  # another process of the sweep created it first
@@ -185,8 +191,6 @@ class Store:
                 )  # fmt: skip
             return False
 
-    started = False  # a run was started on it (a refusal after that is a warning, whatever `required` says)
-
 
 class Tracker:
     """One run's MLflow run (a sweep's job or member: a child of the sweep's run, found or made in `sweep`):
@@ -197,7 +201,7 @@ class Tracker:
     def __init__(self, store: Store, run_dir: Path, config: dict[str, Any]) -> None:
         self.store, self.run_dir, self.config = store, run_dir, config
         self.run_id: str | None = None
-        self.begun: Future[bool] | None = None  # the start, done or to be done by the store's thread
+        self.begun: Future[bool] | None = None  # the start, where the store's thread makes it (else done)
         self.logged: set[tuple[str, int]] = set()  # (metric, step) pairs the MLflow run holds
         self.finished = False  # finish() was called: its records are final
 
@@ -210,16 +214,15 @@ class Tracker:
         if self.store.settings.get("required") and not self.store.started:
             if not self.store.safely("start the MLflow run", begin):
                 raise self.store.refused()
-            self.begun = Future()
-            self.begun.set_result(True)
         else:
             self.begun = self.store.later("start the MLflow run", begin)
 
-    def current_id(self) -> str | None:
-        """The MLflow run's id, once its start is done (None: the store failed)."""
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of it (under STATE_KEY): the MLflow run's id, once its start is done (None: the
+        store failed), for resumed_run_id."""
         if self.begun is not None:
             self.begun.result()
-        return self.run_id
+        return {"run_id": self.run_id}
 
     def _start(self, run_id: str | None, path_why: str | None, sweep: Path | None) -> bool:
         client = self.store.open()
@@ -347,24 +350,23 @@ def tag_run(run_dir: Path, tags: dict[str, Any]) -> None:
     store.safely(f"tag the MLflow run of {run_dir}", tag)
 
 
-def finish_sweep(sweep_dir: Path, jobs: Sequence[Path], tags: dict[str, Any] | None = None) -> None:
+def finish_sweep(sweep_dir: Path, jobs: Sequence[Path]) -> None:
     """The sweep's parent run, where its jobs logged to MLflow: its report's files (sweep_report.md,
     sweep_jobs.csv, val_acc.png, an Optuna search's optimization_results.yaml) as artifacts, the jobs counted by
     status and the best job as tags, the best val/acc as a metric, and its status: RUNNING while a job still runs
     (another worker's), else KILLED when one was interrupted, FAILED when none completed, FINISHED otherwise."""
-    from mlptrain.rundir import in_use, run_status
+    from mlptrain.rundir import in_use
 
     settings = next((found for job in jobs if (found := _mlflow_settings(job)) is not None), None)
     if settings is None:
         return
     store = Store(settings)
-    statuses = {job: "running" if in_use(job) else run_status(job) or "refused" for job in jobs}
-    summaries = {job: _read_json(job / "summary.json") for job in jobs if statuses[job] == "completed"}
-    best = max(summaries, key=lambda job: summaries[job].get("best_val_acc") or 0.0, default=None)
-    counts: dict[str, int] = {}
-    for status in statuses.values():
-        counts[status] = counts.get(status, 0) + 1
-    every = set(statuses.values())
+    summaries = {job: _read_json(job / "summary.json") for job in jobs}
+    statuses = {job: "running" if in_use(job) else summaries[job].get("status") or "refused" for job in jobs}
+    completed = [job for job in jobs if statuses[job] == "completed"]
+    best = max(completed, key=lambda job: summaries[job].get("best_val_acc") or 0.0, default=None)
+    counts = Counter(statuses.values())
+    every = set(counts)
     status = (
         "RUNNING" if "running" in every
         else "KILLED" if "interrupted" in every
@@ -382,7 +384,7 @@ def finish_sweep(sweep_dir: Path, jobs: Sequence[Path], tags: dict[str, Any] | N
             own["mlptrain.best_job"] = best.name
             client.log_metric(parent, "best_val_acc", float(summaries[best]["best_val_acc"]))
         results = _optuna_results(sweep_dir / "optimization_results.yaml")
-        client.log_batch(parent, tags=_tags({**own, **results, **(tags or {})}))
+        client.log_batch(parent, tags=_tags({**own, **results}))
         files = ("sweep_report.md", "sweep_jobs.csv", "val_acc.png", "optimization_results.yaml", "multirun.yaml")
         _log_artifacts(client, parent, sweep_dir, [sweep_dir / name for name in files if (sweep_dir / name).is_file()])
         if status == "RUNNING":
@@ -453,7 +455,8 @@ def _log_artifacts(client: Any, run_id: str, root: Path, paths: Sequence[Path]) 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """path's flock, held for the block: the processes of one sweep look for its MLflow run, and make it, in turn."""
+    """path's flock, held for the block: processes that would race (making a sweep's MLflow run, or an embedded
+    store's tables) take turns."""
     with path.open("a") as file:
         fcntl.flock(file, fcntl.LOCK_EX)
         yield  # closing the file releases the lock

@@ -330,7 +330,7 @@ class OptunaSweeper(Sweeper):
             return  # finished meanwhile (another worker failed it first, and put it back)
         if not retry:
             return
-        frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+        frozen = _frozen(study, number)
         tries = [*frozen.user_attrs.get(RETRY_OF, ()), number]
         if len(tries) > self.settings.max_retry:
             log.info(f"Trial {tries[0]} was tried {len(tries)} times (max_retry={self.settings.max_retry}): not again")
@@ -366,9 +366,14 @@ def _counted(trials: Sequence[Any]) -> list[Any]:
     return [t for t in trials if not t.user_attrs.get(SURPLUS) and t.number not in replaced]
 
 
+def _frozen(study: Any, number: int) -> Any:
+    """Trial `number` of the study, as its storage holds it now (Optuna's FrozenTrial)."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
 def _tries(study: Any, number: int) -> list[int]:
     """The numbers of the earlier tries of trial `number` (put back after its worker died), the first first."""
-    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    frozen = _frozen(study, number)
     return list(frozen.user_attrs.get(RETRY_OF, ()))
 
 
@@ -377,7 +382,7 @@ def _tag_trial(study: Any, number: int, run_dir: Path) -> None:
     put back continues the first try's run, in its folder: its tags then name the last try, and retry_of the rest)."""
     from mlptrain.tracking import tag_run
 
-    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    frozen = _frozen(study, number)
     tags = {"optuna.study_name": study.study_name, "optuna.trial_number": number, "optuna.state": frozen.state.name}
     tags.update({f"optuna.param.{name}": value for name, value in frozen.params.items()})
     if frozen.value is not None:
