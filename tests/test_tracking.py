@@ -115,8 +115,12 @@ def test_the_embedded_store_holds_the_run_as_its_files_do(tmp_path: Path) -> Non
     params = run.data.params
     assert params["model.hidden"] == "[64]" and params["optimizer.lr"] == "0.001" and "training_path" in params
     assert run.data.tags["mlptrain.version.torch"] and run.data.tags["mlflow.runName"] == f"{tmp_path.name}/run"
-    artifacts = {a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run.info.run_id)}
+    client = MlflowClient(tracking_uri=uri)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "summary.json", "report.md", "curves.png", "page"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "page")] == ["page/index.html"]
+    assert (Path(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))).read_bytes()
+            == (tmp_path / "run" / "summary.json").read_bytes())  # fmt: skip
     assert (tmp_path / "outputs" / "mlflow-artifacts").is_dir()  # beside the database, not ./mlruns
     assert not (tmp_path / "mlruns").exists()
 
@@ -156,6 +160,16 @@ def test_a_server_that_goes_away_costs_nothing_and_resume_auto_fills_it_in(tmp_p
     (run,) = _runs(server.uri)
     assert run.info.status == "FINISHED"
     assert mlflow_histories(server.uri, run.info.run_id) == csv_histories(tmp_path / "run")
+
+
+def test_without_mlflow_installed_logger_mlflow_is_one_paragraph(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlptrain.errors import ConfigError
+    from mlptrain.tracking import Store
+
+    Store.installed()  # here it is installed
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as Python sees a package that cannot be imported
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[mlflow\]".*or use logger=csv'):
+        Store.installed()
 
 
 def test_a_refused_connection_with_required_stops_before_training(tmp_path: Path) -> None:
