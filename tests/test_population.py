@@ -106,6 +106,26 @@ def test_each_member_gets_the_weights_and_metrics_of_its_own_run(tmp_path: Path,
     )
 
 
+def test_each_member_is_tested_at_its_best_checkpoint_not_its_last_weights(tmp_path: Path, capsys) -> None:
+    """Two members whose val/acc peaks before their last epoch: each is tested at the best.ckpt its
+    ModelCheckpoint names (read back from the file), as its run alone tests its own."""
+    settings = ("optimizer=sgd", "scheduler=none", "seed=1", "trainer.max_epochs=4")
+    folder = sweep(tmp_path, capsys, *settings, "optimizer.lr=1.0,3.0")
+    for number, lr in ((0, "1.0"), (1, "3.0")):
+        *_, tested = epoch_values_with_steps(folder / str(number))
+        best = torch.load(folder / str(number) / "checkpoints" / "best.ckpt", weights_only=True)
+        assert tested["step"] == best["updates_done"] < 280  # the best is not the last: the case under test
+        assert_same_run(
+            folder / str(number), alone(tmp_path, f"alone{number}", *settings, f"optimizer.lr={lr}"), steps=280
+        )
+
+
+def epoch_values_with_steps(run: Path) -> list[dict[str, float]]:
+    import csv
+
+    return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader((run / "metrics.csv").open())]
+
+
 @pytest.mark.parametrize("compiled", [False], ids=["eager"])  # compiled: 5 min cold for 4 kinds (docs/benchmarks.md)
 def test_members_may_differ_in_activation_cost_and_dropout(tmp_path: Path, capsys, compiled: bool) -> None:
     """What the notes compare, in one population: activation against activation, the quadratic cost against

@@ -108,8 +108,6 @@ def population_checkpoint(system: PopulationSystem) -> dict[str, Any]:
             "history": c["history"],
             "epoch_lrs": c["epoch_lrs"],
             "callbacks": c["callbacks"],
-            "best_updates": c.get("best_updates", 0),
-            "best_weights": c.get("best_weights"),
             "rng_state": c.get("rng_states", {}).get("torch"),
         }
         for c in members

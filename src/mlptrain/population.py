@@ -40,7 +40,7 @@ from mlptrain.callbacks import Checkpoints, WeightTrajectory
 from mlptrain.data import Chunk
 from mlptrain.losses import make_loss, member_losses
 from mlptrain.model import MLP, Kind
-from mlptrain.rundir import library_versions, summarize, write_metrics, write_summary
+from mlptrain.rundir import library_versions, summarize, write_failed
 from mlptrain.stacking import kind_of, optimizer_settings, side_by_side
 from mlptrain.step import Clip, Engine, make_optimizer
 from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message
@@ -154,11 +154,10 @@ class PopulationSystem(L.LightningModule):
         self.epoch_lrs: list[dict[str, float]] = [{} for _ in range(n)]
         self.checkpoints = [Checkpoints.into(run_dir / "checkpoints") for run_dir in self.run_dirs]
         self.failures: list[dict[str, Any] | None] = [None] * n  # a failed member's summary fields
-        self.best: list[torch.Tensor] | None = None  # each member's weights at its best val/acc, stacked
-        self.best_updates = [0] * n  # updates made at each member's best checkpoint
         self.improved: torch.Tensor | None = None  # (N,) at an epoch's end: whose val/acc is its best so far
         self.val_acc: torch.Tensor | None = None  # (N,) of the last validation
-        self.evaluated: list[torch.Tensor] | None = None  # the parameters validation and test use
+        # The parameters the test uses: each member's best.ckpt's (population_train.at_best); None: the network's
+        self.evaluated: list[torch.Tensor] | None = None
         self.resumed: list[dict[str, Any]] | None = None  # the members' checkpoints a resume starts from
         self.log_name = "train.log"  # each member's log, in its directory: Hydra's job log name
         self.tensorboards: list[Any] | None = None  # logger=tensorboard: each member's own (train.tensorboard_logger)
@@ -299,13 +298,8 @@ class PopulationSystem(L.LightningModule):
         failure = self.failures[m]
         assert failure is not None
         run_dir = self.run_dirs[m]
-        write_metrics(run_dir, self.histories[m])
-        summary = self._summary(m)
-        summary.update(status="failed", error=failure["error"], epochs=failure["epochs"])
-        summary["global_steps"] = failure["global_steps"]
-        write_summary(run_dir, summary)
-        kept = [path for path in self.checkpoints[m].paths().values() if path]
-        message = failure["error"] + (f" Checkpoints written before it are kept: {', '.join(kept)}." if kept else "")
+        summary = {**self._summary(m), "epochs": failure["epochs"], "global_steps": failure["global_steps"]}
+        message = write_failed(run_dir, self.histories[m], summary, failure["error"])
         self.note(m, message, "ERROR")
         log.error("Member %s: %s", run_dir, message)
 
@@ -365,36 +359,28 @@ class PopulationSystem(L.LightningModule):
                 sum(loss[m] for m in active) / len(active), self._mean_val_acc(active), len(active),
             )  # fmt: skip
         self._reset_training_sums()  # as a run's metrics are reset once computed: its checkpoint holds them so
-        self._keep_best()
+        self._mark_best()
         self.ended_epoch = self.current_epoch
 
     def _mean_val_acc(self, active: list[int]) -> float:
         return float(self.val_acc[active].mean()) if self.val_acc is not None else float("nan")
 
-    def _keep_best(self) -> None:
-        """After the epoch's validation: each member whose val/acc beats its best so far keeps these weights, and
-        its best.ckpt is written with last.ckpt (MemberCheckpointIO), as a run's ModelCheckpoint(monitor=val/acc)
-        would (the first validation always counts)."""
+    def _mark_best(self) -> None:
+        """After the epoch's validation: each member whose val/acc beats its best so far gets its best.ckpt
+        written with last.ckpt (MemberCheckpointIO), and its ModelCheckpoint(monitor=val/acc) names it, as a
+        run's would (the first validation always counts). No weights are kept here: the test reads best.ckpt."""
         if self.val_acc is None:
             return
         best = torch.tensor(
             [float(c.best.best_model_score) if c.best.best_model_score is not None else -1.0 for c in self.checkpoints]
         )
-        improved = (self.val_acc.cpu() > best) & torch.tensor([f is None for f in self.failures])
-        self.improved = improved
-        if self.best is None:
-            self.best = [p.detach().clone() for p in self.stacked]
-        else:
-            mask = improved.to(self.device)
-            for kept, p in zip(self.best, self.stacked):
-                kept.copy_(torch.where(mask.view(-1, *[1] * (p.dim() - 1)), p.detach(), kept))
-        for m in improved.nonzero().flatten().tolist():
+        self.improved = (self.val_acc.cpu() > best) & torch.tensor([f is None for f in self.failures])
+        for m in self.improved.nonzero().flatten().tolist():
             score = self.val_acc[m].detach().cpu()
             callback, path = self.checkpoints[m].best, str(self.run_dirs[m] / "checkpoints" / "best.ckpt")
             callback.best_model_score = callback.current_score = callback.kth_value = score
             callback.best_model_path = callback.kth_best_model_path = path
             callback.best_k_models = {path: score}
-            self.best_updates[m] = self.updates_done
         self.val_acc = None
 
     # -- evaluation ----------------------------------------------------------------------------------------------
@@ -483,13 +469,6 @@ class PopulationSystem(L.LightningModule):
                 generator.set_state(member["rng_state"])
         for member, trajectory in zip(members, self.trajectories or ()):
             trajectory.load_state_dict(member["callbacks"].get("WeightTrajectory", {}))
-        self.best_updates = [member["best_updates"] for member in members]
-        best = [member["best_weights"] for member in members]
-        if all(weights is not None for weights in best):
-            self.best = [
-                torch.stack([padded(weights[name], self.full[name]) for weights in best]).to(self.device)
-                for name in self.names
-            ]
 
     def _summary(self, m: int) -> dict[str, Any]:
         cfg = self.cfgs[m]

@@ -8,6 +8,7 @@ written. The launcher that calls it: hydra_plugins/mlptrain_population.
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +21,23 @@ from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import MlptrainError
 from mlptrain.member_checkpoints import MemberCheckpointIO
-from mlptrain.population import PopulationSystem
+from mlptrain.population import PopulationSystem, padded
 from mlptrain.predict import load_trained
 from mlptrain.report import write_run_report
 from mlptrain.rundir import (
     RunLock,
     claim,
-    completed_summary,
     read_checkpoint,
     resume_path,
-    write_metrics,
+    write_completed,
+    write_failed,
     write_summary,
     write_text_durably,
     yaml_text,
 )
 from mlptrain.signals import TrainingTakesSignals
 from mlptrain.train import (
+    already_complete,
     check_ckpt_path,
     fit,
     interrupted,
@@ -65,30 +67,17 @@ Resumed = tuple[DictConfig, dict[str, Any] | None, str | None]  # a member, its 
 
 def _resumable(cfgs: Sequence[DictConfig]) -> list[list[Resumed]]:
     """The members to train, grouped by where they start from (resume=auto: each its newest checkpoint; else,
-    or where it has none, its ckpt_path, as a run's), each with its checkpoint (with its best weights and the
-    updates made at them added) and its path, or None to start afresh."""
+    or where it has none, its ckpt_path, as a run's), each with its checkpoint and its path, or None to start
+    afresh."""
     groups: dict[Any, list[Resumed]] = {}
     for cfg in cfgs:
         checkpoint, found = None, None
         if cfg.resume == "auto":
             found = resume_path(Path(cfg.output_dir))
-            if found is not None:
-                checkpoint = read_checkpoint(found)
-                best_path = Path(cfg.output_dir) / "checkpoints" / "best.ckpt"
-                best = read_checkpoint(best_path) if best_path.is_file() else None
-                checkpoint["best_weights"] = (
-                    {
-                        key[len("model.") :]: value
-                        for key, value in best["state_dict"].items()
-                        if key.startswith("model.")
-                    }
-                    if best is not None
-                    else None
-                )
-                checkpoint["best_updates"] = best["updates_done"] if best is not None else 0
         if found is None and cfg.ckpt_path is not None:  # another run's: its best starts afresh here, as a run's
             found = str(cfg.ckpt_path)
-            checkpoint = {**read_checkpoint(found), "best_weights": None, "best_updates": 0}
+        if found is not None:
+            checkpoint = read_checkpoint(found)
         where = (
             None if checkpoint is None else (checkpoint["epoch"], checkpoint["global_step"], checkpoint["updates_done"])
         )
@@ -120,16 +109,12 @@ def train_population(
             results[index] = None
             continue
         locks.append(lock)
-        done = completed_summary(run_dir, _container(cfg)) if cfg.resume == "auto" else None
-        if done is not None:
-            if cfg.logger.mlflow.enabled:  # what a tracker that was away missed, logged now, as a run's
-                from mlptrain.tracking import Store, tracked
+        if store is None and cfg.logger.mlflow.enabled and cfg.resume == "auto":  # one for the members filled in
+            from mlptrain.tracking import Store
 
-                store = store or Store(_container(cfg.logger.mlflow))
-                found = resume_path(run_dir, repair=False)
-                checkpoint = read_checkpoint(found) if found else None
-                tracked(_container(cfg), run_dir, checkpoint, None, sweep_dir, store).finish()
-            log.info("resume=auto: the run in %s is complete; nothing to do.", run_dir.resolve())
+            store = Store(_container(cfg.logger.mlflow))
+        done = already_complete(cfg, run_dir, sweep_dir, store)
+        if done is not None:
             results[index] = done.get("best_val_acc")
         else:
             todo.append(index)
@@ -242,9 +227,9 @@ def _fit_and_test(
         log.error("%s", error)
         system.finish_tensorboards("failed")
         for m in system.active():
-            write_metrics(system.run_dirs[m], system.histories[m])
-            write_summary(system.run_dirs[m], {**system._summary(m), "status": "failed", "error": str(error)})
-            system.note(m, str(error), "ERROR")
+            system.note(
+                m, write_failed(system.run_dirs[m], system.histories[m], system._summary(m), str(error)), "ERROR"
+            )
         return {run_dir: None for run_dir in system.run_dirs}
     except (KeyboardInterrupt, SystemExit):  # a run's message, of the sweep's folder, in each member's log too
         system.finish_tensorboards("interrupted")
@@ -258,29 +243,45 @@ def _fit_and_test(
     system._check_finite()
     system.finish_tensorboards("success")
     global_steps = system.updates_done
-    if system.best is not None:
-        system.evaluated = system.best  # tested at each member's best val/acc, as a run tests its best.ckpt
+    tested = {m: system.checkpoints[m].best.best_model_path or None for m in system.active()}
+    system.evaluated, tested_updates = at_best(system, tested)
     trainer.test(system, datamodule=datamodule, verbose=False)
     system.finish_tensorboards("success")
     test_loss, test_acc = (values.tolist() for values in system.test_results)
     results: dict[Path, float | None] = {run_dir: None for run_dir in system.run_dirs}
     for m in system.active():
-        run_dir, tested = system.run_dirs[m], system.checkpoints[m].best.best_model_path or None
-        test_row = {"epoch": trainer.current_epoch, "step": system.best_updates[m]}
-        write_metrics(run_dir, [*system.histories[m], {**test_row, "test/loss": test_loss[m], "test/acc": test_acc[m]}])
-        summary = {**system._summary(m), "global_steps": global_steps}
-        summary.update(status="completed", test_acc=test_acc[m], test_loss=test_loss[m], tested_checkpoint=tested)
-        cfg = system.cfgs[m]
-        if cfg.report.enabled and tested:
-            config = _container(cfg)
+        run_dir, cfg = system.run_dirs[m], system.cfgs[m]
+        summary = {**system._summary(m), "global_steps": global_steps, "tested_checkpoint": tested[m]}
+        report = None
+        if cfg.report.enabled and tested[m]:
             trajectory = system.trajectories[m] if system.trajectories is not None else None
             path = trajectory.path() if trajectory is not None and trajectory.points else None
-            write_run_report(run_dir, summary, config, load_trained(tested), datamodule, _container(cfg.report), path)
-            system.note(m, f"Report with pictures: {(run_dir / 'report.md').resolve()}")
-        write_summary(run_dir, summary)
-        if system.trackers:  # its files are final: MLflow has them while the next member's report is drawn
-            system.trackers[m].finish(wait=False)
-        system.note(m, f"Test accuracy {test_acc[m]:.4f}, test loss {test_loss[m]:.4f} (checkpoint {tested})")
-        system.note(m, f"Run directory: {run_dir.resolve()}")
+            trained = load_trained(tested[m])  # the network best.ckpt holds, as a run's report draws it
+            report = partial(
+                write_run_report, run_dir, summary, _container(cfg), trained, datamodule, _container(cfg.report), path
+            )
+        tested_row = {"epoch": trainer.current_epoch, "step": tested_updates[m], "test/loss": test_loss[m],
+                      "test/acc": test_acc[m]}  # fmt: skip
+        # Its MLflow run is not waited for: MLflow has its files while the next member's report is drawn.
+        tracker = system.trackers[m] if system.trackers else None
+        write_completed(
+            run_dir, system.histories[m], tested_row, summary, report, tracker, partial(system.note, m), False
+        )
         results[run_dir] = summary["best_val_acc"]
     return results
+
+
+def at_best(system: PopulationSystem, tested: dict[int, str | None]) -> tuple[list[torch.Tensor], list[int]]:
+    """What the population is tested with, as a run tests its best.ckpt: the stacked parameters, each member's
+    from the checkpoint its ModelCheckpoint(monitor=val/acc) names (`tested`; its weights as they are where it
+    names none, or the member failed), and the updates made at each."""
+    stacked = [p.detach().clone() for p in system.stacked]
+    updates = [system.updates_done] * len(system.cfgs)
+    for m, path in tested.items():
+        if path is None:
+            continue
+        checkpoint = read_checkpoint(path)
+        for name, values in zip(system.names, stacked):
+            values[m] = padded(checkpoint["state_dict"][f"model.{name}"], system.full[name])
+        updates[m] = checkpoint["updates_done"]
+    return stacked, updates

@@ -168,6 +168,46 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
         write_text_durably(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
+def write_completed(
+    run_dir: Path,
+    history: Sequence[dict[str, Any]],
+    tested: dict[str, Any],
+    summary: dict[str, Any],
+    report: Callable[[], Any] | None,
+    tracker: Any,
+    say: Callable[[str], None],
+    wait: bool = True,
+) -> None:
+    """A completed run's records, a population member's alike, in the order that makes summary.json the last
+    word: metrics.csv, its history and the test's row (`tested`: epoch, step, test/loss, test/acc); the report,
+    which `report` draws; summary.json, status completed with the test's values; the MLflow run, from those files
+    (`tracker`, logger=mlflow; `wait`: done on return); then the run's last log lines (`say`)."""
+    write_metrics(run_dir, [*history, tested])
+    summary.update(status="completed", test_acc=tested["test/acc"], test_loss=tested["test/loss"])
+    if report is not None:
+        report()
+        say(f"Report with pictures: {(run_dir / 'report.md').resolve()}")
+    write_summary(run_dir, summary)  # last: a summary that says completed vouches for every file before it
+    if tracker is not None:
+        tracker.finish(wait=wait)
+    checkpoint = summary.get("tested_checkpoint")
+    say(f"Test accuracy {tested['test/acc']:.4f}, test loss {tested['test/loss']:.4f} (checkpoint {checkpoint})")
+    say(f"Run directory: {run_dir.resolve()}")
+
+
+def write_failed(
+    run_dir: Path, history: Sequence[dict[str, Any]], summary: dict[str, Any], error: str, tracker: Any = None
+) -> str:
+    """A failed run's records, a population member's alike: metrics.csv as far as it got, summary.json with status
+    failed and the error, the MLflow run (logger=mlflow); returns the error's message, with the checkpoints kept."""
+    write_metrics(run_dir, history)
+    write_summary(run_dir, {**summary, "status": "failed", "error": error})
+    if tracker is not None:
+        tracker.finish()
+    kept = [path for path in summary["checkpoints"].values() if path]
+    return error + (f" Checkpoints written before it are kept: {', '.join(kept)}." if kept else "")
+
+
 # Keys that say how a run is started or shown, not what it computes: the same run, whichever of these it had.
 HOW_STARTED = ("resume", "ckpt_path", "progress_bar")
 

@@ -8,6 +8,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ from mlptrain.rundir import (
     read_checkpoint,
     resume_path,
     summarize,
-    write_metrics,
+    write_completed,
+    write_failed,
     write_summary,
     write_text_durably,
     yaml_text,
@@ -198,16 +200,11 @@ def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -
     try:
         if writer:
             claim(run_dir, _container(cfg))  # a directory holds one run: this one, or one it resumes
-        if cfg.train and cfg.resume == "auto":
-            done = completed_summary(run_dir, _container(cfg))
-            if done is not None:
-                if cfg.logger.mlflow.enabled and writer:  # what a tracker that was away missed, logged now
-                    _tracker(cfg, run_dir, resume_path(run_dir, repair=False), None).finish()
-                log.info(
-                    "resume=auto: the run in %s is complete (test accuracy %.4f); nothing to do. Its summary: %s",
-                    run_dir.resolve(), done["test_acc"], (run_dir / "summary.json").resolve(),
-                )  # fmt: skip
-                return done.get("best_val_acc")
+        from mlptrain.tracking import current_sweep
+
+        done = already_complete(cfg, run_dir, current_sweep(), writer=writer)
+        if done is not None:
+            return done.get("best_val_acc")
         return _run(cfg, run_dir, writer, callbacks)
     finally:
         if lock is not None:
@@ -266,40 +263,52 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         tested = checkpoints.best.best_model_path or ckpt_path
         results = trainer.test(system, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]
     except MlptrainError as error:
-        write_metrics(run_dir, system.history)
-        write_summary(run_dir, summarize(summary, start, trainer, checkpoints, status="failed", error=str(error)))
-        if tracker is not None:
-            tracker.finish()
-        kept = [path for path in checkpoints.paths().values() if path]
-        if kept:
-            raise type(error)(f"{error} Checkpoints written before it are kept: {', '.join(kept)}.") from error
-        raise
+        summarize(summary, start, trainer, checkpoints)
+        message = write_failed(run_dir, system.history, summary, str(error), tracker)
+        if message == str(error):
+            raise
+        raise type(error)(message) from error
     except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
         write_summary(run_dir, summarize(summary, start, trainer, checkpoints, status="interrupted"))
         if tracker is not None:
             tracker.finish()
         raise interrupted(run_dir, trainer.current_epoch, checkpoints.paths()["last"]) from stop
-    test_row = {"epoch": trainer.current_epoch, "step": system.updates_done}
-    write_metrics(run_dir, [*history, {**test_row, "test/loss": results["test/loss"], "test/acc": results["test/acc"]}])
-    summary.update(test_acc=results["test/acc"], test_loss=results["test/loss"], tested_checkpoint=tested)
-    summarize(summary, start, trainer, checkpoints, status="completed")
+    summarize(summary, start, trainer, checkpoints, tested_checkpoint=tested)
+    report = None
     if cfg.report.enabled and writer:
         # The model's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
         config = {**_container(cfg), **{key: dict(system.hparams[key]) for key in MODEL_GROUPS}}
         path = trajectory.path() if trajectory is not None and trajectory.points else None
         trained = Trained(system.model, system.loss_fn, dict(system.hparams))
-        write_run_report(run_dir, summary, config, trained, datamodule, _container(cfg.report), path)
-        log.info("Report with pictures: %s", (run_dir / "report.md").resolve())
-    write_summary(run_dir, summary)  # last: a summary that says completed vouches for every file before it
-    if tracker is not None:
-        tracker.finish()  # from the files just written: the MLflow run equals them
-    if writer:
-        log.info(
-            "Test accuracy %.4f, test loss %.4f (checkpoint %s)", results["test/acc"], results["test/loss"], tested
-        )
-        log.info("Run directory: %s", run_dir.resolve())
+        report = partial(write_run_report, run_dir, summary, config, trained, datamodule, _container(cfg.report), path)
+    tested_row = {"epoch": trainer.current_epoch, "step": system.updates_done}
+    tested_row.update({key: results[key] for key in ("test/loss", "test/acc")})
+    write_completed(run_dir, history, tested_row, summary, report, tracker, log.info if writer else lambda line: None)
     best = checkpoints.best.best_model_score
     return float(best) if best is not None else None
+
+
+def already_complete(
+    cfg: DictConfig, run_dir: Path, sweep: Path | None, store: Any = None, writer: bool = True
+) -> dict[str, Any] | None:
+    """With resume=auto, the summary of the run this config describes where run_dir holds it completed (None
+    otherwise): what a logger=mlflow tracker that was away missed is logged now (`sweep`: the sweep's folder, its
+    parent run; `store`: a population's shared one), and the log says there is nothing to do."""
+    if not (cfg.train and cfg.resume == "auto"):
+        return None
+    done = completed_summary(run_dir, _container(cfg))
+    if done is None:
+        return None
+    if cfg.logger.mlflow.enabled and writer:
+        from mlptrain.tracking import tracked
+
+        found = resume_path(run_dir, repair=False)
+        tracked(_container(cfg), run_dir, read_checkpoint(found) if found else None, None, sweep, store).finish()
+    log.info(
+        "resume=auto: the run in %s is complete (test accuracy %.4f); nothing to do. Its summary: %s",
+        run_dir.resolve(), done["test_acc"], (run_dir / "summary.json").resolve(),
+    )  # fmt: skip
+    return done
 
 
 def _tracker(cfg: DictConfig, run_dir: Path, resumed: str | None, why: str | None) -> Any:
