@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from mlptrain.train import train
 from mlptrain.training_path import choose_path
-from tests.conftest import compose_config, run_in_process
+from tests.conftest import compose_config, csv_histories, run_in_process
 
 pytestmark = pytest.mark.slow  # whole sweeps
 
@@ -112,18 +112,12 @@ def test_each_member_is_tested_at_its_best_checkpoint_not_its_last_weights(tmp_p
     settings = ("optimizer=sgd", "scheduler=none", "seed=1", "trainer.max_epochs=4")
     folder = sweep(tmp_path, capsys, *settings, "optimizer.lr=1.0,3.0")
     for number, lr in ((0, "1.0"), (1, "3.0")):
-        *_, tested = epoch_values_with_steps(folder / str(number))
+        ((tested_step, _),) = csv_histories(folder / str(number))["test/acc"]
         best = torch.load(folder / str(number) / "checkpoints" / "best.ckpt", weights_only=True)
-        assert tested["step"] == best["updates_done"] < 280  # the best is not the last: the case under test
+        assert tested_step == best["updates_done"] < 280  # the best is not the last: the case under test
         assert_same_run(
             folder / str(number), alone(tmp_path, f"alone{number}", *settings, f"optimizer.lr={lr}"), steps=280
         )
-
-
-def epoch_values_with_steps(run: Path) -> list[dict[str, float]]:
-    import csv
-
-    return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader((run / "metrics.csv").open())]
 
 
 @pytest.mark.parametrize("compiled", [False], ids=["eager"])  # compiled: 5 min cold for 4 kinds (docs/benchmarks.md)

@@ -200,9 +200,7 @@ def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -
     try:
         if writer:
             claim(run_dir, _container(cfg))  # a directory holds one run: this one, or one it resumes
-        from mlptrain.tracking import current_sweep
-
-        done = already_complete(cfg, run_dir, current_sweep(), writer=writer)
+        done = already_complete(cfg, run_dir, _sweep(cfg), writer=writer)
         if done is not None:
             return done.get("best_val_acc")
         return _run(cfg, run_dir, writer, callbacks)
@@ -314,9 +312,18 @@ def already_complete(
 def _tracker(cfg: DictConfig, run_dir: Path, resumed: str | None, why: str | None) -> Any:
     """logger=mlflow's Tracker, its MLflow run started (a child of its sweep's, in a sweep), or continued where
     `resumed` (a checkpoint of this run directory) names one."""
-    from mlptrain.tracking import current_sweep, tracked
+    from mlptrain.tracking import tracked
 
-    return tracked(_container(cfg), run_dir, read_checkpoint(resumed) if resumed else None, why, current_sweep())
+    return tracked(_container(cfg), run_dir, read_checkpoint(resumed) if resumed else None, why, _sweep(cfg))
+
+
+def _sweep(cfg: DictConfig) -> Path | None:
+    """logger=mlflow: the folder of the sweep (-m) the run is a job of, whose MLflow run is its parent; else None."""
+    if not cfg.logger.mlflow.enabled:
+        return None
+    from mlptrain.tracking import current_sweep
+
+    return current_sweep()
 
 
 MODEL_GROUPS = ("model", "loss", "optimizer", "scheduler")  # what a checkpoint's network was built and trained with
