@@ -77,8 +77,10 @@ def test_sigterm_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(make_cfg
     saved = torch.load(last, weights_only=True)
     assert saved["MNISTDataModule"] == {"epoch": 1, "batches_done": 7 * steps_per_call}  # 7 steps trained
     assert summary(stopped)["status"] == "interrupted"
-    # As a checkpoint written before system.Accuracy holds it: torchmetrics' micro MulticlassAccuracy's counts
+    # As a checkpoint written before system.MemberAccuracy holds it: torchmetrics' micro MulticlassAccuracy's
+    # counts, and the training loss's sums as scalars (before system.MemberMean's member axis)
     state = saved["state_dict"]
+    state.update({key: state[key].view(()) for key in ("train_loss.total", "train_loss.examples")})
     correct, examples = state.pop("train_acc.correct"), state.pop("train_acc.examples")
     wrong = examples - correct
     state.update({f"train_acc.{key}": value.view(1) for key, value in (("tp", correct), ("fp", wrong), ("fn", wrong))})

@@ -11,7 +11,7 @@ from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, NonFiniteLossError
 from mlptrain.losses import make_loss
-from mlptrain.system import MLPSystem
+from mlptrain.system import TRAINING_STATES, MemberAccuracy, MemberMean, MLPSystem, upgrade
 from tests.conftest import compose_config
 
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
@@ -171,3 +171,42 @@ def test_predict_returns_outputs_and_predicted_digits(tmp_path: Path) -> None:
     batches = trainer.predict(system(), datamodule=MNISTDataModule(eval_batch_size=100))
     assert len(batches) == 2 and batches[0]["output"].shape == (100, 10)
     assert torch.equal(batches[0]["pred"], batches[0]["output"].argmax(-1))
+
+
+def test_member_metrics_keep_each_member_as_a_run_of_one_keeps_its_own() -> None:
+    """A population's metrics (N members) and a run's (one) are the same code: each member's value is what it
+    would be alone, and the example-weighted mean of its mini-batches' values."""
+    torch.manual_seed(0)
+    losses = torch.rand(3, 5, dtype=torch.float64)  # 3 members, 5 mini-batches
+    sizes = torch.tensor([4.0, 4.0, 4.0, 4.0, 2.0], dtype=torch.float64)
+    predicted, labels = torch.randint(0, 10, (3, 18)), torch.randint(0, 10, (18,))
+    together, correct = MemberMean(3), MemberAccuracy(3)
+    together.update(losses, sizes)
+    correct.update(predicted, labels)
+    for m in range(3):
+        alone, alone_correct = MemberMean(), MemberAccuracy()
+        alone.update(losses[m : m + 1], sizes)
+        alone_correct.update(predicted[m : m + 1], labels)
+        assert together.compute()[m] == alone.compute() == (losses[m] * sizes).sum() / sizes.sum()
+        assert correct.compute()[m] == alone_correct.compute() == (predicted[m] == labels).float().mean()
+
+
+def test_a_checkpoint_written_before_the_member_axis_loads_as_one_member() -> None:
+    """Checkpoints written before the metrics' member axis hold a run's training sums as scalars, and older ones
+    torchmetrics' accuracy counts (tp, fp, tn, fn): `upgrade` gives both as MemberMean's and MemberAccuracy's."""
+    run = system()
+    run.train_loss.update(torch.tensor([[0.5, 1.5]]), torch.tensor([2.0, 6.0], dtype=torch.float64))
+    run.train_acc.update(torch.tensor([[1, 2, 3, 4]]), torch.tensor([1, 2, 0, 0]))
+    state = run.state_dict()
+    assert {key: tuple(state[key].shape) for key in TRAINING_STATES} == dict.fromkeys(TRAINING_STATES, (1,))
+    scalars = {**state, **{key: state[key].view(()) for key in TRAINING_STATES}}
+    counts = {key: value for key, value in scalars.items() if not key.startswith("train_acc.")}
+    counts.update({"train_acc.tp": torch.tensor([2]), "train_acc.fn": torch.tensor([2]),
+                   "train_acc.fp": torch.tensor([2]), "train_acc.tn": torch.tensor([34])})  # fmt: skip
+    for old in (scalars, counts):
+        again = system()
+        again.load_state_dict(upgrade({key: value.clone() for key, value in old.items()}))
+        again.train_loss.update(torch.tensor([[1.0]]), torch.tensor([2.0], dtype=torch.float64))  # the epoch goes on
+        again.train_acc.update(torch.tensor([[5, 6]]), torch.tensor([5, 6]))
+        assert float(again.train_loss.compute()) == (0.5 * 2 + 1.5 * 6 + 1.0 * 2) / 10
+        assert again.train_acc.compute() == torch.tensor(4 / 6)  # float32, as torchmetrics computes it

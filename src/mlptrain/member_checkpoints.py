@@ -11,7 +11,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from mlptrain.frameworks import HPARAMS_AS_KEYWORDS
 from mlptrain.population import PopulationSystem, cut, padded
 from mlptrain.rundir import library_versions, write_durably, write_metrics
-from mlptrain.system import upgrade
+from mlptrain.system import TRAINING_STATES, upgrade
 from mlptrain.tracking import STATE_KEY
 
 
@@ -21,12 +21,8 @@ def member_checkpoint(system: PopulationSystem, checkpoint: dict[str, Any], m: i
     offset = m - system.parts[s].start
     shapes = system.shapes[m]
     state_dict = {f"model.{name}": cut(p[m].detach(), shapes[name]) for name, p in zip(system.names, system.stacked)}
-    state_dict.update({  # MLPSystem's training metrics' states: system.ExampleMean's and system.Accuracy's
-        "train_loss.total": system.train_total[m].clone(),
-        "train_loss.examples": system.train_examples[m].clone(),
-        "train_acc.correct": system.train_correct[m].clone(),
-        "train_acc.examples": system.train_examples[m].long(),
-    })  # fmt: skip
+    # The training metrics' states, (N,) each: the member's, as a run's of one member
+    state_dict.update({key: checkpoint["state_dict"][key][m : m + 1].clone() for key in TRAINING_STATES})
     optimizer = checkpoint["optimizer_states"][s]
     member = {key: value for key, value in checkpoint.items() if key not in ("optimizer_states", "lr_schedulers")}
     member.update(
@@ -76,11 +72,9 @@ def population_checkpoint(system: PopulationSystem) -> dict[str, Any]:
         f"network.{name}": torch.stack([padded(c["state_dict"][f"model.{name}"], system.full[name]) for c in members])
         for name in system.names
     }
-    state_dict["train_total"] = torch.stack([c["state_dict"]["train_loss.total"] for c in members])
-    state_dict["train_examples"] = torch.stack([c["state_dict"]["train_loss.examples"] for c in members])
     for c in members:
-        upgrade(c["state_dict"])  # a checkpoint written before system.Accuracy
-    state_dict["train_correct"] = torch.stack([c["state_dict"]["train_acc.correct"] for c in members])
+        upgrade(c["state_dict"])  # a checkpoint written before system.MemberMean and MemberAccuracy
+    state_dict.update({key: torch.cat([c["state_dict"][key] for c in members]) for key in TRAINING_STATES})
     optimizers, schedulers = [], []
     for part in system.parts:
         own = [c["optimizer_states"][0] for c in members[part]]

@@ -43,7 +43,7 @@ from mlptrain.model import MLP, Kind
 from mlptrain.rundir import library_versions, summarize, write_failed
 from mlptrain.stacking import kind_of, optimizer_settings, side_by_side
 from mlptrain.step import Clip, Engine, make_optimizer
-from mlptrain.system import hyperparameters, make_scheduler, nonfinite_message
+from mlptrain.system import Members, hyperparameters, make_scheduler, nonfinite_message
 from mlptrain.training_path import TrainingPath
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,11 @@ def cut(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return tensor[tuple(slice(0, n) for n in shape)].clone()
 
 
-class PopulationSystem(L.LightningModule):
+class PopulationSystem(Members):
     """N members' MLPs, stacked, trained on their own mini-batches (each its data.shuffle_seed's order) and
-    evaluated on the shared validation and test sets. `cfgs` are the members' configs, equal but for
-    MEMBER_KEYS; they are kept sorted by optimizer settings (`self.cfgs`), members of a set side by side."""
+    evaluated on the shared validation and test sets, whose records are kept as a run's are (`Members`). `cfgs`
+    are the members' configs, equal but for MEMBER_KEYS, MEMBER_KINDS and MEMBER_WIDTHS; they are kept sorted by
+    optimizer settings (`self.cfgs`), members of a set side by side."""
 
     def __init__(self, cfgs: Sequence[DictConfig], path: TrainingPath) -> None:
         super().__init__()
@@ -86,8 +87,8 @@ class PopulationSystem(L.LightningModule):
         self.plain = [_container(cfg) for cfg in self.cfgs]  # each config resolved, for its files and checkpoints
         self.hparams_of = [hyperparameters(cfg, path) for cfg in self.cfgs]  # what MLPSystem would save
         ordered = [settings[m] for m in order]
-        self.parts = side_by_side(ordered)  # the sets of members with equal optimizer settings, slices of the stack
-        self.set_of = [s for s, part in enumerate(self.parts) for _ in range(part.start, part.stop)]  # each member's
+        parts = side_by_side(ordered)  # the sets of members with equal optimizer settings, slices of the stack
+        self.set_of = [s for s, part in enumerate(parts) for _ in range(part.start, part.stop)]  # each member's
         kinds = side_by_side([kind for kind, _ in ordered])  # the members of each kind, as slices of the stack
         models, generators = [], []
         for cfg in self.cfgs:  # each member's weights, drawn as its run alone draws them
@@ -133,29 +134,14 @@ class PopulationSystem(L.LightningModule):
         self.network.generators = generators if any(cfg.model.dropout for cfg in self.cfgs) else None
         clip = first.trainer.gradient_clip_val
         self.clip = Clip(clip, first.trainer.gradient_clip_algorithm) if clip else None
-        self.norms_of = [name for name in self.names if "weight" in name] if first.log_grad_norms else []
+        norms_of = [name for name in self.names if "weight" in name] if first.log_grad_norms else []
+        self.keep_records(parts, norms_of, first.check_finite_every_n_steps, first.scheduler.name)
         self.engine: Engine | None = None  # made with the optimizers, in configure_optimizers
         self.gathered: dict[int, torch.Tensor] = {}  # where each size of the members' mini-batches is gathered
-        n = len(self.cfgs)
-        # Each member's running sums, as a run's metrics keep them: the training ones go into checkpoints.
-        for stage in ("train", "val", "test"):
-            persistent = stage == "train"
-            self.register_buffer(f"{stage}_total", torch.zeros(n, dtype=torch.float64), persistent)  # loss x size
-            self.register_buffer(f"{stage}_examples", torch.zeros(n, dtype=torch.float64), persistent)
-            self.register_buffer(f"{stage}_correct", torch.zeros(n, dtype=torch.long), persistent)
-        self.register_buffer("norm_totals", torch.zeros(n, len(self.norms_of), dtype=torch.float64), False)
-        self.register_buffer("nonfinite_epoch", torch.full((n,), -1), persistent=False)
-        self.register_buffer("nonfinite_step", torch.full((n,), -1), persistent=False)
-        self.check_finite_every_n_steps = first.check_finite_every_n_steps
-        self.updates_done = self.updates_checked = 0
-        self.batches_done_in_epoch = 0
-        self.ended_epoch: int | None = None
-        self.histories: list[list[dict[str, float]]] = [[] for _ in range(n)]
-        self.epoch_lrs: list[dict[str, float]] = [{} for _ in range(n)]
         self.checkpoints = [Checkpoints.into(run_dir / "checkpoints") for run_dir in self.run_dirs]
-        self.failures: list[dict[str, Any] | None] = [None] * n  # a failed member's summary fields
+        self.failures: list[dict[str, Any] | None] = [None] * len(cfgs)  # a failed member's summary fields
         self.improved: torch.Tensor | None = None  # (N,) at an epoch's end: whose val/acc is its best so far
-        self.val_acc: torch.Tensor | None = None  # (N,) of the last validation
+        self.last_val_acc: torch.Tensor | None = None  # (N,) of the last validation
         # The parameters the test uses: each member's best.ckpt's (population_train.at_best); None: the network's
         self.evaluated: list[torch.Tensor] | None = None
         self.resumed: list[dict[str, Any]] | None = None  # the members' checkpoints a resume starts from
@@ -202,23 +188,10 @@ class PopulationSystem(L.LightningModule):
         config = _container(self.cfgs[0].scheduler)
         if config["name"] == "none":
             return optimizers
-        self.trainer.estimated_stepping_batches  # noqa: B018  loads the training batches, as a run does
-        total = self.trainer.max_epochs * self.trainer.train_dataloader.num_batches
+        total = self.total_updates()
         for optimizer in optimizers:
             schedulers.append({"scheduler": make_scheduler(optimizer, config, total), "interval": self.interval})
         return optimizers, schedulers
-
-    @property
-    def interval(self) -> str | None:
-        return {"none": None, "step": "epoch"}.get(self.cfgs[0].scheduler.name, "step")
-
-    def _optimizers(self) -> list[torch.optim.Optimizer]:
-        found = self.optimizers(use_pl_optimizer=False)
-        return found if isinstance(found, list) else [found]
-
-    def _schedulers(self) -> list[Any]:
-        found = self.lr_schedulers()
-        return [] if found is None else found if isinstance(found, list) else [found]
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         # One optimizer.step() per training step, with no gradients: it changes no weight and advances
@@ -239,30 +212,16 @@ class PopulationSystem(L.LightningModule):
                 out = self.gathered[row.numel()] = shared.new_empty((row.numel(), shared.shape[-1]))
             return torch.index_select(shared, 0, row.flatten(), out=out).view(*row.shape, -1).to(dtype)
 
-        schedulers = self._schedulers() if self.interval == "step" else []
+        schedulers = self.schedulers() if self.interval == "step" else []
         losses, predicted, labels, norms = self.engine.run(inputs, labels, schedulers)  # (K, N), (N, K*B), ...
-        sizes = chunk.sizes  # (K,)
-        loss = losses.T  # (N, K)
-        self.train_total += (loss.double() * sizes).sum(1)
-        self.train_examples += sizes.sum()
-        self.train_correct += (predicted == labels).sum(-1)
-        if self.norms_of:
-            self.norm_totals += (norms.double() * sizes[:, None, None]).sum(0)
-        bad = ~torch.isfinite(loss)
-        first_bad = bad.any(1) & (self.nonfinite_step < 0)
-        self.nonfinite_epoch.copy_(torch.where(first_bad, self.current_epoch, self.nonfinite_epoch))
-        self.nonfinite_step.copy_(torch.where(first_bad, self.updates_done + bad.int().argmax(1), self.nonfinite_step))
-        self.updates_done += len(sizes)
-        self.batches_done_in_epoch += len(sizes)
+        self.record_updates(losses, chunk.sizes, predicted, labels, norms)
 
-    # A member whose loss turns NaN fails alone, masked (_check_finite): the population never stops for it, and
+    # A member whose loss turns NaN fails alone, masked (check_finite): the population never stops for it, and
     # callbacks.CheckpointOnStop checkpoints it on SIGTERM.
     diverged = False
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.updates_done - self.updates_checked >= self.check_finite_every_n_steps:
-            self.updates_checked = self.updates_done
-            self._check_finite()
+        super().on_train_batch_end(outputs, batch, batch_idx)
         for m in self.active() if self.trajectories is not None else ():
             self.trajectories[m].stepped(partial(self.point, m), self.updates_done)
 
@@ -280,7 +239,7 @@ class PopulationSystem(L.LightningModule):
         own = [cut(p[m].detach(), self.shapes[m][name]).flatten() for name, p in zip(self.names, self.stacked)]
         return torch.cat(own).cpu()
 
-    def _check_finite(self) -> None:
+    def check_finite(self) -> None:
         """Members whose training loss has turned NaN or infinite fail, each as a run alone fails then."""
         for m in (self.nonfinite_step >= 0).nonzero().flatten().tolist():
             if self.failures[m] is not None:
@@ -303,51 +262,19 @@ class PopulationSystem(L.LightningModule):
         self.note(m, message, "ERROR")
         log.error("Member %s: %s", run_dir, message)
 
-    def _reset_training_sums(self) -> None:
-        for buffer in (self.train_total, self.train_examples, self.train_correct, self.norm_totals):
-            buffer.zero_()
-
     def on_train_epoch_start(self) -> None:  # not called when a run resumes in the middle of an epoch
-        self._reset_training_sums()
-        self.batches_done_in_epoch = 0
-        self.ended_epoch = None
+        super().on_train_epoch_start()
         self.improved = None
-        lrs = []
-        for part, optimizer in zip(self.parts, self._optimizers()):  # named as a run names them: lr-SGD, ...
-            lrs += [{f"lr-{type(optimizer).__name__}": float(optimizer.param_groups[0]["lr"])}] * (
-                part.stop - part.start
-            )
-        self.epoch_lrs = lrs
-
-    def batches_done_in(self, epoch: int) -> int:
-        """As MLPSystem.batches_done_in: the data module saves it, to resume mid-epoch exactly."""
-        if self.ended_epoch is not None and epoch > self.ended_epoch:
-            return 0
-        return self.batches_done_in_epoch
-
-    def _add_row(self, m: int, values: dict[str, float]) -> None:
-        """A row of member m's history, as MLPSystem._log_epoch makes it: an epoch's training joins the validation
-        that ended it."""
-        row = {"epoch": self.current_epoch, "step": self.updates_done, **values}
-        history = self.histories[m]
-        last = history[-1] if history else {}
-        if (last.get("epoch"), last.get("step")) == (row["epoch"], row["step"]) and not last.keys() & values.keys():
-            last.update(row)
-        else:
-            history.append(row)
 
     def on_train_epoch_end(self) -> None:
-        self._check_finite()
-        if self.interval == "epoch":
-            for scheduler in self._schedulers():
-                scheduler.step()
-        loss = (self.train_total / self.train_examples).tolist()
-        acc = (self.train_correct.float() / self.train_examples.float()).tolist()
-        norms = (self.norm_totals / self.train_examples[:, None]).tolist()
+        self.check_finite()
+        self.step_epoch_schedules()
+        # Computed and reset, as a run's metrics are once logged: its checkpoint at the epoch's end holds them so
+        computed = {name: value.tolist() for name, value in self.epoch_values("train").items()}
+        loss = computed["train/loss"]
         for m in self.active():
-            values = {"train/loss": loss[m], "train/acc": acc[m]}
-            values.update({f"grad_norm/{name}": value for name, value in zip(self.norms_of, norms[m])})
-            self._add_row(m, {**values, **self.epoch_lrs[m]})
+            values = {name: value[m] for name, value in computed.items()}
+            self.add_row(m, {**values, **self.epoch_lrs[m]})
             self._to_tensorboard(m, {**values, **self.epoch_lrs[m]})
             row = self.histories[m][-1]  # the epoch's line, as a run logs it
             shown = "  ".join(f"{key} {row[key]:.4f}" for key in sorted(row) if key.split("/")[0] in ("train", "val"))
@@ -358,30 +285,29 @@ class PopulationSystem(L.LightningModule):
                 "epoch %d  train/loss %.4f  val/acc %.4f (means over %d members)", self.current_epoch,
                 sum(loss[m] for m in active) / len(active), self._mean_val_acc(active), len(active),
             )  # fmt: skip
-        self._reset_training_sums()  # as a run's metrics are reset once computed: its checkpoint holds them so
         self._mark_best()
         self.ended_epoch = self.current_epoch
 
     def _mean_val_acc(self, active: list[int]) -> float:
-        return float(self.val_acc[active].mean()) if self.val_acc is not None else float("nan")
+        return float(self.last_val_acc[active].mean()) if self.last_val_acc is not None else float("nan")
 
     def _mark_best(self) -> None:
         """After the epoch's validation: each member whose val/acc beats its best so far gets its best.ckpt
         written with last.ckpt (MemberCheckpointIO), and its ModelCheckpoint(monitor=val/acc) names it, as a
         run's would (the first validation always counts). No weights are kept here: the test reads best.ckpt."""
-        if self.val_acc is None:
+        if self.last_val_acc is None:
             return
         best = torch.tensor(
             [float(c.best.best_model_score) if c.best.best_model_score is not None else -1.0 for c in self.checkpoints]
         )
-        self.improved = (self.val_acc.cpu() > best) & torch.tensor([f is None for f in self.failures])
+        self.improved = (self.last_val_acc.cpu() > best) & torch.tensor([f is None for f in self.failures])
         for m in self.improved.nonzero().flatten().tolist():
-            score = self.val_acc[m].detach().cpu()
+            score = self.last_val_acc[m].detach().cpu()
             callback, path = self.checkpoints[m].best, str(self.run_dirs[m] / "checkpoints" / "best.ckpt")
             callback.best_model_score = callback.current_score = callback.kth_value = score
             callback.best_model_path = callback.kth_best_model_path = path
             callback.best_k_models = {path: score}
-        self.val_acc = None
+        self.last_val_acc = None
 
     # -- evaluation ----------------------------------------------------------------------------------------------
 
@@ -394,37 +320,28 @@ class PopulationSystem(L.LightningModule):
         params = self.evaluated if self.evaluated is not None else list(self.stacked)
         output = self.forward(params, x.to(params[0].dtype))  # (N, B, 10)
         loss = self.loss_fn(output, y.expand(len(output), -1))  # (N,)
-        getattr(self, f"{stage}_total").add_(loss.double() * len(y))
-        getattr(self, f"{stage}_examples").add_(len(y))
-        getattr(self, f"{stage}_correct").add_((output.argmax(-1) == y).sum(-1))
-
-    def _epoch_values(self, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss (N,) float64, acc (N,) float32) of the stage's epoch, as a run's metrics compute them; reset."""
-        total, examples, correct = (getattr(self, f"{stage}_{name}") for name in ("total", "examples", "correct"))
-        values = total / examples, correct.float() / examples.float()
-        for buffer in (total, examples, correct):
-            buffer.zero_()
-        return values
+        size = torch.full((1,), len(y), dtype=torch.float64, device=loss.device)
+        self.update_metrics(stage, loss.detach()[:, None], size, output.argmax(-1), y)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate("val", batch)
 
     def on_validation_epoch_end(self) -> None:
-        loss, acc = self._epoch_values("val")
+        values = self.epoch_values("val")
         if self.trainer.sanity_checking:
             return
-        self.val_acc = acc
-        losses, accs = loss.tolist(), acc.tolist()
+        self.last_val_acc = values["val/acc"]
+        losses, accs = values["val/loss"].tolist(), values["val/acc"].tolist()
         for m in self.active():
-            self._add_row(m, {"val/loss": losses[m], "val/acc": accs[m]})
+            self.add_row(m, {"val/loss": losses[m], "val/acc": accs[m]})
             self._to_tensorboard(m, {"val/loss": losses[m], "val/acc": accs[m]})
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate("test", batch)
 
     def on_test_epoch_end(self) -> None:
-        self.test_results = self._epoch_values("test")
-        losses, accs = (values.tolist() for values in self.test_results)
+        self.test_results = {name: value.tolist() for name, value in self.epoch_values("test").items()}
+        losses, accs = self.test_results["test/loss"], self.test_results["test/acc"]
         for m in self.active():
             self._to_tensorboard(m, {"test/loss": losses[m], "test/acc": accs[m]})
 
@@ -448,10 +365,6 @@ class PopulationSystem(L.LightningModule):
             logger.finalize(status if self.failures[m] is None else "failed")
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["updates_done"] = self.updates_done
-        checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.updates_done = self.updates_checked = checkpoint["updates_done"]

@@ -240,14 +240,14 @@ def _fit_and_test(
             system.note(m, message, "ERROR")
         log.error("%s", message)
         return {run_dir: None for run_dir in system.run_dirs}
-    system._check_finite()
+    system.check_finite()
     system.finish_tensorboards("success")
     global_steps = system.updates_done
     tested = {m: system.checkpoints[m].best.best_model_path or None for m in system.active()}
     system.evaluated, tested_updates = at_best(system, tested)
     trainer.test(system, datamodule=datamodule, verbose=False)
     system.finish_tensorboards("success")
-    test_loss, test_acc = (values.tolist() for values in system.test_results)
+    test_loss, test_acc = system.test_results["test/loss"], system.test_results["test/acc"]
     results: dict[Path, float | None] = {run_dir: None for run_dir in system.run_dirs}
     for m in system.active():
         run_dir, cfg = system.run_dirs[m], system.cfgs[m]

@@ -2,7 +2,7 @@
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ STAGES = ("train", "val", "test")
 log = logging.getLogger(__name__)
 
 
-class ExampleMean(Metric):
-    """The mean of per-mini-batch values over an epoch's examples, summed in float64 on the device.
+class MemberMean(Metric):
+    """Each member's mean of per-mini-batch values over an epoch's examples, summed in float64 on the device:
+    a state with a leading member axis, (N, *shape), for a run (N = 1) and a population alike.
 
     torchmetrics' MeanMetric will not do: with nan_strategy="disable" (whose checks would pull a value to
     the host every step) it drops the weights, and it rounds every value to float32 first.
@@ -36,54 +37,217 @@ class ExampleMean(Metric):
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, members: int = 1, *shape: int) -> None:
         super().__init__()
-        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("examples", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(members, *shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("examples", torch.zeros(members, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, values: torch.Tensor, examples: torch.Tensor) -> None:
-        """values (K,) of K mini-batches of `examples` (K,) examples each."""
-        self.total += (values.double() * examples).sum()
+        """values (N, K, *shape): each member's of K mini-batches, of `examples` (K,) examples each."""
+        self.total += (values.double() * examples.view(1, -1, *[1] * (values.dim() - 2))).sum(1)
         self.examples += examples.sum()
 
     def compute(self) -> torch.Tensor:
-        return self.total / self.examples
+        return self.total / self.examples.view(-1, *[1] * (self.total.dim() - 1))
 
 
-class Accuracy(Metric):
-    """The fraction of examples whose predicted digit is the label (torchmetrics' micro accuracy), counted on the
-    device in a state of its own, `correct` and `examples`, which a population's members' checkpoints hold as
-    their runs alone's (mlptrain.population). Checkpoints written before it hold MulticlassAccuracy's tp, fp, tn
-    and fn instead: `upgrade` reads them."""
+class MemberAccuracy(Metric):
+    """Each member's fraction of examples whose predicted digit is the label (torchmetrics' micro accuracy),
+    counted on the device: states `correct` and `examples`, (N,) each. Checkpoints written before it hold a
+    run's scalar counts, or MulticlassAccuracy's tp, fp, tn and fn: `upgrade` reads them."""
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, members: int = 1) -> None:
         super().__init__()
-        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("examples", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("correct", torch.zeros(members, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("examples", torch.zeros(members, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, predicted: torch.Tensor, labels: torch.Tensor) -> None:
-        self.correct += (predicted == labels).sum()
-        self.examples += labels.numel()
+        """predicted (N, M): each member's digits for M examples, whose labels are (M,) or (N, M)."""
+        self.correct += (predicted == labels).sum(-1)
+        self.examples += labels.shape[-1]
 
     def compute(self) -> torch.Tensor:
         return self.correct.float() / self.examples.clamp(min=1).float()  # 0 for no examples, as torchmetrics'
 
 
+TRAINING_STATES = ("train_loss.total", "train_loss.examples", "train_acc.correct", "train_acc.examples")
+
+
 def upgrade(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A checkpoint's state_dict with the training accuracy as `Accuracy` keeps it: a checkpoint written before
-    it holds torchmetrics' MulticlassAccuracy(average="micro") counts, whose tp is the examples predicted right
-    and tp + fn all of them. Changed in place; returned."""
+    """A checkpoint's state_dict with the training metrics' states as MemberMean and MemberAccuracy keep them,
+    (1,) each for a run. A checkpoint written before them holds them as scalars, and one written before system's
+    own accuracy holds torchmetrics' MulticlassAccuracy(average="micro") counts, whose tp is the examples
+    predicted right and tp + fn all of them. Changed in place; returned."""
     if "train_acc.tp" in state_dict:
         tp, fn = state_dict.pop("train_acc.tp"), state_dict.pop("train_acc.fn")
         state_dict.pop("train_acc.fp"), state_dict.pop("train_acc.tn")
         state_dict["train_acc.correct"], state_dict["train_acc.examples"] = tp.sum(), (tp + fn).sum()
+    for key in TRAINING_STATES:
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].view(1)
     return state_dict
 
 
-class MLPSystem(L.LightningModule):
-    """Trains an `MLP` and reports `train/loss`, `train/acc`, `val/loss`, `val/acc`, `test/loss`, `test/acc`.
+class Members(L.LightningModule):
+    """What a run (MLPSystem: one member) and a population (mlptrain.population.PopulationSystem: N members)
+    keep alike, every value with a leading member axis: each stage's metrics, the gradient norms, the first
+    non-finite training loss, the updates made and the place in the epoch, each member's history (metrics.csv's
+    rows) and learning rates; and the hooks that keep them. A subclass calls `keep_records` in its __init__ and
+    says what a non-finite loss does (`check_finite`)."""
+
+    def keep_records(self, parts: Sequence[slice], norms_of: Sequence[str], check_every: int, scheduler: str) -> None:
+        """The records of the members of `parts` (the members of each optimizer, slices of the member axis), the
+        gradient norms of the parameters `norms_of` (log_grad_norms), the loss checked for NaN every `check_every`
+        updates, the learning rate scheduled by `scheduler` (conf/scheduler/'s name)."""
+        members = parts[-1].stop
+        for stage in STAGES:
+            setattr(self, f"{stage}_loss", MemberMean(members))
+            setattr(self, f"{stage}_acc", MemberAccuracy(members))
+        # The training metrics' running sums go into checkpoints, so an epoch resumed midway reports
+        # the same train/loss and train/acc as one that ran through.
+        self.train_loss.persistent(True)
+        self.train_acc.persistent(True)
+        # Each layer's weight-gradient norm (before clipping), averaged over the epoch's examples: (N, layers).
+        self.norms_of = list(norms_of)
+        self.grad_norms = MemberMean(members, len(self.norms_of))
+        # Epoch and update of each member's first non-finite training loss, -1 while none: kept on the device
+        # and read only every check_every updates and before checkpoints.
+        self.register_buffer("nonfinite_epoch", torch.full((members,), -1), persistent=False)
+        self.register_buffer("nonfinite_step", torch.full((members,), -1), persistent=False)
+        self.check_every = check_every
+        self.scheduler_name = scheduler
+        self.parts = list(parts)
+        # Updates made: Lightning's global_step counts training steps, which make K updates each when K > 1.
+        self.updates_done = 0
+        self.updates_checked = 0  # where the host last looked at the NaN flags
+        # Mini-batches trained on in the current epoch: the data module saves it, to resume mid-epoch exactly.
+        self.batches_done_in_epoch = 0
+        # Between an epoch's end (its checkpoints written) and the next one's start: the epoch that ended; else None.
+        self.ended_epoch: int | None = None
+        # Each member's records, one row per epoch's training and per validation, as metrics.csv has them. They
+        # go into every checkpoint, and metrics.csv is written from them (rundir.write_metrics), so a resumed
+        # run writes the rows of one that ran through, and no row twice.
+        self.histories: list[list[dict[str, float]]] = [[] for _ in range(members)]
+        # Each member's learning rate at the epoch's start (a resume may be mid-epoch), named as Lightning's
+        # LearningRateMonitor names it: lr-SGD, lr-AdamW, ...
+        self.epoch_lrs: list[dict[str, float]] = [{} for _ in range(members)]
+
+    def check_finite(self) -> None:
+        """What the members whose training loss has turned NaN or infinite do: a run stops, a population's fail."""
+        raise NotImplementedError
+
+    @property
+    def interval(self) -> str | None:
+        """When the learning-rate schedule steps: after each update, each epoch (StepLR) or never (None)."""
+        return {"none": None, "step": "epoch"}.get(self.scheduler_name, "step")
+
+    def total_updates(self) -> int:
+        """Optimizer updates in the whole fit, for the schedules that need it (this loads the training batches)."""
+        total = int(self.trainer.estimated_stepping_batches)
+        if self.automatic_optimization:
+            return total
+        return self.trainer.max_epochs * self.trainer.train_dataloader.num_batches  # training steps make K each
+
+    def schedulers(self) -> list[Any]:
+        found = self.lr_schedulers()
+        return [] if found is None else found if isinstance(found, list) else [found]
+
+    def update_metrics(
+        self, stage: str, losses: torch.Tensor, sizes: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor
+    ) -> None:
+        """losses (N, K) of K mini-batches of sizes (K,), whose predicted digits (N, sum(sizes)) and labels are
+        given."""
+        getattr(self, f"{stage}_loss").update(losses, sizes)  # weighted: the epoch value is the mean over examples
+        getattr(self, f"{stage}_acc").update(predicted, labels)
+
+    def record_updates(
+        self,
+        losses: torch.Tensor,
+        sizes: torch.Tensor,
+        predicted: torch.Tensor,
+        labels: torch.Tensor,
+        norms: torch.Tensor | None,
+    ) -> None:
+        """K updates made by step.Engine (losses (K, N), predicted digits (N, K*B) and their labels, gradient norms
+        (K, N, layers) or None), into the epoch's metrics, the update count and the non-finite flags."""
+        self.update_metrics("train", losses.T, sizes, predicted, labels)
+        if norms is not None:
+            self.grad_norms.update(norms.transpose(0, 1), sizes)
+        bad = ~torch.isfinite(losses)
+        self.flag_nonfinite(bad.any(0), self.updates_done + bad.int().argmax(0))
+        self.updates_done += len(sizes)
+        self.batches_done_in_epoch += len(sizes)
+
+    def flag_nonfinite(self, bad: torch.Tensor, step: int | torch.Tensor) -> None:
+        """bad (N,): whose loss was NaN or infinite at update `step` (each member's, or one for all)."""
+        first_bad = bad & (self.nonfinite_step < 0)
+        # In place: assigning a buffer goes through nn.Module.__setattr__, a cost on every step.
+        self.nonfinite_epoch.copy_(torch.where(first_bad, self.current_epoch, self.nonfinite_epoch))
+        self.nonfinite_step.copy_(torch.where(first_bad, step, self.nonfinite_step))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.updates_done - self.updates_checked >= self.check_every:
+            self.updates_checked = self.updates_done
+            self.check_finite()
+
+    def on_train_epoch_start(self) -> None:  # not called when a run resumes in the middle of an epoch
+        for metric in (self.train_loss, self.train_acc, self.grad_norms):
+            metric.reset()
+        self.batches_done_in_epoch = 0
+        self.ended_epoch = None
+        lrs: list[dict[str, float]] = []
+        for part, optimizer in zip(self.parts, self.trainer.optimizers):
+            lrs += [{f"lr-{type(optimizer).__name__}": float(optimizer.param_groups[0]["lr"])}] * (
+                part.stop - part.start
+            )
+        self.epoch_lrs = lrs
+
+    def step_epoch_schedules(self) -> None:
+        """What Lightning does for epoch-interval schedules in automatic optimization, where the updates are ours."""
+        if not self.automatic_optimization and self.interval == "epoch":
+            for scheduler in self.schedulers():
+                scheduler.step()
+
+    def epoch_values(self, stage: str) -> dict[str, torch.Tensor]:
+        """The stage's values over the epoch, named as metrics.csv names them, each member's (N,); the sums reset."""
+        members = len(self.histories)  # torchmetrics gives a one-element value as a scalar: each is reshaped
+        metrics = [getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")]
+        values = {f"{stage}/{name}": metric.compute().view(members) for name, metric in zip(("loss", "acc"), metrics)}
+        if stage == "train" and self.norms_of:
+            norms = self.grad_norms.compute().view(members, -1)
+            values.update({f"grad_norm/{name}": norms[:, i] for i, name in enumerate(self.norms_of)})
+            metrics.append(self.grad_norms)
+        for metric in metrics:
+            metric.reset()
+        return values
+
+    def add_row(self, m: int, values: dict[str, float]) -> None:
+        """A row of member m's history: an epoch's training joins the validation that ended it, one row an epoch."""
+        row = {"epoch": self.current_epoch, "step": self.updates_done, **values}
+        history = self.histories[m]
+        last = history[-1] if history else {}
+        if (last.get("epoch"), last.get("step")) == (row["epoch"], row["step"]) and not last.keys() & values.keys():
+            last.update(row)
+        else:
+            history.append(row)
+
+    def batches_done_in(self, epoch: int) -> int:
+        """Mini-batches of `epoch` trained on. Between two epochs Lightning counts the next one before it starts,
+        and a checkpoint written then (SLURM's signal can come at any moment) is at that epoch's start."""
+        if self.ended_epoch is not None and epoch > self.ended_epoch:
+            return 0
+        return self.batches_done_in_epoch
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["updates_done"] = self.updates_done
+        checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
+
+
+class MLPSystem(Members):
+    """Trains an `MLP` and reports `train/loss`, `train/acc`, `val/loss`, `val/acc`, `test/loss`, `test/acc`: a run,
+    whose records are a population's of one member (`Members`).
 
     Every argument is a plain dict of the config group of the same name, so the hyperparameters
     saved in checkpoints rebuild the run with `MLPSystem.load_from_checkpoint(path)`.
@@ -113,39 +277,19 @@ class MLPSystem(L.LightningModule):
         self.model = MLP(**model)
         self.loss_fn = make_loss(**loss)
         self.optimizer_factory = self._optimizer_factory(optimizer)
-        self.check_finite_every_n_steps = check_finite_every_n_steps
         self.automatic_optimization = steps_per_call == 1
         self.engine: Engine | None = None  # made with the optimizer, in configure_optimizers
-        # Updates made: Lightning's global_step counts training steps, which make K updates each when K > 1.
-        self.updates_done = 0
-        self.updates_checked = 0  # where the host last looked at the NaN flag
         self.epoch_seconds: list[float] = []  # each epoch's training time, validation excluded
         self.epoch_started: float | None = None  # while an epoch's training is being timed
-        # Mini-batches trained on in the current epoch: the data module saves it, to resume mid-epoch exactly.
-        self.batches_done_in_epoch = 0
-        # Between an epoch's end (its checkpoints written) and the next one's start: the epoch that ended; else None.
-        self.ended_epoch: int | None = None
-        # The run's records, one row per epoch's training and per validation, as metrics.csv has them. They go
-        # into every checkpoint, and metrics.csv is written from them (rundir.write_metrics), so a resumed run
-        # writes the rows of one that ran through, and no row twice.
-        self.history: list[dict[str, float]] = []
-        self.epoch_lrs: dict[str, float] = {}  # the learning rate at the epoch's start (a resume may be mid-epoch)
-        for stage in STAGES:
-            setattr(self, f"{stage}_loss", ExampleMean())
-            setattr(self, f"{stage}_acc", Accuracy())
-        # The training metrics' running sums go into checkpoints, so an epoch resumed midway reports
-        # the same train/loss and train/acc as one that ran through.
-        self.train_loss.persistent(True)
-        self.train_acc.persistent(True)
-        # log_grad_norms: each layer's weight-gradient norm (before clipping), averaged over the epoch's examples.
-        self.norms_of = (
-            [name for name, _ in self.model.named_parameters() if "weight" in name] if log_grad_norms else []
+        weights = [name for name, _ in self.model.named_parameters() if "weight" in name]
+        self.keep_records(
+            [slice(0, 1)], weights if log_grad_norms else [], check_finite_every_n_steps, scheduler["name"]
         )
-        self.grad_norms = torch.nn.ModuleList(ExampleMean() for _ in self.norms_of)
-        # Epoch and update of the first non-finite training loss, -1 while none: kept on the
-        # device and read only every check_finite_every_n_steps updates and before checkpoints.
-        self.register_buffer("nonfinite_epoch", torch.tensor(-1), persistent=False)
-        self.register_buffer("nonfinite_step", torch.tensor(-1), persistent=False)
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """The run's records (its member's): metrics.csv's rows."""
+        return self.histories[0]
 
     def _optimizer_factory(self, optimizer: Mapping[str, Any]) -> Callable[..., Optimizer]:
         """step.make_optimizer for this config: (parameters, precision) -> the optimizer."""
@@ -175,53 +319,31 @@ class MLPSystem(L.LightningModule):
         loss = self.loss_fn(output, y)
         # The batch size is made on the device: a Python number would be copied to the GPU every step.
         size = torch.full((1,), len(y), dtype=torch.float64, device=loss.device)
-        self._update_metrics(stage, loss.detach()[None], size, output.detach().argmax(-1), y)
+        self.update_metrics(stage, loss.detach().view(1, 1), size, output.detach().argmax(-1)[None], y)
         return loss
-
-    def _update_metrics(
-        self, stage: str, losses: torch.Tensor, sizes: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor
-    ) -> None:
-        """losses (K,) of K mini-batches of sizes (K,), whose predicted digits (sum(sizes),) and labels are given."""
-        getattr(self, f"{stage}_loss").update(losses, sizes)  # weighted: the epoch value is the mean over examples
-        getattr(self, f"{stage}_acc").update(predicted, labels)
 
     def _log_epoch(self, stage: str) -> None:
         """The epoch's values of `stage`: to Lightning (the progress bar, TensorBoard, the best checkpoint's
         monitor) and, for training and validation, a row of the history."""
-        metrics = [(f"{stage}/{name}", getattr(self, f"{stage}_{name}")) for name in ("loss", "acc")]
-        if stage == "train":
-            metrics += [(f"grad_norm/{name}", metric) for name, metric in zip(self.norms_of, self.grad_norms)]
-        values = {}
-        for name, metric in metrics:
-            values[name] = metric.compute()
-            self.log(name, values[name])
-            metric.reset()
-        if stage == "train":
-            for name, lr in self.epoch_lrs.items():
-                self.log(name, lr)
+        values = {name: value[0] for name, value in self.epoch_values(stage).items()}
+        lrs = self.epoch_lrs[0] if stage == "train" else {}
+        for name, value in {**values, **lrs}.items():
+            self.log(name, value)
         if stage != "test" and not self.trainer.sanity_checking:
-            row = {"epoch": self.current_epoch, "step": self.updates_done}
-            row.update(
-                {name: float(value) for name, value in values.items()}, **(self.epoch_lrs if stage == "train" else {})
-            )
-            last = self.history[-1] if self.history else {}
-            if (last.get("epoch"), last.get("step")) == (row["epoch"], row["step"]) and not last.keys() & values.keys():
-                last.update(row)  # the epoch's training joins the validation that ended it: one row an epoch
-            else:
-                self.history.append(row)
+            self.add_row(0, {**{name: float(value) for name, value in values.items()}, **lrs})
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         if self.automatic_optimization:
             loss = self._step("train", batch)
             self.batch_examples = len(batch[1])  # the weight of this step's gradient norms
-            self._flag_nonfinite(~torch.isfinite(loss.detach()), self.global_step)
+            self.flag_nonfinite(~torch.isfinite(loss.detach()), self.global_step)
             self.updates_done = self.global_step + 1
             self.batches_done_in_epoch += 1
             return loss
         # One optimizer.step() per training step, with no gradients: it changes no weight (the updates are
         # the engine's), and advances Lightning's step count, which checkpoints and loggers go by.
         self.optimizers().step()
-        schedulers = [self.lr_schedulers()] if self.scheduler_interval == "step" else []
+        schedulers = self.schedulers() if self.interval == "step" else []
         chunk: Chunk = batch  # K mini-batches (TensorBatches with steps_per_call = K)
         images = chunk.images  # (K, B, 784), or a list where the epoch's last, smaller mini-batch is among them
 
@@ -229,35 +351,14 @@ class MLPSystem(L.LightningModule):
             return images[start:stop] if torch.is_tensor(images) else torch.stack(images[start:stop])
 
         losses, predicted, labels, norms = self.engine.run(inputs, chunk.labels, schedulers)
-        self._update_metrics("train", losses, chunk.sizes, predicted, labels)
-        for metric, column in zip(self.grad_norms, norms.T if norms is not None else ()):
-            metric.update(column, chunk.sizes)
-        bad = ~torch.isfinite(losses)
-        self._flag_nonfinite(bad.any(), self.updates_done + bad.int().argmax())
-        self.updates_done += len(chunk.sizes)
-        self.batches_done_in_epoch += len(chunk.sizes)
+        self.record_updates(
+            losses[:, None], chunk.sizes, predicted[None], labels, norms[:, None] if norms is not None else None
+        )
         return None
-
-    def _flag_nonfinite(self, bad: torch.Tensor, step: int | torch.Tensor) -> None:
-        first_bad = bad & (self.nonfinite_step < 0)
-        # In place: assigning a buffer goes through nn.Module.__setattr__, a cost on every step.
-        self.nonfinite_epoch.copy_(torch.where(first_bad, self.current_epoch, self.nonfinite_epoch))
-        self.nonfinite_step.copy_(torch.where(first_bad, step, self.nonfinite_step))
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.updates_done - self.updates_checked >= self.check_finite_every_n_steps:
-            self.updates_checked = self.updates_done
-            self.raise_if_nonfinite()
 
     def on_train_epoch_start(self) -> None:  # not called when a run resumes in the middle of an epoch
         self._start_epoch_timer()
-        self.train_loss.reset()
-        self.train_acc.reset()
-        self.batches_done_in_epoch = 0
-        self.ended_epoch = None
-        # Named as Lightning's LearningRateMonitor names them: lr-SGD, lr-AdamW, ...
-        optimizer = self.trainer.optimizers[0]
-        self.epoch_lrs = {f"lr-{type(optimizer).__name__}": float(optimizer.param_groups[0]["lr"])}
+        super().on_train_epoch_start()
 
     def on_fit_start(self) -> None:
         self._start_epoch_timer()  # a run resumed mid-epoch has no on_train_epoch_start for it
@@ -267,31 +368,22 @@ class MLPSystem(L.LightningModule):
                 "not be synchronised across devices: use steps_per_call=auto or 1 with several devices."
             )
 
-    def batches_done_in(self, epoch: int) -> int:
-        """Mini-batches of `epoch` trained on. Between two epochs Lightning counts the next one before it starts,
-        and a checkpoint written then (SLURM's signal can come at any moment) is at that epoch's start."""
-        if self.ended_epoch is not None and epoch > self.ended_epoch:
-            return 0
-        return self.batches_done_in_epoch
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["updates_done"] = self.updates_done
-        checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
+        super().on_save_checkpoint(checkpoint)
         checkpoint["history"] = [dict(row) for row in self.history]
-        checkpoint["epoch_lrs"] = dict(self.epoch_lrs)
+        checkpoint["epoch_lrs"] = dict(self.epoch_lrs[0])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         upgrade(checkpoint["state_dict"])  # before Lightning loads it
         self.updates_done = self.updates_checked = checkpoint.get("updates_done", checkpoint.get("global_step", 0))
         self.batches_done_in_epoch = checkpoint.get("batches_done_in_epoch", 0)
-        self.history = [dict(row) for row in checkpoint.get("history", [])]  # none in checkpoints before 0.1
-        self.epoch_lrs = dict(checkpoint.get("epoch_lrs", {}))
+        self.histories = [[dict(row) for row in checkpoint.get("history", [])]]  # none in checkpoints before 0.1
+        self.epoch_lrs = [dict(checkpoint.get("epoch_lrs", {}))]
 
     def on_train_epoch_end(self) -> None:
         # Runs before ModelCheckpoint saves this epoch, so weights after a NaN are never checkpointed.
-        self.raise_if_nonfinite()
-        if not self.automatic_optimization and self.scheduler_interval == "epoch":
-            self.lr_schedulers().step()  # what Lightning does for epoch-interval schedulers in automatic mode
+        self.check_finite()
+        self.step_epoch_schedules()
         self._stop_epoch_timer()  # where there was no validation to stop it
         self._log_epoch("train")
         if self.trainer.is_global_zero:  # one line per epoch, for logs where no progress bar is drawn
@@ -318,7 +410,7 @@ class MLPSystem(L.LightningModule):
 
     def epoch_train_loss(self) -> float:
         """The mean training loss over the examples of the epoch so far (read before the epoch's end resets it)."""
-        return float(self.train_loss.compute())
+        return float(self.train_loss.compute().view(-1)[0])
 
     @property
     def diverged(self) -> bool:
@@ -328,11 +420,12 @@ class MLPSystem(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         if self.norms_of and self.automatic_optimization:  # the fast path computes its norms in its step
             parameters = dict(self.model.named_parameters())
-            size = torch.tensor(float(self.batch_examples), dtype=torch.float64, device=self.device)
-            for name, metric in zip(self.norms_of, self.grad_norms):
-                metric.update(parameters[name].grad.norm(), size)
+            norms = torch.stack([parameters[name].grad.norm() for name in self.norms_of])
+            size = torch.full((1,), float(self.batch_examples), dtype=torch.float64, device=self.device)
+            self.grad_norms.update(norms.view(1, 1, -1), size)
 
-    def raise_if_nonfinite(self) -> None:
+    def check_finite(self) -> None:
+        """A run stops at its first NaN or infinite training loss: NonFiniteLossError."""
         step = int(self.nonfinite_step)
         if step >= 0:
             epoch = int(self.nonfinite_epoch)
@@ -363,17 +456,6 @@ class MLPSystem(L.LightningModule):
     def probabilities(self, output: torch.Tensor) -> torch.Tensor:
         return probabilities(output, self.hparams.model.get("output_activation", "none"))
 
-    @property
-    def scheduler_interval(self) -> str | None:
-        return {"none": None, "step": "epoch"}.get(self.hparams.scheduler["name"], "step")
-
-    def _total_steps(self) -> int:
-        """Optimizer updates in the whole fit, for the schedules that need it."""
-        total = int(self.trainer.estimated_stepping_batches)  # also loads the training batches
-        if self.automatic_optimization:
-            return total
-        return self.trainer.max_epochs * self.trainer.train_dataloader.num_batches  # training steps make K each
-
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters(), str(self.trainer.precision))
         if not self.automatic_optimization:
@@ -389,8 +471,8 @@ class MLPSystem(L.LightningModule):
         config = self.hparams.scheduler
         if config["name"] == "none":
             return optimizer
-        scheduler = make_scheduler(optimizer, config, self._total_steps())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        scheduler = make_scheduler(optimizer, config, self.total_updates())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.interval}}
 
 
 def make_scheduler(optimizer: Optimizer, config: Mapping[str, Any], total_steps: int) -> Any:
