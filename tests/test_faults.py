@@ -120,6 +120,26 @@ def test_lightnings_sigterm_lines_are_not_written_from_inside_its_signal_handler
     assert written.getvalue() == "another line of the module\n"
 
 
+def test_a_sigterm_while_the_process_exits_leaves_its_exit_status_alone() -> None:
+    """CPython puts the default handlers back while it finalizes, after the exit handlers: a SIGTERM then, the
+    run's files all written, would end the process with -15 (seen: the test below, SIGTERM "in the report", where
+    the signal came as the process ended). An object whose finalizer takes a second holds the process there."""
+    code = (
+        "import time\n"
+        "from mlptrain import signals\n"
+        "signals.hold()\n"
+        "class Slow:\n"
+        "    def __del__(self):\n"
+        "        print('finalizing', flush=True)\n"
+        "        time.sleep(1)\n"
+        "keep = Slow()\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "finalizing\n"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+
+
 @pytest.mark.parametrize(
     ("signum", "phase"),
     [

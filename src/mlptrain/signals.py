@@ -15,6 +15,7 @@ thread (torch's workers) that does not, which would die of it. A Python handler 
 whichever thread the signal reached. Only the command line installs these (cli.main, once, in the main thread);
 the callback below switches them around training."""
 
+import atexit
 import logging
 import signal
 import threading
@@ -43,11 +44,23 @@ def _defer(signum: int, frame: FrameType | None) -> None:
 
 
 def hold() -> None:
-    """From here to the end of the process (a command line's), DEFERRED signals are noted outside training.
-    Called by cli.main and by the population launcher, in the main thread (elsewhere it does nothing)."""
+    """From here to the end of the process (a command line's), DEFERRED signals are noted outside training,
+    and ignored once it exits (`_ignore_at_exit`). Called by cli.main and by the population launcher, in the
+    main thread (elsewhere it does nothing)."""
     if _main_thread() and not _previous:
         for signum in DEFERRED:
             _previous[signum] = signal.signal(signum, _defer)
+        atexit.unregister(_ignore_at_exit)  # once, however often a harness holds and lets go in one process
+        atexit.register(_ignore_at_exit)
+
+
+def _ignore_at_exit() -> None:
+    """At the process's exit everything has been written: a signal then has nothing left to stop. CPython's
+    finalization puts the default handlers back after the exit handlers have run, and a SIGTERM in the moments
+    that remain would end a complete run with the signal's status (-15) instead of its own; ignored, it cannot."""
+    if _previous and _main_thread():
+        for signum in DEFERRED:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def drain() -> None:
