@@ -40,10 +40,10 @@ from mlptrain.callbacks import Checkpoints, WeightTrajectory
 from mlptrain.data import Chunk
 from mlptrain.losses import make_loss, member_losses
 from mlptrain.model import MLP, Kind
-from mlptrain.rundir import library_versions, summarize, write_failed
+from mlptrain.rundir import running_summary, summarize, write_failed
 from mlptrain.stacking import kind_of, optimizer_settings, side_by_side
 from mlptrain.step import Clip, Engine, make_optimizer
-from mlptrain.system import Members, hyperparameters, make_scheduler, nonfinite_message
+from mlptrain.system import Members, hyperparameters, nonfinite_message
 from mlptrain.training_path import TrainingPath
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class PopulationSystem(Members):
     def configure_optimizers(self) -> Any:
         """One torch.optim optimizer per set of members, over its slice of every stacked tensor (views: they
         update the stack in place), and its schedule."""
-        optimizers, schedulers = [], []
+        optimizers = []
         for part in self.parts:
             config = _container(self.cfgs[part.start].optimizer)
             optimizers.append(make_optimizer(config, [p.detach()[part] for p in self.stacked], self.trainer.precision))
@@ -185,21 +185,11 @@ class PopulationSystem(Members):
         self.engine = Engine(
             self.network, self.loss_fn, optimizers, self.parts, self.compile, self.clip, self.norms_of, masks
         )
-        config = _container(self.cfgs[0].scheduler)
-        if config["name"] == "none":
-            return optimizers
-        total = self.total_updates()
-        for optimizer in optimizers:
-            schedulers.append({"scheduler": make_scheduler(optimizer, config, total), "interval": self.interval})
-        return optimizers, schedulers
+        return self.with_schedules(optimizers, _container(self.cfgs[0].scheduler))
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        # One optimizer.step() per training step, with no gradients: it changes no weight and advances
-        # Lightning's step count, which checkpoints and loggers go by, as a run alone's does (MLPSystem).
-        first = self.optimizers()
-        (first[0] if isinstance(first, list) else first).step()
         chunk: Chunk = batch  # K mini-batches, each member's rows of the training inputs (TensorBatches, gather=False)
-        rows, labels = chunk.rows, chunk.labels
+        rows = chunk.rows
         shared = self.trainer.datamodule.train_inputs()  # (n, 784), shared by every member
         dtype = self.stacked[0].dtype
 
@@ -212,9 +202,7 @@ class PopulationSystem(Members):
                 out = self.gathered[row.numel()] = shared.new_empty((row.numel(), shared.shape[-1]))
             return torch.index_select(shared, 0, row.flatten(), out=out).view(*row.shape, -1).to(dtype)
 
-        schedulers = self.schedulers() if self.interval == "step" else []
-        losses, predicted, labels, norms = self.engine.run(inputs, labels, schedulers)  # (K, N), (N, K*B), ...
-        self.record_updates(losses, chunk.sizes, predicted, labels, norms)
+        self.engine_step(inputs, chunk)
 
     # A member whose loss turns NaN fails alone, masked (check_finite): the population never stops for it, and
     # callbacks.CheckpointOnStop checkpoints it on SIGTERM.
@@ -266,11 +254,8 @@ class PopulationSystem(Members):
         super().on_train_epoch_start()
         self.improved = None
 
-    def on_train_epoch_end(self) -> None:
-        self.check_finite()
-        self.step_epoch_schedules()
-        # Computed and reset, as a run's metrics are once logged: its checkpoint at the epoch's end holds them so
-        computed = {name: value.tolist() for name, value in self.epoch_values("train").items()}
+    def end_training_epoch(self, values: dict[str, torch.Tensor]) -> None:
+        computed = {name: value.tolist() for name, value in values.items()}
         loss = computed["train/loss"]
         for m in self.active():
             values = {name: value[m] for name, value in computed.items()}
@@ -282,11 +267,11 @@ class PopulationSystem(Members):
         active = self.active()
         if active:
             log.info(
-                "epoch %d  train/loss %.4f  val/acc %.4f (means over %d members)", self.current_epoch,
-                sum(loss[m] for m in active) / len(active), self._mean_val_acc(active), len(active),
+                "epoch %d  train/loss %.4f  val/acc %.4f (means over %d members)  (%.1f s training)",
+                self.current_epoch, sum(loss[m] for m in active) / len(active), self._mean_val_acc(active),
+                len(active), self.epoch_seconds[-1],
             )  # fmt: skip
         self._mark_best()
-        self.ended_epoch = self.current_epoch
 
     def _mean_val_acc(self, active: list[int]) -> float:
         return float(self.last_val_acc[active].mean()) if self.last_val_acc is not None else float("nan")
@@ -348,6 +333,7 @@ class PopulationSystem(Members):
     # -- each member's TensorBoard log, as Lightning writes a run's ---------------------------------------------
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         for m, logger in enumerate(self.tensorboards or ()):
             logger.log_hyperparams(self.hparams_of[m])
             logger.save()
@@ -367,11 +353,8 @@ class PopulationSystem(Members):
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.updates_done = self.updates_checked = checkpoint["updates_done"]
-        self.batches_done_in_epoch = checkpoint["batches_done_in_epoch"]
         members = checkpoint["members"]
-        self.histories = [list(member["history"]) for member in members]
-        self.epoch_lrs = [dict(member["epoch_lrs"]) for member in members]
+        self.restore_records(checkpoint, members)
         for member, checkpoints in zip(members, self.checkpoints):
             for callback in checkpoints:
                 state = member["callbacks"].get(callback.state_key)
@@ -384,14 +367,6 @@ class PopulationSystem(Members):
             trajectory.load_state_dict(member["callbacks"].get("WeightTrajectory", {}))
 
     def _summary(self, m: int) -> dict[str, Any]:
-        cfg = self.cfgs[m]
-        summary = {
-            "status": "running",
-            "run_dir": str(self.run_dirs[m].resolve()),
-            "seed": cfg.seed,
-            "parameters": sum(shape.numel() for shape in self.shapes[m].values()),
-            "device": str(self.device),
-            "processes": 1,
-            "versions": library_versions(),
-        }
+        parameters = sum(shape.numel() for shape in self.shapes[m].values())
+        summary = running_summary(self.run_dirs[m], self.cfgs[m].seed, parameters, self.trainer)
         return summarize(summary, self.started, self.trainer, self.checkpoints[m])

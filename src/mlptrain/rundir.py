@@ -139,6 +139,24 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     write_text_durably(path, text.getvalue())
 
 
+def running_summary(run_dir: Path, seed: int, parameters: int, trainer: "L.Trainer") -> dict[str, Any]:
+    """summary.json's first fields, a run's and a population member's alike; `summarize` completes them."""
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        import torch  # loaded with the trainer
+
+        device = f"{device} ({torch.cuda.get_device_name(device)})"
+    return {
+        "status": "running",
+        "run_dir": str(run_dir.resolve()),
+        "seed": seed,
+        "parameters": parameters,
+        "device": str(device),
+        "processes": trainer.world_size,
+        "versions": library_versions(),
+    }
+
+
 def summarize(
     summary: dict[str, Any], start: float, trainer: "L.Trainer", checkpoints: Any, **fields: Any
 ) -> dict[str, Any]:

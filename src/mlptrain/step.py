@@ -323,8 +323,8 @@ class Engine:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Train on the K mini-batches whose inputs are inputs(i, i + 1)[0] (`Inputs`) and labels labels[i], in
         order, stepping every scheduler after each update, as Lightning does for a step-interval schedule.
-        Returns the losses (K,) or (K, N), the predicted digits and the labels, each mini-batch's one after
-        another (K*B,) or (N, K*B), and the gradient norms (K, n) or (K, N, n), or None."""
+        Returns, with a member axis of N (1 for one network), the losses (K, N), the predicted digits (N, K*B)
+        and their labels, each mini-batch's one after another, and the gradient norms (K, N, n), or None."""
         results = []
         start = 0
         if any(self._state(optimizer) is None for optimizer in self.optimizers):
@@ -340,6 +340,8 @@ class Engine:
         losses = torch.cat([done[0] for done in results])
         predicted = torch.cat([digits for done in results for digits in done[1]], -1)
         norms = torch.cat([done[2] for done in results]) if self.norms_of else None
+        if not self.stacked:  # one network: a member axis of one
+            losses, predicted, norms = losses[:, None], predicted[None], norms[:, None] if norms is not None else None
         return losses, predicted, torch.cat(list(labels), -1), norms
 
     def _eager(

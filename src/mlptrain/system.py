@@ -133,6 +133,8 @@ class Members(L.LightningModule):
         # Each member's learning rate at the epoch's start (a resume may be mid-epoch), named as Lightning's
         # LearningRateMonitor names it: lr-SGD, lr-AdamW, ...
         self.epoch_lrs: list[dict[str, float]] = [{} for _ in range(members)]
+        self.epoch_seconds: list[float] = []  # each epoch's training time, validation excluded
+        self.epoch_started: float | None = None  # while an epoch's training is being timed
 
     def check_finite(self) -> None:
         """What the members whose training loss has turned NaN or infinite do: a run stops, a population's fail."""
@@ -162,16 +164,16 @@ class Members(L.LightningModule):
         getattr(self, f"{stage}_loss").update(losses, sizes)  # weighted: the epoch value is the mean over examples
         getattr(self, f"{stage}_acc").update(predicted, labels)
 
-    def record_updates(
-        self,
-        losses: torch.Tensor,
-        sizes: torch.Tensor,
-        predicted: torch.Tensor,
-        labels: torch.Tensor,
-        norms: torch.Tensor | None,
-    ) -> None:
-        """K updates made by step.Engine (losses (K, N), predicted digits (N, K*B) and their labels, gradient norms
-        (K, N, layers) or None), into the epoch's metrics, the update count and the non-finite flags."""
+    def engine_step(self, inputs: Callable[[int, int], torch.Tensor], chunk: Chunk) -> None:
+        """A training step whose K mini-batches' updates step.Engine makes (`inputs`: theirs, as Engine.run takes
+        them), recorded into the epoch's metrics, the update count and the non-finite flags."""
+        # One optimizer.step() per training step, with no gradients: it changes no weight (the updates are the
+        # engine's) and advances Lightning's step count, which checkpoints and loggers go by.
+        first = self.optimizers()
+        (first[0] if isinstance(first, list) else first).step()
+        schedulers = self.schedulers() if self.interval == "step" else []
+        losses, predicted, labels, norms = self.engine.run(inputs, chunk.labels, schedulers)  # (K, N), (N, K*B), ...
+        sizes = chunk.sizes  # (K,)
         self.update_metrics("train", losses.T, sizes, predicted, labels)
         if norms is not None:
             self.grad_norms.update(norms.transpose(0, 1), sizes)
@@ -192,7 +194,25 @@ class Members(L.LightningModule):
             self.updates_checked = self.updates_done
             self.check_finite()
 
+    def on_fit_start(self) -> None:
+        self._start_epoch_timer()  # a run resumed mid-epoch has no on_train_epoch_start for it
+
+    def _start_epoch_timer(self) -> None:
+        self.epoch_started = time.perf_counter()
+
+    def _stop_epoch_timer(self) -> None:
+        if self.epoch_started is None or self.trainer.sanity_checking:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the epoch's kernels, not only their launches
+        self.epoch_seconds.append(time.perf_counter() - self.epoch_started)
+        self.epoch_started = None
+
+    def on_validation_start(self) -> None:
+        self._stop_epoch_timer()  # an epoch's time is its training, not its validation
+
     def on_train_epoch_start(self) -> None:  # not called when a run resumes in the middle of an epoch
+        self._start_epoch_timer()
         for metric in (self.train_loss, self.train_acc, self.grad_norms):
             metric.reset()
         self.batches_done_in_epoch = 0
@@ -204,11 +224,30 @@ class Members(L.LightningModule):
             )
         self.epoch_lrs = lrs
 
-    def step_epoch_schedules(self) -> None:
-        """What Lightning does for epoch-interval schedules in automatic optimization, where the updates are ours."""
+    def with_schedules(self, optimizers: list[Optimizer], config: Mapping[str, Any]) -> Any:
+        """What configure_optimizers returns: the optimizers (one per part), each with the learning-rate schedule
+        `config` (conf/scheduler/) names, over the whole fit's updates."""
+        if config["name"] == "none":
+            return optimizers
+        total = self.total_updates()
+        return optimizers, [
+            {"scheduler": make_scheduler(optimizer, config, total), "interval": self.interval}
+            for optimizer in optimizers
+        ]
+
+    def on_train_epoch_end(self) -> None:
+        # Before the epoch's checkpoints are written: weights after a NaN are never checkpointed.
+        self.check_finite()
         if not self.automatic_optimization and self.interval == "epoch":
-            for scheduler in self.schedulers():
+            for scheduler in self.schedulers():  # what Lightning does for epoch-interval schedules in its own loop
                 scheduler.step()
+        self._stop_epoch_timer()  # where there was no validation to stop it
+        self.end_training_epoch(self.epoch_values("train"))
+        self.ended_epoch = self.current_epoch
+
+    def end_training_epoch(self, values: dict[str, torch.Tensor]) -> None:
+        """The epoch's training values, each member's (N,) (`epoch_values`): what the subclass records of them."""
+        raise NotImplementedError
 
     def epoch_values(self, stage: str) -> dict[str, torch.Tensor]:
         """The stage's values over the epoch, named as metrics.csv names them, each member's (N,); the sums reset."""
@@ -243,6 +282,14 @@ class Members(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["updates_done"] = self.updates_done
         checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
+
+    def restore_records(self, checkpoint: dict[str, Any], members: Sequence[dict[str, Any]]) -> None:
+        """Where `checkpoint` stood, and each member's records from its part of it (a run's: the checkpoint)."""
+        self.updates_done = self.updates_checked = checkpoint.get("updates_done", checkpoint.get("global_step", 0))
+        self.batches_done_in_epoch = checkpoint.get("batches_done_in_epoch", 0)
+        # No history in checkpoints before 0.1
+        self.histories = [[dict(row) for row in member.get("history", [])] for member in members]
+        self.epoch_lrs = [dict(member.get("epoch_lrs", {})) for member in members]
 
 
 class MLPSystem(Members):
@@ -279,8 +326,6 @@ class MLPSystem(Members):
         self.optimizer_factory = self._optimizer_factory(optimizer)
         self.automatic_optimization = steps_per_call == 1
         self.engine: Engine | None = None  # made with the optimizer, in configure_optimizers
-        self.epoch_seconds: list[float] = []  # each epoch's training time, validation excluded
-        self.epoch_started: float | None = None  # while an epoch's training is being timed
         weights = [name for name, _ in self.model.named_parameters() if "weight" in name]
         self.keep_records(
             [slice(0, 1)], weights if log_grad_norms else [], check_finite_every_n_steps, scheduler["name"]
@@ -322,10 +367,10 @@ class MLPSystem(Members):
         self.update_metrics(stage, loss.detach().view(1, 1), size, output.detach().argmax(-1)[None], y)
         return loss
 
-    def _log_epoch(self, stage: str) -> None:
-        """The epoch's values of `stage`: to Lightning (the progress bar, TensorBoard, the best checkpoint's
-        monitor) and, for training and validation, a row of the history."""
-        values = {name: value[0] for name, value in self.epoch_values(stage).items()}
+    def _log_epoch(self, stage: str, computed: dict[str, torch.Tensor] | None = None) -> None:
+        """The epoch's values of `stage` (`computed`, or computed now): to Lightning (the progress bar,
+        TensorBoard, the best checkpoint's monitor) and, for training and validation, a row of the history."""
+        values = {name: value[0] for name, value in (computed or self.epoch_values(stage)).items()}
         lrs = self.epoch_lrs[0] if stage == "train" else {}
         for name, value in {**values, **lrs}.items():
             self.log(name, value)
@@ -340,28 +385,17 @@ class MLPSystem(Members):
             self.updates_done = self.global_step + 1
             self.batches_done_in_epoch += 1
             return loss
-        # One optimizer.step() per training step, with no gradients: it changes no weight (the updates are
-        # the engine's), and advances Lightning's step count, which checkpoints and loggers go by.
-        self.optimizers().step()
-        schedulers = self.schedulers() if self.interval == "step" else []
         chunk: Chunk = batch  # K mini-batches (TensorBatches with steps_per_call = K)
         images = chunk.images  # (K, B, 784), or a list where the epoch's last, smaller mini-batch is among them
 
         def inputs(start: int, stop: int) -> torch.Tensor:
             return images[start:stop] if torch.is_tensor(images) else torch.stack(images[start:stop])
 
-        losses, predicted, labels, norms = self.engine.run(inputs, chunk.labels, schedulers)
-        self.record_updates(
-            losses[:, None], chunk.sizes, predicted[None], labels, norms[:, None] if norms is not None else None
-        )
+        self.engine_step(inputs, chunk)
         return None
 
-    def on_train_epoch_start(self) -> None:  # not called when a run resumes in the middle of an epoch
-        self._start_epoch_timer()
-        super().on_train_epoch_start()
-
     def on_fit_start(self) -> None:
-        self._start_epoch_timer()  # a run resumed mid-epoch has no on_train_epoch_start for it
+        super().on_fit_start()
         if not self.automatic_optimization and self.trainer.world_size > 1:
             raise ConfigError(
                 "steps_per_call > 1 makes its updates outside Lightning's distributed wrapper, so gradients would "
@@ -375,38 +409,16 @@ class MLPSystem(Members):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         upgrade(checkpoint["state_dict"])  # before Lightning loads it
-        self.updates_done = self.updates_checked = checkpoint.get("updates_done", checkpoint.get("global_step", 0))
-        self.batches_done_in_epoch = checkpoint.get("batches_done_in_epoch", 0)
-        self.histories = [[dict(row) for row in checkpoint.get("history", [])]]  # none in checkpoints before 0.1
-        self.epoch_lrs = [dict(checkpoint.get("epoch_lrs", {}))]
+        self.restore_records(checkpoint, [checkpoint])
 
-    def on_train_epoch_end(self) -> None:
-        # Runs before ModelCheckpoint saves this epoch, so weights after a NaN are never checkpointed.
-        self.check_finite()
-        self.step_epoch_schedules()
-        self._stop_epoch_timer()  # where there was no validation to stop it
-        self._log_epoch("train")
+    def end_training_epoch(self, values: dict[str, torch.Tensor]) -> None:
+        self._log_epoch("train", values)
         if self.trainer.is_global_zero:  # one line per epoch, for logs where no progress bar is drawn
             values = self.trainer.callback_metrics
             shown = "  ".join(
                 f"{key} {float(values[key]):.4f}" for key in sorted(values) if key.split("/")[0] in STAGES
             )
             log.info("epoch %d  %s  (%.1f s training)", self.current_epoch, shown, self.epoch_seconds[-1])
-        self.ended_epoch = self.current_epoch
-
-    def _start_epoch_timer(self) -> None:
-        self.epoch_started = time.perf_counter()
-
-    def _stop_epoch_timer(self) -> None:
-        if self.epoch_started is None or self.trainer.sanity_checking:
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # the epoch's kernels, not only their launches
-        self.epoch_seconds.append(time.perf_counter() - self.epoch_started)
-        self.epoch_started = None
-
-    def on_validation_start(self) -> None:
-        self._stop_epoch_timer()  # an epoch's time is its training, not its validation
 
     def epoch_train_loss(self) -> float:
         """The mean training loss over the examples of the epoch so far (read before the epoch's end resets it)."""
@@ -468,11 +480,7 @@ class MLPSystem(Members):
                 clip=Clip(clip, self.hparams.gradient_clip_algorithm) if clip else None,
                 norms_of=self.norms_of,
             )
-        config = self.hparams.scheduler
-        if config["name"] == "none":
-            return optimizer
-        scheduler = make_scheduler(optimizer, config, self.total_updates())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.interval}}
+        return self.with_schedules([optimizer], self.hparams.scheduler)
 
 
 def make_scheduler(optimizer: Optimizer, config: Mapping[str, Any], total_steps: int) -> Any:

@@ -41,9 +41,9 @@ from mlptrain.rundir import (
     claim,
     completed_summary,
     flat,
-    library_versions,
     read_checkpoint,
     resume_path,
+    running_summary,
     summarize,
     write_completed,
     write_failed,
@@ -143,13 +143,6 @@ def _check_processes(cfg: DictConfig) -> None:
         )
 
 
-def _device_name(trainer: L.Trainer) -> str:
-    device = trainer.strategy.root_device
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
 def _build_system(cfg: DictConfig, path: TrainingPath) -> MLPSystem:
     return MLPSystem(**hyperparameters(cfg, path))
 
@@ -242,15 +235,7 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         extra.append(Tracking([tracker]))
     trainer, checkpoints = _make_trainer(cfg, run_dir, extra, steps_per_call)
 
-    summary: dict[str, Any] = {
-        "status": "running",
-        "run_dir": str(run_dir.resolve()),
-        "seed": cfg.seed,
-        "parameters": sum(p.numel() for p in system.model.parameters()),
-        "device": _device_name(trainer),
-        "processes": trainer.world_size,
-        "versions": library_versions(),
-    }
+    summary = running_summary(run_dir, cfg.seed, sum(p.numel() for p in system.model.parameters()), trainer)
     start = time.perf_counter()
     try:
         if cfg.train:
