@@ -300,7 +300,7 @@ class PopulationSystem(Members):
         """Every member's output for the same inputs: params stacked (N, ...), x (B, 784) -> (N, B, 10)."""
         return torch.func.functional_call(self.network, dict(zip(self.names, params)), (x,))
 
-    def _evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch
         params = self.evaluated if self.evaluated is not None else list(self.stacked)
         output = self.forward(params, x.to(params[0].dtype))  # (N, B, 10)
@@ -308,27 +308,21 @@ class PopulationSystem(Members):
         size = torch.full((1,), len(y), dtype=torch.float64, device=loss.device)
         self.update_metrics(stage, loss.detach()[:, None], size, output.argmax(-1), y)
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate("val", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        values = self.epoch_values("val")
+    def end_evaluation(self, stage: str, values: dict[str, torch.Tensor]) -> None:
+        """Each member's values of the validation (a row of its history) or of the test (`test_results`), and to
+        its TensorBoard log."""
         if self.trainer.sanity_checking:
             return
-        self.last_val_acc = values["val/acc"]
-        losses, accs = values["val/loss"].tolist(), values["val/acc"].tolist()
+        computed = {name: value.tolist() for name, value in values.items()}
+        if stage == "test":
+            self.test_results = computed
+        else:
+            self.last_val_acc = values["val/acc"]
         for m in self.active():
-            self.add_row(m, {"val/loss": losses[m], "val/acc": accs[m]})
-            self._to_tensorboard(m, {"val/loss": losses[m], "val/acc": accs[m]})
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate("test", batch)
-
-    def on_test_epoch_end(self) -> None:
-        self.test_results = {name: value.tolist() for name, value in self.epoch_values("test").items()}
-        losses, accs = self.test_results["test/loss"], self.test_results["test/acc"]
-        for m in self.active():
-            self._to_tensorboard(m, {"test/loss": losses[m], "test/acc": accs[m]})
+            own = {name: value[m] for name, value in computed.items()}
+            if stage == "val":
+                self.add_row(m, own)
+            self._to_tensorboard(m, own)
 
     # -- each member's TensorBoard log, as Lightning writes a run's ---------------------------------------------
 

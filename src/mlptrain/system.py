@@ -1,4 +1,9 @@
-"""The LightningModule around the MLP: loss, accuracy, optimizer and learning-rate schedule."""
+"""The LightningModule around the MLP: loss, accuracy, optimizer and learning-rate schedule.
+
+`Members` is what a run and a population (mlptrain.population) keep and do alike, on a member axis: the metrics,
+the history, the NaN flags, the place in the epoch, and the lifecycle hooks around them (the engine's training
+step, an epoch's end, the validation and the test). `MLPSystem` is a run's module: one member, which also takes
+Lightning's own loop (one optimizer.step() a mini-batch) and several processes."""
 
 import logging
 import time
@@ -249,6 +254,26 @@ class Members(L.LightningModule):
         """The epoch's training values, each member's (N,) (`epoch_values`): what the subclass records of them."""
         raise NotImplementedError
 
+    def evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """A validation or test mini-batch, into the stage's metrics (`update_metrics`)."""
+        raise NotImplementedError
+
+    def end_evaluation(self, stage: str, values: dict[str, torch.Tensor]) -> None:
+        """The validation's or the test's values, each member's (N,): what the subclass records of them."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.evaluate("val", batch)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.evaluate("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.end_evaluation("val", self.epoch_values("val"))
+
+    def on_test_epoch_end(self) -> None:
+        self.end_evaluation("test", self.epoch_values("test"))
+
     def epoch_values(self, stage: str) -> dict[str, torch.Tensor]:
         """The stage's values over the epoch, named as metrics.csv names them, each member's (N,); the sums reset."""
         members = len(self.histories)  # torchmetrics gives a one-element value as a scalar: each is reshaped
@@ -367,10 +392,10 @@ class MLPSystem(Members):
         self.update_metrics(stage, loss.detach().view(1, 1), size, output.detach().argmax(-1)[None], y)
         return loss
 
-    def _log_epoch(self, stage: str, computed: dict[str, torch.Tensor] | None = None) -> None:
-        """The epoch's values of `stage` (`computed`, or computed now): to Lightning (the progress bar,
-        TensorBoard, the best checkpoint's monitor) and, for training and validation, a row of the history."""
-        values = {name: value[0] for name, value in (computed or self.epoch_values(stage)).items()}
+    def _log_epoch(self, stage: str, computed: dict[str, torch.Tensor]) -> None:
+        """The epoch's values of `stage` (`epoch_values`): to Lightning (the progress bar, TensorBoard, the best
+        checkpoint's monitor) and, for training and validation, a row of the history."""
+        values = {name: value[0] for name, value in computed.items()}
         lrs = self.epoch_lrs[0] if stage == "train" else {}
         for name, value in {**values, **lrs}.items():
             self.log(name, value)
@@ -443,17 +468,11 @@ class MLPSystem(Members):
             epoch = int(self.nonfinite_epoch)
             raise NonFiniteLossError(nonfinite_message(epoch, step, self.hparams.optimizer.get("lr")))
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step("val", batch)
+    def evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._step(stage, batch)
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step("test", batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
+    def end_evaluation(self, stage: str, values: dict[str, torch.Tensor]) -> None:
+        self._log_epoch(stage, values)
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """The network's output, the predicted digit, and a probability per digit (B, 10)."""
