@@ -26,7 +26,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain.config import check
+from mlptrain.config import check, plain
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError
 from mlptrain.losses import make_loss
@@ -124,13 +124,13 @@ def gradient_parity(
     cfg: DictConfig, initial: Sequence[tuple[Array, Array]], baseline: Any, x: Array, y: Array
 ) -> list[dict[str, Any]]:
     """Autograd's gradients of the first batch, in float64, against the baseline's own: per parameter."""
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg = plain(cfg.model)
     model = MLP(**model_cfg).double()
     with torch.no_grad():
         for layer, (weight, bias) in zip(model.layers, initial):
             layer.weight.copy_(torch.from_numpy(weight))
             layer.bias.copy_(torch.from_numpy(bias))
-    loss_fn = make_loss(**OmegaConf.to_container(cfg.loss, resolve=True))
+    loss_fn = make_loss(**plain(cfg.loss))
     loss_fn(model(torch.from_numpy(x).double()), torch.from_numpy(y)).backward()
     rows = []
     for i, (layer, (dw, db)) in enumerate(zip(model.layers, baseline.gradients(x.astype(np.float64), y))):
@@ -157,7 +157,7 @@ def compare(cfg: DictConfig) -> list[dict[str, Any]]:
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, verbose=False)
     data = MNISTDataModule(
-        **{**OmegaConf.to_container(cfg.data, resolve=True), "loader": "tensor"},
+        **{**plain(cfg.data), "loader": "tensor"},
         limit_train_batches=cfg.trainer.limit_train_batches,
     )
     splits = {"val": data.arrays("val"), "test": data.arrays("test")}

@@ -258,6 +258,11 @@ class Rule:
     examples: tuple[tuple[str, ...], ...]  # each a list of command-line overrides that breaks the rule
 
 
+def plain(cfg: Any) -> Any:
+    """A config node resolved, as plain dicts and lists: what files, checkpoints and constructors are given."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
 def _get(cfg: DictConfig, key: str) -> Any:
     value = OmegaConf.select(cfg, key, default=_ABSENT)
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value

@@ -41,7 +41,7 @@ def member_checkpoint(system: PopulationSystem, checkpoint: dict[str, Any], m: i
         ],
         callbacks={
             **{callback.state_key: callback.state_dict() for callback in system.checkpoints[m]},
-            **({"WeightTrajectory": system.trajectories[m].state_dict()} if system.trajectories else {}),
+            **({system.trajectories[m].state_key: system.trajectories[m].state_dict()} if system.trajectories else {}),
             **({STATE_KEY: system.trackers[m].state()} if system.trackers else {}),
         },
         **HPARAMS_AS_KEYWORDS,

@@ -33,10 +33,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from mlptrain.callbacks import Checkpoints, WeightTrajectory
+from mlptrain.config import plain
 from mlptrain.data import Chunk
 from mlptrain.losses import make_loss, member_losses
 from mlptrain.model import MLP, Kind
@@ -48,10 +49,6 @@ from mlptrain.training_path import TrainingPath
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%s][%s][%s] - %s\n"  # a member's log lines, as Hydra's job_logging writes a run's
-
-
-def _container(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def padded(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -84,7 +81,7 @@ class PopulationSystem(Members):
         first = self.cfgs[0]
         self.path, self.compile = path, path.compile  # compiled as a run alone would be (training_path.choose_path)
         self.run_dirs = [Path(cfg.output_dir) for cfg in self.cfgs]
-        self.plain = [_container(cfg) for cfg in self.cfgs]  # each config resolved, for its files and checkpoints
+        self.plain = [plain(cfg) for cfg in self.cfgs]  # each config resolved, for its files and checkpoints
         self.hparams_of = [hyperparameters(cfg, path) for cfg in self.cfgs]  # what MLPSystem would save
         ordered = [settings[m] for m in order]
         parts = side_by_side(ordered)  # the sets of members with equal optimizer settings, slices of the stack
@@ -93,7 +90,7 @@ class PopulationSystem(Members):
         models, generators = [], []
         for cfg in self.cfgs:  # each member's weights, drawn as its run alone draws them
             L.seed_everything(cfg.seed, workers=True, verbose=False)
-            models.append(MLP(**_container(cfg.model)))
+            models.append(MLP(**plain(cfg.model)))
             # Its random generator, where its run alone's stands once the weights are drawn: its dropout masks
             generators.append(torch.Generator().set_state(torch.get_rng_state()))
         # One MLP whose parameters are every member's, stacked: (N, ...) each. Members of different widths (the
@@ -125,11 +122,9 @@ class PopulationSystem(Members):
                 )
                 for part in kinds
             ]
-            self.loss_fn = member_losses(
-                [(part, make_loss(**_container(self.cfgs[part.start].loss))) for part in kinds]
-            )
+            self.loss_fn = member_losses([(part, make_loss(**plain(self.cfgs[part.start].loss))) for part in kinds])
         else:
-            self.loss_fn = make_loss(**_container(first.loss))
+            self.loss_fn = make_loss(**plain(first.loss))
         del models
         self.network.generators = generators if any(cfg.model.dropout for cfg in self.cfgs) else None
         clip = first.trainer.gradient_clip_val
@@ -179,13 +174,13 @@ class PopulationSystem(Members):
         update the stack in place), and its schedule."""
         optimizers = []
         for part in self.parts:
-            config = _container(self.cfgs[part.start].optimizer)
+            config = plain(self.cfgs[part.start].optimizer)
             optimizers.append(make_optimizer(config, [p.detach()[part] for p in self.stacked], self.trainer.precision))
         masks = [mask.to(self.device) for mask in self.masks] if self.masks is not None else None
         self.engine = Engine(
             self.network, self.loss_fn, optimizers, self.parts, self.compile, self.clip, self.norms_of, masks
         )
-        return self.with_schedules(optimizers, _container(self.cfgs[0].scheduler))
+        return self.with_schedules(optimizers, plain(self.cfgs[0].scheduler))
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         chunk: Chunk = batch  # K mini-batches, each member's rows of the training inputs (TensorBatches, gather=False)
@@ -358,7 +353,7 @@ class PopulationSystem(Members):
             for generator, member in zip(self.network.generators, members):
                 generator.set_state(member["rng_state"])
         for member, trajectory in zip(members, self.trajectories or ()):
-            trajectory.load_state_dict(member["callbacks"].get("WeightTrajectory", {}))
+            trajectory.load_state_dict(member["callbacks"].get(trajectory.state_key, {}))
 
     def _summary(self, m: int) -> dict[str, Any]:
         parameters = sum(shape.numel() for shape in self.shapes[m].values())

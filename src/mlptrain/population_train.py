@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mlptrain.callbacks import CheckpointOnStop, Tracking
-from mlptrain.config import check
+from mlptrain.config import check, plain
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import MlptrainError
 from mlptrain.member_checkpoints import MemberCheckpointIO
@@ -49,10 +49,6 @@ from mlptrain.train import (
 from mlptrain.training_path import member_path
 
 log = logging.getLogger(__name__)
-
-
-def _container(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _member_hooks(system: PopulationSystem) -> None:
@@ -102,7 +98,7 @@ def train_population(
             check_ckpt_path(cfg)
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
-            claim(run_dir, _container(cfg))  # a directory holds one run, as train() makes sure
+            claim(run_dir, plain(cfg))  # a directory holds one run, as train() makes sure
         except MlptrainError as error:
             lock.release()
             log.error("%s", error)
@@ -112,7 +108,7 @@ def train_population(
         if store is None and cfg.logger.mlflow.enabled and cfg.resume == "auto":  # one for the members filled in
             from mlptrain.tracking import Store
 
-            store = Store(_container(cfg.logger.mlflow))
+            store = Store(plain(cfg.logger.mlflow))
         done = already_complete(cfg, run_dir, sweep_dir, store)
         if done is not None:
             results[index] = done.get("best_val_acc")
@@ -144,7 +140,7 @@ def _train_group(group: Sequence[Resumed], log_name: str, sweep_dir: Path | None
     if str(first.trainer.precision) in ("64-true", "64"):
         system.double()  # as train() does: weights drawn in float32, trained in float64
     datamodule = MNISTDataModule(
-        **_container(first.data),
+        **plain(first.data),
         steps_per_call=path.steps_per_call,
         limit_train_batches=first.trainer.limit_train_batches,
         gather=False,
@@ -258,7 +254,7 @@ def _fit_and_test(
             path = trajectory.path() if trajectory is not None and trajectory.points else None
             trained = load_trained(tested[m])  # the network best.ckpt holds, as a run's report draws it
             report = partial(
-                write_run_report, run_dir, summary, _container(cfg), trained, datamodule, _container(cfg.report), path
+                write_run_report, run_dir, summary, plain(cfg), trained, datamodule, plain(cfg.report), path
             )
         tested_row = {"epoch": trainer.current_epoch, "step": tested_updates[m], "test/loss": test_loss[m],
                       "test/acc": test_acc[m]}  # fmt: skip

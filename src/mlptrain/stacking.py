@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mlptrain.config import plain
 from mlptrain.training_path import member_path
 
 # Keys in which the members of one population may differ: everything else must be equal to stack them.
@@ -42,16 +43,12 @@ MEMBER_KINDS = (
 MEMBER_WIDTHS = ("model.hidden",)
 
 
-def _container(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
 def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
     """What must be equal for two jobs to train as one population, as a string, and ""; or None and why the job
     cannot be stacked (it then runs on its own, and the launcher's log says why in one line)."""
     job = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("hydra", "output_dir")])
     try:
-        plain = _container(job)
+        values = plain(job)
         path = member_path(job)
     except Exception:  # the job's own run will say what is wrong
         return None, "its config does not resolve or is refused (its run says why)"
@@ -77,22 +74,22 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
     )
     if why is not None:
         return None, why
-    activation = plain["model"]["activation"]
+    activation = values["model"]["activation"]
     own = activation if isinstance(activation, dict) or activation == "maxout" else None
     for key in (*MEMBER_KEYS, *MEMBER_KINDS):
         *parents, last = key.split(".")
-        node = plain
+        node = values
         for part in parents:
             node = node.get(part, {})
         node.pop(last, None)
     if own is None:
-        plain["model"]["hidden"] = f"{len(plain['model']['hidden'])} hidden layers"  # of any widths
-    return repr((sorted(plain.items()), own)), ""
+        values["model"]["hidden"] = f"{len(values['model']['hidden'])} hidden layers"  # of any widths
+    return repr((sorted(values.items()), own)), ""
 
 
 def kind_of(cfg: DictConfig) -> str:
     """What a member computes with (MEMBER_KINDS' values), as a string: members of one kind share them."""
-    return repr([OmegaConf.select(cfg, key) for key in MEMBER_KINDS[:-1]] + [_container(cfg.loss)])
+    return repr([OmegaConf.select(cfg, key) for key in MEMBER_KINDS[:-1]] + [plain(cfg.loss)])
 
 
 def side_by_side(keys: Sequence[Any]) -> list[slice]:
@@ -115,4 +112,4 @@ def _on_gpu(cfg: DictConfig) -> bool:
 
 def optimizer_settings(cfg: DictConfig) -> str:
     """A member's optimizer settings, as a string: members with equal ones share an optimizer."""
-    return repr(sorted(_container(cfg.optimizer).items()))
+    return repr(sorted(plain(cfg.optimizer).items()))

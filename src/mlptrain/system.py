@@ -14,10 +14,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.optim import Optimizer
 from torchmetrics import Metric
 
+from mlptrain.config import plain
 from mlptrain.data import Chunk
 from mlptrain.errors import ConfigError, NonFiniteLossError
 from mlptrain.losses import make_loss
@@ -534,9 +535,6 @@ def nonfinite_message(epoch: int, step: int, lr: Any) -> str:
 def hyperparameters(cfg: DictConfig, path: TrainingPath) -> dict[str, Any]:
     """MLPSystem's arguments for the run `cfg` describes, making its updates as `path` says (training_path.choose_path):
     what its checkpoints save as hyper_parameters."""
-
-    def plain(node: Any) -> Any:
-        return OmegaConf.to_container(node, resolve=True)
 
     return {
         "model": plain(cfg.model),

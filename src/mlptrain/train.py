@@ -31,7 +31,7 @@ from mlptrain.callbacks import (
     Tracking,
     WeightTrajectory,
 )
-from mlptrain.config import check
+from mlptrain.config import check, plain
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunDirError, RunInterrupted
 from mlptrain.predict import Trained
@@ -58,10 +58,6 @@ from mlptrain.training_path import TrainingPath, choose_path, several_processes
 log = logging.getLogger(__name__)
 
 
-def _container(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-
-
 def progress_bar(setting: str | bool) -> bool:
     if setting == "auto":
         return sys.stderr.isatty()  # a bar redrawn in a log file is thousands of lines of noise
@@ -75,7 +71,7 @@ def _make_trainer(
     show_bar = progress_bar(cfg.progress_bar)
     callbacks: list[Callback] = [
         *checkpoints,
-        RecordRun(_container(cfg)),
+        RecordRun(plain(cfg)),
         TrainingTakesSignals(),
         CheckpointOnStop(checkpoints.last),
         *extra_callbacks,
@@ -120,7 +116,7 @@ def tensorboard_logger(run_dir: Path) -> TensorBoardLogger:
 
 def trainer_settings(cfg: DictConfig, steps_per_call: int) -> dict[str, Any]:
     """The trainer.* keys as Lightning's Trainer takes them, for a run making steps_per_call updates a step."""
-    settings = _container(cfg.trainer)
+    settings = plain(cfg.trainer)
     if cfg.data.loader == "tensor":  # the batches apply it, in mini-batches (TensorBatches.limit)
         settings["limit_train_batches"] = None
     if steps_per_call > 1:  # the updates clip inside (step.Engine)
@@ -192,7 +188,7 @@ def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -
         lock.acquire()
     try:
         if writer:
-            claim(run_dir, _container(cfg))  # a directory holds one run: this one, or one it resumes
+            claim(run_dir, plain(cfg))  # a directory holds one run: this one, or one it resumes
         done = already_complete(cfg, run_dir, _sweep(cfg), writer=writer)
         if done is not None:
             return done.get("best_val_acc")
@@ -219,7 +215,7 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         system.double()
     steps_per_call = path.steps_per_call if path else 1
     datamodule = MNISTDataModule(
-        **_container(cfg.data),
+        **plain(cfg.data),
         steps_per_call=steps_per_call,
         limit_train_batches=cfg.trainer.limit_train_batches,
     )
@@ -227,7 +223,7 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         log.info("Training path: %s", path.why)
     trajectory = WeightTrajectory() if cfg.report.landscape else None
     if trajectory is not None and not cfg.train:  # the path kept in the checkpoint's training
-        trajectory.load_state_dict(read_checkpoint(cfg.ckpt_path).get("callbacks", {}).get("WeightTrajectory", {}))
+        trajectory.load_state_dict(read_checkpoint(cfg.ckpt_path).get("callbacks", {}).get(trajectory.state_key, {}))
     extra = [*callbacks, trajectory] if trajectory is not None else list(callbacks)
     tracker = None
     if cfg.logger.mlflow.enabled and writer:  # started before training: a required store that refuses stops it here
@@ -260,10 +256,10 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     report = None
     if cfg.report.enabled and writer:
         # The model's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
-        config = {**_container(cfg), **{key: dict(system.hparams[key]) for key in MODEL_GROUPS}}
+        config = {**plain(cfg), **{key: dict(system.hparams[key]) for key in MODEL_GROUPS}}
         path = trajectory.path() if trajectory is not None and trajectory.points else None
         trained = Trained(system.model, system.loss_fn, dict(system.hparams))
-        report = partial(write_run_report, run_dir, summary, config, trained, datamodule, _container(cfg.report), path)
+        report = partial(write_run_report, run_dir, summary, config, trained, datamodule, plain(cfg.report), path)
     tested_row = {"epoch": trainer.current_epoch, "step": system.updates_done}
     tested_row.update({key: results[key] for key in ("test/loss", "test/acc")})
     write_completed(run_dir, history, tested_row, summary, report, tracker, log.info if writer else lambda line: None)
@@ -279,14 +275,14 @@ def already_complete(
     parent run; `store`: a population's shared one), and the log says there is nothing to do."""
     if not (cfg.train and cfg.resume == "auto"):
         return None
-    done = completed_summary(run_dir, _container(cfg))
+    done = completed_summary(run_dir, plain(cfg))
     if done is None:
         return None
     if cfg.logger.mlflow.enabled and writer:
         from mlptrain.tracking import tracked
 
         found = resume_path(run_dir, repair=False)
-        tracked(_container(cfg), run_dir, read_checkpoint(found) if found else None, None, sweep, store).finish()
+        tracked(plain(cfg), run_dir, read_checkpoint(found) if found else None, None, sweep, store).finish()
     log.info(
         "resume=auto: the run in %s is complete (test accuracy %.4f); nothing to do. Its summary: %s",
         run_dir.resolve(), done["test_acc"], (run_dir / "summary.json").resolve(),
@@ -299,7 +295,7 @@ def _tracker(cfg: DictConfig, run_dir: Path, resumed: str | None, why: str | Non
     `resumed` (a checkpoint of this run directory) names one."""
     from mlptrain.tracking import tracked
 
-    return tracked(_container(cfg), run_dir, read_checkpoint(resumed) if resumed else None, why, _sweep(cfg))
+    return tracked(plain(cfg), run_dir, read_checkpoint(resumed) if resumed else None, why, _sweep(cfg))
 
 
 def _sweep(cfg: DictConfig) -> Path | None:
@@ -317,7 +313,7 @@ MODEL_GROUPS = ("model", "loss", "optimizer", "scheduler")  # what a checkpoint'
 def _evaluated(cfg: DictConfig, system: MLPSystem) -> dict[str, Any]:
     """train=false's config.yaml: the config, with the model.*, loss.*, optimizer.* and scheduler.* of the network
     it evaluates, the checkpoint's (the command line's are not used); one log line names those that differed."""
-    config = _container(cfg)
+    config = plain(cfg)
     given = flat({group: config[group] for group in MODEL_GROUPS})
     config.update({group: dict(system.hparams[group]) for group in MODEL_GROUPS})
     held = flat({group: config[group] for group in MODEL_GROUPS})
