@@ -256,9 +256,7 @@ class PopulationSystem(Members):
             values = {name: value[m] for name, value in computed.items()}
             self.add_row(m, {**values, **self.epoch_lrs[m]})
             self._to_tensorboard(m, {**values, **self.epoch_lrs[m]})
-            row = self.histories[m][-1]  # the epoch's line, as a run logs it
-            shown = "  ".join(f"{key} {row[key]:.4f}" for key in sorted(row) if key.split("/")[0] in ("train", "val"))
-            self.note(m, f"epoch {self.current_epoch}  {shown}")
+            self.note(m, self.epoch_line(m))  # as a run logs it, with the population's training time
         active = self.active()
         if active:
             log.info(

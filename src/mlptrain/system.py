@@ -288,6 +288,13 @@ class Members(L.LightningModule):
             metric.reset()
         return values
 
+    def epoch_line(self, m: int) -> str:
+        """Member m's log line for the epoch that ended: its values (its history's last row: the training and the
+        validation that ended the epoch) and the epoch's training time."""
+        row = self.histories[m][-1]
+        shown = "  ".join(f"{key} {row[key]:.4f}" for key in sorted(row) if key.split("/")[0] in STAGES)
+        return f"epoch {self.current_epoch}  {shown}  ({self.epoch_seconds[-1]:.1f} s training)"
+
     def add_row(self, m: int, values: dict[str, float]) -> None:
         """A row of member m's history: an epoch's training joins the validation that ended it, one row an epoch."""
         row = {"epoch": self.current_epoch, "step": self.updates_done, **values}
@@ -440,11 +447,7 @@ class MLPSystem(Members):
     def end_training_epoch(self, values: dict[str, torch.Tensor]) -> None:
         self._log_epoch("train", values)
         if self.trainer.is_global_zero:  # one line per epoch, for logs where no progress bar is drawn
-            values = self.trainer.callback_metrics
-            shown = "  ".join(
-                f"{key} {float(values[key]):.4f}" for key in sorted(values) if key.split("/")[0] in STAGES
-            )
-            log.info("epoch %d  %s  (%.1f s training)", self.current_epoch, shown, self.epoch_seconds[-1])
+            log.info("%s", self.epoch_line(0))
 
     def epoch_train_loss(self) -> float:
         """The mean training loss over the examples of the epoch so far (read before the epoch's end resets it)."""
