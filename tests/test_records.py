@@ -33,6 +33,23 @@ def rows(run_dir: str | Path) -> list[dict[str, str]]:
     return list(csv.DictReader((Path(run_dir) / "metrics.csv").open()))
 
 
+def test_each_epoch_line_gives_that_epochs_values_only(make_cfg: MakeCfg, caplog: pytest.LogCaptureFixture) -> None:
+    """The log's line an epoch is its row of the history: an epoch without a validation (check_val_every_n_epoch)
+    shows none, not the last one's (Lightning's callback_metrics keep it)."""
+    cfg = make_cfg("trainer.max_epochs=3", "+trainer.check_val_every_n_epoch=2", *TWO_EPOCHS[1:])
+    with caplog.at_level(logging.INFO, logger="mlptrain"):
+        train(cfg)
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("epoch ")]
+    assert [("val/acc" in line, line.endswith(" s training)")) for line in lines] == [
+        (False, True), (True, True), (False, True)
+    ]  # fmt: skip
+    table = rows(cfg.output_dir)
+    assert (
+        f"val/acc {float(table[1]['val/acc']):.4f}" in lines[1]
+        and f"train/loss {float(table[2]['train/loss']):.4f}" in lines[2]
+    )
+
+
 def test_metrics_csv_has_a_row_an_epoch_and_the_test_from_the_checkpoints_history(make_cfg: MakeCfg) -> None:
     cfg = make_cfg(*TWO_EPOCHS, "log_grad_norms=true")
     train(cfg)
