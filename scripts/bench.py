@@ -10,6 +10,7 @@ against a bare PyTorch loop, the DataLoader path and the NumPy baseline; and who
     python scripts/bench.py members=[20,200] runs=3  # N Nielsen members, 1 epoch: population against a stacked loop
     python scripts/bench.py gradients=true           # ms per update of N members' gradients, eager and compiled
     python scripts/bench.py one=true runs=3          # a single run against a population of one, 3 epochs
+    python scripts/bench.py against=HEAD~3 runs=5    # python train.py here against another commit's, whole processes
     python scripts/bench.py commands=true runs=5     # every command's wall time and peak memory, train.py's phases
     python scripts/bench.py tracked=200 runs=3       # a population of 200 with logger=mlflow against logger=csv
 
@@ -98,6 +99,7 @@ DEFAULTS = {
     "train_overrides": [],  # commands: overrides for its train.py and population runs (the default run if none)
     "tracked": None,  # N: a population of N members with logger=mlflow against logger=csv (tracking_table)
     "tracked_epochs": 2,  # tracked: the population's epochs
+    "against": None,  # a git commit: python train.py here against that commit's (against_table)
 }
 # gradients=true: (setup, overrides, members) of each row
 GRADIENT_ROWS = [("default", [], 1), ("default", [], 12), ("nielsen", ["experiment=nielsen"], 1)]
@@ -456,6 +458,38 @@ def one_member_table(runs: int) -> list[dict[str, Any]]:
     return rows
 
 
+# against=REV's setups: the default run, and experiment=nielsen for 3 epochs (pictures included, as a user runs them)
+AGAINST_SETUPS = [("default", []), ("nielsen, 3 epochs", ["experiment=nielsen", "trainer.max_epochs=3"])]
+
+
+def against_table(rev: str, runs: int, extra: list[str]) -> list[dict[str, Any]]:
+    """`python train.py` of this checkout against the same command of commit `rev` (a git worktree of it, its
+    src/ first on Python's path), whole processes timed start to exit, taking turns, `runs` times each, for each
+    of AGAINST_SETUPS (`extra`: overrides added to each); each row says whether the two runs' metrics.csv are the
+    same bytes."""
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        other = Path(scratch) / "other"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(other), rev], cwd=ROOT, check=True, capture_output=True
+        )
+        try:
+            for index, (setup, overrides) in enumerate(AGAINST_SETUPS):
+                measured: dict[str, list[tuple[float, float]]] = {rev: [], "this checkout": []}
+                for turn in range(runs):
+                    for side, (name, root) in enumerate(((rev, other), ("this checkout", ROOT))):
+                        run_dir = Path(scratch) / f"run-{index}-{side}-{turn}"
+                        command = ["train.py", *overrides, *extra, "progress_bar=false", f"hydra.run.dir={run_dir}"]
+                        measured[name].append(timed_process([sys.executable, *command], root=root))
+                first = [Path(scratch) / f"run-{index}-{side}-0" for side in (0, 1)]
+                same = len({(run_dir / "metrics.csv").read_bytes() for run_dir in first}) == 1
+                fields = {name: {"setup": setup, "same_metrics_csv": same} for name in measured}
+                rows += timing_rows(measured, rev, f"x_{rev}", fields)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, capture_output=True)
+    return rows
+
+
 # Starts a command and reports its wall time, exit status and peak memory. The command is this small process's
 # child, not the benchmark's: Linux keeps the high-water mark of the memory a process had before exec() in its
 # ru_maxrss, and a child forked from the benchmark (torch and Lightning loaded) would report at least that.
@@ -468,15 +502,19 @@ print(json.dumps([time.perf_counter() - started, os.waitstatus_to_exitcode(statu
 """
 
 
-def timed_process(command: list[str], cache: str | None = None, exit_status: int = 0) -> tuple[float, float]:
-    """Run `command` from the repository root; (seconds from start to exit, peak resident memory in MiB).
-    cache: torch.compile's cache directory for it (TORCHINDUCTOR_CACHE_DIR), else the usual one. Its stderr
-    goes to a file, not a pipe: a pipe nobody reads would block a process that writes much to it. RuntimeError
-    unless it exits with `exit_status`."""
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache} if cache is not None else None
+def timed_process(
+    command: list[str], cache: str | None = None, exit_status: int = 0, root: Path = ROOT
+) -> tuple[float, float]:
+    """Run `command` from the repository root (`root`: another checkout's, its src/ first on Python's path);
+    (seconds from start to exit, peak resident memory in MiB). cache: torch.compile's cache directory for it
+    (TORCHINDUCTOR_CACHE_DIR), else the usual one. Its stderr goes to a file, not a pipe: a pipe nobody reads
+    would block a process that writes much to it. RuntimeError unless it exits with `exit_status`."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache} if cache is not None else dict(os.environ)
+    if root != ROOT:
+        env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), *filter(None, [env.get("PYTHONPATH")])])
     with tempfile.TemporaryFile() as stderr:
         launched = subprocess.run(
-            [sys.executable, "-c", _LAUNCHER, *command], cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, env=env
+            [sys.executable, "-c", _LAUNCHER, *command], cwd=root, stdout=subprocess.PIPE, stderr=stderr, env=env
         )
         if launched.returncode != 0:
             stderr.seek(0)
@@ -805,6 +843,16 @@ if __name__ == "__main__":
             )
         Path(args.out).write_text(json.dumps({"rows": rows}, indent=2) + "\n")
         print(f"JSON: {args.out}")
+        sys.exit(0)
+    if args.against:
+        rev = str(args.against)
+        print_rows(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.runs}, taking turns",
+            ["setup", "system", "wall s", "runs", f"× {rev}", "peak RSS MiB", "same metrics.csv"],
+            ["setup", "system", "wall_s", "runs_s", f"x_{rev}", "peak_rss_mb", "same_metrics_csv"],
+            against_table(rev, args.runs, list(args.overrides)),
+            args.out,
+        )
         sys.exit(0)
     if args.one:
         print_rows(

@@ -55,3 +55,18 @@ def test_bench_times_every_command_its_phases_and_the_targets(tmp_path: Path) ->
     assert sum(phases.values()) == pytest.approx(rows["python train.py"]["wall_s"], rel=0.05)
     assert result["targets"][0][0].startswith("python train.py: wall")
     assert "| target | measured | met |" in done.stdout
+
+
+def test_bench_against_another_commit_times_both_and_compares_their_records(tmp_path: Path) -> None:
+    """against=HEAD: the committed code against the working tree's (the same here, unless a change is under way in
+    system code): whole processes of each setup, and whether their metrics.csv are the same bytes."""
+    out = tmp_path / "against.json"
+    short = "overrides=[data.train_size=2000,data.val_size=1000,report.enabled=false]"
+    done = run_python("scripts/bench.py", "against=HEAD", "runs=1", short, f"out={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["setup"], row["system"]) for row in rows] == [
+        (setup, system) for setup in ("default", "nielsen, 3 epochs") for system in ("HEAD", "this checkout")
+    ]
+    assert all(row["wall_s"] > 0 and row["same_metrics_csv"] for row in rows)
+    assert rows[0]["x_HEAD"] == 1.0 and "| nielsen, 3 epochs | this checkout |" in done.stdout
