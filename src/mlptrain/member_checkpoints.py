@@ -49,8 +49,7 @@ def member_checkpoint(system: PopulationSystem, checkpoint: dict[str, Any], m: i
         config=system.plain[m],
         library_versions=library_versions(),
         rng_states={"torch": _rng_state(system, m)},
-        history=[dict(row) for row in system.histories[m]],
-        epoch_lrs=dict(system.epoch_lrs[m]),
+        **system.records_of(m),
     )
     schedulers = checkpoint.get("lr_schedulers", [])
     member["lr_schedulers"] = [schedulers[s]] if schedulers else []

@@ -316,6 +316,10 @@ class Members(L.LightningModule):
         checkpoint["updates_done"] = self.updates_done
         checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
 
+    def records_of(self, m: int) -> dict[str, Any]:
+        """Member m's records as its checkpoint keeps them (a run's, or a population member's own)."""
+        return {"history": [dict(row) for row in self.histories[m]], "epoch_lrs": dict(self.epoch_lrs[m])}
+
     def restore_records(self, checkpoint: dict[str, Any], members: Sequence[dict[str, Any]]) -> None:
         """Where `checkpoint` stood, and each member's records from its part of it (a run's: the checkpoint)."""
         self.updates_done = self.updates_checked = checkpoint.get("updates_done", checkpoint.get("global_step", 0))
@@ -437,8 +441,7 @@ class MLPSystem(Members):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["history"] = [dict(row) for row in self.history]
-        checkpoint["epoch_lrs"] = dict(self.epoch_lrs[0])
+        checkpoint.update(self.records_of(0))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         upgrade(checkpoint["state_dict"])  # before Lightning loads it
