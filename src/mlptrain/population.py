@@ -251,18 +251,17 @@ class PopulationSystem(Members):
 
     def end_training_epoch(self, values: dict[str, torch.Tensor]) -> None:
         computed = {name: value.tolist() for name, value in values.items()}
-        loss = computed["train/loss"]
-        for m in self.active():
-            values = {name: value[m] for name, value in computed.items()}
-            self.add_row(m, {**values, **self.epoch_lrs[m]})
-            self._to_tensorboard(m, {**values, **self.epoch_lrs[m]})
-            self.note(m, self.epoch_line(m))  # as a run logs it, with the population's training time
         active = self.active()
+        for m in active:
+            own = {**{name: value[m] for name, value in computed.items()}, **self.epoch_lrs[m]}
+            self.add_row(m, own)
+            self._to_tensorboard(m, own)
+            self.note(m, self.epoch_line(m))  # as a run logs it, with the population's training time
         if active:
             log.info(
                 "epoch %d  train/loss %.4f  val/acc %.4f (means over %d members)  (%.1f s training)",
-                self.current_epoch, sum(loss[m] for m in active) / len(active), self._mean_val_acc(active),
-                len(active), self.epoch_seconds[-1],
+                self.current_epoch, sum(computed["train/loss"][m] for m in active) / len(active),
+                self._mean_val_acc(active), len(active), self.epoch_seconds[-1],
             )  # fmt: skip
         self._mark_best()
 
