@@ -401,15 +401,15 @@ def member_gradients_table() -> list[dict[str, Any]]:
 
 
 def gradient_row(setup: str, overrides: list[str], members: int) -> dict[str, Any]:
-    from mlptrain.population import PopulationSystem
+    from mlptrain.system import MLPSystem
 
     with tempfile.TemporaryDirectory() as scratch:
         cfgs = [_compose([*overrides, f"seed={m + 1}"], Path(scratch) / str(m)) for m in range(members)]
-    system = PopulationSystem(cfgs, choose_path(cfgs[0]))
+    system = MLPSystem.population(cfgs, choose_path(cfgs[0]))
     batch = cfgs[0].data.batch_size
     x, y = torch.rand(members, batch, 784), torch.randint(0, 10, (members, batch))
     calls = 30 if members > 50 else 200
-    network, loss_fn, params = system.network, system.loss_fn, dict(system.network.named_parameters())
+    network, loss_fn, params = system.model, system.loss_fn, dict(system.model.named_parameters())
     eager = median_ms(lambda: member_gradients(network, loss_fn, params, x, y, system.clip, system.norms_of), calls)
 
     def traced(values: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> tuple[Any, ...]:

@@ -366,18 +366,18 @@ def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
     import os
     import signal
 
-    from mlptrain.population import PopulationSystem
+    from mlptrain.system import MLPSystem
 
     calls: list[int] = []
-    original = PopulationSystem.training_step
+    original = MLPSystem.training_step
 
-    def step_then_stop(self: PopulationSystem, batch: object, batch_idx: int) -> None:
+    def step_then_stop(self: MLPSystem, batch: object, batch_idx: int) -> None:
         calls.append(batch_idx)
         if len(calls) == 6:  # epoch 1's second training step (4 an epoch)
             os.kill(os.getpid(), signal.SIGTERM)  # as a cluster's preemption sends it: to the process
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(PopulationSystem, "training_step", step_then_stop)
+    monkeypatch.setattr(MLPSystem, "training_step", step_then_stop)
     overrides = ("optimizer=sgd", "optimizer.lr=0.02", "optimizer.momentum=0.9", "scheduler=none", "model.dropout=0.2")
     overrides += ("logger=tensorboard",)
     folder = sweep(tmp_path, capsys, *overrides, "seed=1,2", ends=1)  # as an interrupted run ends
@@ -385,7 +385,7 @@ def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
         assert json.loads((folder / str(number) / "summary.json").read_text())["status"] == "interrupted"
         saved = torch.load(folder / str(number) / "checkpoints" / "last.ckpt", weights_only=True)
         assert saved["MNISTDataModule"] == {"epoch": 1, "batches_done": 40}
-    monkeypatch.setattr(PopulationSystem, "training_step", original)
+    monkeypatch.setattr(MLPSystem, "training_step", original)
     runs = [alone(tmp_path, f"alone{number}", *overrides, f"seed={number + 1}") for number in (0, 1)]
     # Member 1, resumed in its directory by a run of its own (the same config): the run that was never stopped.
     train(compose_config([*SHORT, *overrides, "seed=2", "resume=auto"], folder / "1"))

@@ -9,13 +9,13 @@ import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from mlptrain.frameworks import HPARAMS_AS_KEYWORDS
-from mlptrain.population import PopulationSystem, cut, padded
+from mlptrain.model import cut, padded
 from mlptrain.rundir import library_versions, write_durably, write_metrics
-from mlptrain.system import TRAINING_STATES, upgrade
+from mlptrain.system import TRAINING_STATES, MLPSystem, upgrade
 from mlptrain.tracking import STATE_KEY
 
 
-def member_checkpoint(system: PopulationSystem, checkpoint: dict[str, Any], m: int) -> dict[str, Any]:
+def member_checkpoint(system: MLPSystem, checkpoint: dict[str, Any], m: int) -> dict[str, Any]:
     """Member m's part of the population's checkpoint, as its run alone would have saved it then."""
     s = system.set_of[m]
     offset = m - system.parts[s].start
@@ -56,19 +56,19 @@ def member_checkpoint(system: PopulationSystem, checkpoint: dict[str, Any], m: i
     return member
 
 
-def _rng_state(system: PopulationSystem, m: int) -> torch.Tensor:
+def _rng_state(system: MLPSystem, m: int) -> torch.Tensor:
     """Member m's random generator's state, as its run alone's checkpoint keeps the process's."""
-    generators = system.network.generators
+    generators = system.model.generators
     return generators[m].get_state() if generators is not None else torch.get_rng_state()
 
 
-def population_checkpoint(system: PopulationSystem) -> dict[str, Any]:
+def population_checkpoint(system: MLPSystem) -> dict[str, Any]:
     """The population's checkpoint, stacked from its members' (system.resumed): what Lightning restores."""
     members = system.resumed
     assert members is not None
     first = members[0]
     state_dict = {
-        f"network.{name}": torch.stack([padded(c["state_dict"][f"model.{name}"], system.full[name]) for c in members])
+        f"model.{name}": torch.stack([padded(c["state_dict"][f"model.{name}"], system.full[name]) for c in members])
         for name in system.names
     }
     for c in members:
@@ -112,9 +112,9 @@ class MemberCheckpointIO(CheckpointIO):
     """Lightning's checkpoint of the population, written as each member's: last.ckpt always, best.ckpt where
     the member's val/acc is its best so far, then its metrics.csv from the history the checkpoint holds, all
     durably (mlptrain.rundir). Failed members are left as they were. Loading gives the population's checkpoint
-    stacked from the members' own (PopulationSystem.resumed, population_checkpoint)."""
+    stacked from the members' own (MLPSystem.resumed, population_checkpoint)."""
 
-    def __init__(self, system: PopulationSystem) -> None:
+    def __init__(self, system: MLPSystem) -> None:
         self.system = system
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:

@@ -1,7 +1,7 @@
 """The multi-layer perceptron: a plain nn.Module, layer by layer a' = σ(W a + b).
 
 The same module evaluates N networks of its shape at once when its parameters carry a leading member axis
-(weights (N, out, in), biases (N, out)), as a population holds them (mlptrain.population): inputs (N, B, 784),
+(weights (N, out, in), biases (N, out)), as a population holds them (system.MLPSystem): inputs (N, B, 784),
 or (B, 784) shared by every member, give outputs (N, B, 10), one batched matrix product per layer."""
 
 from collections.abc import Callable, Mapping, Sequence
@@ -87,11 +87,11 @@ class MLP(nn.Module):
         pieces = [act.pieces if isinstance(act, Maxout) else 1 for act in self.activations] + [1]
         self.layers = nn.ModuleList(Linear(n_in, n_out * k) for n_in, n_out, k in zip(widths[:-1], widths[1:], pieces))
         self.dropout = nn.Dropout(dropout)
-        # A population's members' own random generators, one each (mlptrain.population): each member's dropout
+        # A population's members' own random generators, one each (system.MLPSystem): each member's dropout
         # masks are drawn from its own, as its run alone draws them from the process's generator.
         self.generators: list[torch.Generator] | None = None
         # A population whose members differ in activation, output activation or dropout rate: each kind of
-        # member's slice of the stack, with its own (mlptrain.population); None where every member is alike.
+        # member's slice of the stack, with its own (system.MLPSystem); None where every member is alike.
         self.kinds: list[Kind] | None = None
         # A population whose members differ in width (depth equal), zero-padded to the widest: each member's own
         # hidden widths, to draw its dropout masks at its own width; None where every member is alike.
@@ -106,7 +106,7 @@ class MLP(nn.Module):
 
     @property
     def stacked(self) -> bool:
-        """Whether the weights are N members' stacked, (N, out, in): a population's network (population.py)."""
+        """Whether the weights are N members' stacked, (N, out, in): a population's (system.MLPSystem)."""
         return self.layers[0].weight.dim() == 3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,9 +143,23 @@ class MLP(nn.Module):
 
 class Kind(NamedTuple):
     """Members of a stacked MLP that share activations, output activation and dropout rate: their slice of the
-    member axis, and theirs (a population's members may differ in these, mlptrain.population)."""
+    member axis, and theirs (a population's members may differ in these: system.MLPSystem)."""
 
     part: slice
     activations: nn.ModuleList
     output_activation: nn.Module
     dropout: float
+
+
+def padded(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """tensor, zero-padded at the end of each axis to `shape` (a population's member narrower than the widest)."""
+    if tensor.shape == shape:
+        return tensor
+    out = tensor.new_zeros(shape)
+    out[tuple(slice(0, n) for n in tensor.shape)] = tensor
+    return out
+
+
+def cut(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A member's own part of its padded tensor (padded's inverse), as a tensor of its own."""
+    return tensor[tuple(slice(0, n) for n in shape)].clone()

@@ -21,7 +21,7 @@ from mlptrain.config import check, plain
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import MlptrainError
 from mlptrain.member_checkpoints import MemberCheckpointIO
-from mlptrain.population import PopulationSystem, padded
+from mlptrain.model import padded
 from mlptrain.predict import load_trained
 from mlptrain.report import write_run_report
 from mlptrain.rundir import (
@@ -36,6 +36,7 @@ from mlptrain.rundir import (
     yaml_text,
 )
 from mlptrain.signals import TrainingTakesSignals
+from mlptrain.system import MLPSystem
 from mlptrain.train import (
     already_complete,
     check_ckpt_path,
@@ -51,7 +52,7 @@ from mlptrain.training_path import member_path
 log = logging.getLogger(__name__)
 
 
-def _member_hooks(system: PopulationSystem) -> None:
+def _member_hooks(system: MLPSystem) -> None:
     """Write each member's config.yaml and its training path, as train() does first."""
     for m, run_dir in enumerate(system.run_dirs):
         write_text_durably(run_dir / "config.yaml", yaml_text(system.plain[m]))
@@ -132,7 +133,7 @@ def _train_group(group: Sequence[Resumed], log_name: str, sweep_dir: Path | None
     first = cfgs[0]
     paths = [member_path(cfg) for cfg in cfgs]  # compiled where each member's run alone would be (dropout: not)
     path = next((path for path in paths if not path.compile), paths[0])
-    system = PopulationSystem(cfgs, path)
+    system = MLPSystem.population(cfgs, path)
     system.log_name = log_name
     checkpoints = {Path(cfg.output_dir): checkpoint for cfg, checkpoint, _ in group}
     resumed = [checkpoints[run_dir] for run_dir in system.run_dirs]
@@ -185,7 +186,7 @@ def _train_group(group: Sequence[Resumed], log_name: str, sweep_dir: Path | None
         _finish_tracking(system)  # from the files just written: each member's MLflow run equals them
 
 
-def _finish_tracking(system: PopulationSystem) -> None:
+def _finish_tracking(system: MLPSystem) -> None:
     """Each member's MLflow run filled in from its files, and ended, by the store's thread; done on return."""
     for tracker in system.trackers or ():
         tracker.finish(wait=False)
@@ -193,7 +194,7 @@ def _finish_tracking(system: PopulationSystem) -> None:
         system.trackers[0].store.wait()
 
 
-def _trackers(system: PopulationSystem, group: Sequence[Resumed], sweep_dir: Path | None) -> list[Any]:
+def _trackers(system: MLPSystem, group: Sequence[Resumed], sweep_dir: Path | None) -> list[Any]:
     """Each member's MLflow run (logger=mlflow), started, or continued where it resumes its own directory's
     checkpoint (not another run's ckpt_path), a child of the sweep's, on one Store: a store that fails is one
     warning for them all."""
@@ -210,7 +211,7 @@ def _trackers(system: PopulationSystem, group: Sequence[Resumed], sweep_dir: Pat
 
 
 def _fit_and_test(
-    system: PopulationSystem, trainer: Any, datamodule: MNISTDataModule, resumed_from: str | None, folder: Path
+    system: MLPSystem, trainer: Any, datamodule: MNISTDataModule, resumed_from: str | None, folder: Path
 ) -> dict[Path, float | None]:
     """Fit the population (from `resumed_from`, where it resumes), test each member at its best and write its
     files; each member's best val/acc (None where it failed)."""
@@ -224,7 +225,7 @@ def _fit_and_test(
         system.finish_tensorboards("failed")
         for m in system.active():
             system.note(
-                m, write_failed(system.run_dirs[m], system.histories[m], system._summary(m), str(error)), "ERROR"
+                m, write_failed(system.run_dirs[m], system.histories[m], system.summary_of(m), str(error)), "ERROR"
             )
         return {run_dir: None for run_dir in system.run_dirs}
     except (KeyboardInterrupt, SystemExit):  # a run's message, of the sweep's folder, in each member's log too
@@ -232,7 +233,7 @@ def _fit_and_test(
         last = next((path for m in system.active() if (path := system.checkpoints[m].paths()["last"])), None)
         message = str(interrupted(folder, trainer.current_epoch, last, sweep=True))
         for m in system.active():
-            write_summary(system.run_dirs[m], {**system._summary(m), "status": "interrupted"})
+            write_summary(system.run_dirs[m], {**system.summary_of(m), "status": "interrupted"})
             system.note(m, message, "ERROR")
         log.error("%s", message)
         return {run_dir: None for run_dir in system.run_dirs}
@@ -247,7 +248,7 @@ def _fit_and_test(
     results: dict[Path, float | None] = {run_dir: None for run_dir in system.run_dirs}
     for m in system.active():
         run_dir, cfg = system.run_dirs[m], system.cfgs[m]
-        summary = {**system._summary(m), "global_steps": global_steps, "tested_checkpoint": tested[m]}
+        summary = {**system.summary_of(m), "global_steps": global_steps, "tested_checkpoint": tested[m]}
         report = None
         if cfg.report.enabled and tested[m]:
             trajectory = system.trajectories[m] if system.trajectories is not None else None
@@ -267,7 +268,7 @@ def _fit_and_test(
     return results
 
 
-def at_best(system: PopulationSystem, tested: dict[int, str | None]) -> tuple[list[torch.Tensor], list[int]]:
+def at_best(system: MLPSystem, tested: dict[int, str | None]) -> tuple[list[torch.Tensor], list[int]]:
     """What the population is tested with, as a run tests its best.ckpt: the stacked parameters, each member's
     from the checkpoint its ModelCheckpoint(monitor=val/acc) names (`tested`; its weights as they are where it
     names none, or the member failed), and the updates made at each."""

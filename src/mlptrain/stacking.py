@@ -7,7 +7,7 @@ Members of one population may differ in MEMBER_KEYS (seeds, init, the optimizer'
 Imports neither torch nor Lightning where it can: the launcher groups a sweep's jobs with it before training.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -87,9 +87,11 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
     return repr((sorted(values.items()), own)), ""
 
 
-def kind_of(cfg: DictConfig) -> str:
-    """What a member computes with (MEMBER_KINDS' values), as a string: members of one kind share them."""
-    return repr([OmegaConf.select(cfg, key) for key in MEMBER_KINDS[:-1]] + [plain(cfg.loss)])
+def kind_of(hparams: Mapping[str, Any]) -> str:
+    """What a member computes with (MEMBER_KINDS' values), as a string: members of one kind share them.
+    hparams: the member's system.hyperparameters (plain dicts of its model, loss and optimizer)."""
+    model = hparams["model"]
+    return repr([model.get(key.split(".")[1]) for key in MEMBER_KINDS[:-1]] + [dict(hparams["loss"])])
 
 
 def side_by_side(keys: Sequence[Any]) -> list[slice]:
@@ -110,6 +112,7 @@ def _on_gpu(cfg: DictConfig) -> bool:
     return str(cfg.trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def optimizer_settings(cfg: DictConfig) -> str:
-    """A member's optimizer settings, as a string: members with equal ones share an optimizer."""
-    return repr(sorted(plain(cfg.optimizer).items()))
+def optimizer_settings(hparams: Mapping[str, Any]) -> str:
+    """A member's optimizer settings (of its system.hyperparameters), as a string: members with equal ones share an
+    optimizer."""
+    return repr(sorted(hparams["optimizer"].items()))

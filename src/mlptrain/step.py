@@ -9,7 +9,7 @@ leading member axis (a population's, model.MLP): every member's step at once. `t
 over copies of its inputs), which is what torch.compile traces; `Engine` makes the same two calls in place
 through the model's own parameters, which is faster uncompiled.
 `Engine` runs K mini-batches per Lightning training step, for a single run (MLPSystem) and for a population
-(PopulationSystem) alike, eagerly or in groups compiled by `torch.compile`, and keeps each
+(MLPSystem.population) alike, eagerly or in groups compiled by `torch.compile`, and keeps each
 `torch.optim.Optimizer` (its state, its param_groups that the schedulers change) in step with what it
 computed, so checkpoints, schedulers and resuming see ordinary optimizers. Which of its ways a run takes is
 decided by the path policy, mlptrain.training_path."""

@@ -15,20 +15,24 @@ from typing import Any
 import lightning as L
 import torch
 from omegaconf import DictConfig
+from torch import nn
 from torch.optim import Optimizer
 from torchmetrics import Metric
 
+from mlptrain.callbacks import Checkpoints, WeightTrajectory
 from mlptrain.config import plain
 from mlptrain.data import Chunk
 from mlptrain.errors import ConfigError, NonFiniteLossError
-from mlptrain.losses import make_loss
-from mlptrain.model import MLP
+from mlptrain.losses import make_loss, member_losses
+from mlptrain.model import MLP, Kind, cut, padded
 from mlptrain.predict import probabilities
-from mlptrain.rundir import read_checkpoint, unloadable
+from mlptrain.rundir import read_checkpoint, running_summary, summarize, unloadable, write_failed
+from mlptrain.stacking import kind_of, optimizer_settings, side_by_side
 from mlptrain.step import Clip, Engine, make_optimizer
 from mlptrain.training_path import TrainingPath
 
 STAGES = ("train", "val", "test")
+LOG_FORMAT = "[%s][%s][%s] - %s\n"  # a population member's log lines, as Hydra's job_logging writes a run's
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,7 @@ def upgrade(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class Members(L.LightningModule):
-    """What a run (MLPSystem: one member) and a population (mlptrain.population.PopulationSystem: N members)
+    """What a run (MLPSystem with one member) and a population (MLPSystem.population: N members)
     keep alike, every value with a leading member axis: each stage's metrics, the gradient norms, the first
     non-finite training loss, the updates made and the place in the epoch, each member's history (metrics.csv's
     rows) and learning rates; and the hooks that keep them. A subclass calls `keep_records` in its __init__ and
@@ -330,17 +334,28 @@ class Members(L.LightningModule):
 
 
 class MLPSystem(Members):
-    """Trains an `MLP` and reports `train/loss`, `train/acc`, `val/loss`, `val/acc`, `test/loss`, `test/acc`: a run,
-    whose records are a population's of one member (`Members`).
+    """Trains N >= 1 MLPs, its members, and reports each one's `train/loss`, `train/acc`, `val/loss`, `val/acc`,
+    `test/loss` and `test/acc`, kept as `Members` keeps them. A run is one member; a population
+    (hydra/launcher=population) is N, built by `MLPSystem.population(cfgs, path)`.
 
-    Every argument is a plain dict of the config group of the same name, so the hyperparameters
-    saved in checkpoints rebuild the run with `MLPSystem.load_from_checkpoint(path)`.
+    Every argument is a plain dict of the config group of the same name, so the hyperparameters saved in a run's
+    checkpoints rebuild it (`load_checkpoint`). A run's MLP holds its member's own parameters (a stack of one:
+    model.MLP evaluates one network or N stacked); its values go to Lightning's log (the progress bar,
+    TensorBoard, ModelCheckpoint's monitor), and its first NaN or infinite loss stops it (NonFiniteLossError).
 
-    steps_per_call = 1 is Lightning's own loop: one mini-batch and one `optimizer.step()` per training step.
-    K > 1 gives each training step K mini-batches, and `step.Engine` (a population's engine, with one network)
-    makes their K updates with the same maths (torch.optim's functional updates, autograd's gradients), without
-    Lightning's per-step overhead; `compile` also runs them through torch.compile. How train(cfg) chooses:
-    `training_path.choose_path`.
+    `members`: a population's, each its arguments (`hyperparameters`) and its seed, in `population`'s order (the
+    arguments are the first's). Its MLP's parameters are every member's, stacked (N, ...): members of one kind
+    side by side (stacking.MEMBER_KINDS: each kind's slice has its own activations and cost), and within a kind
+    those with equal optimizer settings (a torch.optim optimizer each, over its slice of the stack). Members
+    narrower than the widest (MEMBER_WIDTHS) are zero-padded to it, and their padding's gradients held at zero.
+    Each member's records go to its own directory (`note`, its TensorBoard log, its checkpoints, which
+    mlptrain.member_checkpoints cuts out of the population's), and a member whose loss turns NaN or infinite
+    fails as a run alone fails, with its message, and is masked: its records stop, the others train on.
+
+    steps_per_call = 1 is Lightning's own loop (a run's): one mini-batch and one `optimizer.step()` per training
+    step. K > 1 gives each training step K mini-batches, whose updates `step.Engine` makes with the same maths
+    (torch.optim's updates, autograd's gradients) without Lightning's per-step overhead; `compile` also runs them
+    through torch.compile. How train(cfg) chooses: `training_path.choose_path`.
     """
 
     def __init__(
@@ -355,47 +370,185 @@ class MLPSystem(Members):
         compile: bool = False,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
+        members: Sequence[tuple[Mapping[str, Any], int]] = (),
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = MLP(**model)
+        self.save_hyperparameters(ignore=["members"])
+        self.in_population = bool(members)
+        self.hparams_of = [hparams for hparams, _ in members] or [
+            {"model": model, "loss": loss, "optimizer": optimizer}
+        ]
+        settings = [(kind_of(hparams), optimizer_settings(hparams)) for hparams in self.hparams_of]
+        parts = side_by_side(settings)  # the sets of members with equal optimizer settings, slices of the stack
+        self.set_of = [s for s, part in enumerate(parts) for _ in range(part.start, part.stop)]  # each member's
+        self._check_optimizers([self.hparams_of[part.start]["optimizer"] for part in parts])
+        if members:  # each member's weights, drawn as its run alone draws them
+            models, generators = [], []
+            for hparams, seed in members:
+                L.seed_everything(seed, workers=True, verbose=False)
+                models.append(MLP(**hparams["model"]))
+                # Its random generator, where its run alone's stands once the weights are drawn: its dropout masks
+                generators.append(torch.Generator().set_state(torch.get_rng_state()))
+        else:  # drawn from the process's random generator, as train() has seeded it; dropout draws on from there
+            models, generators = [MLP(**model)], None
+        self.names = [name for name, _ in models[0].named_parameters()]
+        self.shapes = [{name: p.shape for name, p in member.named_parameters()} for member in models]  # each its own
+        self.full = {name: torch.Size(map(max, zip(*(s[name] for s in self.shapes)))) for name in self.names}
+        self.model = models[0]
+        self.masks: list[torch.Tensor] | None = None
         self.loss_fn = make_loss(**loss)
-        self.optimizer_factory = self._optimizer_factory(optimizer)
-        self.automatic_optimization = steps_per_call == 1
-        self.engine: Engine | None = None  # made with the optimizer, in configure_optimizers
-        weights = [name for name, _ in self.model.named_parameters() if "weight" in name]
-        self.keep_records(
-            [slice(0, 1)], weights if log_grad_norms else [], check_finite_every_n_steps, scheduler["name"]
-        )
+        if members:
+            self._stack(models, side_by_side([kind for kind, _ in settings]))
+            if any(hparams["model"].get("dropout") for hparams in self.hparams_of):
+                self.model.generators = generators
+        self.automatic_optimization = steps_per_call == 1 and not members
+        self.engine: Engine | None = None  # made with the optimizers, in configure_optimizers
+        self.clip = Clip(gradient_clip_val, gradient_clip_algorithm) if gradient_clip_val else None
+        weights = [name for name in self.names if "weight" in name]
+        self.keep_records(parts, weights if log_grad_norms else [], check_finite_every_n_steps, scheduler["name"])
+        self.gathered: dict[int, torch.Tensor] = {}  # where each size of the members' mini-batches is gathered
+        self.failures: list[dict[str, Any] | None] = [None] * len(self.hparams_of)  # a failed member's summary fields
+        self.improved: torch.Tensor | None = None  # (N,) at an epoch's end: whose val/acc is its best so far
+        self.last_val_acc: torch.Tensor | None = None  # (N,) of the last validation
+        self.test_results: dict[str, list[float]] = {}  # each member's test values, as "test/loss": [...]
+        # A population's test uses each member's best.ckpt's parameters (population_train.at_best); None: the model's
+        self.evaluated: list[torch.Tensor] | None = None
+        # A population's members' directories, logs and callbacks, as `population` sets them; a run's are its
+        # Trainer's (train.py).
+        self.cfgs: list[DictConfig] = []
+        self.run_dirs: list[Path] = []
+        self.checkpoints: list[Checkpoints] = []
+        self.resumed: list[dict[str, Any]] | None = None  # the members' checkpoints a resume starts from
+        self.log_name = "train.log"  # each member's log, in its directory: Hydra's job log name
+        self.tensorboards: list[Any] | None = None  # logger=tensorboard: each member's own (train.tensorboard_logger)
+        self.trackers: list[Any] | None = None  # logger=mlflow: each member's MLflow run (mlptrain.tracking.Tracker)
+        self.trajectories: list[WeightTrajectory] | None = None  # report.landscape: each member's path
+        self.started = time.perf_counter()
+
+    @classmethod
+    def population(cls, cfgs: Sequence[DictConfig], path: TrainingPath) -> "MLPSystem":
+        """The members `cfgs` (jobs' configs, equal but for stacking's MEMBER_KEYS, MEMBER_KINDS and MEMBER_WIDTHS,
+        each writing into its output_dir) as one population making its updates as `path` says; kept sorted
+        (`cfgs`): members of a kind side by side, and within it those with equal optimizer settings."""
+        hparams = [hyperparameters(cfg, path) for cfg in cfgs]
+        order = sorted(range(len(cfgs)), key=lambda m: (kind_of(hparams[m]), optimizer_settings(hparams[m])))
+        system = cls(**hparams[order[0]], members=[(hparams[m], cfgs[m].seed) for m in order])
+        system.cfgs = [cfgs[m] for m in order]
+        system.path = path
+        system.run_dirs = [Path(cfg.output_dir) for cfg in system.cfgs]
+        system.plain = [plain(cfg) for cfg in system.cfgs]  # each config resolved, for its files and checkpoints
+        system.checkpoints = [Checkpoints.into(run_dir / "checkpoints") for run_dir in system.run_dirs]
+        # report.landscape: each member's path through weight space, kept as its run alone's WeightTrajectory keeps it
+        system.trajectories = [WeightTrajectory() for _ in system.cfgs] if system.cfgs[0].report.landscape else None
+        return system
+
+    def _stack(self, models: list[MLP], kinds: list[slice]) -> None:
+        """The model's parameters become every member's, stacked (N, ...): members of different widths (the depth is
+        equal) zero-padded to the widest, their padding's gradients held at zero (`masks`); each kind its own
+        activations, output activation, dropout and cost."""
+        for name in self.names:
+            values = torch.stack(
+                [padded(dict(model.named_parameters())[name].detach(), self.full[name]) for model in models]
+            )
+            layer, _, kind = name.rpartition(".")
+            setattr(self.model.get_submodule(layer), kind, nn.Parameter(values))
+        if any(shapes != self.full for shapes in self.shapes):
+            self.masks = [
+                torch.stack([padded(torch.ones(s[name], dtype=torch.bool), self.full[name]) for s in self.shapes])
+                for name in self.names
+            ]
+            self.model.widths = [list(hparams["model"]["hidden"]) for hparams in self.hparams_of]
+        if len(kinds) > 1:
+            self.model.kinds = [
+                Kind(
+                    part,
+                    models[part.start].activations,
+                    models[part.start].output_activation,
+                    self.hparams_of[part.start]["model"].get("dropout", 0.0),
+                )
+                for part in kinds
+            ]
+            self.loss_fn = member_losses([(part, make_loss(**self.hparams_of[part.start]["loss"])) for part in kinds])
+
+    @staticmethod
+    def _check_optimizers(configs: Sequence[Mapping[str, Any]]) -> None:
+        """Each optimizer built once now, so that a bad combination fails before any data is read: ConfigError."""
+        for optimizer in configs:
+            try:
+                make_optimizer(optimizer, [nn.Parameter(torch.zeros(1))])
+            except Exception as error:
+                settings = ", ".join(f"optimizer.{key}={value}" for key, value in optimizer.items())
+                raise ConfigError(
+                    f"The optimizer could not be built from {settings}: {error}. Use optimizer=sgd, adam or adamw "
+                    "with valid values, or an optimizer._target_ naming a torch.optim class, with `_partial_: true`."
+                ) from error
+
+    @property
+    def stacked(self) -> list[nn.Parameter]:
+        """The model's parameters, in `names` order: a population's, every member's stacked (N, ...)."""
+        return list(self.model.parameters())
 
     @property
     def history(self) -> list[dict[str, float]]:
-        """The run's records (its member's): metrics.csv's rows."""
+        """A run's records (its member's): metrics.csv's rows."""
         return self.histories[0]
 
-    def _optimizer_factory(self, optimizer: Mapping[str, Any]) -> Callable[..., Optimizer]:
-        """step.make_optimizer for this config: (parameters, precision) -> the optimizer."""
-        factory = partial(make_optimizer, optimizer)
-        try:
-            factory(self.model.parameters())  # build one now, so a bad combination fails before any data is read
-        except Exception as error:
-            settings = ", ".join(f"optimizer.{key}={value}" for key, value in optimizer.items())
-            raise ConfigError(
-                f"The optimizer could not be built from {settings}: {error}. Use optimizer=sgd, adam or adamw with "
-                "valid values, or an optimizer._target_ naming a torch.optim class, with `_partial_: true`."
-            ) from error
-        return factory
+    def active(self) -> list[int]:
+        """The members that have not failed."""
+        return [m for m, failure in enumerate(self.failures) if failure is None]
 
-    @property
-    def example_input_array(self) -> torch.Tensor:
-        """One blank image in the weights' dtype: Lightning's summary runs it through to count FLOPs (else: 0)."""
-        weight = self.model.layers[0].weight
-        return torch.zeros(1, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    # -- training ------------------------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def configure_optimizers(self) -> Any:
+        """One torch.optim optimizer per set of members with equal settings (a run: its one), over its slice of
+        every stacked tensor (views: they update the stack in place), and its schedule."""
+        optimizers = []
+        for part in self.parts:
+            config = self.hparams_of[part.start]["optimizer"]
+            params = [p.detach()[part] for p in self.stacked] if self.in_population else self.stacked
+            optimizers.append(make_optimizer(config, params, str(self.trainer.precision)))
+        if not self.automatic_optimization:
+            masks = [mask.to(self.device) for mask in self.masks] if self.masks is not None else None
+            parts = self.parts if self.in_population else [slice(None)]
+            self.engine = Engine(
+                self.model, self.loss_fn, optimizers, parts, self.hparams.compile, self.clip, self.norms_of, masks
+            )
+        return self.with_schedules(optimizers, self.hparams.scheduler)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if self.automatic_optimization:  # a run in Lightning's loop: one mini-batch, Lightning's optimizer.step()
+            loss = self._step("train", batch)
+            self.batch_examples = len(batch[1])  # the weight of this step's gradient norms
+            self.flag_nonfinite(~torch.isfinite(loss.detach()), self.global_step)
+            self.updates_done = self.global_step + 1
+            self.batches_done_in_epoch += 1
+            return loss
+        chunk: Chunk = batch  # K mini-batches (TensorBatches with steps_per_call = K)
+        if self.in_population:  # each member's rows of the training inputs (TensorBatches, gather=False)
+            rows = chunk.rows
+            shared = self.trainer.datamodule.train_inputs()  # (n, 784), shared by every member
+            dtype = self.stacked[0].dtype
+
+            def inputs(start: int, stop: int) -> torch.Tensor:
+                """The members' inputs of updates start..stop-1 (C, N, B, 784), gathered into the same memory
+                every call: 3x faster on a CPU than into fresh memory."""
+                row = rows[start:stop] if torch.is_tensor(rows) else torch.stack(rows[start:stop])  # (C, N, B)
+                out = self.gathered.get(row.numel())
+                if out is None:
+                    out = self.gathered[row.numel()] = shared.new_empty((row.numel(), shared.shape[-1]))
+                return torch.index_select(shared, 0, row.flatten(), out=out).view(*row.shape, -1).to(dtype)
+
+        else:
+            images = chunk.images  # (K, B, 784), or a list where the epoch's last, smaller mini-batch is among them
+
+            def inputs(start: int, stop: int) -> torch.Tensor:
+                return images[start:stop] if torch.is_tensor(images) else torch.stack(images[start:stop])
+
+        self.engine_step(inputs, chunk)
+        return None
 
     def _step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """A run's mini-batch, into the stage's metrics: its loss."""
         x, y = batch
         output = self.model(x)  # (B, 10)
         loss = self.loss_fn(output, y)
@@ -404,32 +557,12 @@ class MLPSystem(Members):
         self.update_metrics(stage, loss.detach().view(1, 1), size, output.detach().argmax(-1)[None], y)
         return loss
 
-    def _log_epoch(self, stage: str, computed: dict[str, torch.Tensor]) -> None:
-        """The epoch's values of `stage` (`epoch_values`): to Lightning (the progress bar, TensorBoard, the best
-        checkpoint's monitor) and, for training and validation, a row of the history."""
-        values = {name: value[0] for name, value in computed.items()}
-        lrs = self.epoch_lrs[0] if stage == "train" else {}
-        for name, value in {**values, **lrs}.items():
-            self.log(name, value)
-        if stage != "test" and not self.trainer.sanity_checking:
-            self.add_row(0, {**{name: float(value) for name, value in values.items()}, **lrs})
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
-        if self.automatic_optimization:
-            loss = self._step("train", batch)
-            self.batch_examples = len(batch[1])  # the weight of this step's gradient norms
-            self.flag_nonfinite(~torch.isfinite(loss.detach()), self.global_step)
-            self.updates_done = self.global_step + 1
-            self.batches_done_in_epoch += 1
-            return loss
-        chunk: Chunk = batch  # K mini-batches (TensorBatches with steps_per_call = K)
-        images = chunk.images  # (K, B, 784), or a list where the epoch's last, smaller mini-batch is among them
-
-        def inputs(start: int, stop: int) -> torch.Tensor:
-            return images[start:stop] if torch.is_tensor(images) else torch.stack(images[start:stop])
-
-        self.engine_step(inputs, chunk)
-        return None
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        if self.norms_of and self.automatic_optimization:  # the engine computes its norms in its step
+            parameters = dict(self.model.named_parameters())
+            norms = torch.stack([parameters[name].grad.norm() for name in self.norms_of])
+            size = torch.full((1,), float(self.batch_examples), dtype=torch.float64, device=self.device)
+            self.grad_norms.update(norms.view(1, 1, -1), size)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
@@ -438,75 +571,217 @@ class MLPSystem(Members):
                 "steps_per_call > 1 makes its updates outside Lightning's distributed wrapper, so gradients would "
                 "not be synchronised across devices: use steps_per_call=auto or 1 with several devices."
             )
+        for m, logger in enumerate(self.tensorboards or ()):
+            logger.log_hyperparams(self.hparams_of[m])
+            logger.save()
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint.update(self.records_of(0))
+    def on_train_start(self) -> None:
+        updates_per_epoch = self.trainer.num_training_batches * self.hparams.steps_per_call
+        for m, trajectory in enumerate(self.trajectories or ()):
+            trajectory.start(updates_per_epoch, partial(self.point, m), self.updates_done)
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        upgrade(checkpoint["state_dict"])  # before Lightning loads it
-        self.restore_records(checkpoint, [checkpoint])
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        for m in self.active() if self.trajectories is not None else ():
+            self.trajectories[m].stepped(partial(self.point, m), self.updates_done)
 
-    def end_training_epoch(self, values: dict[str, torch.Tensor]) -> None:
-        self._log_epoch("train", values)
-        if self.trainer.is_global_zero:  # one line per epoch, for logs where no progress bar is drawn
-            log.info("%s", self.epoch_line(0))
+    def on_train_end(self) -> None:
+        for m in self.active() if self.trajectories is not None else ():
+            self.trajectories[m].end(partial(self.point, m), self.updates_done)
 
-    def epoch_train_loss(self) -> float:
-        """The mean training loss over the examples of the epoch so far (read before the epoch's end resets it)."""
-        return float(self.train_loss.compute().view(-1)[0])
+    def point(self, m: int) -> torch.Tensor:
+        """Member m's parameters as one vector on the CPU, as anatomy.flatten gives its run alone's."""
+        own = [cut(p[m].detach(), self.shapes[m][name]).flatten() for name, p in zip(self.names, self.stacked)]
+        return torch.cat(own).cpu()
 
     @property
     def diverged(self) -> bool:
-        """Whether a training loss has been NaN or infinite (read from the device: a synchronisation)."""
-        return int(self.nonfinite_step) >= 0
-
-    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        if self.norms_of and self.automatic_optimization:  # the fast path computes its norms in its step
-            parameters = dict(self.model.named_parameters())
-            norms = torch.stack([parameters[name].grad.norm() for name in self.norms_of])
-            size = torch.full((1,), float(self.batch_examples), dtype=torch.float64, device=self.device)
-            self.grad_norms.update(norms.view(1, 1, -1), size)
+        """Whether a run's training loss has been NaN or infinite (read from the device: a synchronisation). A
+        population's members fail alone (check_finite): it never stops for them."""
+        return not self.in_population and int(self.nonfinite_step[0]) >= 0
 
     def check_finite(self) -> None:
-        """A run stops at its first NaN or infinite training loss: NonFiniteLossError."""
-        step = int(self.nonfinite_step)
-        if step >= 0:
-            epoch = int(self.nonfinite_epoch)
-            raise NonFiniteLossError(nonfinite_message(epoch, step, self.hparams.optimizer.get("lr")))
+        """Members whose training loss has turned NaN or infinite fail: a run stops (NonFiniteLossError), a
+        population's member is recorded as failed, with its message, and the others go on."""
+        for m in (self.nonfinite_step >= 0).nonzero().flatten().tolist():
+            if self.failures[m] is not None:
+                continue
+            epoch, step = int(self.nonfinite_epoch[m]), int(self.nonfinite_step[m])
+            message = nonfinite_message(epoch, step, self.hparams_of[m]["optimizer"].get("lr"))
+            if not self.in_population:
+                raise NonFiniteLossError(message)
+            self.failures[m] = {
+                "error": message,
+                "epochs": self.trainer.current_epoch,
+                "global_steps": self.updates_done,
+            }
+            summary = {**self.summary_of(m), "epochs": self.current_epoch, "global_steps": self.updates_done}
+            written = write_failed(self.run_dirs[m], self.histories[m], summary, message)
+            self.note(m, written, "ERROR")
+            log.error("Member %s: %s", self.run_dirs[m], written)
+
+    def epoch_train_loss(self) -> float:
+        """A run's mean training loss over the examples of the epoch so far (read before the epoch's end resets it)."""
+        return float(self.train_loss.compute().view(-1)[0])
+
+    # -- each epoch's values: each member's row, and where they are shown --------------------------------------
+
+    def on_train_epoch_start(self) -> None:  # not called when a run resumes in the middle of an epoch
+        super().on_train_epoch_start()
+        self.improved = None
+
+    def end_training_epoch(self, values: dict[str, torch.Tensor]) -> None:
+        if not self.in_population:
+            self._to_lightning({**values, **self.epoch_lrs[0]})
+        computed = {name: value.tolist() for name, value in values.items()}
+        active = self.active()
+        for m in active:
+            own = {**{name: value[m] for name, value in computed.items()}, **self.epoch_lrs[m]}
+            self.add_row(m, own)
+            self._to_tensorboard(m, own)
+            self.note(m, self.epoch_line(m))
+        if self.in_population and active:
+            log.info(
+                "epoch %d  train/loss %.4f  val/acc %.4f (means over %d members)  (%.1f s training)",
+                self.current_epoch, sum(computed["train/loss"][m] for m in active) / len(active),
+                self._mean_val_acc(active), len(active), self.epoch_seconds[-1],
+            )  # fmt: skip
+        if self.in_population:
+            self._mark_best()
 
     def evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self._step(stage, batch)
+        if not self.in_population:
+            self._step(stage, batch)
+            return
+        x, y = batch
+        params = self.evaluated if self.evaluated is not None else self.stacked
+        output = self(x.to(params[0].dtype), params)  # (N, B, 10)
+        loss = self.loss_fn(output, y.expand(len(output), -1))  # (N,)
+        size = torch.full((1,), len(y), dtype=torch.float64, device=loss.device)
+        self.update_metrics(stage, loss.detach()[:, None], size, output.argmax(-1), y)
 
     def end_evaluation(self, stage: str, values: dict[str, torch.Tensor]) -> None:
-        self._log_epoch(stage, values)
+        """Each member's values of the validation (a row of its history) or of the test (`test_results`); a run's
+        to Lightning, a population member's to its TensorBoard log."""
+        if not self.in_population:
+            self._to_lightning(values)
+        if self.trainer.sanity_checking:
+            return
+        computed = {name: value.tolist() for name, value in values.items()}
+        if stage == "test":
+            self.test_results = computed
+        else:
+            self.last_val_acc = values["val/acc"]
+        for m in self.active():
+            own = {name: value[m] for name, value in computed.items()}
+            if stage == "val":
+                self.add_row(m, own)
+            self._to_tensorboard(m, own)
+
+    def _to_lightning(self, values: Mapping[str, torch.Tensor | float]) -> None:
+        """A run's values, to Lightning: the progress bar, its loggers (TensorBoard), the best checkpoint's monitor."""
+        for name, value in values.items():
+            self.log(name, value[0] if torch.is_tensor(value) else value)
+
+    def _mean_val_acc(self, active: list[int]) -> float:
+        return float(self.last_val_acc[active].mean()) if self.last_val_acc is not None else float("nan")
+
+    def _mark_best(self) -> None:
+        """After the epoch's validation: each member whose val/acc beats its best so far gets its best.ckpt
+        written with last.ckpt (MemberCheckpointIO), and its ModelCheckpoint(monitor=val/acc) names it, as a
+        run's would (the first validation always counts). No weights are kept here: the test reads best.ckpt."""
+        if self.last_val_acc is None:
+            return
+        best = torch.tensor(
+            [float(c.best.best_model_score) if c.best.best_model_score is not None else -1.0 for c in self.checkpoints]
+        )
+        self.improved = (self.last_val_acc.cpu() > best) & torch.tensor([f is None for f in self.failures])
+        for m in self.improved.nonzero().flatten().tolist():
+            score = self.last_val_acc[m].detach().cpu()
+            callback, path = self.checkpoints[m].best, str(self.run_dirs[m] / "checkpoints" / "best.ckpt")
+            callback.best_model_score = callback.current_score = callback.kth_value = score
+            callback.best_model_path = callback.kth_best_model_path = path
+            callback.best_k_models = {path: score}
+        self.last_val_acc = None
+
+    # -- what each member is, as a run alone would describe it ---------------------------------------------------
+
+    def describe(self) -> str:
+        """A population's training path as a run alone's log gives it (training_path.choose_path)."""
+        return f"{self.path.why}, with the other members of a population"
+
+    def note(self, m: int, message: str, level: str = "INFO") -> None:
+        """A line in member m's log: a run's is the process's (Hydra's job log), a population member's its own file."""
+        if not self.in_population:
+            if self.trainer.is_global_zero:  # one line per epoch, for logs where no progress bar is drawn
+                log.log(getattr(logging, level), "%s", message)
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with (self.run_dirs[m] / self.log_name).open("a") as file:
+            file.write(LOG_FORMAT % (stamp, __name__, level, message))
+
+    def _to_tensorboard(self, m: int, values: dict[str, float]) -> None:
+        """A population member's values at an epoch's end, to its TensorBoard log: at the step, and with the epoch,
+        that Lightning logs a run's (in fitting, that of the epoch's last training step; in testing, the last)."""
+        if self.tensorboards is not None:
+            step = self.trainer.global_step - (0 if self.trainer.testing else 1)
+            self.tensorboards[m].log_metrics({**values, "epoch": self.current_epoch}, step=step)
+
+    def finish_tensorboards(self, status: str) -> None:
+        """Each member's TensorBoard log written out, as Lightning ends a run's after fitting and testing."""
+        for m, logger in enumerate(self.tensorboards or ()):
+            logger.finalize(status if self.failures[m] is None else "failed")
+
+    def summary_of(self, m: int) -> dict[str, Any]:
+        """A population member's summary.json so far, as its run alone's (rundir.running_summary, summarize)."""
+        parameters = sum(shape.numel() for shape in self.shapes[m].values())
+        summary = running_summary(self.run_dirs[m], self.cfgs[m].seed, parameters, self.trainer)
+        return summarize(summary, self.started, self.trainer, self.checkpoints[m])
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint.update(self.records_of(0))  # a run's; a population's members each get their own
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "members" not in checkpoint:  # a run's
+            upgrade(checkpoint["state_dict"])  # before Lightning loads it
+            self.restore_records(checkpoint, [checkpoint])
+            return
+        members = checkpoint["members"]  # a population's, stacked from its members' (member_checkpoints)
+        self.restore_records(checkpoint, members)
+        for member, checkpoints in zip(members, self.checkpoints):
+            for callback in checkpoints:
+                state = member["callbacks"].get(callback.state_key)
+                if state:
+                    callback.load_state_dict(dict(state))
+        if self.model.generators is not None:  # each member's dropout draws on where it stopped
+            for generator, member in zip(self.model.generators, members):
+                generator.set_state(member["rng_state"])
+        for member, trajectory in zip(members, self.trajectories or ()):
+            trajectory.load_state_dict(member["callbacks"].get(trajectory.state_key, {}))
+
+    # -- inference -----------------------------------------------------------------------------------------------
+
+    @property
+    def example_input_array(self) -> torch.Tensor:
+        """One blank image in the weights' dtype: Lightning's summary runs it through to count FLOPs (else: 0)."""
+        weight = self.model.layers[0].weight
+        return torch.zeros(1, weight.shape[-1], dtype=weight.dtype, device=weight.device)
+
+    def forward(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """The model's output: (B, 10) for a run; with `params` (stacked, N, ...), every member's (N, B, 10)."""
+        if params is None:
+            return self.model(x)
+        return torch.func.functional_call(self.model, dict(zip(self.names, params)), (x,))
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        """The network's output, the predicted digit, and a probability per digit (B, 10)."""
+        """A run's network's output, the predicted digit, and a probability per digit (B, 10)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        output, probs = self._infer(x)
-        return {"output": output, "pred": output.argmax(-1), "probs": probs}
-
-    def _infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output = self.model(x.to(self.dtype))
-        return output, self.probabilities(output)
-
-    def probabilities(self, output: torch.Tensor) -> torch.Tensor:
-        return probabilities(output, self.hparams.model.get("output_activation", "none"))
-
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters(), str(self.trainer.precision))
-        if not self.automatic_optimization:
-            clip = self.hparams.gradient_clip_val
-            self.engine = Engine(
-                self.model,
-                self.loss_fn,
-                [optimizer],
-                compile=self.hparams.compile,
-                clip=Clip(clip, self.hparams.gradient_clip_algorithm) if clip else None,
-                norms_of=self.norms_of,
-            )
-        return self.with_schedules([optimizer], self.hparams.scheduler)
+        probs = probabilities(output, self.hparams.model.get("output_activation", "none"))
+        return {"output": output, "pred": output.argmax(-1), "probs": probs}
 
 
 def make_scheduler(optimizer: Optimizer, config: Mapping[str, Any], total_steps: int) -> Any:
