@@ -1,9 +1,7 @@
-"""The LightningModule around the MLP: loss, accuracy, optimizer and learning-rate schedule.
-
-`Members` is what a run and a population (mlptrain.population) keep and do alike, on a member axis: the metrics,
-the history, the NaN flags, the place in the epoch, and the lifecycle hooks around them (the engine's training
-step, an epoch's end, the validation and the test). `MLPSystem` is a run's module: one member, which also takes
-Lightning's own loop (one optimizer.step() a mini-batch) and several processes."""
+"""The LightningModule, one for a run and a population: `MLPSystem` trains N >= 1 MLPs (a run is one member) and
+keeps their records on a member axis: the loss, accuracy and gradient-norm metrics (`MemberMean`,
+`MemberAccuracy`), the history, the NaN flags and the place in the epoch, with the lifecycle hooks around them
+(the training step, an epoch's end, the validation and the test) written once."""
 
 import logging
 import time
@@ -100,243 +98,12 @@ def upgrade(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-class Members(L.LightningModule):
-    """What a run (MLPSystem with one member) and a population (MLPSystem.population: N members)
-    keep alike, every value with a leading member axis: each stage's metrics, the gradient norms, the first
-    non-finite training loss, the updates made and the place in the epoch, each member's history (metrics.csv's
-    rows) and learning rates; and the hooks that keep them. A subclass calls `keep_records` in its __init__ and
-    says what a non-finite loss does (`check_finite`)."""
-
-    def keep_records(self, parts: Sequence[slice], norms_of: Sequence[str], check_every: int, scheduler: str) -> None:
-        """The records of the members of `parts` (the members of each optimizer, slices of the member axis), the
-        gradient norms of the parameters `norms_of` (log_grad_norms), the loss checked for NaN every `check_every`
-        updates, the learning rate scheduled by `scheduler` (conf/scheduler/'s name)."""
-        members = parts[-1].stop
-        for stage in STAGES:
-            setattr(self, f"{stage}_loss", MemberMean(members))
-            setattr(self, f"{stage}_acc", MemberAccuracy(members))
-        # The training metrics' running sums go into checkpoints, so an epoch resumed midway reports
-        # the same train/loss and train/acc as one that ran through.
-        self.train_loss.persistent(True)
-        self.train_acc.persistent(True)
-        # Each layer's weight-gradient norm (before clipping), averaged over the epoch's examples: (N, layers).
-        self.norms_of = list(norms_of)
-        self.grad_norms = MemberMean(members, len(self.norms_of))
-        # Epoch and update of each member's first non-finite training loss, -1 while none: kept on the device
-        # and read only every check_every updates and before checkpoints.
-        self.register_buffer("nonfinite_epoch", torch.full((members,), -1), persistent=False)
-        self.register_buffer("nonfinite_step", torch.full((members,), -1), persistent=False)
-        self.check_every = check_every
-        self.scheduler_name = scheduler
-        self.parts = list(parts)
-        # Updates made: Lightning's global_step counts training steps, which make K updates each when K > 1.
-        self.updates_done = 0
-        self.updates_checked = 0  # where the host last looked at the NaN flags
-        # Mini-batches trained on in the current epoch: the data module saves it, to resume mid-epoch exactly.
-        self.batches_done_in_epoch = 0
-        # Between an epoch's end (its checkpoints written) and the next one's start: the epoch that ended; else None.
-        self.ended_epoch: int | None = None
-        # Each member's records, one row per epoch's training and per validation, as metrics.csv has them. They
-        # go into every checkpoint, and metrics.csv is written from them (rundir.write_metrics), so a resumed
-        # run writes the rows of one that ran through, and no row twice.
-        self.histories: list[list[dict[str, float]]] = [[] for _ in range(members)]
-        # Each member's learning rate at the epoch's start (a resume may be mid-epoch), named as Lightning's
-        # LearningRateMonitor names it: lr-SGD, lr-AdamW, ...
-        self.epoch_lrs: list[dict[str, float]] = [{} for _ in range(members)]
-        self.epoch_seconds: list[float] = []  # each epoch's training time, validation excluded
-        self.epoch_started: float | None = None  # while an epoch's training is being timed
-
-    def check_finite(self) -> None:
-        """What the members whose training loss has turned NaN or infinite do: a run stops, a population's fail."""
-        raise NotImplementedError
-
-    @property
-    def interval(self) -> str | None:
-        """When the learning-rate schedule steps: after each update, each epoch (StepLR) or never (None)."""
-        return {"none": None, "step": "epoch"}.get(self.scheduler_name, "step")
-
-    def total_updates(self) -> int:
-        """Optimizer updates in the whole fit, for the schedules that need it (this loads the training batches)."""
-        total = int(self.trainer.estimated_stepping_batches)
-        if self.automatic_optimization:
-            return total
-        return self.trainer.max_epochs * self.trainer.train_dataloader.num_batches  # training steps make K each
-
-    def schedulers(self) -> list[Any]:
-        found = self.lr_schedulers()
-        return [] if found is None else found if isinstance(found, list) else [found]
-
-    def update_metrics(
-        self, stage: str, losses: torch.Tensor, sizes: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor
-    ) -> None:
-        """losses (N, K) of K mini-batches of sizes (K,), whose predicted digits (N, sum(sizes)) and labels are
-        given."""
-        getattr(self, f"{stage}_loss").update(losses, sizes)  # weighted: the epoch value is the mean over examples
-        getattr(self, f"{stage}_acc").update(predicted, labels)
-
-    def engine_step(self, inputs: Callable[[int, int], torch.Tensor], chunk: Chunk) -> None:
-        """A training step whose K mini-batches' updates step.Engine makes (`inputs`: theirs, as Engine.run takes
-        them), recorded into the epoch's metrics, the update count and the non-finite flags."""
-        # One optimizer.step() per training step, with no gradients: it changes no weight (the updates are the
-        # engine's) and advances Lightning's step count, which checkpoints and loggers go by.
-        first = self.optimizers()
-        (first[0] if isinstance(first, list) else first).step()
-        schedulers = self.schedulers() if self.interval == "step" else []
-        losses, predicted, labels, norms = self.engine.run(inputs, chunk.labels, schedulers)  # (K, N), (N, K*B), ...
-        sizes = chunk.sizes  # (K,)
-        self.update_metrics("train", losses.T, sizes, predicted, labels)
-        if norms is not None:
-            self.grad_norms.update(norms.transpose(0, 1), sizes)
-        bad = ~torch.isfinite(losses)
-        self.flag_nonfinite(bad.any(0), self.updates_done + bad.int().argmax(0))
-        self.updates_done += len(sizes)
-        self.batches_done_in_epoch += len(sizes)
-
-    def flag_nonfinite(self, bad: torch.Tensor, step: int | torch.Tensor) -> None:
-        """bad (N,): whose loss was NaN or infinite at update `step` (each member's, or one for all)."""
-        first_bad = bad & (self.nonfinite_step < 0)
-        # In place: assigning a buffer goes through nn.Module.__setattr__, a cost on every step.
-        self.nonfinite_epoch.copy_(torch.where(first_bad, self.current_epoch, self.nonfinite_epoch))
-        self.nonfinite_step.copy_(torch.where(first_bad, step, self.nonfinite_step))
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.updates_done - self.updates_checked >= self.check_every:
-            self.updates_checked = self.updates_done
-            self.check_finite()
-
-    def on_fit_start(self) -> None:
-        self._start_epoch_timer()  # a run resumed mid-epoch has no on_train_epoch_start for it
-
-    def _start_epoch_timer(self) -> None:
-        self.epoch_started = time.perf_counter()
-
-    def _stop_epoch_timer(self) -> None:
-        if self.epoch_started is None or self.trainer.sanity_checking:
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # the epoch's kernels, not only their launches
-        self.epoch_seconds.append(time.perf_counter() - self.epoch_started)
-        self.epoch_started = None
-
-    def on_validation_start(self) -> None:
-        self._stop_epoch_timer()  # an epoch's time is its training, not its validation
-
-    def on_train_epoch_start(self) -> None:  # not called when a run resumes in the middle of an epoch
-        self._start_epoch_timer()
-        for metric in (self.train_loss, self.train_acc, self.grad_norms):
-            metric.reset()
-        self.batches_done_in_epoch = 0
-        self.ended_epoch = None
-        lrs: list[dict[str, float]] = []
-        for part, optimizer in zip(self.parts, self.trainer.optimizers):
-            lrs += [{f"lr-{type(optimizer).__name__}": float(optimizer.param_groups[0]["lr"])}] * (
-                part.stop - part.start
-            )
-        self.epoch_lrs = lrs
-
-    def with_schedules(self, optimizers: list[Optimizer], config: Mapping[str, Any]) -> Any:
-        """What configure_optimizers returns: the optimizers (one per part), each with the learning-rate schedule
-        `config` (conf/scheduler/) names, over the whole fit's updates."""
-        if config["name"] == "none":
-            return optimizers
-        total = self.total_updates()
-        return optimizers, [
-            {"scheduler": make_scheduler(optimizer, config, total), "interval": self.interval}
-            for optimizer in optimizers
-        ]
-
-    def on_train_epoch_end(self) -> None:
-        # Before the epoch's checkpoints are written: weights after a NaN are never checkpointed.
-        self.check_finite()
-        if not self.automatic_optimization and self.interval == "epoch":
-            for scheduler in self.schedulers():  # what Lightning does for epoch-interval schedules in its own loop
-                scheduler.step()
-        self._stop_epoch_timer()  # where there was no validation to stop it
-        self.end_training_epoch(self.epoch_values("train"))
-        self.ended_epoch = self.current_epoch
-
-    def end_training_epoch(self, values: dict[str, torch.Tensor]) -> None:
-        """The epoch's training values, each member's (N,) (`epoch_values`): what the subclass records of them."""
-        raise NotImplementedError
-
-    def evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """A validation or test mini-batch, into the stage's metrics (`update_metrics`)."""
-        raise NotImplementedError
-
-    def end_evaluation(self, stage: str, values: dict[str, torch.Tensor]) -> None:
-        """The validation's or the test's values, each member's (N,): what the subclass records of them."""
-        raise NotImplementedError
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.evaluate("val", batch)
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.evaluate("test", batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self.end_evaluation("val", self.epoch_values("val"))
-
-    def on_test_epoch_end(self) -> None:
-        self.end_evaluation("test", self.epoch_values("test"))
-
-    def epoch_values(self, stage: str) -> dict[str, torch.Tensor]:
-        """The stage's values over the epoch, named as metrics.csv names them, each member's (N,); the sums reset."""
-        members = len(self.histories)  # torchmetrics gives a one-element value as a scalar: each is reshaped
-        metrics = [getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")]
-        values = {f"{stage}/{name}": metric.compute().view(members) for name, metric in zip(("loss", "acc"), metrics)}
-        if stage == "train" and self.norms_of:
-            norms = self.grad_norms.compute().view(members, -1)
-            values.update({f"grad_norm/{name}": norms[:, i] for i, name in enumerate(self.norms_of)})
-            metrics.append(self.grad_norms)
-        for metric in metrics:
-            metric.reset()
-        return values
-
-    def epoch_line(self, m: int) -> str:
-        """Member m's log line for the epoch that ended: its values (its history's last row: the training and the
-        validation that ended the epoch) and the epoch's training time."""
-        row = self.histories[m][-1]
-        shown = "  ".join(f"{key} {row[key]:.4f}" for key in sorted(row) if key.split("/")[0] in STAGES)
-        return f"epoch {self.current_epoch}  {shown}  ({self.epoch_seconds[-1]:.1f} s training)"
-
-    def add_row(self, m: int, values: dict[str, float]) -> None:
-        """A row of member m's history: an epoch's training joins the validation that ended it, one row an epoch."""
-        row = {"epoch": self.current_epoch, "step": self.updates_done, **values}
-        history = self.histories[m]
-        last = history[-1] if history else {}
-        if (last.get("epoch"), last.get("step")) == (row["epoch"], row["step"]) and not last.keys() & values.keys():
-            last.update(row)
-        else:
-            history.append(row)
-
-    def batches_done_in(self, epoch: int) -> int:
-        """Mini-batches of `epoch` trained on. Between two epochs Lightning counts the next one before it starts,
-        and a checkpoint written then (SLURM's signal can come at any moment) is at that epoch's start."""
-        if self.ended_epoch is not None and epoch > self.ended_epoch:
-            return 0
-        return self.batches_done_in_epoch
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["updates_done"] = self.updates_done
-        checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
-
-    def records_of(self, m: int) -> dict[str, Any]:
-        """Member m's records as its checkpoint keeps them (a run's, or a population member's own)."""
-        return {"history": [dict(row) for row in self.histories[m]], "epoch_lrs": dict(self.epoch_lrs[m])}
-
-    def restore_records(self, checkpoint: dict[str, Any], members: Sequence[dict[str, Any]]) -> None:
-        """Where `checkpoint` stood, and each member's records from its part of it (a run's: the checkpoint)."""
-        self.updates_done = self.updates_checked = checkpoint.get("updates_done", checkpoint.get("global_step", 0))
-        self.batches_done_in_epoch = checkpoint.get("batches_done_in_epoch", 0)
-        # No history in checkpoints before 0.1
-        self.histories = [[dict(row) for row in member.get("history", [])] for member in members]
-        self.epoch_lrs = [dict(member.get("epoch_lrs", {})) for member in members]
-
-
-class MLPSystem(Members):
+class MLPSystem(L.LightningModule):
     """Trains N >= 1 MLPs, its members, and reports each one's `train/loss`, `train/acc`, `val/loss`, `val/acc`,
-    `test/loss` and `test/acc`, kept as `Members` keeps them. A run is one member; a population
-    (hydra/launcher=population) is N, built by `MLPSystem.population(cfgs, path)`.
+    `test/loss` and `test/acc`. A run is one member; a population (hydra/launcher=population) is N, built by
+    `MLPSystem.population(cfgs, path)`. Every record has a leading member axis (`keep_records`): each stage's
+    metrics, the gradient norms, the first non-finite training loss, the updates made and the place in the epoch,
+    each member's history (metrics.csv's rows) and learning rates.
 
     Every argument is a plain dict of the config group of the same name, so the hyperparameters saved in a run's
     checkpoints rebuild it (`load_checkpoint`). A run's MLP holds its member's own parameters (a stack of one:
@@ -483,6 +250,192 @@ class MLPSystem(Members):
                     "with valid values, or an optimizer._target_ naming a torch.optim class, with `_partial_: true`."
                 ) from error
 
+    # -- the records, every value with a leading member axis (N = 1 for a run) ----------------------------------
+
+    def keep_records(self, parts: Sequence[slice], norms_of: Sequence[str], check_every: int, scheduler: str) -> None:
+        """The records of the members of `parts` (the members of each optimizer, slices of the member axis), the
+        gradient norms of the parameters `norms_of` (log_grad_norms), the loss checked for NaN every `check_every`
+        updates, the learning rate scheduled by `scheduler` (conf/scheduler/'s name)."""
+        members = parts[-1].stop
+        for stage in STAGES:
+            setattr(self, f"{stage}_loss", MemberMean(members))
+            setattr(self, f"{stage}_acc", MemberAccuracy(members))
+        # The training metrics' running sums go into checkpoints, so an epoch resumed midway reports
+        # the same train/loss and train/acc as one that ran through.
+        self.train_loss.persistent(True)
+        self.train_acc.persistent(True)
+        # Each layer's weight-gradient norm (before clipping), averaged over the epoch's examples: (N, layers).
+        self.norms_of = list(norms_of)
+        self.grad_norms = MemberMean(members, len(self.norms_of))
+        # Epoch and update of each member's first non-finite training loss, -1 while none: kept on the device
+        # and read only every check_every updates and before checkpoints.
+        self.register_buffer("nonfinite_epoch", torch.full((members,), -1), persistent=False)
+        self.register_buffer("nonfinite_step", torch.full((members,), -1), persistent=False)
+        self.check_every = check_every
+        self.scheduler_name = scheduler
+        self.parts = list(parts)
+        # Updates made: Lightning's global_step counts training steps, which make K updates each when K > 1.
+        self.updates_done = 0
+        self.updates_checked = 0  # where the host last looked at the NaN flags
+        # Mini-batches trained on in the current epoch: the data module saves it, to resume mid-epoch exactly.
+        self.batches_done_in_epoch = 0
+        # Between an epoch's end (its checkpoints written) and the next one's start: the epoch that ended; else None.
+        self.ended_epoch: int | None = None
+        # Each member's records, one row per epoch's training and per validation, as metrics.csv has them. They
+        # go into every checkpoint, and metrics.csv is written from them (rundir.write_metrics), so a resumed
+        # run writes the rows of one that ran through, and no row twice.
+        self.histories: list[list[dict[str, float]]] = [[] for _ in range(members)]
+        # Each member's learning rate at the epoch's start (a resume may be mid-epoch), named as Lightning's
+        # LearningRateMonitor names it: lr-SGD, lr-AdamW, ...
+        self.epoch_lrs: list[dict[str, float]] = [{} for _ in range(members)]
+        self.epoch_seconds: list[float] = []  # each epoch's training time, validation excluded
+        self.epoch_started: float | None = None  # while an epoch's training is being timed
+
+    @property
+    def interval(self) -> str | None:
+        """When the learning-rate schedule steps: after each update, each epoch (StepLR) or never (None)."""
+        return {"none": None, "step": "epoch"}.get(self.scheduler_name, "step")
+
+    def total_updates(self) -> int:
+        """Optimizer updates in the whole fit, for the schedules that need it (this loads the training batches)."""
+        total = int(self.trainer.estimated_stepping_batches)
+        if self.automatic_optimization:
+            return total
+        return self.trainer.max_epochs * self.trainer.train_dataloader.num_batches  # training steps make K each
+
+    def schedulers(self) -> list[Any]:
+        found = self.lr_schedulers()
+        return [] if found is None else found if isinstance(found, list) else [found]
+
+    def update_metrics(
+        self, stage: str, losses: torch.Tensor, sizes: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor
+    ) -> None:
+        """losses (N, K) of K mini-batches of sizes (K,), whose predicted digits (N, sum(sizes)) and labels are
+        given."""
+        getattr(self, f"{stage}_loss").update(losses, sizes)  # weighted: the epoch value is the mean over examples
+        getattr(self, f"{stage}_acc").update(predicted, labels)
+
+    def engine_step(self, inputs: Callable[[int, int], torch.Tensor], chunk: Chunk) -> None:
+        """A training step whose K mini-batches' updates step.Engine makes (`inputs`: theirs, as Engine.run takes
+        them), recorded into the epoch's metrics, the update count and the non-finite flags."""
+        # One optimizer.step() per training step, with no gradients: it changes no weight (the updates are the
+        # engine's) and advances Lightning's step count, which checkpoints and loggers go by.
+        first = self.optimizers()
+        (first[0] if isinstance(first, list) else first).step()
+        schedulers = self.schedulers() if self.interval == "step" else []
+        losses, predicted, labels, norms = self.engine.run(inputs, chunk.labels, schedulers)  # (K, N), (N, K*B), ...
+        sizes = chunk.sizes  # (K,)
+        self.update_metrics("train", losses.T, sizes, predicted, labels)
+        if norms is not None:
+            self.grad_norms.update(norms.transpose(0, 1), sizes)
+        bad = ~torch.isfinite(losses)
+        self.flag_nonfinite(bad.any(0), self.updates_done + bad.int().argmax(0))
+        self.updates_done += len(sizes)
+        self.batches_done_in_epoch += len(sizes)
+
+    def flag_nonfinite(self, bad: torch.Tensor, step: int | torch.Tensor) -> None:
+        """bad (N,): whose loss was NaN or infinite at update `step` (each member's, or one for all)."""
+        first_bad = bad & (self.nonfinite_step < 0)
+        # In place: assigning a buffer goes through nn.Module.__setattr__, a cost on every step.
+        self.nonfinite_epoch.copy_(torch.where(first_bad, self.current_epoch, self.nonfinite_epoch))
+        self.nonfinite_step.copy_(torch.where(first_bad, step, self.nonfinite_step))
+
+    def _start_epoch_timer(self) -> None:
+        self.epoch_started = time.perf_counter()
+
+    def _stop_epoch_timer(self) -> None:
+        if self.epoch_started is None or self.trainer.sanity_checking:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the epoch's kernels, not only their launches
+        self.epoch_seconds.append(time.perf_counter() - self.epoch_started)
+        self.epoch_started = None
+
+    def on_validation_start(self) -> None:
+        self._stop_epoch_timer()  # an epoch's time is its training, not its validation
+
+    def with_schedules(self, optimizers: list[Optimizer], config: Mapping[str, Any]) -> Any:
+        """What configure_optimizers returns: the optimizers (one per part), each with the learning-rate schedule
+        `config` (conf/scheduler/) names, over the whole fit's updates."""
+        if config["name"] == "none":
+            return optimizers
+        total = self.total_updates()
+        return optimizers, [
+            {"scheduler": make_scheduler(optimizer, config, total), "interval": self.interval}
+            for optimizer in optimizers
+        ]
+
+    def on_train_epoch_end(self) -> None:
+        # Before the epoch's checkpoints are written: weights after a NaN are never checkpointed.
+        self.check_finite()
+        if not self.automatic_optimization and self.interval == "epoch":
+            for scheduler in self.schedulers():  # what Lightning does for epoch-interval schedules in its own loop
+                scheduler.step()
+        self._stop_epoch_timer()  # where there was no validation to stop it
+        self.end_training_epoch(self.epoch_values("train"))
+        self.ended_epoch = self.current_epoch
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.evaluate("val", batch)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.evaluate("test", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.end_evaluation("val", self.epoch_values("val"))
+
+    def on_test_epoch_end(self) -> None:
+        self.end_evaluation("test", self.epoch_values("test"))
+
+    def epoch_values(self, stage: str) -> dict[str, torch.Tensor]:
+        """The stage's values over the epoch, named as metrics.csv names them, each member's (N,); the sums reset."""
+        members = len(self.histories)  # torchmetrics gives a one-element value as a scalar: each is reshaped
+        metrics = [getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")]
+        values = {f"{stage}/{name}": metric.compute().view(members) for name, metric in zip(("loss", "acc"), metrics)}
+        if stage == "train" and self.norms_of:
+            norms = self.grad_norms.compute().view(members, -1)
+            values.update({f"grad_norm/{name}": norms[:, i] for i, name in enumerate(self.norms_of)})
+            metrics.append(self.grad_norms)
+        for metric in metrics:
+            metric.reset()
+        return values
+
+    def epoch_line(self, m: int) -> str:
+        """Member m's log line for the epoch that ended: its values (its history's last row: the training and the
+        validation that ended the epoch) and the epoch's training time."""
+        row = self.histories[m][-1]
+        shown = "  ".join(f"{key} {row[key]:.4f}" for key in sorted(row) if key.split("/")[0] in STAGES)
+        return f"epoch {self.current_epoch}  {shown}  ({self.epoch_seconds[-1]:.1f} s training)"
+
+    def add_row(self, m: int, values: dict[str, float]) -> None:
+        """A row of member m's history: an epoch's training joins the validation that ended it, one row an epoch."""
+        row = {"epoch": self.current_epoch, "step": self.updates_done, **values}
+        history = self.histories[m]
+        last = history[-1] if history else {}
+        if (last.get("epoch"), last.get("step")) == (row["epoch"], row["step"]) and not last.keys() & values.keys():
+            last.update(row)
+        else:
+            history.append(row)
+
+    def batches_done_in(self, epoch: int) -> int:
+        """Mini-batches of `epoch` trained on. Between two epochs Lightning counts the next one before it starts,
+        and a checkpoint written then (SLURM's signal can come at any moment) is at that epoch's start."""
+        if self.ended_epoch is not None and epoch > self.ended_epoch:
+            return 0
+        return self.batches_done_in_epoch
+
+    def records_of(self, m: int) -> dict[str, Any]:
+        """Member m's records as its checkpoint keeps them (a run's, or a population member's own)."""
+        return {"history": [dict(row) for row in self.histories[m]], "epoch_lrs": dict(self.epoch_lrs[m])}
+
+    def restore_records(self, checkpoint: dict[str, Any], members: Sequence[dict[str, Any]]) -> None:
+        """Where `checkpoint` stood, and each member's records from its part of it (a run's: the checkpoint)."""
+        self.updates_done = self.updates_checked = checkpoint.get("updates_done", checkpoint.get("global_step", 0))
+        self.batches_done_in_epoch = checkpoint.get("batches_done_in_epoch", 0)
+        # No history in checkpoints before 0.1
+        self.histories = [[dict(row) for row in member.get("history", [])] for member in members]
+        self.epoch_lrs = [dict(member.get("epoch_lrs", {})) for member in members]
+
     @property
     def stacked(self) -> list[nn.Parameter]:
         """The model's parameters, in `names` order: a population's, every member's stacked (N, ...)."""
@@ -565,7 +518,7 @@ class MLPSystem(Members):
             self.grad_norms.update(norms.view(1, 1, -1), size)
 
     def on_fit_start(self) -> None:
-        super().on_fit_start()
+        self._start_epoch_timer()  # a run resumed mid-epoch has no on_train_epoch_start for it
         if not self.automatic_optimization and self.trainer.world_size > 1:
             raise ConfigError(
                 "steps_per_call > 1 makes its updates outside Lightning's distributed wrapper, so gradients would "
@@ -581,7 +534,9 @@ class MLPSystem(Members):
             trajectory.start(updates_per_epoch, partial(self.point, m), self.updates_done)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
+        if self.updates_done - self.updates_checked >= self.check_every:
+            self.updates_checked = self.updates_done
+            self.check_finite()
         for m in self.active() if self.trajectories is not None else ():
             self.trajectories[m].stepped(partial(self.point, m), self.updates_done)
 
@@ -627,7 +582,17 @@ class MLPSystem(Members):
     # -- each epoch's values: each member's row, and where they are shown --------------------------------------
 
     def on_train_epoch_start(self) -> None:  # not called when a run resumes in the middle of an epoch
-        super().on_train_epoch_start()
+        self._start_epoch_timer()
+        for metric in (self.train_loss, self.train_acc, self.grad_norms):
+            metric.reset()
+        self.batches_done_in_epoch = 0
+        self.ended_epoch = None
+        lrs: list[dict[str, float]] = []
+        for part, optimizer in zip(self.parts, self.trainer.optimizers):
+            lrs += [{f"lr-{type(optimizer).__name__}": float(optimizer.param_groups[0]["lr"])}] * (
+                part.stop - part.start
+            )
+        self.epoch_lrs = lrs
         self.improved = None
 
     def end_training_epoch(self, values: dict[str, torch.Tensor]) -> None:
@@ -741,7 +706,8 @@ class MLPSystem(Members):
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
+        checkpoint["updates_done"] = self.updates_done
+        checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
         checkpoint.update(self.records_of(0))  # a run's; a population's members each get their own
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
