@@ -11,7 +11,6 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mlptrain.anatomy import flatten
 from mlptrain.rundir import library_versions, read_checkpoint, write_durably, write_metrics
 
 
@@ -93,18 +92,20 @@ class CheckpointOnStop(Callback):
         self.last.best_model_path = str(path)
 
 
-class WeightTrajectory(Callback):
-    """Keeps the weights as training moves them, for landscape.png: at the start and about `per_epoch` times
-    an epoch (after a training step, so every K updates at most on the fast path). The points go into the
-    checkpoints, so a resumed run continues the same path."""
+class WeightTrajectory:
+    """A member's weights as training moves them, for landscape.png: at the start and about `per_epoch` times
+    an epoch (after a training step, so every K updates at most on the fast path). MLPSystem keeps one per member
+    (report.landscape) and calls the methods below with the member's weights (`point`). The points go into the
+    member's checkpoints (under `state_key`, in `callbacks`, where a Lightning callback's state was kept), so a
+    resumed run continues the same path."""
+
+    state_key = "WeightTrajectory"
 
     def __init__(self, per_epoch: int = 10) -> None:
         self.per_epoch = per_epoch
         self.points: list[torch.Tensor] = []  # each (P,), the parameters in model.parameters() order, on the CPU
         self.updates: list[int] = []  # the update count at each point
         self.every = 1
-
-    # What the hooks below do, for a network given as point() (a population's members: each its own)
 
     def start(self, updates_per_epoch: int, point: Callable[[], torch.Tensor], updates: int) -> None:
         self.every = max(1, int(updates_per_epoch) // self.per_epoch)
@@ -122,16 +123,6 @@ class WeightTrajectory(Callback):
     def keep(self, point: torch.Tensor, updates: int) -> None:
         self.points.append(point)
         self.updates.append(updates)
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        updates_per_epoch = trainer.num_training_batches * pl_module.hparams.steps_per_call
-        self.start(updates_per_epoch, lambda: flatten(pl_module.model).cpu(), pl_module.updates_done)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        self.stepped(lambda: flatten(pl_module.model).cpu(), pl_module.updates_done)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.end(lambda: flatten(pl_module.model).cpu(), pl_module.updates_done)
 
     def path(self) -> torch.Tensor:
         """(T, P): the points kept, in order."""

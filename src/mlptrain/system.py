@@ -546,7 +546,8 @@ class MLPSystem(L.LightningModule):
 
     def point(self, m: int) -> torch.Tensor:
         """Member m's parameters as one vector on the CPU, as anatomy.flatten gives its run alone's."""
-        own = [cut(p[m].detach(), self.shapes[m][name]).flatten() for name, p in zip(self.names, self.stacked)]
+        params = [p[m] for p in self.stacked] if self.in_population else self.stacked
+        own = [cut(p.detach(), self.shapes[m][name]).flatten() for name, p in zip(self.names, params)]
         return torch.cat(own).cpu()
 
     @property
@@ -708,15 +709,24 @@ class MLPSystem(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["updates_done"] = self.updates_done
         checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
-        checkpoint.update(self.records_of(0))  # a run's; a population's members each get their own
+        # A run's records; a population's members each get their own (member_checkpoints.member_checkpoint)
+        checkpoint.update(self.records_of(0))
+        if self.trajectories is not None and not self.in_population:
+            checkpoint.setdefault("callbacks", {})[WeightTrajectory.state_key] = self.trajectories[0].state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "members" not in checkpoint:  # a run's
+        in_population = "members" in checkpoint  # a population's, stacked from its members' (member_checkpoints)
+        members = checkpoint["members"] if in_population else [checkpoint]
+        if not in_population:
             upgrade(checkpoint["state_dict"])  # before Lightning loads it
-            self.restore_records(checkpoint, [checkpoint])
-            return
-        members = checkpoint["members"]  # a population's, stacked from its members' (member_checkpoints)
         self.restore_records(checkpoint, members)
+        # Each member's path through weight space, where it goes on; not from the checkpoint a run is tested at
+        # (its best.ckpt's path is shorter)
+        if self.trajectories is not None and not self.trainer.testing:
+            for member, trajectory in zip(members, self.trajectories):
+                trajectory.load_state_dict(member.get("callbacks", {}).get(trajectory.state_key, {}))
+        if not in_population:
+            return
         for member, checkpoints in zip(members, self.checkpoints):
             for callback in checkpoints:
                 state = member["callbacks"].get(callback.state_key)
@@ -725,8 +735,6 @@ class MLPSystem(L.LightningModule):
         if self.model.generators is not None:  # each member's dropout draws on where it stopped
             for generator, member in zip(self.model.generators, members):
                 generator.set_state(member["rng_state"])
-        for member, trajectory in zip(members, self.trajectories or ()):
-            trajectory.load_state_dict(member["callbacks"].get(trajectory.state_key, {}))
 
     # -- inference -----------------------------------------------------------------------------------------------
 

@@ -222,9 +222,13 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     if path and writer:
         log.info("Training path: %s", path.why)
     trajectory = WeightTrajectory() if cfg.report.landscape else None
-    if trajectory is not None and not cfg.train:  # the path kept in the checkpoint's training
-        trajectory.load_state_dict(read_checkpoint(cfg.ckpt_path).get("callbacks", {}).get(trajectory.state_key, {}))
-    extra = [*callbacks, trajectory] if trajectory is not None else list(callbacks)
+    if trajectory is not None:  # the run's path through weight space, kept by the system as a member's
+        system.trajectories = [trajectory]
+        if not cfg.train:  # the path kept in the checkpoint's training
+            trajectory.load_state_dict(
+                read_checkpoint(cfg.ckpt_path).get("callbacks", {}).get(trajectory.state_key, {})
+            )
+    extra = list(callbacks)
     tracker = None
     if cfg.logger.mlflow.enabled and writer:  # started before training: a required store that refuses stops it here
         tracker = _tracker(cfg, run_dir, resumed, path.why if path else None)
