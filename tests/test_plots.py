@@ -92,6 +92,37 @@ def test_the_weights_path_is_kept_in_the_checkpoints_and_redraws_the_landscape(r
     assert not (tmp_path / "network.png").exists()
 
 
+@pytest.mark.slow
+def test_the_landscape_shows_the_whole_training_where_the_best_epoch_is_not_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run is tested at its best.ckpt, which holds the path up to that epoch: the report still draws the whole
+    path, the one last.ckpt keeps (the same picture as redrawn from it)."""
+    import torch
+
+    from mlptrain.system import MLPSystem
+    from tests.conftest import compose_config
+
+    end_evaluation = MLPSystem.end_evaluation
+
+    def falling_accuracy(self: MLPSystem, stage: str, values: dict) -> None:
+        if stage == "val":  # each epoch's val/acc below the one before: the best checkpoint stays epoch 0's
+            values = {**values, "val/acc": torch.full_like(values["val/acc"], 1 / (self.current_epoch + 2))}
+        end_evaluation(self, stage, values)
+
+    monkeypatch.setattr(MLPSystem, "end_evaluation", falling_accuracy)
+    settings = ["model.hidden=[20]", "trainer.limit_train_batches=40", "progress_bar=false", "report.landscape=pca",
+                "report.network_images=0"]  # fmt: skip
+    train(compose_config([*settings, "trainer.max_epochs=3"], tmp_path / "run"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["tested_checkpoint"].endswith("best.ckpt") and summary["best_val_acc"] == pytest.approx(0.5)
+    monkeypatch.undo()
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    train(compose_config([*settings, "train=false", f"ckpt_path={last}"], tmp_path / "redrawn"))
+    drawn = (tmp_path / "run" / "landscape.png").read_bytes()
+    assert drawn == (tmp_path / "redrawn" / "landscape.png").read_bytes()
+
+
 def test_confusion_matrix_counts_the_whole_test_set(run: Path) -> None:
     matrix = np.loadtxt(run / "confusion.csv", delimiter=",", dtype=int)
     assert matrix.shape == (10, 10) and matrix.sum() == 10_000
