@@ -236,7 +236,7 @@ class MNISTDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         # A population's members' data.shuffle_seed, one each: the training mini-batches are then (N, B), each
-        # member's own rows (mlptrain.population), and shuffle_seed is not used.
+        # member's own rows (a population: system.MLPSystem.population), and shuffle_seed is not used.
         self.member_shuffle_seeds = list(member_shuffle_seeds) if member_shuffle_seeds is not None else None
         # The values' ranges and choices are mlptrain.config's rules, checked before this is built.
         self.steps_per_call = steps_per_call
