@@ -47,6 +47,10 @@ def sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str], *overrides: str, e
     return folder
 
 
+def summary_of(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
 def alone(tmp_path: Path, name: str, *overrides: str) -> Path:
     """The same job as a run of its own."""
     cfg = compose_config([*SHORT, *overrides], tmp_path / name)
@@ -115,9 +119,13 @@ def test_each_member_is_tested_at_its_best_checkpoint_not_its_last_weights(tmp_p
         ((tested_step, _),) = csv_histories(folder / str(number))["test/acc"]
         best = torch.load(folder / str(number) / "checkpoints" / "best.ckpt", weights_only=True)
         assert tested_step == best["updates_done"] < 280  # the best is not the last: the case under test
-        assert_same_run(
-            folder / str(number), alone(tmp_path, f"alone{number}", *settings, f"optimizer.lr={lr}"), steps=280
-        )
+        run_alone = alone(tmp_path, f"alone{number}", *settings, f"optimizer.lr={lr}")
+        assert_same_run(folder / str(number), run_alone, steps=280)
+        # Both tested with best.ckpt's weights: the test accuracy train=false finds in that file
+        best_path = folder / str(number) / "checkpoints" / "best.ckpt"
+        evaluated = alone(tmp_path, f"evaluated{number}", "train=false", f"ckpt_path={best_path}")
+        for tested in (folder / str(number), run_alone):
+            assert summary_of(tested)["test_acc"] == summary_of(evaluated)["test_acc"]
 
 
 @pytest.mark.parametrize("compiled", [False], ids=["eager"])  # compiled: 5 min cold for 4 kinds (docs/benchmarks.md)
