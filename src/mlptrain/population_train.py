@@ -21,6 +21,7 @@ from mlptrain.config import check, plain
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import MlptrainError
 from mlptrain.member_checkpoints import MemberCheckpointIO
+from mlptrain.model import padded
 from mlptrain.predict import load_trained
 from mlptrain.report import write_run_report
 from mlptrain.rundir import (
@@ -240,7 +241,7 @@ def _fit_and_test(
     system.finish_tensorboards("success")
     global_steps = system.updates_done
     tested = {m: system.checkpoints[m].best.best_model_path or None for m in system.active()}
-    tested_updates = system.at_best(tested)
+    system.evaluated, tested_updates = at_best(system, tested)
     trainer.test(system, datamodule=datamodule, verbose=False)
     system.finish_tensorboards("success")
     test_loss, test_acc = system.test_results["test/loss"], system.test_results["test/acc"]
@@ -265,3 +266,19 @@ def _fit_and_test(
         )
         results[run_dir] = summary["best_val_acc"]
     return results
+
+
+def at_best(system: MLPSystem, tested: dict[int, str | None]) -> tuple[list[torch.Tensor], list[int]]:
+    """What the population is tested with, as a run tests its best.ckpt: the stacked parameters, each member's
+    from the checkpoint its ModelCheckpoint(monitor=val/acc) names (`tested`; its weights as they are where it
+    names none, or the member failed), and the updates made at each."""
+    stacked = [p.detach().clone() for p in system.stacked]
+    updates = [system.updates_done] * len(system.cfgs)
+    for m, path in tested.items():
+        if path is None:
+            continue
+        checkpoint = read_checkpoint(path)
+        for name, values in zip(system.names, stacked):
+            values[m] = padded(checkpoint["state_dict"][f"model.{name}"], system.full[name])
+        updates[m] = checkpoint["updates_done"]
+    return stacked, updates

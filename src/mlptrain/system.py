@@ -178,6 +178,8 @@ class MLPSystem(L.LightningModule):
         self.improved: torch.Tensor | None = None  # (N,) at an epoch's end: whose val/acc is its best so far
         self.last_val_acc: torch.Tensor | None = None  # (N,) of the last validation
         self.test_results: dict[str, list[float]] = {}  # each member's test values, as "test/loss": [...]
+        # A population's test uses each member's best.ckpt's parameters (population_train.at_best); None: the model's
+        self.evaluated: list[torch.Tensor] | None = None
         # A population's members' directories, logs and callbacks, as `population` sets them; a run's are its
         # Trainer's (train.py).
         self.cfgs: list[DictConfig] = []
@@ -618,7 +620,8 @@ class MLPSystem(L.LightningModule):
             self._step(stage, batch)
             return
         x, y = batch
-        output = self.model(x.to(self.stacked[0].dtype))  # (N, B, 10)
+        params = self.evaluated if self.evaluated is not None else self.stacked
+        output = self(x.to(params[0].dtype), params)  # (N, B, 10)
         loss = self.loss_fn(output, y.expand(len(output), -1))  # (N,)
         size = torch.full((1,), len(y), dtype=torch.float64, device=loss.device)
         self.update_metrics(stage, loss.detach()[:, None], size, output.argmax(-1), y)
@@ -666,22 +669,6 @@ class MLPSystem(L.LightningModule):
             callback.best_model_path = callback.kth_best_model_path = path
             callback.best_k_models = {path: score}
         self.last_val_acc = None
-
-    @torch.no_grad()
-    def at_best(self, tested: Mapping[int, str | None]) -> list[int]:
-        """Each member's weights put back to those of the checkpoint it is tested at (`tested`: the best.ckpt its
-        ModelCheckpoint(monitor=val/acc) names; None: as they are), a run's and a population member's alike, and
-        the updates made at each."""
-        updates = [self.updates_done] * len(self.hparams_of)
-        for m, path in tested.items():
-            if path is None:
-                continue
-            checkpoint = read_checkpoint(path)
-            for name, p in zip(self.names, self.stacked):
-                own = p[m] if self.in_population else p
-                own.copy_(padded(checkpoint["state_dict"][f"model.{name}"], own.shape))
-            updates[m] = checkpoint.get("updates_done", checkpoint.get("global_step", 0))
-        return updates
 
     # -- what each member is, as a run alone would describe it ---------------------------------------------------
 
@@ -733,7 +720,9 @@ class MLPSystem(L.LightningModule):
         if not in_population:
             upgrade(checkpoint["state_dict"])  # before Lightning loads it
         self.restore_records(checkpoint, members)
-        if self.trajectories is not None:  # each member's path through weight space, where it goes on
+        # Each member's path through weight space, where it goes on; not from the checkpoint a run is tested at
+        # (its best.ckpt's path is shorter)
+        if self.trajectories is not None and not self.trainer.testing:
             for member, trajectory in zip(members, self.trajectories):
                 trajectory.load_state_dict(member.get("callbacks", {}).get(trajectory.state_key, {}))
         if not in_population:
@@ -755,9 +744,11 @@ class MLPSystem(L.LightningModule):
         weight = self.model.layers[0].weight
         return torch.zeros(1, weight.shape[-1], dtype=weight.dtype, device=weight.device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's output: (B, 10) for a run, every member's (N, B, 10) for a population."""
-        return self.model(x)
+    def forward(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """The model's output: (B, 10) for a run; with `params` (stacked, N, ...), every member's (N, B, 10)."""
+        if params is None:
+            return self.model(x)
+        return torch.func.functional_call(self.model, dict(zip(self.names, params)), (x,))
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """A run's network's output, the predicted digit, and a probability per digit (B, 10)."""

@@ -240,12 +240,11 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     try:
         if cfg.train:
             fit(trainer, system, datamodule, ckpt_path)
-        summary["checkpoints"] = checkpoints.paths()
-        summary["global_steps"] = system.updates_done
+        history = list(system.history)  # the training's records; testing loads the best checkpoint's, older
+        summary["checkpoints"] = checkpoints.paths()  # before test() restores the callback from a file
+        summary["global_steps"] = system.updates_done  # and the module's count, from the tested checkpoint
         tested = checkpoints.best.best_model_path or ckpt_path
-        # Tested at its best, as a population's members are (train=false: the checkpoint's weights, loaded)
-        tested_updates = system.at_best({0: tested if cfg.train else None})[0]
-        trainer.test(system, datamodule=datamodule, verbose=False)
+        results = trainer.test(system, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]
     except MlptrainError as error:
         summarize(summary, start, trainer, checkpoints)
         message = write_failed(run_dir, system.history, summary, str(error), tracker)
@@ -265,10 +264,9 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         path = trajectory.path() if trajectory is not None and trajectory.points else None
         trained = Trained(system.model, system.loss_fn, dict(system.hparams))
         report = partial(write_run_report, run_dir, summary, config, trained, datamodule, plain(cfg.report), path)
-    tested_row = {"epoch": trainer.current_epoch, "step": tested_updates}
-    tested_row.update({key: system.test_results[key][0] for key in ("test/loss", "test/acc")})
-    say = log.info if writer else lambda line: None
-    write_completed(run_dir, system.history, tested_row, summary, report, tracker, say)
+    tested_row = {"epoch": trainer.current_epoch, "step": system.updates_done}
+    tested_row.update({key: results[key] for key in ("test/loss", "test/acc")})
+    write_completed(run_dir, history, tested_row, summary, report, tracker, log.info if writer else lambda line: None)
     best = checkpoints.best.best_model_score
     return float(best) if best is not None else None
 
