@@ -167,6 +167,7 @@ def test_a_signal_at_any_phase_ends_without_a_traceback_and_the_run_completes(
             break
     status, rest = finish(process)
     output = "".join(lines) + rest
+    assert marker in lines[-1], f"the run never logged {marker!r}, so no signal was sent: {output[-3000:]}"
     assert "Traceback" not in output, output[-3000:]
     finished = json.loads((run / "summary.json").read_text())["status"] if (run / "summary.json").exists() else None
     if finished == "completed":  # it had written everything, or nothing was left but to write it
