@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from mlptrain.train import train
 from mlptrain.training_path import choose_path
 from tests.conftest import compose_config, csv_histories, run_in_process
+from tests.test_records import DEBUG_FLAGS
 
 pytestmark = pytest.mark.slow  # whole sweeps
 
@@ -338,6 +339,18 @@ def test_a_trainer_setting_lightning_refuses_is_one_paragraph_for_every_member(t
         assert "The trainer config is not valid" in log and "trainer.*" in log, log
         assert "Traceback" not in log
         assert not (folder / str(number) / "summary.json").exists()
+
+
+# val_check_interval counts Lightning's training steps: a job with it takes Lightning's loop, and trains alone
+@pytest.mark.parametrize("flag", [flag for flag in DEBUG_FLAGS if "val_check_interval" not in flag])
+def test_lightnings_debugging_flags_run_a_population(flag: str, tmp_path: Path, capsys) -> None:
+    """As they run a run (tests/test_records.py): with fast_dev_run, Lightning saves no checkpoint, so no member's
+    best.ckpt may be named, nor tested."""
+    folder = sweep(tmp_path, capsys, flag, "seed=1,2")
+    for member in (folder / "0", folder / "1"):
+        result = summary_of(member)
+        assert result["status"] == "completed"
+        assert csv_histories(member)["test/acc"][-1][1] == result["test_acc"]
 
 
 def test_a_population_is_at_most_max_members_and_one_left_over_runs_alone(tmp_path: Path, capsys) -> None:

@@ -121,11 +121,14 @@ class MemberCheckpointIO(CheckpointIO):
         system = self.system
         improved = system.improved if system.ended_epoch is not None else None
         for m in system.active():
+            best = improved is not None and bool(improved[m])
+            if best:
+                system.name_best(m)
             member = member_checkpoint(system, checkpoint, m)
             folder = system.run_dirs[m] / "checkpoints"
             folder.mkdir(parents=True, exist_ok=True)
             last = system.checkpoints[m].last
-            if improved is not None and improved[m]:  # written first, as a run's callbacks write it
+            if best:  # written first, as a run's callbacks write it
                 write_durably(folder / "best.ckpt", lambda file, saved=member: torch.save(saved, file))
             last.best_model_path = str(folder / "last.ckpt")
             member["callbacks"][last.state_key] = last.state_dict()

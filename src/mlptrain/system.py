@@ -176,6 +176,7 @@ class MLPSystem(L.LightningModule):
         self.gathered: dict[int, torch.Tensor] = {}  # where each size of the members' mini-batches is gathered
         self.failures: list[dict[str, Any] | None] = [None] * len(self.hparams_of)  # a failed member's summary fields
         self.improved: torch.Tensor | None = None  # (N,) at an epoch's end: whose val/acc is its best so far
+        self.val_scores: torch.Tensor | None = None  # (N,) that validation's val/acc, on the CPU
         self.last_val_acc: torch.Tensor | None = None  # (N,) of the last validation
         self.test_results: dict[str, list[float]] = {}  # each member's test values, as "test/loss": [...]
         # A population's test uses each member's best.ckpt's parameters (population_train.at_best); None: the model's
@@ -653,22 +654,27 @@ class MLPSystem(L.LightningModule):
         return float(self.last_val_acc[active].mean()) if self.last_val_acc is not None else float("nan")
 
     def _mark_best(self) -> None:
-        """After the epoch's validation: each member whose val/acc beats its best so far gets its best.ckpt
-        written with last.ckpt (MemberCheckpointIO), and its ModelCheckpoint(monitor=val/acc) names it, as a
-        run's would (the first validation always counts). No weights are kept here: the test reads best.ckpt."""
+        """After the epoch's validation: which members' val/acc beats its best so far (`improved`; the scores:
+        `val_scores`; the first validation always counts). MemberCheckpointIO then writes their best.ckpt with
+        last.ckpt, and names it in their ModelCheckpoint(monitor=val/acc) as it does (`name_best`): where Lightning
+        saves no checkpoint (trainer.fast_dev_run), none is named. No weights are kept here: the test reads
+        best.ckpt."""
         if self.last_val_acc is None:
             return
         best = torch.tensor(
             [float(c.best.best_model_score) if c.best.best_model_score is not None else -1.0 for c in self.checkpoints]
         )
-        self.improved = (self.last_val_acc.cpu() > best) & torch.tensor([f is None for f in self.failures])
-        for m in self.improved.nonzero().flatten().tolist():
-            score = self.last_val_acc[m].detach().cpu()
-            callback, path = self.checkpoints[m].best, str(self.run_dirs[m] / "checkpoints" / "best.ckpt")
-            callback.best_model_score = callback.current_score = callback.kth_value = score
-            callback.best_model_path = callback.kth_best_model_path = path
-            callback.best_k_models = {path: score}
+        self.val_scores = self.last_val_acc.detach().cpu()
+        self.improved = (self.val_scores > best) & torch.tensor([f is None for f in self.failures])
         self.last_val_acc = None
+
+    def name_best(self, m: int) -> None:
+        """Member m's ModelCheckpoint(monitor=val/acc) names its best.ckpt, being written, as Lightning's would."""
+        score = self.val_scores[m]
+        callback, path = self.checkpoints[m].best, str(self.run_dirs[m] / "checkpoints" / "best.ckpt")
+        callback.best_model_score = callback.current_score = callback.kth_value = score
+        callback.best_model_path = callback.kth_best_model_path = path
+        callback.best_k_models = {path: score}
 
     # -- what each member is, as a run alone would describe it ---------------------------------------------------
 
