@@ -327,16 +327,26 @@ def test_jobs_that_cannot_be_stacked_run_one_after_another_and_the_log_says_why(
     assert status == 0 and (folder / "sweep_report.md").is_file(), output
 
 
-def test_a_trainer_setting_lightning_refuses_is_one_paragraph_for_every_member(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("setting", "paragraph", "keys"),
+    [
+        ("+trainer.no_such_argument=1", "The trainer config is not valid", "trainer.*"),
+        ("+optimizer.no_such_argument=1", "The optimizer could not be built", "optimizer._target_"),
+    ],
+    ids=["trainer", "optimizer"],
+)
+def test_a_setting_lightning_or_torch_refuses_is_one_paragraph_for_every_member(
+    setting: str, paragraph: str, keys: str, tmp_path: Path, capsys
+) -> None:
     """As a run's: the paragraph, in the sweep's log and each member's, no traceback, and a sweep none of whose
     jobs completed exits 1."""
     folder = tmp_path / "sweep"
-    arguments = ["-m", "hydra/launcher=population", "+trainer.no_such_argument=1", "seed=1,2", *SHORT]
+    arguments = ["-m", "hydra/launcher=population", setting, "seed=1,2", *SHORT]
     status, output = run_in_process("train.py", [*arguments, f"hydra.sweep.dir={folder}"], capsys)
-    assert status == 1 and "The trainer config is not valid" in output and "Traceback" not in output, output
+    assert status == 1 and paragraph in output and "Traceback" not in output, output
     for number in (0, 1):
         log = (folder / str(number) / "train.log").read_text()
-        assert "The trainer config is not valid" in log and "trainer.*" in log, log
+        assert paragraph in log and keys in log, log
         assert "Traceback" not in log
         assert not (folder / str(number) / "summary.json").exists()
 

@@ -36,7 +36,7 @@ from mlptrain.rundir import (
     yaml_text,
 )
 from mlptrain.signals import TrainingTakesSignals
-from mlptrain.system import MLPSystem
+from mlptrain.system import MLPSystem, write_log_line
 from mlptrain.train import (
     already_complete,
     check_ckpt_path,
@@ -133,7 +133,13 @@ def _train_group(group: Sequence[Resumed], log_name: str, sweep_dir: Path | None
     first = cfgs[0]
     paths = [member_path(cfg) for cfg in cfgs]  # compiled where each member's run alone would be (dropout: not)
     path = next((path for path in paths if not path.compile), paths[0])
-    system = MLPSystem.population(cfgs, path)
+    try:
+        system = MLPSystem.population(cfgs, path)
+    except MlptrainError as error:  # what every member shares and cannot be built (its optimizer): as a run's
+        log.error("%s", error)
+        for cfg in cfgs:
+            write_log_line(Path(cfg.output_dir) / log_name, str(error), "ERROR")
+        return {Path(cfg.output_dir): None for cfg in cfgs}
     system.log_name = log_name
     checkpoints = {Path(cfg.output_dir): checkpoint for cfg, checkpoint, _ in group}
     resumed = [checkpoints[run_dir] for run_dir in system.run_dirs]

@@ -688,9 +688,7 @@ class MLPSystem(L.LightningModule):
             if self.trainer.is_global_zero:  # one line per epoch, for logs where no progress bar is drawn
                 log.log(getattr(logging, level), "%s", message)
             return
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with (self.run_dirs[m] / self.log_name).open("a") as file:
-            file.write(LOG_FORMAT % (stamp, __name__, level, message))
+        write_log_line(self.run_dirs[m] / self.log_name, message, level)
 
     def _to_tensorboard(self, m: int, values: dict[str, float]) -> None:
         """A population member's values at an epoch's end, to its TensorBoard log: at the step, and with the epoch,
@@ -762,6 +760,12 @@ class MLPSystem(L.LightningModule):
         output = self.model(x.to(self.dtype))
         probs = probabilities(output, self.hparams.model.get("output_activation", "none"))
         return {"output": output, "pred": output.argmax(-1), "probs": probs}
+
+
+def write_log_line(file: Path, message: str, level: str = "INFO") -> None:
+    """A line in a population member's log (`file`), as Hydra's job_logging writes a run's."""
+    with file.open("a") as log_file:
+        log_file.write(LOG_FORMAT % (time.strftime("%Y-%m-%d %H:%M:%S"), __name__, level, message))
 
 
 def make_scheduler(optimizer: Optimizer, config: Mapping[str, Any], total_steps: int) -> Any:
