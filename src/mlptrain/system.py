@@ -174,7 +174,7 @@ class MLPSystem(L.LightningModule):
         weights = [name for name in self.names if "weight" in name]
         self.keep_records(parts, weights if log_grad_norms else [], check_finite_every_n_steps, scheduler["name"])
         self.gathered: dict[int, torch.Tensor] = {}  # where each size of the members' mini-batches is gathered
-        self.failures: list[dict[str, Any] | None] = [None] * len(self.hparams_of)  # a failed member's summary fields
+        self.failures: list[str | None] = [None] * len(self.hparams_of)  # a failed member's message; None: it trains
         self.improved: torch.Tensor | None = None  # (N,) at an epoch's end: whose val/acc is its best so far
         self.val_scores: torch.Tensor | None = None  # (N,) that validation's val/acc, on the CPU
         self.last_val_acc: torch.Tensor | None = None  # (N,) of the last validation
@@ -567,13 +567,9 @@ class MLPSystem(L.LightningModule):
             message = nonfinite_message(epoch, step, self.hparams_of[m]["optimizer"].get("lr"))
             if not self.in_population:
                 raise NonFiniteLossError(message)
-            self.failures[m] = {
-                "error": message,
-                "epochs": self.trainer.current_epoch,
-                "global_steps": self.updates_done,
-            }
-            summary = {**self.summary_of(m), "epochs": self.current_epoch, "global_steps": self.updates_done}
-            written = write_failed(self.run_dirs[m], self.histories[m], summary, message)
+            self.failures[m] = message
+            # Its summary where it failed: the epoch, and the updates made (summarize's)
+            written = write_failed(self.run_dirs[m], self.histories[m], self.summary_of(m), message)
             self.note(m, written, "ERROR")
             log.error("Member %s: %s", self.run_dirs[m], written)
 
@@ -607,14 +603,15 @@ class MLPSystem(L.LightningModule):
             self.add_row(m, own)
             self._to_tensorboard(m, own)
             self.note(m, self.epoch_line(m))
-        if self.in_population and active:
+        if not self.in_population:
+            return
+        if active:
             log.info(
                 "epoch %d  train/loss %.4f  val/acc %.4f (means over %d members)  (%.1f s training)",
                 self.current_epoch, sum(computed["train/loss"][m] for m in active) / len(active),
                 self._mean_val_acc(active), len(active), self.epoch_seconds[-1],
             )  # fmt: skip
-        if self.in_population:
-            self._mark_best()
+        self._mark_best()
 
     def evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         if not self.in_population:
