@@ -152,9 +152,17 @@ class _KillAfter(Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
+@pytest.mark.parametrize("command", [["resume=auto"], []], ids=["resume=auto", "the same command"])
 def test_slurm_requeue_signal_checkpoints_requeues_and_resumes(
-    make_cfg: MakeCfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    make_cfg: MakeCfg,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    command: list[str],
 ) -> None:
+    """SLURM's time-limit signal (SIGUSR1): Lightning's requeue, with last.ckpt written at the end of the step in
+    progress, as a SIGTERM writes it. The requeued job resumes from it, with resume=auto or without (SLURM's
+    restart count says it is the same job started again), and ends as a run that went through."""
     setup = [*TWO_EPOCHS, "steps_per_call=1"]  # Lightning's loop, where the kill below lands at mini-batch 7
     straight = make_cfg(*setup, run="straight")
     train(straight)
@@ -172,13 +180,15 @@ def test_slurm_requeue_signal_checkpoints_requeues_and_resumes(
     with pytest.raises(RuntimeError, match="killed"):
         train(job, callbacks=[_KillAfter(epoch=1, batch=6)])
     assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "4242"]
-    hpc = Path(job.output_dir) / "hpc_ckpt_1.ckpt"
-    assert torch.load(hpc, weights_only=True)["MNISTDataModule"] == {"epoch": 1, "batches_done": 7}
+    last = Path(job.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["MNISTDataModule"] == {"epoch": 1, "batches_done": 7}
+    assert not list(Path(job.output_dir).glob("hpc_ckpt_*"))  # Lightning's own file: none to auto-restore
 
-    requeued = make_cfg(*setup, "resume=auto", run="job")  # the requeued job: same command, same directory
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    requeued = make_cfg(*setup, *command, run="job")  # the requeued job: same command, same directory
     with caplog.at_level(logging.INFO, logger="mlptrain"):
         train(requeued)
-    assert f"resume=auto: resuming from {hpc}" in caplog.text  # newer than the last epoch's last.ckpt
+    assert f"resume=auto: resuming from {last.resolve()} (epoch 1, " in caplog.text
     a, b = weights(summary(straight)["checkpoints"]["last"]), weights(summary(requeued)["checkpoints"]["last"])
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert metrics_text(requeued.output_dir) == metrics_text(straight.output_dir)

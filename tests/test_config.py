@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from mlptrain.config import check
 from mlptrain.data import MNISTDataModule
 from mlptrain.system import MLPSystem
-from mlptrain.train import _make_trainer
+from mlptrain.train import trainer_for
 from mlptrain.training_path import choose_path
 from tests.conftest import CONF_DIR, compose_config
 
@@ -30,7 +30,7 @@ def build(overrides: list[str], tmp_path: Path) -> tuple:
     )
     data = MNISTDataModule(**plain["data"])
     if cfg.trainer.accelerator != "gpu":  # the gpu trainer is checked where there is a GPU (tests/test_gpu.py)
-        _make_trainer(cfg, tmp_path)
+        trainer_for(system.writing_into([cfg]), cfg)
     return cfg, system, data
 
 

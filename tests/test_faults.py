@@ -85,8 +85,8 @@ PHASES = {
     "before fit": ("Training path:", 0.0, False, ()),
     "in validation": ("Total FLOPs", 0.0, False, ()),  # the summary, then the sanity check's validation
     "in an epoch": ("epoch 0 ", 0.0, False, ()),
-    "in the test": ("Restoring states from the checkpoint path", 0.0, True, ()),
-    "in the report": ("Loaded model weights from the checkpoint", 1.0, True, ("report.enabled=true",)),
+    "in the test": ("Testing the weights of", 0.0, True, ()),
+    "in the report": ("Testing the weights of", 1.0, True, ("report.enabled=true",)),
     "after the summary": ("Test accuracy", 0.0, True, ()),
 }
 

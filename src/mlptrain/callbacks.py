@@ -1,5 +1,6 @@
-"""The callbacks and plugin every run adds to Lightning's Trainer: what each checkpoint records, how it is written
-(durably), and a checkpoint on SIGTERM."""
+"""What a run's and each population member's checkpoints are kept by: its best.ckpt and last.ckpt named
+(`Checkpoints`), a checkpoint where a SIGTERM stopped training, its path through weight space and its MLflow run.
+How they are written: mlptrain.member_checkpoints."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -8,24 +9,21 @@ from typing import Any, NamedTuple
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-from mlptrain.rundir import library_versions, read_checkpoint, write_durably, write_metrics
 
 
 class Checkpoints(NamedTuple):
-    """A run's two checkpoints: best.ckpt, the best val/acc so far, and last.ckpt, written at every epoch's
-    end (and where a SIGTERM stopped training). Two callbacks: since Lightning 2.6, save_last=True writes
-    last.ckpt only at the epochs that also write a best checkpoint, so a resume would repeat epochs."""
+    """A member's two checkpoints (a run's: its own): best.ckpt, the best val/acc so far, and last.ckpt, written
+    at every epoch's end (and where a signal stopped training). Each its ModelCheckpoint, as Lightning keeps a
+    checkpoint's name, score and state; MLPSystem marks the best and member_checkpoints.MemberCheckpointIO writes
+    both, so they are not the Trainer's callbacks (`trigger` is)."""
 
     best: ModelCheckpoint
     last: ModelCheckpoint
 
     @classmethod
     def into(cls, dirpath: Path) -> "Checkpoints":
-        # Both at the training epoch's end, after its validation: the checkpoint then holds the epoch's whole
-        # row of the history (MLPSystem.history), which metrics.csv is written from.
+        # Their settings name their state in every checkpoint (ModelCheckpoint.state_key): kept as they were.
         best = ModelCheckpoint(
             dirpath=dirpath,
             filename="best",
@@ -35,36 +33,21 @@ class Checkpoints(NamedTuple):
             auto_insert_metric_name=False,
             save_on_train_epoch_end=True,
         )
-        # No monitor: its one kept checkpoint is the latest, written over each epoch.
-        last = ModelCheckpoint(
-            dirpath=dirpath, filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True
-        )
-        return cls(best, last)
+        return cls(best, trigger(dirpath, "last"))  # no monitor: the latest, written over each epoch
 
     def paths(self) -> dict[str, str | None]:
         return {"best": self.best.best_model_path or None, "last": self.last.best_model_path or None}
 
 
-class RecordRun(Callback):
-    """Stores the resolved config and library versions in every checkpoint, so each file describes its run,
-    and the random number generators' states, so that dropout draws on after a resume as it would have."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint["config"] = self.config
-        checkpoint["library_versions"] = library_versions()
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("rng_states", {})
-        if "torch" in states:
-            torch.set_rng_state(states["torch"])
-        if "cuda" in states and torch.cuda.device_count() == len(states["cuda"]):
-            torch.cuda.set_rng_state_all(states["cuda"])
+def trigger(dirpath: Path, filename: str) -> ModelCheckpoint:
+    """The Trainer's one ModelCheckpoint: it asks for a checkpoint at every training epoch's end, after its
+    validation (the checkpoint then holds the epoch's whole row of each member's history, which metrics.csv is
+    written from), and member_checkpoints.MemberCheckpointIO writes it as each member's. Since Lightning 2.6,
+    save_last=True writes last.ckpt only at the epochs that also write a best checkpoint, so a resume would repeat
+    epochs: hence every epoch's."""
+    return ModelCheckpoint(
+        dirpath=dirpath, filename=filename, save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True
+    )
 
 
 class CheckpointOnStop(Callback):
@@ -135,29 +118,6 @@ class WeightTrajectory:
         points = state_dict.get("points")
         self.points = list(points) if points is not None else []
         self.updates = list(state_dict.get("updates", []))
-
-
-class DurableCheckpointIO(CheckpointIO):
-    """Lightning's extension point for checkpoint files: every checkpoint is written durably
-    (rundir.write_durably), so a checkpoint is replaced only once its successor is committed, and read with
-    read_checkpoint (no code runs). After each checkpoint the run's metrics.csv is rewritten from the history that
-    checkpoint holds."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_durably(path, lambda file: torch.save(checkpoint, file))
-        if "history" in checkpoint:
-            write_metrics(self.run_dir, checkpoint["history"])
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return read_checkpoint(path)
-
-    def remove_checkpoint(self, path: Any) -> None:
-        Path(path).unlink(missing_ok=True)
 
 
 class Tracking(Callback):

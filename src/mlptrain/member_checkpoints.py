@@ -1,14 +1,14 @@
-"""A population's checkpoints as its members' own: Lightning saves the population's, and each member gets its
-part, cut to its own shapes, in a single run's format (`member_checkpoint`), so train=false, scripts/predict.py,
-the report and a run of its own take it; a resume stacks the members' checkpoints again, padded to the widest
-(`population_checkpoint`). `MemberCheckpointIO` is the Lightning plugin that does both."""
+"""Each member's checkpoints, a run's (a population of one) and a population's alike: Lightning saves the
+system's, and each member gets its part, cut to its own shapes, in a run's format (`member_checkpoint`), so
+train=false, scripts/predict.py, the report and a run of its own take it; a resume stacks the members'
+checkpoints again, padded to the widest (`population_checkpoint`; a run's is its own). `MemberCheckpointIO` is
+the Lightning plugin that does both, durably (rundir.write_durably)."""
 
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from mlptrain.frameworks import HPARAMS_AS_KEYWORDS
 from mlptrain.model import cut, padded
 from mlptrain.rundir import library_versions, write_durably, write_metrics
 from mlptrain.system import TRAINING_STATES, MLPSystem, upgrade
@@ -16,11 +16,19 @@ from mlptrain.tracking import STATE_KEY
 
 
 def member_checkpoint(system: MLPSystem, checkpoint: dict[str, Any], m: int) -> dict[str, Any]:
-    """Member m's part of the population's checkpoint, as its run alone would have saved it then."""
+    """Member m's part of the system's checkpoint, as its run alone saves it then (a run's: its own)."""
+    from mlptrain.frameworks import HPARAMS_AS_KEYWORDS  # which imports Hydra's sweeper: not before Hydra does
+
     s = system.set_of[m]
     offset = m - system.parts[s].start
     shapes = system.shapes[m]
-    state_dict = {f"model.{name}": cut(p[m].detach(), shapes[name]) for name, p in zip(system.names, system.stacked)}
+
+    def own(t: torch.Tensor, index: int) -> torch.Tensor:  # member m's part of a stacked tensor; a run's is its own
+        return t[index] if system.in_population else t
+
+    state_dict = {
+        f"model.{name}": cut(own(p, m).detach(), shapes[name]) for name, p in zip(system.names, system.stacked)
+    }
     # The training metrics' states, (N,) each: the member's, as a run's of one member
     state_dict.update({key: checkpoint["state_dict"][key][m : m + 1].clone() for key in TRAINING_STATES})
     optimizer = checkpoint["optimizer_states"][s]
@@ -31,7 +39,7 @@ def member_checkpoint(system: MLPSystem, checkpoint: dict[str, Any], m: int) -> 
             {
                 "state": {
                     index: {
-                        key: cut(t[offset], shapes[system.names[index]]) if t.dim() > 0 else t.clone()
+                        key: cut(own(t, offset), shapes[system.names[index]]) if t.dim() > 0 else t.clone()
                         for key, t in values.items()
                     }
                     for index, values in optimizer["state"].items()
@@ -40,6 +48,7 @@ def member_checkpoint(system: MLPSystem, checkpoint: dict[str, Any], m: int) -> 
             }
         ],
         callbacks={
+            **checkpoint.get("callbacks", {}),  # a run's extra callbacks' (population: the trigger's, replaced next)
             **{callback.state_key: callback.state_dict() for callback in system.checkpoints[m]},
             **({system.trajectories[m].state_key: system.trajectories[m].state_dict()} if system.trajectories else {}),
             **({STATE_KEY: system.trackers[m].state()} if system.trackers else {}),
@@ -48,7 +57,7 @@ def member_checkpoint(system: MLPSystem, checkpoint: dict[str, Any], m: int) -> 
         hyper_parameters=system.hparams_of[m],
         config=system.plain[m],
         library_versions=library_versions(),
-        rng_states={"torch": _rng_state(system, m)},
+        rng_states=_rng_states(system, m),
         **system.records_of(m),
     )
     schedulers = checkpoint.get("lr_schedulers", [])
@@ -56,17 +65,26 @@ def member_checkpoint(system: MLPSystem, checkpoint: dict[str, Any], m: int) -> 
     return member
 
 
-def _rng_state(system: MLPSystem, m: int) -> torch.Tensor:
-    """Member m's random generator's state, as its run alone's checkpoint keeps the process's."""
+def _rng_states(system: MLPSystem, m: int) -> dict[str, Any]:
+    """Member m's random generators' states, so that its dropout draws on after a resume as it would have: a
+    population member's own generator, or the process's (and CUDA's) for a run (MLPSystem.on_load_checkpoint)."""
     generators = system.model.generators
-    return generators[m].get_state() if generators is not None else torch.get_rng_state()
+    if generators is not None:
+        return {"torch": generators[m].get_state()}
+    states = {"torch": torch.get_rng_state()}
+    if not system.in_population and torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
 
 
 def population_checkpoint(system: MLPSystem) -> dict[str, Any]:
-    """The population's checkpoint, stacked from its members' (system.resumed): what Lightning restores."""
+    """The population's checkpoint, stacked from its members' (system.resumed): what Lightning restores. A run's
+    is its own, as it is (a model of another shape is Lightning's error, train.fit's ConfigError)."""
     members = system.resumed
     assert members is not None
     first = members[0]
+    if not system.in_population:
+        return first
     state_dict = {
         f"model.{name}": torch.stack([padded(c["state_dict"][f"model.{name}"], system.full[name]) for c in members])
         for name in system.names
@@ -109,10 +127,11 @@ def population_checkpoint(system: MLPSystem) -> dict[str, Any]:
 
 
 class MemberCheckpointIO(CheckpointIO):
-    """Lightning's checkpoint of the population, written as each member's: last.ckpt always, best.ckpt where
-    the member's val/acc is its best so far, then its metrics.csv from the history the checkpoint holds, all
-    durably (mlptrain.rundir). Failed members are left as they were. Loading gives the population's checkpoint
-    stacked from the members' own (MLPSystem.resumed, population_checkpoint)."""
+    """Lightning's checkpoint of the system (wherever it is asked for: an epoch's end, a SIGTERM, SLURM's
+    time-limit signal), written as each member's: last.ckpt always, best.ckpt where the member's val/acc is its
+    best so far, then its metrics.csv from the history the checkpoint holds, all durably (mlptrain.rundir), each
+    file replaced whole or not at all. Failed members are left as they were. Loading gives the system's checkpoint
+    from the members' own (MLPSystem.resumed, population_checkpoint); the path Lightning names is not read."""
 
     def __init__(self, system: MLPSystem) -> None:
         self.system = system
@@ -139,4 +158,4 @@ class MemberCheckpointIO(CheckpointIO):
         return population_checkpoint(self.system)
 
     def remove_checkpoint(self, path: Any) -> None:
-        pass  # the population's own checkpoint is never written
+        pass  # only the members' files are written, and each is replaced, never removed

@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
-from mlptrain.callbacks import CheckpointOnStop, Tracking
+from mlptrain.callbacks import Tracking
 from mlptrain.config import check, plain
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import MlptrainError
-from mlptrain.member_checkpoints import MemberCheckpointIO
-from mlptrain.model import padded
 from mlptrain.predict import load_trained
 from mlptrain.report import write_run_report
 from mlptrain.rundir import (
@@ -35,17 +33,14 @@ from mlptrain.rundir import (
     write_text_durably,
     yaml_text,
 )
-from mlptrain.signals import TrainingTakesSignals
 from mlptrain.system import MLPSystem, write_log_line
 from mlptrain.train import (
     already_complete,
     check_ckpt_path,
     fit,
     interrupted,
-    make_trainer,
-    progress_bar,
     tensorboard_logger,
-    trainer_settings,
+    trainer_for,
 )
 from mlptrain.training_path import member_path
 
@@ -157,29 +152,14 @@ def _train_group(group: Sequence[Resumed], log_name: str, sweep_dir: Path | None
     _member_hooks(system)
     log.info("Population of %d members, trained together: %s", len(cfgs), system.describe())
     folder = system.run_dirs[0].parent
-    last = ModelCheckpoint(  # what Lightning saves, the members' checkpoints are cut from (MemberCheckpointIO)
-        dirpath=folder / ".population", filename=f".population-{system.run_dirs[0].name}", save_top_k=1,
-        enable_version_counter=False, save_on_train_epoch_end=True,
-    )  # fmt: skip
-    callbacks: list[Callback] = [last, TrainingTakesSignals(), CheckpointOnStop(last)]
-    show_bar = progress_bar(first.progress_bar)
-    if show_bar:
-        callbacks.append(RichProgressBar())
+    callbacks: list[Callback] = []
     try:
         if first.logger.tensorboard:  # each member its own event files, as its run alone's
             system.tensorboards = [tensorboard_logger(run_dir) for run_dir in system.run_dirs]
         if first.logger.mlflow.enabled:  # each member its MLflow run, before training (a required store refuses)
             system.trackers = _trackers(system, group, sweep_dir)
             callbacks.append(Tracking(system.trackers, lambda system: system.histories))
-        trainer = make_trainer(
-            trainer_settings(first, path.steps_per_call),
-            default_root_dir=folder,
-            logger=False,
-            callbacks=callbacks,
-            plugins=[MemberCheckpointIO(system)],
-            enable_progress_bar=show_bar,
-            enable_model_summary=False,
-        )
+        trainer = trainer_for(system, first, callbacks)
     except MlptrainError as error:  # settings Lightning refuses: every member's, as a run's before it trains
         log.error("%s", error)
         for m in system.active():
@@ -247,7 +227,7 @@ def _fit_and_test(
     system.finish_tensorboards("success")
     global_steps = system.updates_done
     tested = {m: system.checkpoints[m].best.best_model_path or None for m in system.active()}
-    system.evaluated, tested_updates = at_best(system, tested)
+    tested_updates = system.at_best(tested)
     trainer.test(system, datamodule=datamodule, verbose=False)
     system.finish_tensorboards("success")
     test_loss, test_acc = system.test_results["test/loss"], system.test_results["test/acc"]
@@ -272,19 +252,3 @@ def _fit_and_test(
         )
         results[run_dir] = summary["best_val_acc"]
     return results
-
-
-def at_best(system: MLPSystem, tested: dict[int, str | None]) -> tuple[list[torch.Tensor], list[int]]:
-    """What the population is tested with, as a run tests its best.ckpt: the stacked parameters, each member's
-    from the checkpoint its ModelCheckpoint(monitor=val/acc) names (`tested`; its weights as they are where it
-    names none, or the member failed), and the updates made at each."""
-    stacked = [p.detach().clone() for p in system.stacked]
-    updates = [system.updates_done] * len(system.cfgs)
-    for m, path in tested.items():
-        if path is None:
-            continue
-        checkpoint = read_checkpoint(path)
-        for name, values in zip(system.names, stacked):
-            values[m] = padded(checkpoint["state_dict"][f"model.{name}"], system.full[name])
-        updates[m] = checkpoint["updates_done"]
-    return stacked, updates

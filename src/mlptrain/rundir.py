@@ -514,7 +514,7 @@ def resume_path(run_dir: Path, repair: bool = True) -> str | None:
             # none), and a run with nothing left to train would never write it again.
             write_durably(last, lambda file: file.write(newest.read_bytes()))
             log.info("resume=auto: %s is the newest state, so last.ckpt is now a copy of it", newest.name)
-        log.info("resume=auto: resuming from %s", newest.resolve())
+        log.info("resume=auto: resuming from %s (epoch %d, %d updates made)", newest.resolve(), *progress)
         return str(newest)
     if damaged:
         raise CheckpointError(

@@ -142,9 +142,7 @@ class MLPSystem(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["members"])
         self.in_population = bool(members)
-        self.hparams_of = [hparams for hparams, _ in members] or [
-            {"model": model, "loss": loss, "optimizer": optimizer}
-        ]
+        self.hparams_of = [hparams for hparams, _ in members] or [dict(self.hparams)]  # each member's arguments
         settings = [(kind_of(hparams), optimizer_settings(hparams)) for hparams in self.hparams_of]
         parts = side_by_side(settings)  # the sets of members with equal optimizer settings, slices of the stack
         self.set_of = [s for s, part in enumerate(parts) for _ in range(part.start, part.stop)]  # each member's
@@ -179,13 +177,12 @@ class MLPSystem(L.LightningModule):
         self.val_scores: torch.Tensor | None = None  # (N,) that validation's val/acc, on the CPU
         self.last_val_acc: torch.Tensor | None = None  # (N,) of the last validation
         self.test_results: dict[str, list[float]] = {}  # each member's test values, as "test/loss": [...]
-        # A population's test uses each member's best.ckpt's parameters (population_train.at_best); None: the model's
-        self.evaluated: list[torch.Tensor] | None = None
-        # A population's members' directories, logs and callbacks, as `population` sets them; a run's are its
-        # Trainer's (train.py).
+        self.tested: dict[int, str | None] = {}  # the checkpoint each member is tested at (at_best)
+        # Each member's config, directory, checkpoints' callbacks and path through weight space: `writing_into`.
         self.cfgs: list[DictConfig] = []
         self.run_dirs: list[Path] = []
         self.checkpoints: list[Checkpoints] = []
+        self.plain: list[dict[str, Any]] = []
         self.resumed: list[dict[str, Any]] | None = None  # the members' checkpoints a resume starts from
         self.log_name = "train.log"  # each member's log, in its directory: Hydra's job log name
         self.tensorboards: list[Any] | None = None  # logger=tensorboard: each member's own (train.tensorboard_logger)
@@ -201,14 +198,19 @@ class MLPSystem(L.LightningModule):
         hparams = [hyperparameters(cfg, path) for cfg in cfgs]
         order = sorted(range(len(cfgs)), key=lambda m: (kind_of(hparams[m]), optimizer_settings(hparams[m])))
         system = cls(**hparams[order[0]], members=[(hparams[m], cfgs[m].seed) for m in order])
-        system.cfgs = [cfgs[m] for m in order]
         system.path = path
-        system.run_dirs = [Path(cfg.output_dir) for cfg in system.cfgs]
-        system.plain = [plain(cfg) for cfg in system.cfgs]  # each config resolved, for its files and checkpoints
-        system.checkpoints = [Checkpoints.into(run_dir / "checkpoints") for run_dir in system.run_dirs]
-        # report.landscape: each member's path through weight space, kept as its run alone's WeightTrajectory keeps it
-        system.trajectories = [WeightTrajectory() for _ in system.cfgs] if system.cfgs[0].report.landscape else None
-        return system
+        return system.writing_into([cfgs[m] for m in order])
+
+    def writing_into(self, cfgs: Sequence[DictConfig]) -> "MLPSystem":
+        """Each member's files go where its config says (`cfgs`, in the members' order; a run's: its own):
+        checkpoints (best.ckpt and last.ckpt, each named by a ModelCheckpoint of its own, which
+        member_checkpoints.MemberCheckpointIO writes), and with report.landscape its path through weight space."""
+        self.cfgs = list(cfgs)
+        self.run_dirs = [Path(cfg.output_dir) for cfg in self.cfgs]
+        self.plain = [plain(cfg) for cfg in self.cfgs]  # each config resolved, for its files and checkpoints
+        self.checkpoints = [Checkpoints.into(run_dir / "checkpoints") for run_dir in self.run_dirs]
+        self.trajectories = [WeightTrajectory() for _ in self.cfgs] if self.cfgs[0].report.landscape else None
+        return self
 
     def _stack(self, models: list[MLP], kinds: list[slice]) -> None:
         """The model's parameters become every member's, stacked (N, ...): members of different widths (the depth is
@@ -351,6 +353,11 @@ class MLPSystem(L.LightningModule):
             torch.cuda.synchronize(self.device)  # the epoch's kernels, not only their launches
         self.epoch_seconds.append(time.perf_counter() - self.epoch_started)
         self.epoch_started = None
+
+    def on_test_start(self) -> None:
+        for m, path in self.tested.items():  # which weights each member's test evaluates (at_best)
+            if self.failures[m] is None:
+                self.note(m, f"Testing the weights of {path}" if path else "Testing the weights as they are")
 
     def on_validation_start(self) -> None:
         self._stop_epoch_timer()  # an epoch's time is its training, not its validation
@@ -603,6 +610,7 @@ class MLPSystem(L.LightningModule):
             self.add_row(m, own)
             self._to_tensorboard(m, own)
             self.note(m, self.epoch_line(m))
+        self._mark_best()
         if not self.in_population:
             return
         if active:
@@ -611,15 +619,13 @@ class MLPSystem(L.LightningModule):
                 self.current_epoch, sum(computed["train/loss"][m] for m in active) / len(active),
                 self._mean_val_acc(active), len(active), self.epoch_seconds[-1],
             )  # fmt: skip
-        self._mark_best()
 
     def evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         if not self.in_population:
             self._step(stage, batch)
             return
         x, y = batch
-        params = self.evaluated if self.evaluated is not None else self.stacked
-        output = self(x.to(params[0].dtype), params)  # (N, B, 10)
+        output = self.model(x.to(self.stacked[0].dtype))  # (N, B, 10)
         loss = self.loss_fn(output, y.expand(len(output), -1))  # (N,)
         size = torch.full((1,), len(y), dtype=torch.float64, device=loss.device)
         self.update_metrics(stage, loss.detach()[:, None], size, output.argmax(-1), y)
@@ -673,6 +679,23 @@ class MLPSystem(L.LightningModule):
         callback.best_model_path = callback.kth_best_model_path = path
         callback.best_k_models = {path: score}
 
+    @torch.no_grad()
+    def at_best(self, tested: Mapping[int, str | None]) -> list[int]:
+        """Each member's weights put back to those of the checkpoint it is tested at (`tested`: the best.ckpt its
+        ModelCheckpoint(monitor=val/acc) names; None: as they are), a run's and a population member's alike, and
+        the updates made at each."""
+        self.tested = dict(tested)
+        updates = [self.updates_done] * len(self.hparams_of)
+        for m, path in tested.items():
+            if path is None:
+                continue
+            checkpoint = read_checkpoint(path)
+            for name, p in zip(self.names, self.stacked):
+                own = p[m] if self.in_population else p
+                own.copy_(padded(checkpoint["state_dict"][f"model.{name}"], own.shape))
+            updates[m] = checkpoint.get("updates_done", checkpoint.get("global_step", 0))
+        return updates
+
     # -- what each member is, as a run alone would describe it ---------------------------------------------------
 
     def describe(self) -> str:
@@ -708,12 +731,9 @@ class MLPSystem(L.LightningModule):
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Where training stands; each member's records go into its own (member_checkpoints.member_checkpoint)
         checkpoint["updates_done"] = self.updates_done
         checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
-        # A run's records; a population's members each get their own (member_checkpoints.member_checkpoint)
-        checkpoint.update(self.records_of(0))
-        if self.trajectories is not None and not self.in_population:
-            checkpoint.setdefault("callbacks", {})[WeightTrajectory.state_key] = self.trajectories[0].state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         in_population = "members" in checkpoint  # a population's, stacked from its members' (member_checkpoints)
@@ -721,21 +741,22 @@ class MLPSystem(L.LightningModule):
         if not in_population:
             upgrade(checkpoint["state_dict"])  # before Lightning loads it
         self.restore_records(checkpoint, members)
-        # Each member's path through weight space, where it goes on; not from the checkpoint a run is tested at
-        # (its best.ckpt's path is shorter)
-        if self.trajectories is not None and not self.trainer.testing:
-            for member, trajectory in zip(members, self.trajectories):
-                trajectory.load_state_dict(member.get("callbacks", {}).get(trajectory.state_key, {}))
-        if not in_population:
-            return
-        for member, checkpoints in zip(members, self.checkpoints):
+        for member, checkpoints in zip(members, self.checkpoints):  # each member's best and last, named again
             for callback in checkpoints:
-                state = member["callbacks"].get(callback.state_key)
+                state = member.get("callbacks", {}).get(callback.state_key)
                 if state:
                     callback.load_state_dict(dict(state))
+        for member, trajectory in zip(members, self.trajectories or ()):  # its path through weight space, going on
+            trajectory.load_state_dict(member.get("callbacks", {}).get(trajectory.state_key, {}))
         if self.model.generators is not None:  # each member's dropout draws on where it stopped
             for generator, member in zip(self.model.generators, members):
                 generator.set_state(member["rng_state"])
+        elif not in_population and self._trainer is not None:  # a run's, training on: the process's generators
+            states = checkpoint.get("rng_states", {})
+            if "torch" in states:
+                torch.set_rng_state(states["torch"])
+            if "cuda" in states and torch.cuda.device_count() == len(states["cuda"]):
+                torch.cuda.set_rng_state_all(states["cuda"])
 
     # -- inference -----------------------------------------------------------------------------------------------
 
@@ -745,11 +766,9 @@ class MLPSystem(L.LightningModule):
         weight = self.model.layers[0].weight
         return torch.zeros(1, weight.shape[-1], dtype=weight.dtype, device=weight.device)
 
-    def forward(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """The model's output: (B, 10) for a run; with `params` (stacked, N, ...), every member's (N, B, 10)."""
-        if params is None:
-            return self.model(x)
-        return torch.func.functional_call(self.model, dict(zip(self.names, params)), (x,))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output: (B, 10) for a run, every member's (N, B, 10) for a population."""
+        return self.model(x)
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         """A run's network's output, the predicted digit, and a probability per digit (B, 10)."""

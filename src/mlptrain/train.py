@@ -23,17 +23,11 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasti
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mlptrain.callbacks import (
-    CheckpointOnStop,
-    Checkpoints,
-    DurableCheckpointIO,
-    RecordRun,
-    Tracking,
-    WeightTrajectory,
-)
+from mlptrain.callbacks import CheckpointOnStop, Tracking, trigger
 from mlptrain.config import check, plain
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunDirError, RunInterrupted
+from mlptrain.member_checkpoints import MemberCheckpointIO
 from mlptrain.predict import Trained
 from mlptrain.report import write_run_report
 from mlptrain.rundir import (
@@ -42,6 +36,7 @@ from mlptrain.rundir import (
     completed_summary,
     flat,
     read_checkpoint,
+    requeued_by_slurm,
     resume_path,
     running_summary,
     summarize,
@@ -64,33 +59,35 @@ def progress_bar(setting: str | bool) -> bool:
     return bool(setting)
 
 
-def _make_trainer(
-    cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback] = (), steps_per_call: int = 1
-) -> tuple[L.Trainer, Checkpoints]:
-    checkpoints = Checkpoints.into(run_dir / "checkpoints")
+def trainer_for(system: MLPSystem, cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> L.Trainer:
+    """The Trainer of `system`, a run or a population (`cfg`: its first member's config), whose checkpoints are
+    each member's (MemberCheckpointIO): one ModelCheckpoint asks for them at each epoch's end (into a run's
+    checkpoints/last.ckpt; a population's, into a hidden name its members' files are cut from), and a SIGTERM
+    writes them where training stopped. A run's values go to Lightning's loggers (logger=tensorboard), a
+    population member's to its own (MLPSystem.tensorboards)."""
+    run_dir = system.run_dirs[0]
+    if system.in_population:
+        folder = run_dir.parent
+        last = trigger(folder / ".population", f".population-{run_dir.name}")
+    else:
+        folder, last = run_dir, trigger(run_dir / "checkpoints", "last")
     show_bar = progress_bar(cfg.progress_bar)
-    callbacks: list[Callback] = [
-        *checkpoints,
-        RecordRun(plain(cfg)),
-        TrainingTakesSignals(),
-        CheckpointOnStop(checkpoints.last),
-        *extra_callbacks,
-    ]
+    callbacks: list[Callback] = [last, TrainingTakesSignals(), CheckpointOnStop(last), *extra_callbacks]
     if show_bar:
         callbacks.append(RichProgressBar())
-    loggers: list[Logger] = []  # metrics.csv is written from the run's history, with its checkpoints (rundir)
-    if cfg.logger.tensorboard:
+    loggers: list[Logger] = []  # metrics.csv is written from each member's history, with its checkpoints
+    if cfg.logger.tensorboard and not system.in_population:
         loggers.append(tensorboard_logger(run_dir))
-    trainer = make_trainer(
-        trainer_settings(cfg, steps_per_call),
-        default_root_dir=run_dir,
+    return make_trainer(
+        trainer_settings(cfg, system.hparams.steps_per_call),
+        default_root_dir=folder,
         logger=loggers,
         callbacks=callbacks,
-        plugins=[DurableCheckpointIO(run_dir)],
+        plugins=[MemberCheckpointIO(system)],
         enable_progress_bar=show_bar,
+        enable_model_summary=not system.in_population,
         log_every_n_steps=1,  # only per-epoch values are logged; this just silences a warning on tiny runs
     )
-    return trainer, checkpoints
 
 
 def make_trainer(settings: dict[str, Any], **arguments: Any) -> L.Trainer:
@@ -201,11 +198,16 @@ def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -
 def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callback]) -> float | None:
     """train(cfg)'s work, in a directory this process holds."""
     path = choose_path(cfg) if cfg.train else None
-    resumed = resume_path(run_dir, repair=writer) if cfg.train and cfg.resume == "auto" else None  # this run's own
+    # This run's own newest checkpoint: resume=auto, or a job SLURM started again (its time-limit signal wrote it)
+    resuming = cfg.train and (cfg.resume == "auto" or requeued_by_slurm())
+    resumed = resume_path(run_dir, repair=writer) if resuming else None
     ckpt_path = resumed or cfg.ckpt_path
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     system = _build_system(cfg, path) if path else load_checkpoint(cfg.ckpt_path)[0]
+    system.writing_into([cfg])  # a population of one: its files are its member's (member_checkpoints)
+    if cfg.train and ckpt_path is not None:
+        system.resumed = [read_checkpoint(ckpt_path)]
     if writer:
         recorded = OmegaConf.to_yaml(cfg, resolve=True) if path else yaml_text(_evaluated(cfg, system))
         write_text_durably(run_dir / "config.yaml", recorded)
@@ -221,30 +223,28 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     )
     if path and writer:
         log.info("Training path: %s", path.why)
-    trajectory = WeightTrajectory() if cfg.report.landscape else None
-    if trajectory is not None:  # the run's path through weight space, kept by the system as a member's
-        system.trajectories = [trajectory]
-        if not cfg.train:  # the path kept in the checkpoint's training
-            trajectory.load_state_dict(
-                read_checkpoint(cfg.ckpt_path).get("callbacks", {}).get(trajectory.state_key, {})
-            )
+    if system.trajectories is not None and not cfg.train:  # the path kept in the checkpoint's training
+        trajectory = system.trajectories[0]
+        trajectory.load_state_dict(read_checkpoint(cfg.ckpt_path).get("callbacks", {}).get(trajectory.state_key, {}))
     extra = list(callbacks)
     tracker = None
     if cfg.logger.mlflow.enabled and writer:  # started before training: a required store that refuses stops it here
         tracker = _tracker(cfg, run_dir, resumed, path.why if path else None)
+        system.trackers = [tracker]
         extra.append(Tracking([tracker]))
-    trainer, checkpoints = _make_trainer(cfg, run_dir, extra, steps_per_call)
+    trainer = trainer_for(system, cfg, extra)
+    checkpoints = system.checkpoints[0]
 
     summary = running_summary(run_dir, cfg.seed, sum(p.numel() for p in system.model.parameters()), trainer)
     start = time.perf_counter()
     try:
         if cfg.train:
             fit(trainer, system, datamodule, ckpt_path)
-        history = list(system.history)  # the training's records; testing loads the best checkpoint's, older
-        summary["checkpoints"] = checkpoints.paths()  # before test() restores the callback from a file
-        summary["global_steps"] = system.updates_done  # and the module's count, from the tested checkpoint
+        summary["checkpoints"] = checkpoints.paths()
+        summary["global_steps"] = system.updates_done
         tested = checkpoints.best.best_model_path or ckpt_path
-        results = trainer.test(system, datamodule=datamodule, ckpt_path=tested, verbose=False)[0]
+        tested_updates = system.at_best({0: tested})[0]  # its best's weights, as a population's members are
+        trainer.test(system, datamodule=datamodule, verbose=False)
     except MlptrainError as error:
         summarize(summary, start, trainer, checkpoints)
         message = write_failed(run_dir, system.history, summary, str(error), tracker)
@@ -261,12 +261,16 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     if cfg.report.enabled and writer:
         # The model's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
         config = {**plain(cfg), **{key: dict(system.hparams[key]) for key in MODEL_GROUPS}}
-        path = trajectory.path() if trajectory is not None and trajectory.points else None
+        trajectory = system.trajectories[0] if system.trajectories is not None else None
+        weights_path = trajectory.path() if trajectory is not None and trajectory.points else None
         trained = Trained(system.model, system.loss_fn, dict(system.hparams))
-        report = partial(write_run_report, run_dir, summary, config, trained, datamodule, plain(cfg.report), path)
-    tested_row = {"epoch": trainer.current_epoch, "step": system.updates_done}
-    tested_row.update({key: results[key] for key in ("test/loss", "test/acc")})
-    write_completed(run_dir, history, tested_row, summary, report, tracker, log.info if writer else lambda line: None)
+        report = partial(
+            write_run_report, run_dir, summary, config, trained, datamodule, plain(cfg.report), weights_path
+        )
+    tested_row = {"epoch": trainer.current_epoch, "step": tested_updates}
+    tested_row.update({key: system.test_results[key][0] for key in ("test/loss", "test/acc")})
+    say = log.info if writer else lambda line: None
+    write_completed(run_dir, system.history, tested_row, summary, report, tracker, say)
     best = checkpoints.best.best_model_score
     return float(best) if best is not None else None
 
