@@ -121,13 +121,12 @@ class WeightTrajectory:
 
 
 class Tracking(Callback):
-    """logger=mlflow (mlptrain.tracking): whenever a checkpoint is saved, the rows of each run's history not yet in
-    MLflow are logged (a run's: `pl_module.history`; a population's members': `histories(pl_module)`), and the
-    MLflow run's id is kept in the checkpoint (its state; a member's, in its own checkpoint), for a resume to
-    continue it."""
+    """logger=mlflow (mlptrain.tracking): whenever a checkpoint is saved, the rows of each member's history (a
+    run's: its one) not yet in MLflow are logged, and each member's MLflow run's id is kept in its checkpoint
+    (member_checkpoints), for a resume to continue it."""
 
-    def __init__(self, trackers: Any, histories: Callable[[L.LightningModule], Any] | None = None) -> None:
-        self.trackers, self.histories = list(trackers), histories or (lambda module: [module.history])
+    def __init__(self, trackers: Any) -> None:
+        self.trackers = list(trackers)
 
     @property
     def state_key(self) -> str:
@@ -142,5 +141,5 @@ class Tracking(Callback):
         pass  # read before training starts (resumed_run_id), so that the run is continued before it trains
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        for tracker, history in zip(self.trackers, self.histories(pl_module)):
+        for tracker, history in zip(self.trackers, pl_module.histories):
             tracker.log_rows(history)

@@ -6,9 +6,7 @@ written. The launcher that calls it: hydra_plugins/mlptrain_population.
 """
 
 import logging
-import time
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +18,11 @@ from mlptrain.callbacks import Tracking
 from mlptrain.config import check, plain
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import MlptrainError
-from mlptrain.predict import load_trained
-from mlptrain.report import write_run_report
 from mlptrain.rundir import (
     RunLock,
     claim,
     read_checkpoint,
     resume_path,
-    write_completed,
-    write_failed,
-    write_summary,
     write_text_durably,
     yaml_text,
 )
@@ -37,8 +30,8 @@ from mlptrain.system import MLPSystem, write_log_line
 from mlptrain.train import (
     already_complete,
     check_ckpt_path,
-    fit,
-    interrupted,
+    finish_tracking,
+    fit_and_test,
     tensorboard_logger,
     trainer_for,
 )
@@ -151,33 +144,22 @@ def _train_group(group: Sequence[Resumed], log_name: str, sweep_dir: Path | None
     torch.set_float32_matmul_precision(first.matmul_precision)
     _member_hooks(system)
     log.info("Population of %d members, trained together: %s", len(cfgs), system.describe())
-    folder = system.run_dirs[0].parent
     callbacks: list[Callback] = []
     try:
         if first.logger.tensorboard:  # each member its own event files, as its run alone's
             system.tensorboards = [tensorboard_logger(run_dir) for run_dir in system.run_dirs]
         if first.logger.mlflow.enabled:  # each member its MLflow run, before training (a required store refuses)
             system.trackers = _trackers(system, group, sweep_dir)
-            callbacks.append(Tracking(system.trackers, lambda system: system.histories))
+            callbacks.append(Tracking(system.trackers))
         trainer = trainer_for(system, first, callbacks)
     except MlptrainError as error:  # settings Lightning refuses: every member's, as a run's before it trains
         log.error("%s", error)
         for m in system.active():
             system.note(m, str(error), "ERROR")
-        _finish_tracking(system)  # FAILED: no summary.json
+        finish_tracking(system)  # FAILED: no summary.json
         return {run_dir: None for run_dir in system.run_dirs}
-    try:
-        return _fit_and_test(system, trainer, datamodule, group[0][2], folder)
-    finally:
-        _finish_tracking(system)  # from the files just written: each member's MLflow run equals them
-
-
-def _finish_tracking(system: MLPSystem) -> None:
-    """Each member's MLflow run filled in from its files, and ended, by the store's thread; done on return."""
-    for tracker in system.trackers or ():
-        tracker.finish(wait=False)
-    if system.trackers:
-        system.trackers[0].store.wait()
+    starts = {Path(cfg.output_dir): found for cfg, _, found in group}
+    return fit_and_test(system, trainer, datamodule, [starts[run_dir] for run_dir in system.run_dirs])
 
 
 def _trackers(system: MLPSystem, group: Sequence[Resumed], sweep_dir: Path | None) -> list[Any]:
@@ -194,61 +176,3 @@ def _trackers(system: MLPSystem, group: Sequence[Resumed], sweep_dir: Path | Non
     store, why = Store(system.plain[0]["logger"]["mlflow"]), system.describe()
     return [tracked(system.plain[m], run_dir, own.get(run_dir), why, sweep_dir, store)
             for m, run_dir in enumerate(system.run_dirs)]  # fmt: skip
-
-
-def _fit_and_test(
-    system: MLPSystem, trainer: Any, datamodule: MNISTDataModule, resumed_from: str | None, folder: Path
-) -> dict[Path, float | None]:
-    """Fit the population (from `resumed_from`, where it resumes), test each member at its best and write its
-    files; each member's best val/acc (None where it failed)."""
-    system.started = time.perf_counter()
-    # What Lightning is told to resume from; MemberCheckpointIO stacks every member's checkpoint instead.
-    ckpt_path = resumed_from if system.resumed is not None else None
-    try:
-        fit(trainer, system, datamodule, ckpt_path)
-    except MlptrainError as error:  # the population's settings (Lightning refusing them, say): every member's
-        log.error("%s", error)
-        system.finish_tensorboards("failed")
-        for m in system.active():
-            system.note(
-                m, write_failed(system.run_dirs[m], system.histories[m], system.summary_of(m), str(error)), "ERROR"
-            )
-        return {run_dir: None for run_dir in system.run_dirs}
-    except (KeyboardInterrupt, SystemExit):  # a run's message, of the sweep's folder, in each member's log too
-        system.finish_tensorboards("interrupted")
-        last = next((path for m in system.active() if (path := system.checkpoints[m].paths()["last"])), None)
-        message = str(interrupted(folder, trainer.current_epoch, last, sweep=True))
-        for m in system.active():
-            write_summary(system.run_dirs[m], {**system.summary_of(m), "status": "interrupted"})
-            system.note(m, message, "ERROR")
-        log.error("%s", message)
-        return {run_dir: None for run_dir in system.run_dirs}
-    system.check_finite()
-    system.finish_tensorboards("success")
-    global_steps = system.updates_done
-    tested = {m: system.checkpoints[m].best.best_model_path or None for m in system.active()}
-    tested_updates = system.at_best(tested)
-    trainer.test(system, datamodule=datamodule, verbose=False)
-    system.finish_tensorboards("success")
-    test_loss, test_acc = system.test_results["test/loss"], system.test_results["test/acc"]
-    results: dict[Path, float | None] = {run_dir: None for run_dir in system.run_dirs}
-    for m in system.active():
-        run_dir, cfg = system.run_dirs[m], system.cfgs[m]
-        summary = {**system.summary_of(m), "global_steps": global_steps, "tested_checkpoint": tested[m]}
-        report = None
-        if cfg.report.enabled and tested[m]:
-            trajectory = system.trajectories[m] if system.trajectories is not None else None
-            path = trajectory.path() if trajectory is not None and trajectory.points else None
-            trained = load_trained(tested[m])  # the network best.ckpt holds, as a run's report draws it
-            report = partial(
-                write_run_report, run_dir, summary, plain(cfg), trained, datamodule, plain(cfg.report), path
-            )
-        tested_row = {"epoch": trainer.current_epoch, "step": tested_updates[m], "test/loss": test_loss[m],
-                      "test/acc": test_acc[m]}  # fmt: skip
-        # Its MLflow run is not waited for: MLflow has its files while the next member's report is drawn.
-        tracker = system.trackers[m] if system.trackers else None
-        write_completed(
-            run_dir, system.histories[m], tested_row, summary, report, tracker, partial(system.note, m), False
-        )
-        results[run_dir] = summary["best_val_acc"]
-    return results

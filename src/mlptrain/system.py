@@ -23,7 +23,7 @@ from mlptrain.data import Chunk
 from mlptrain.errors import ConfigError, NonFiniteLossError
 from mlptrain.losses import make_loss, member_losses
 from mlptrain.model import MLP, Kind, cut, padded
-from mlptrain.predict import probabilities
+from mlptrain.predict import Trained, probabilities
 from mlptrain.rundir import read_checkpoint, running_summary, summarize, unloadable, write_failed
 from mlptrain.stacking import kind_of, optimizer_settings, side_by_side
 from mlptrain.step import Clip, Engine, make_optimizer
@@ -722,11 +722,24 @@ class MLPSystem(L.LightningModule):
         for m, logger in enumerate(self.tensorboards or ()):
             logger.finalize(status if self.failures[m] is None else "failed")
 
-    def summary_of(self, m: int) -> dict[str, Any]:
-        """A population member's summary.json so far, as its run alone's (rundir.running_summary, summarize)."""
+    def summary_of(self, m: int, **tested: Any) -> dict[str, Any]:
+        """Member m's summary.json so far (rundir.running_summary, summarize); once it is tested, with its
+        checkpoints, its updates and `tested` (tested_checkpoint) first."""
         parameters = sum(shape.numel() for shape in self.shapes[m].values())
         summary = running_summary(self.run_dirs[m], self.cfgs[m].seed, parameters, self.trainer)
-        return summarize(summary, self.started, self.trainer, self.checkpoints[m])
+        if tested:
+            summary.update(checkpoints=self.checkpoints[m].paths(), global_steps=self.updates_done)
+        return summarize(summary, self.started, self.trainer, self.checkpoints[m], **tested)
+
+    def trained(self, m: int) -> Trained:
+        """Member m's network as it is (tested: at its best), on its own, for its report: a run's is its model."""
+        if not self.in_population:
+            return Trained(self.model, self.loss_fn, dict(self.hparams))
+        hparams = self.hparams_of[m]
+        model = MLP(**hparams["model"]).to(self.stacked[0].dtype)
+        shapes = self.shapes[m]
+        model.load_state_dict({name: cut(p[m].detach(), shapes[name]) for name, p in zip(self.names, self.stacked)})
+        return Trained(model.eval(), make_loss(**hparams["loss"]), dict(hparams))
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 

@@ -28,7 +28,6 @@ from mlptrain.config import check, plain
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import ConfigError, MlptrainError, RunDirError, RunInterrupted
 from mlptrain.member_checkpoints import MemberCheckpointIO
-from mlptrain.predict import Trained
 from mlptrain.report import write_run_report
 from mlptrain.rundir import (
     RunLock,
@@ -38,8 +37,6 @@ from mlptrain.rundir import (
     read_checkpoint,
     requeued_by_slurm,
     resume_path,
-    running_summary,
-    summarize,
     write_completed,
     write_failed,
     write_summary,
@@ -227,52 +224,96 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         trajectory = system.trajectories[0]
         trajectory.load_state_dict(read_checkpoint(cfg.ckpt_path).get("callbacks", {}).get(trajectory.state_key, {}))
     extra = list(callbacks)
-    tracker = None
     if cfg.logger.mlflow.enabled and writer:  # started before training: a required store that refuses stops it here
-        tracker = _tracker(cfg, run_dir, resumed, path.why if path else None)
-        system.trackers = [tracker]
-        extra.append(Tracking([tracker]))
-    trainer = trainer_for(system, cfg, extra)
-    checkpoints = system.checkpoints[0]
+        system.trackers = [_tracker(cfg, run_dir, resumed, path.why if path else None)]
+        extra.append(Tracking(system.trackers))
+    return fit_and_test(system, trainer_for(system, cfg, extra), datamodule, [ckpt_path])[run_dir]
 
-    summary = running_summary(run_dir, cfg.seed, sum(p.numel() for p in system.model.parameters()), trainer)
-    start = time.perf_counter()
+
+def fit_and_test(
+    system: MLPSystem, trainer: L.Trainer, datamodule: MNISTDataModule, starts: Sequence[str | None]
+) -> dict[Path, float | None]:
+    """The lifecycle once the members' directories are held and their Trainer built, written once for a run (a
+    population of one) and a population: fit, from `starts` where the members resume (each its checkpoint: its
+    own, or a ckpt_path; MLPSystem.resumed holds them read), keeping each member's best; test each at its best;
+    write each member's records, report and summary, and its MLflow run. Returns each member's best val/acc
+    (None where it failed). What stops a member is written in its files and log: a population's others go on,
+    and a run raises it (its paragraph, exit 1), or RunInterrupted with the command that goes on."""
+    system.started = time.perf_counter()
+    nothing: dict[Path, float | None] = {run_dir: None for run_dir in system.run_dirs}
     try:
-        if cfg.train:
-            fit(trainer, system, datamodule, ckpt_path)
-        summary["checkpoints"] = checkpoints.paths()
-        summary["global_steps"] = system.updates_done
-        tested = checkpoints.best.best_model_path or ckpt_path
-        tested_updates = system.at_best({0: tested})[0]  # its best's weights, as a population's members are
-        trainer.test(system, datamodule=datamodule, verbose=False)
-    except MlptrainError as error:
-        summarize(summary, start, trainer, checkpoints)
-        message = write_failed(run_dir, system.history, summary, str(error), tracker)
-        if message == str(error):
-            raise
-        raise type(error)(message) from error
-    except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
-        write_summary(run_dir, summarize(summary, start, trainer, checkpoints, status="interrupted"))
-        if tracker is not None:
-            tracker.finish()
-        raise interrupted(run_dir, trainer.current_epoch, checkpoints.paths()["last"]) from stop
-    summarize(summary, start, trainer, checkpoints, tested_checkpoint=tested)
+        try:
+            if system.cfgs[0].train:
+                fit(trainer, system, datamodule, starts[0] if system.resumed is not None else None)
+                system.check_finite()
+            system.finish_tensorboards("success")
+            tested = {m: system.checkpoints[m].best.best_model_path or starts[m] for m in system.active()}
+            tested_updates = system.at_best(tested)  # each member's best.ckpt's weights, put in place
+            trainer.test(system, datamodule=datamodule, verbose=False)
+        except MlptrainError as error:  # what every member shares (the Trainer's settings, say), or a run's NaN
+            system.finish_tensorboards("failed")
+            for m in system.active():
+                message = write_failed(system.run_dirs[m], system.histories[m], system.summary_of(m), str(error))
+                if not system.in_population:
+                    if message == str(error):
+                        raise
+                    raise type(error)(message) from error
+                system.note(m, message, "ERROR")
+            log.error("%s", error)
+            return nothing
+        except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
+            system.finish_tensorboards("interrupted")
+            last = next((path for m in system.active() if (path := system.checkpoints[m].paths()["last"])), None)
+            folder = system.run_dirs[0].parent if system.in_population else system.run_dirs[0]
+            message = interrupted(folder, trainer.current_epoch, last, sweep=system.in_population)
+            for m in system.active():
+                write_summary(system.run_dirs[m], {**system.summary_of(m), "status": "interrupted"})
+                if system.in_population:
+                    system.note(m, str(message), "ERROR")
+            if not system.in_population:
+                raise message from stop
+            log.error("%s", message)
+            return nothing
+        system.finish_tensorboards("success")
+        results = dict(nothing)
+        for m in system.active():
+            results[system.run_dirs[m]] = _write_tested(system, m, trainer, datamodule, tested[m], tested_updates[m])
+        return results
+    finally:
+        finish_tracking(system)  # from the files just written: each member's MLflow run equals them
+
+
+def _write_tested(
+    system: MLPSystem, m: int, trainer: L.Trainer, datamodule: MNISTDataModule, tested: str | None, updates: int
+) -> float | None:
+    """Member m's files once it is tested at `tested` (after `updates` updates): metrics.csv with the test's row,
+    its report, summary.json, its MLflow run; its best val/acc."""
+    run_dir, cfg = system.run_dirs[m], system.cfgs[m]
+    summary = system.summary_of(m, tested_checkpoint=tested)
     report = None
-    if cfg.report.enabled and writer:
-        # The model's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
-        config = {**plain(cfg), **{key: dict(system.hparams[key]) for key in MODEL_GROUPS}}
-        trajectory = system.trajectories[0] if system.trajectories is not None else None
+    if cfg.report.enabled and trainer.is_global_zero:
+        # The network's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
+        config = {**system.plain[m], **{key: dict(system.hparams_of[m][key]) for key in MODEL_GROUPS}}
+        trajectory = system.trajectories[m] if system.trajectories is not None else None
         weights_path = trajectory.path() if trajectory is not None and trajectory.points else None
-        trained = Trained(system.model, system.loss_fn, dict(system.hparams))
+        trained = system.trained(m)  # as tested: at its best
         report = partial(
             write_run_report, run_dir, summary, config, trained, datamodule, plain(cfg.report), weights_path
         )
-    tested_row = {"epoch": trainer.current_epoch, "step": tested_updates}
-    tested_row.update({key: system.test_results[key][0] for key in ("test/loss", "test/acc")})
-    say = log.info if writer else lambda line: None
-    write_completed(run_dir, system.history, tested_row, summary, report, tracker, say)
-    best = checkpoints.best.best_model_score
-    return float(best) if best is not None else None
+    tested_row = {"epoch": trainer.current_epoch, "step": updates}
+    tested_row.update({key: system.test_results[key][m] for key in ("test/loss", "test/acc")})
+    tracker = system.trackers[m] if system.trackers else None
+    # Its MLflow run is not waited for: MLflow has its files while the next member's report is drawn.
+    write_completed(run_dir, system.histories[m], tested_row, summary, report, tracker, partial(system.note, m), False)
+    return summary["best_val_acc"]
+
+
+def finish_tracking(system: MLPSystem) -> None:
+    """Each member's MLflow run filled in from its files, and ended, by the store's thread; done on return."""
+    for tracker in system.trackers or ():
+        tracker.finish(wait=False)
+    if system.trackers:
+        system.trackers[0].store.wait()
 
 
 def already_complete(
