@@ -389,11 +389,13 @@ def test_a_member_with_a_value_out_of_range_is_refused_alone(tmp_path: Path, cap
     assert not (folder / "1" / "summary.json").exists()
 
 
+@pytest.mark.parametrize("again", ["resume=auto", "requeued"])
 def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
-    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, again: str
 ) -> None:
     """SIGTERM in epoch 1 writes every member's last.ckpt where training stopped, in a run's own format: a run
-    alone resumes from it, and so does the sweep (resume=auto), each member to its uninterrupted result."""
+    alone resumes from it, and so does the sweep, each member to its uninterrupted result: with resume=auto, or
+    as SLURM starts a preempted job again (the same command; SLURM_RESTART_COUNT says it is a requeue)."""
     import os
     import signal
 
@@ -423,7 +425,9 @@ def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
     assert_same_run(folder / "1", runs[1])
     # The same command, the same folder: member 0 resumes; member 1, complete, is left as it is.
     finished = (folder / "1" / "summary.json").stat().st_mtime_ns
-    sweep(tmp_path, capsys, *overrides, "seed=1,2", "resume=auto")
+    if again == "requeued":
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    sweep(tmp_path, capsys, *overrides, "seed=1,2", *(["resume=auto"] if again == "resume=auto" else []))
     assert (folder / "1" / "summary.json").stat().st_mtime_ns == finished
     for number in (0, 1):
         assert_same_run(folder / str(number), runs[number])

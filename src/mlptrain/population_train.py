@@ -32,6 +32,7 @@ from mlptrain.train import (
     check_ckpt_path,
     finish_tracking,
     fit_and_test,
+    resumes,
     tensorboard_logger,
     trainer_for,
 )
@@ -57,7 +58,7 @@ def _resumable(cfgs: Sequence[DictConfig]) -> list[list[Resumed]]:
     groups: dict[Any, list[Resumed]] = {}
     for cfg in cfgs:
         checkpoint, found = None, None
-        if cfg.resume == "auto":
+        if resumes(cfg):
             found = resume_path(Path(cfg.output_dir))
         if found is None and cfg.ckpt_path is not None:  # another run's: its best starts afresh here, as a run's
             found = str(cfg.ckpt_path)
@@ -94,7 +95,7 @@ def train_population(
             results[index] = None
             continue
         locks.append(lock)
-        if store is None and cfg.logger.mlflow.enabled and cfg.resume == "auto":  # one for the members filled in
+        if store is None and cfg.logger.mlflow.enabled and resumes(cfg):  # one for the members filled in
             from mlptrain.tracking import Store
 
             store = Store(plain(cfg.logger.mlflow))

@@ -195,9 +195,7 @@ def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -
 def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callback]) -> float | None:
     """train(cfg)'s work, in a directory this process holds."""
     path = choose_path(cfg) if cfg.train else None
-    # This run's own newest checkpoint: resume=auto, or a job SLURM started again (its time-limit signal wrote it)
-    resuming = cfg.train and (cfg.resume == "auto" or requeued_by_slurm())
-    resumed = resume_path(run_dir, repair=writer) if resuming else None
+    resumed = resume_path(run_dir, repair=writer) if resumes(cfg) else None  # this run's own newest checkpoint
     ckpt_path = resumed or cfg.ckpt_path
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -316,13 +314,20 @@ def finish_tracking(system: MLPSystem) -> None:
         system.trackers[0].store.wait()
 
 
+def resumes(cfg: DictConfig) -> bool:
+    """Whether the run `cfg` describes goes on from its directory's newest checkpoint, a run's and a population
+    member's alike: with resume=auto, or as a job SLURM started again (after a preemption or its time-limit signal,
+    both of which wrote last.ckpt), whose command is the first start's."""
+    return bool(cfg.train) and (cfg.resume == "auto" or requeued_by_slurm())
+
+
 def already_complete(
     cfg: DictConfig, run_dir: Path, sweep: Path | None, store: Any = None, writer: bool = True
 ) -> dict[str, Any] | None:
     """With resume=auto, the summary of the run this config describes where run_dir holds it completed (None
     otherwise): what a logger=mlflow tracker that was away missed is logged now (`sweep`: the sweep's folder, its
     parent run; `store`: a population's shared one), and the log says there is nothing to do."""
-    if not (cfg.train and cfg.resume == "auto"):
+    if not resumes(cfg):
         return None
     done = completed_summary(run_dir, plain(cfg))
     if done is None:
