@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlptrain.errors import RunInterrupted
 from mlptrain.train import train
-from tests.conftest import ROOT, run_python
+from tests.conftest import ROOT, compose_config, run_python
 from tests.test_train import summary, weights
 
 pytestmark = pytest.mark.slow  # subprocesses: see pyproject.toml's markers
@@ -105,12 +105,14 @@ def test_resume_auto_without_a_checkpoint_starts_afresh(make_cfg: MakeCfg) -> No
 
 
 # Float64 and no dropout: two processes averaging the gradients of their halves of each mini-batch make the
-# one-process updates up to rounding, so the runs can be compared tightly.
+# one-process updates up to rounding, so the runs can be compared tightly. 60 validation images: the best epoch
+# (1) is not the last (3, no better), so the test of each process must be at the best checkpoint's weights.
 DDP_RUN = [
     "trainer.accelerator=cpu",
     "trainer.precision=64-true",
-    "trainer.max_epochs=2",
+    "trainer.max_epochs=4",
     "trainer.num_sanity_val_steps=0",
+    "data.val_size=60",
     "data.train_size=1000",
     "data.batch_size=20",
     "progress_bar=false",
@@ -126,15 +128,22 @@ def test_two_gloo_processes_train_like_one_with_the_same_global_batch(tmp_path: 
     assert sorted(path.name for path in tmp_path.iterdir()) == ["one", "two"]  # no run directory per process
     single, double = json.loads((one / "summary.json").read_text()), json.loads((two / "summary.json").read_text())
     assert (single["processes"], double["processes"]) == (1, 2)
-    assert single["global_steps"] == double["global_steps"] == 100  # 2 epochs of 1000 images in batches of 20
+    assert single["global_steps"] == double["global_steps"] == 200  # 4 epochs of 1000 images in batches of 20
     a, b = weights(one / "checkpoints" / "last.ckpt"), weights(two / "checkpoints" / "last.ckpt")
     assert all(torch.allclose(a[key], b[key], rtol=0, atol=1e-10) for key in a)
     # Validation and test are split between the processes and their counts summed: the same accuracy; the
     # losses agree to the float32 the metrics accumulate in.
     rows_one, rows_two = epoch_rows(one), epoch_rows(two)
-    assert len(rows_one) == len(rows_two) == 2  # a row per epoch: its training and its validation
+    assert len(rows_one) == len(rows_two) == 4  # a row per epoch: its training and its validation
     assert all(abs(float(x[k] or 0) - float(y[k] or 0)) < 1e-6 for x, y in zip(rows_one, rows_two) for k in x)
     assert single["test_acc"] == double["test_acc"] and abs(single["test_loss"] - double["test_loss"]) < 1e-6
+    # Both processes tested best.ckpt's weights, which are not the last epoch's: train=false finds the same there
+    best = two / "checkpoints" / "best.ckpt"
+    assert Path(double["tested_checkpoint"]) == best.resolve()
+    assert torch.load(best, weights_only=True)["epoch"] < double["epochs"] - 1
+    evaluated = compose_config(["trainer=cpu", *DDP_RUN, "train=false", f"ckpt_path={best}"], tmp_path / "evaluated")
+    train(evaluated)
+    assert summary(evaluated)["test_acc"] == double["test_acc"]
 
 
 class _KillAfter(Callback):

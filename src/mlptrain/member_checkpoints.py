@@ -140,9 +140,7 @@ class MemberCheckpointIO(CheckpointIO):
         system = self.system
         improved = system.improved if system.ended_epoch is not None else None
         for m in system.active():
-            best = improved is not None and bool(improved[m])
-            if best:
-                system.name_best(m)
+            best = improved is not None and bool(improved[m])  # named in every process (on_save_checkpoint)
             member = member_checkpoint(system, checkpoint, m)
             folder = system.run_dirs[m] / "checkpoints"
             folder.mkdir(parents=True, exist_ok=True)

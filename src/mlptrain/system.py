@@ -108,16 +108,17 @@ class MLPSystem(L.LightningModule):
     Every argument is a plain dict of the config group of the same name, so the hyperparameters saved in a run's
     checkpoints rebuild it (`load_checkpoint`). A run's MLP holds its member's own parameters (a stack of one:
     model.MLP evaluates one network or N stacked); its values go to Lightning's log (the progress bar,
-    TensorBoard, ModelCheckpoint's monitor), and its first NaN or infinite loss stops it (NonFiniteLossError).
+    TensorBoard), and its first NaN or infinite loss stops it (NonFiniteLossError).
 
     `members`: a population's, each its arguments (`hyperparameters`) and its seed, in `population`'s order (the
     arguments are the first's). Its MLP's parameters are every member's, stacked (N, ...): members of one kind
     side by side (stacking.MEMBER_KINDS: each kind's slice has its own activations and cost), and within a kind
     those with equal optimizer settings (a torch.optim optimizer each, over its slice of the stack). Members
     narrower than the widest (MEMBER_WIDTHS) are zero-padded to it, and their padding's gradients held at zero.
-    Each member's records go to its own directory (`note`, its TensorBoard log, its checkpoints, which
-    mlptrain.member_checkpoints cuts out of the population's), and a member whose loss turns NaN or infinite
-    fails as a run alone fails, with its message, and is masked: its records stop, the others train on.
+    Each member's records go to its own directory (`note`, its TensorBoard log), and a member whose loss turns
+    NaN or infinite fails as a run alone fails, with its message, and is masked: its records stop, the others
+    train on. Every member's checkpoints, a run's too, are its own files (`writing_into`), which
+    mlptrain.member_checkpoints cuts out of the system's; its best is marked here (`_mark_best`).
 
     steps_per_call = 1 is Lightning's own loop (a run's): one mini-batch and one `optimizer.step()` per training
     step. K > 1 gives each training step K mini-batches, whose updates `step.Engine` makes with the same maths
@@ -649,7 +650,7 @@ class MLPSystem(L.LightningModule):
             self._to_tensorboard(m, own)
 
     def _to_lightning(self, values: Mapping[str, torch.Tensor | float]) -> None:
-        """A run's values, to Lightning: the progress bar, its loggers (TensorBoard), the best checkpoint's monitor."""
+        """A run's values, to Lightning: the progress bar, its loggers (TensorBoard)."""
         for name, value in values.items():
             self.log(name, value[0] if torch.is_tensor(value) else value)
 
@@ -658,10 +659,10 @@ class MLPSystem(L.LightningModule):
 
     def _mark_best(self) -> None:
         """After the epoch's validation: which members' val/acc beats its best so far (`improved`; the scores:
-        `val_scores`; the first validation always counts). MemberCheckpointIO then writes their best.ckpt with
-        last.ckpt, and names it in their ModelCheckpoint(monitor=val/acc) as it does (`name_best`): where Lightning
-        saves no checkpoint (trainer.fast_dev_run), none is named. No weights are kept here: the test reads
-        best.ckpt."""
+        `val_scores`; the first validation always counts). The checkpoint then saved names it in their
+        ModelCheckpoint(monitor=val/acc) as Lightning's does (`name_best`, on_save_checkpoint) and MemberCheckpointIO
+        writes their best.ckpt with last.ckpt: where Lightning saves no checkpoint (trainer.fast_dev_run), none is
+        named. No weights are kept here: the test reads best.ckpt."""
         if self.last_val_acc is None:
             return
         best = torch.tensor(
@@ -747,6 +748,12 @@ class MLPSystem(L.LightningModule):
         # Where training stands; each member's records go into its own (member_checkpoints.member_checkpoint)
         checkpoint["updates_done"] = self.updates_done
         checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
+        # At an epoch's end, the members whose val/acc is their best name the best.ckpt being written with it: in
+        # every process (DDP's), as Lightning's ModelCheckpoint does, though only the first writes files.
+        if self.ended_epoch is not None and self.improved is not None:
+            for m in self.active():
+                if self.improved[m]:
+                    self.name_best(m)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         in_population = "members" in checkpoint  # a population's, stacked from its members' (member_checkpoints)
