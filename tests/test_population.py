@@ -1,6 +1,8 @@
 """hydra/launcher=population: a sweep's jobs trained as one stacked model, each with the results of a run alone."""
 
+import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -148,6 +150,15 @@ def test_members_may_differ_in_activation_cost_and_dropout(tmp_path: Path, capsy
         assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *overrides))
         how = "compiled" if compiled else "not compiled"
         assert f"per training step, {how} (" in (folder / str(number) / "train.log").read_text()
+    # The sweep's log: each epoch's line gives the members' mean val/acc
+    means = re.findall(r"epoch (\d+)  train/loss \S+  val/acc (\S+) \(means over (\d+) members\)", output)
+    assert means, output[-3000:]
+    for epoch, mean, count in means:
+        rows = [next(row for row in csv.DictReader((run / "metrics.csv").open()) if row["epoch"] == epoch)
+                for run in sorted(folder.iterdir()) if run.name.isdigit()]  # fmt: skip
+        assert int(count) == len(rows) and float(mean) == pytest.approx(
+            sum(float(row["val/acc"]) for row in rows) / len(rows), abs=5e-5
+        )
 
 
 def test_members_may_differ_in_width_zero_padded_to_the_widest(tmp_path: Path, capsys) -> None:

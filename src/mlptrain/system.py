@@ -611,15 +611,13 @@ class MLPSystem(L.LightningModule):
             self.add_row(m, own)
             self._to_tensorboard(m, own)
             self.note(m, self.epoch_line(m))
-        self._mark_best()
-        if not self.in_population:
-            return
-        if active:
+        if self.in_population and active:  # the sweep's log: one line for the population
             log.info(
                 "epoch %d  train/loss %.4f  val/acc %.4f (means over %d members)  (%.1f s training)",
                 self.current_epoch, sum(computed["train/loss"][m] for m in active) / len(active),
                 self._mean_val_acc(active), len(active), self.epoch_seconds[-1],
             )  # fmt: skip
+        self._mark_best()
 
     def evaluate(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         if not self.in_population:
