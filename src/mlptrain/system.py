@@ -660,8 +660,9 @@ class MLPSystem(L.LightningModule):
         `val_scores`; the first validation always counts). The checkpoint then saved names it in their
         ModelCheckpoint(monitor=val/acc) as Lightning's does (`name_best`, on_save_checkpoint) and MemberCheckpointIO
         writes their best.ckpt with last.ckpt: where Lightning saves no checkpoint (trainer.fast_dev_run), none is
-        named. No weights are kept here: the test reads best.ckpt."""
-        if self.last_val_acc is None:
+        named. No weights are kept here: the test reads best.ckpt. A system without its files (`writing_into`: a
+        Trainer of the user's own) marks nothing."""
+        if self.last_val_acc is None or not self.checkpoints:
             return
         best = torch.tensor(
             [float(c.best.best_model_score) if c.best.best_model_score is not None else -1.0 for c in self.checkpoints]
