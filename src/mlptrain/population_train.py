@@ -19,8 +19,6 @@ from mlptrain.config import check, plain
 from mlptrain.data import MNISTDataModule
 from mlptrain.errors import MlptrainError
 from mlptrain.rundir import (
-    RunLock,
-    claim,
     read_checkpoint,
     resume_path,
     write_text_durably,
@@ -32,6 +30,7 @@ from mlptrain.train import (
     check_ckpt_path,
     finish_tracking,
     fit_and_test,
+    hold,
     resumes,
     tensorboard_logger,
     trainer_for,
@@ -82,15 +81,11 @@ def train_population(
     store = None  # logger=mlflow: the MLflow store completed members are filled in on
     for index, cfg in enumerate(cfgs):
         run_dir = Path(cfg.output_dir)
-        lock = RunLock(run_dir)
         try:
             check(cfg)
             check_ckpt_path(cfg)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
-            claim(run_dir, plain(cfg))  # a directory holds one run, as train() makes sure
+            lock = hold(cfg, run_dir)  # as train() holds a run's
         except MlptrainError as error:
-            lock.release()
             log.error("%s", error)
             results[index] = None
             continue

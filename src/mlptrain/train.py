@@ -173,16 +173,27 @@ def check_ckpt_path(cfg: DictConfig) -> None:
         read_checkpoint(cfg.ckpt_path)
 
 
+def hold(cfg: DictConfig, run_dir: Path) -> RunLock:
+    """run_dir made, held by this process (RunLock) and claimed for the run `cfg` describes (rundir.claim: a
+    directory holds one run, this one or one it resumes), a run's and a population member's alike. What refuses
+    it (another process holds it, it holds another run) is a RunDirError, and the directory is not held."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        claim(run_dir, plain(cfg))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -> float | None:
     """train(cfg) once its config is known to be good: in run_dir, held by this process."""
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = rank_zero_only.rank == 0  # with several processes, one holds the directory and writes its files
-    lock = RunLock(run_dir) if writer else None
-    if lock is not None:
-        lock.acquire()
+    lock = hold(cfg, run_dir) if writer else None
     try:
-        if writer:
-            claim(run_dir, plain(cfg))  # a directory holds one run: this one, or one it resumes
         done = already_complete(cfg, run_dir, _sweep(cfg), writer=writer)
         if done is not None:
             return done.get("best_val_acc")
