@@ -384,8 +384,9 @@ def stored_config(run_dir: Path, name: str = "config.yaml") -> dict[str, Any] | 
     readable)."""
     import yaml  # Hydra's own dependency
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it: a sweep reads hundreds
     try:
-        stored = yaml.safe_load((run_dir / name).read_text())
+        stored = yaml.load((run_dir / name).read_text(), Loader=loader)
     except (OSError, ValueError, yaml.YAMLError):
         return None
     return stored if isinstance(stored, dict) else None

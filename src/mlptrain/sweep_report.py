@@ -5,10 +5,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from mlptrain.errors import ConfigError
-from mlptrain.rundir import write_csv, write_text_durably
+from mlptrain.rundir import stored_config, write_csv, write_text_durably
 
 # Keys that differ between any two runs without being a choice of the sweep.
 NOT_SWEPT = {"output_dir", "data.shuffle_seed"}
@@ -31,7 +29,7 @@ def load_jobs(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     jobs = []
     for summary_path in summaries:
         run_dir = summary_path.parent
-        config = _flat(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
+        config = _flat(stored_config(run_dir) or {})
         jobs.append({"run_dir": run_dir, "config": config, "summary": json.loads(summary_path.read_text())})
     keys = sorted({k for job in jobs for k in job["config"]} - NOT_SWEPT)
     swept = [k for k in keys if len({json.dumps(job["config"].get(k)) for job in jobs}) > 1]
