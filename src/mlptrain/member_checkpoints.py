@@ -67,7 +67,8 @@ def member_checkpoint(system: MLPSystem, checkpoint: dict[str, Any], m: int) -> 
 
 def _rng_states(system: MLPSystem, m: int) -> dict[str, Any]:
     """Member m's random generators' states, so that its dropout draws on after a resume as it would have: a
-    population member's own generator, or the process's (and CUDA's) for a run (MLPSystem.on_load_checkpoint)."""
+    population member's own generator, or the process's (and CUDA's) for a run, which
+    MLPSystem.on_load_checkpoint restores."""
     generators = system.model.generators
     if generators is not None:
         return {"torch": generators[m].get_state()}

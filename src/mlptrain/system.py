@@ -755,7 +755,21 @@ class MLPSystem(L.LightningModule):
                     self.name_best(m)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        in_population = "members" in checkpoint  # a population's, stacked from its members' (member_checkpoints)
+        """Lightning restores a checkpoint to train on: where it stood (`restore`), and a run's random
+        generators, the process's, so that dropout draws on as it would have (a member's are its own)."""
+        self.restore(checkpoint)
+        if "members" in checkpoint:
+            return
+        states = checkpoint.get("rng_states", {})
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.device_count() == len(states["cuda"]):
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Where `checkpoint` stood: each member's records, its checkpoints' names, its path through weight space
+        and its dropout generator (a population's checkpoint is stacked from its members': member_checkpoints)."""
+        in_population = "members" in checkpoint
         members = checkpoint["members"] if in_population else [checkpoint]
         if not in_population:
             upgrade(checkpoint["state_dict"])  # before Lightning loads it
@@ -767,15 +781,9 @@ class MLPSystem(L.LightningModule):
                     callback.load_state_dict(dict(state))
         for member, trajectory in zip(members, self.trajectories or ()):  # its path through weight space, going on
             trajectory.load_state_dict(member.get("callbacks", {}).get(trajectory.state_key, {}))
-        if self.model.generators is not None:  # each member's dropout draws on where it stopped
+        if self.model.generators is not None and in_population:  # each member's dropout draws on where it stopped
             for generator, member in zip(self.model.generators, members):
                 generator.set_state(member["rng_state"])
-        elif not in_population and self._trainer is not None:  # a run's, training on: the process's generators
-            states = checkpoint.get("rng_states", {})
-            if "torch" in states:
-                torch.set_rng_state(states["torch"])
-            if "cuda" in states and torch.cuda.device_count() == len(states["cuda"]):
-                torch.cuda.set_rng_state_all(states["cuda"])
 
     # -- inference -----------------------------------------------------------------------------------------------
 
@@ -857,7 +865,7 @@ def load_checkpoint(path: str | Path) -> tuple[MLPSystem, dict[str, Any]]:
     checkpoint = read_checkpoint(path)
     try:
         system = MLPSystem(**checkpoint["hyper_parameters"])
-        system.on_load_checkpoint(checkpoint)
+        system.restore(checkpoint)
         system.load_state_dict(checkpoint["state_dict"])
     except Exception as error:  # hyperparameters or weights this version cannot build: all the same to the user
         raise unloadable(path, f"{type(error).__name__}: {error}") from error
