@@ -1,5 +1,5 @@
 """A run's directory: who holds it (run.lock), what it resumes from, and every file it writes, durably
-(checkpoints through callbacks.DurableCheckpointIO, metrics.csv from the history the checkpoints hold,
+(checkpoints through member_checkpoints.MemberCheckpointIO, metrics.csv from the history the checkpoints hold,
 summary.json). Imports neither torch nor Lightning until a function needs them: the launchers read run statuses
 here when Hydra discovers them, `--help` included.
 
@@ -480,10 +480,11 @@ def _progress(checkpoint: dict[str, Any]) -> tuple[int, int]:
 def resume_path(run_dir: Path, repair: bool = True) -> str | None:
     """resume=auto: the checkpoint of the run directory with the most training that loads, or None (start afresh).
 
-    Candidates: Lightning's hpc_ckpt_N.ckpt (SLURM's time-limit signal), checkpoints/last.ckpt (each epoch's end,
-    or where a SIGTERM stopped training) and checkpoints/best.ckpt. One that does not load is renamed with
-    `.damaged` added and skipped, with one log line; if none loads, CheckpointError. `repair`: whether this
-    process renames and copies files (the one that holds the directory; DDP's other processes only choose)."""
+    Candidates: checkpoints/last.ckpt (each epoch's end, or where a SIGTERM or SLURM's time-limit signal stopped
+    training), checkpoints/best.ckpt, and the hpc_ckpt_N.ckpt an earlier mlptrain let Lightning write there. One
+    that does not load is renamed with `.damaged` added and skipped, with one log line; if none loads,
+    CheckpointError. `repair`: whether this process renames and copies files (the one that holds the directory;
+    DDP's other processes only choose)."""
     candidates = [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt"]
     candidates += [run_dir / "checkpoints" / "best.ckpt"]
     loaded: list[tuple[tuple[int, int], float, Path]] = []
