@@ -240,14 +240,12 @@ def run_status(run_dir: str | Path) -> str | None:
 
 def completed_summary(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The summary of a run in `run_dir` that completed with this config (config.yaml), else None."""
-    import yaml  # Hydra's own dependency
-
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
-        stored = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, ValueError, yaml.YAMLError):  # none yet, or unreadable: not a completed run
+    except (OSError, ValueError):  # none yet, or unreadable: not a completed run
         return None
-    if summary.get("status") != "completed" or not isinstance(stored, dict):
+    stored = stored_config(run_dir)  # a population's resume reads one per member
+    if summary.get("status") != "completed" or stored is None:
         return None
     same = all(stored.get(key) == value for key, value in config.items() if key not in HOW_STARTED)
     return summary if same and stored.keys() == config.keys() else None
