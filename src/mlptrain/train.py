@@ -234,7 +234,8 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         trajectory.load_state_dict(read_checkpoint(cfg.ckpt_path).get("callbacks", {}).get(trajectory.state_key, {}))
     extra = list(callbacks)
     if cfg.logger.mlflow.enabled and writer:  # started before training: a required store that refuses stops it here
-        system.trackers = [_tracker(cfg, run_dir, resumed, path.why if path else None)]
+        own = system.resumed[0] if resumed else None  # read once: its own checkpoint, not another run's ckpt_path
+        system.trackers = [_tracker(cfg, run_dir, own, path.why if path else None)]
         extra.append(Tracking(system.trackers))
     return fit_and_test(system, trainer_for(system, cfg, extra), datamodule, [ckpt_path])[run_dir]
 
@@ -273,7 +274,7 @@ def fit_and_test(
         except (KeyboardInterrupt, SystemExit) as stop:  # Lightning turns Ctrl-C and SIGTERM into SystemExit
             system.finish_tensorboards("interrupted")
             last = next((path for m in system.active() if (path := system.checkpoints[m].paths()["last"])), None)
-            folder = system.run_dirs[0].parent if system.in_population else system.run_dirs[0]
+            folder = Path(trainer.default_root_dir)  # a run's directory, or a population's sweep folder
             message = interrupted(folder, trainer.current_epoch, last, sweep=system.in_population)
             for m in system.active():
                 write_summary(system.run_dirs[m], {**system.summary_of(m), "status": "interrupted"})
@@ -355,12 +356,12 @@ def already_complete(
     return done
 
 
-def _tracker(cfg: DictConfig, run_dir: Path, resumed: str | None, why: str | None) -> Any:
+def _tracker(cfg: DictConfig, run_dir: Path, resumed: dict[str, Any] | None, why: str | None) -> Any:
     """logger=mlflow's Tracker, its MLflow run started (a child of its sweep's, in a sweep), or continued where
-    `resumed` (a checkpoint of this run directory) names one."""
+    `resumed` (a checkpoint of this run directory, read) names one."""
     from mlptrain.tracking import tracked
 
-    return tracked(plain(cfg), run_dir, read_checkpoint(resumed) if resumed else None, why, _sweep(cfg))
+    return tracked(plain(cfg), run_dir, resumed, why, _sweep(cfg))
 
 
 def _sweep(cfg: DictConfig) -> Path | None:
