@@ -88,3 +88,27 @@ def test_a_population_on_the_gpu_gives_each_member_its_run_alone(tmp_path: Path,
         setup = (GPU, "optimizer=sgd", "optimizer.momentum=0.9", "scheduler=none", f"seed={number + 1}")
         assert json.loads((folder / str(number) / "summary.json").read_text())["device"].startswith("cuda")
         assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *setup))
+
+
+@pytest.mark.slow
+def test_members_differing_in_width_and_activation_on_the_gpu_are_their_runs_alone(tmp_path: Path, capsys) -> None:
+    """What the notes compare, on CUDA: the narrower member zero-padded to the wider, activation against
+    activation; each member its run alone (float64, 1e-9). A dropout job trains alone there, and the log says why:
+    a run's masks come from CUDA's fused kernel, which a member's own generator cannot repeat."""
+    from tests.conftest import run_in_process
+    from tests.test_population import SHORT, alone, assert_same_run
+
+    folder = tmp_path / "sweep"
+    jobs = ("model.hidden=[20],[30]", "model.activation=sigmoid,relu", "model.dropout=0,0.2")
+    short = [override for override in SHORT if not override.startswith("model.hidden=")]
+    arguments = ["-m", "hydra/launcher=population", GPU, *jobs, "seed=1", *short, f"hydra.sweep.dir={folder}"]
+    status, output = run_in_process("train.py", arguments, capsys)
+    assert status == 0 and "Population of 4 members, trained together" in output, output[-3000:]
+    assert "Jobs #1 #3 #5 #7 train on their own, not in a population: model.dropout on a GPU" in output, output
+    members = [(h, a, d) for h in ("[20]", "[30]") for a in ("sigmoid", "relu") for d in (0, 0.2)]
+    for number, (hidden, activation, dropout) in enumerate(members):
+        log = (folder / str(number) / "train.log").read_text()
+        assert ("with the other members of a population" in log) == (dropout == 0), number
+        assert json.loads((folder / str(number) / "summary.json").read_text())["device"].startswith("cuda")
+        job = (GPU, f"model.hidden={hidden}", f"model.activation={activation}", f"model.dropout={dropout}", "seed=1")
+        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *job))
