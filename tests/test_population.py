@@ -280,6 +280,41 @@ def test_each_member_equals_its_run_alone_whatever_key_they_differ_in(tmp_path: 
         )
 
 
+# Options that make a run alone take Lightning's loop, one mini-batch per training step, and that a population's
+# engine makes as that loop does (training_path.member_path): members differing in seed and activation, each its
+# run alone (float64, 1e-9), with the global steps each makes. Those only Lightning's loop can do
+# (training_path.lightning_only) train on their own: test_jobs_that_cannot_be_stacked_...
+LOOP_OPTIONS = {
+    "steps_per_call=1": (("steps_per_call=1",), 140),
+    "trainer.max_steps": (("steps_per_call=auto", "+trainer.max_steps=100", "log_grad_norms=true"), 100),
+    "trainer.val_check_interval": (("steps_per_call=auto", "+trainer.val_check_interval=0.5"), 140),
+    "gradient clipping, a step schedule": (
+        ("steps_per_call=1", "trainer.gradient_clip_val=0.05", "scheduler=onecycle", "log_grad_norms=true"),
+        140,
+    ),
+    "optimizer=any, its own step()": (
+        # lr 0.001: at 0.01, a sigmoid member's RMSprop steps (g / sqrt(v)) grow the rounding by which its stacked
+        # gradients differ from its run's (1e-16, float64) to 1e-7 within 45 updates, several mini-batches a step too
+        ("steps_per_call=1", "optimizer=any", "optimizer._target_=torch.optim.RMSprop", "optimizer.lr=0.001"),
+        140,
+    ),
+}
+
+
+@pytest.mark.parametrize("option", list(LOOP_OPTIONS))
+def test_a_population_makes_lightnings_loop_of_one_mini_batch_a_step_as_its_runs_alone(
+    tmp_path: Path, capsys, option: str
+) -> None:
+    overrides, steps = LOOP_OPTIONS[option]
+    folder = sweep(tmp_path, capsys, *overrides, "seed=1,2", "model.activation=sigmoid,relu")
+    for number, (seed, activation) in enumerate((s, a) for s in (1, 2) for a in ("sigmoid", "relu")):
+        log = (folder / str(number) / "train.log").read_text()
+        assert "1 mini-batch per training step" in log and "with the other members of a population" in log, log
+        job = (*overrides, f"seed={seed}", f"model.activation={activation}")
+        assert choose_path(compose_config([*SHORT, *job], tmp_path / "path")).steps_per_call == 1  # alone: Lightning's
+        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *job), steps=steps)
+
+
 @pytest.mark.parametrize("target", ["torch.optim.RMSprop", "torch.optim.Adagrad"])
 def test_an_optimizer_without_a_functional_update_trains_members_with_its_own_step(
     tmp_path: Path, capsys, target: str
@@ -362,12 +397,12 @@ def test_a_setting_lightning_or_torch_refuses_is_one_paragraph_for_every_member(
         assert not (folder / str(number) / "summary.json").exists()
 
 
-# val_check_interval counts Lightning's training steps: a job with it takes Lightning's loop, and trains alone
-@pytest.mark.parametrize("flag", [flag for flag in DEBUG_FLAGS if "val_check_interval" not in flag])
+@pytest.mark.parametrize("flag", DEBUG_FLAGS)
 def test_lightnings_debugging_flags_run_a_population(flag: str, tmp_path: Path, capsys) -> None:
     """As they run a run (tests/test_records.py): with fast_dev_run, Lightning saves no checkpoint, so no member's
-    best.ckpt may be named, nor tested."""
-    folder = sweep(tmp_path, capsys, flag, "seed=1,2")
+    best.ckpt may be named, nor tested. val_check_interval counts training steps: one mini-batch each."""
+    path = ("steps_per_call=auto",) if "val_check_interval" in flag else ()
+    folder = sweep(tmp_path, capsys, flag, *path, "seed=1,2")
     for member in (folder / "0", folder / "1"):
         result = summary_of(member)
         assert result["status"] == "completed"

@@ -102,8 +102,8 @@ class TensorBatches:
         gather: bool = True,
     ) -> None:
         self.images, self.labels = images, labels  # (N, 784) float, (N,) int64
-        # gather=False (with steps_per_call > 1): training chunks hold the mini-batches' rows of `images` in
-        # place of their images (Chunk.rows). A population's engine gathers every member's in one operation.
+        # gather=False (a population's): training chunks, of one mini-batch too, hold the mini-batches' rows of
+        # `images` in place of their images (Chunk.rows). A population's engine gathers every member's at once.
         self.gather = gather
         self.batch_size = batch_size
         # trainer.limit_train_batches, applied here in mini-batches whatever steps_per_call is (Lightning's
@@ -143,7 +143,7 @@ class TensorBatches:
             yield from self._eval_batches()
             return
         indices = self._train_indices()
-        if self.steps_per_call == 1:
+        if self.steps_per_call == 1 and self.gather:  # a population's engine takes Chunks, of one mini-batch too
             for index in indices:
                 yield self.images[index], self.labels[index]
             return

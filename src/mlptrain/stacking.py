@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mlptrain.config import plain
-from mlptrain.training_path import member_path
+from mlptrain.training_path import lightning_only, member_path
 
 # Keys in which the members of one population may differ: everything else must be equal to stack them.
 MEMBER_KEYS = (
@@ -66,7 +66,7 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
                     "member's own generator cannot repeat",
                     job.model.dropout and _on_gpu(job),
                 ),
-                (path.why, path.steps_per_call == 1),
+                (path.why, lightning_only(job) is not None),
             )
             if applies
         ),

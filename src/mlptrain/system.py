@@ -120,10 +120,11 @@ class MLPSystem(L.LightningModule):
     train on. Every member's checkpoints, a run's too, are its own files (`writing_into`), which
     mlptrain.member_checkpoints cuts out of the system's; its best is marked here (`_mark_best`).
 
-    steps_per_call = 1 is Lightning's own loop (a run's): one mini-batch and one `optimizer.step()` per training
-    step. K > 1 gives each training step K mini-batches, whose updates `step.Engine` makes with the same maths
-    (torch.optim's updates, autograd's gradients) without Lightning's per-step overhead; `compile` also runs them
-    through torch.compile. How train(cfg) chooses: `training_path.choose_path`.
+    steps_per_call = 1 is Lightning's own loop for a run: one mini-batch and one `optimizer.step()` per training
+    step; a population's engine then makes one update a step, as that loop does. K > 1 gives each training step
+    K mini-batches, whose updates `step.Engine` makes with the same maths (torch.optim's updates, autograd's
+    gradients) without Lightning's per-step overhead; `compile` also runs them through torch.compile. How
+    train(cfg) chooses: `training_path.choose_path`.
     """
 
     def __init__(
@@ -302,8 +303,8 @@ class MLPSystem(L.LightningModule):
 
     def total_updates(self) -> int:
         """Optimizer updates in the whole fit, for the schedules that need it (this loads the training batches)."""
-        total = int(self.trainer.estimated_stepping_batches)
-        if self.automatic_optimization:
+        total = int(self.trainer.estimated_stepping_batches)  # max_steps applied
+        if self.automatic_optimization or self.hparams.steps_per_call == 1:
             return total
         return self.trainer.max_epochs * self.trainer.train_dataloader.num_batches  # training steps make K each
 

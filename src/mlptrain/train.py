@@ -76,7 +76,7 @@ def trainer_for(system: MLPSystem, cfg: DictConfig, extra_callbacks: Sequence[Ca
     if cfg.logger.tensorboard and not system.in_population:
         loggers.append(tensorboard_logger(run_dir))
     return make_trainer(
-        trainer_settings(cfg, system.hparams.steps_per_call),
+        trainer_settings(cfg, manual=not system.automatic_optimization),
         default_root_dir=folder,
         logger=loggers,
         callbacks=callbacks,
@@ -108,12 +108,13 @@ def tensorboard_logger(run_dir: Path) -> TensorBoardLogger:
     return TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False)
 
 
-def trainer_settings(cfg: DictConfig, steps_per_call: int) -> dict[str, Any]:
-    """The trainer.* keys as Lightning's Trainer takes them, for a run making steps_per_call updates a step."""
+def trainer_settings(cfg: DictConfig, manual: bool) -> dict[str, Any]:
+    """The trainer.* keys as Lightning's Trainer takes them; manual: the updates are step.Engine's (a population's,
+    or a run's several mini-batches a training step), not Lightning's optimizer.step()."""
     settings = plain(cfg.trainer)
     if cfg.data.loader == "tensor":  # the batches apply it, in mini-batches (TensorBatches.limit)
         settings["limit_train_batches"] = None
-    if steps_per_call > 1:  # the updates clip inside (step.Engine)
+    if manual:  # the updates clip inside (step.Engine)
         settings["gradient_clip_val"] = None
     return settings
 

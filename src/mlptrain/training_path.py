@@ -43,8 +43,8 @@ def several_processes(trainer: DictConfig) -> bool:
     return not one or trainer.get("num_nodes", 1) > 1
 
 
-def _plain_reason(cfg: DictConfig) -> str | None:
-    """Why this config must run in Lightning's own loop (one mini-batch per training step), or None."""
+def _loop_needed(cfg: DictConfig) -> str | None:
+    """Why Lightning's own loop must serve this config, whatever counts its steps, or None."""
     trainer = cfg.trainer
     if cfg.data.loader != "tensor":
         return "data.loader=dataloader serves one mini-batch at a time"
@@ -52,15 +52,32 @@ def _plain_reason(cfg: DictConfig) -> str | None:
         return "with several processes Lightning's loop synchronises the gradients"
     if str(trainer.get("precision", "32-true")) not in ("32-true", "32", "64-true", "64"):
         return f"trainer.precision={trainer.precision} needs Lightning's mixed-precision loop (loss scaling)"
-    counted = {  # trainer keys that count Lightning's training steps, which would each hold several mini-batches
+    return None
+
+
+def _counted(cfg: DictConfig) -> str | None:
+    """The first trainer key set that counts Lightning's training steps (so each must be one mini-batch), or None."""
+    trainer = cfg.trainer
+    counted = {
         "max_steps": trainer.get("max_steps", -1) not in (-1, None),
         "val_check_interval": trainer.get("val_check_interval") not in (None, 1.0),
         "accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1) != 1,
     }
-    for key, is_set in counted.items():
-        if is_set:
-            return f"trainer.{key} counts Lightning's training steps, which would each hold several mini-batches"
-    return None
+    return next((key for key, is_set in counted.items() if is_set), None)
+
+
+def _plain_reason(cfg: DictConfig) -> str | None:
+    """Why this config must run in Lightning's own loop (one mini-batch per training step), or None."""
+    key = _counted(cfg)
+    counts = f"trainer.{key} counts Lightning's training steps, which would each hold several mini-batches"
+    return _loop_needed(cfg) or (counts if key else None)
+
+
+def lightning_only(cfg: DictConfig) -> str | None:
+    """Why only Lightning's own loop can train this config, and a population's engine cannot (its members then
+    train on their own, saying why), or None: _plain_reason's, but for the keys the engine counts as a run does."""
+    accumulates = cfg.trainer.get("accumulate_grad_batches", 1) != 1  # the engine makes an update a mini-batch
+    return _plain_reason(cfg) if _loop_needed(cfg) or accumulates else None
 
 
 def _optimizer_reason(cfg: DictConfig) -> str | None:
@@ -137,13 +154,19 @@ def choose_path(cfg: DictConfig) -> TrainingPath:
 
 
 def member_path(cfg: DictConfig) -> TrainingPath:
-    """A population member's path: choose_path's, except where only the optimizer keeps a run in Lightning's loop
-    (a torch.optim class without a functional update here): a population then makes each of its K updates a
-    call with the optimizer's own step(), the update Lightning's loop makes (step.Engine), not compiled."""
+    """A population member's path: choose_path's, except where a run would take Lightning's loop for what the
+    population's engine does as well (steps_per_call=1, trainer.max_steps or val_check_interval, which count
+    training steps of one mini-batch; a torch.optim class without a functional update here, whose updates are
+    each the optimizer's own step()): the engine then makes the updates Lightning's loop makes (step.Engine),
+    not compiled. Where only Lightning's loop will do (lightning_only), choose_path's: the member trains alone."""
     path = choose_path(cfg)
-    reason = _optimizer_reason(cfg)
-    if path.steps_per_call > 1 or cfg.steps_per_call == 1 or _plain_reason(cfg) or reason is None:
+    if path.steps_per_call > 1 or lightning_only(cfg):
         return path
+    own = _optimizer_reason(cfg)
+    own_step = f": {own}, so each update is its own step()" if own else ""
+    key = _counted(cfg)
+    if cfg.steps_per_call == 1 or key:
+        why = "steps_per_call=1" if cfg.steps_per_call == 1 else f"trainer.{key} counts training steps"
+        return TrainingPath(1, False, f"1 mini-batch per training step ({why}), not compiled{own_step}")
     steps = AUTO_STEPS_PER_CALL if cfg.steps_per_call == "auto" else cfg.steps_per_call
-    return TrainingPath(steps, False, f"{steps} mini-batches per training step, not compiled: {reason}, so each "
-                        "update is its own step()")  # fmt: skip
+    return TrainingPath(steps, False, f"{steps} mini-batches per training step, not compiled{own_step}")
