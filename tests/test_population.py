@@ -237,6 +237,34 @@ def test_each_member_goes_on_from_its_own_ckpt_path_as_its_run_alone(tmp_path: P
         assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", f"ckpt_path={checkpoint}"))
 
 
+def test_train_false_tests_each_members_checkpoint_as_its_run_alone(tmp_path: Path, capsys) -> None:
+    """train=false ckpt_path=a,b: each member the network its checkpoint holds (here of other widths and
+    activations than the command's), tested side by side; its files those of its run alone (float64, 1e-9)."""
+    a = alone(tmp_path, "a", "model.hidden=[20]")
+    b = alone(tmp_path, "b", "model.hidden=[30]", "model.activation=sigmoid", "seed=3")
+    checkpoints = [a / "checkpoints" / "best.ckpt", b / "checkpoints" / "last.ckpt"]
+    folder = sweep(tmp_path, capsys, "train=false", f"ckpt_path={checkpoints[0]},{checkpoints[1]}")
+    for number, checkpoint in enumerate(checkpoints):
+        member, run = (
+            folder / str(number),
+            alone(tmp_path, f"evaluated{number}", "train=false", f"ckpt_path={checkpoint}"),
+        )
+        log = (member / "train.log").read_text()
+        assert "tested, with the other members of a population" in log and f"Testing the weights of {checkpoint}" in log
+        assert ("differ in model.activation, model.hidden" in log) == (number == 1), log
+        configs = [yaml.safe_load((path / "config.yaml").read_text()) for path in (member, run)]
+        for key in ("model", "loss", "optimizer", "scheduler", "train", "ckpt_path"):
+            assert configs[0][key] == configs[1][key], key
+        rows = [epoch_values(path) for path in (member, run)]
+        assert len(rows[0]) == len(rows[1]) and rows[0][-1].keys() == {"test/loss", "test/acc"}
+        for row_a, row_b in zip(*rows):
+            assert row_a == pytest.approx(row_b, rel=1e-9, abs=1e-9)
+        summaries = [summary_of(path) for path in (member, run)]
+        for key in ("status", "global_steps", "tested_checkpoint", "parameters", "epochs"):
+            assert summaries[0][key] == summaries[1][key], key
+        assert summaries[0]["test_acc"] == pytest.approx(summaries[1]["test_acc"], abs=1e-9)
+
+
 # The equality matrix: for every key in which members may differ (stacking.MEMBER_KEYS, MEMBER_KINDS,
 # MEMBER_WIDTHS), a population of two members that differ in it, with what the key needs to matter. Each member
 # must be its run alone (float64, 1e-9). ckpt_path and output_dir have tests of their own; dropout members of

@@ -28,6 +28,7 @@ from mlptrain.system import MLPSystem, write_log_line
 from mlptrain.train import (
     already_complete,
     check_ckpt_path,
+    evaluated,
     finish_tracking,
     fit_and_test,
     hold,
@@ -35,16 +36,24 @@ from mlptrain.train import (
     tensorboard_logger,
     trainer_for,
 )
-from mlptrain.training_path import member_path
+from mlptrain.training_path import TrainingPath, member_path
 
 log = logging.getLogger(__name__)
 
 
 def _member_hooks(system: MLPSystem) -> None:
-    """Write each member's config.yaml and its training path, as train() does first."""
-    for m, run_dir in enumerate(system.run_dirs):
-        write_text_durably(run_dir / "config.yaml", yaml_text(system.plain[m]))
-        system.note(m, f"Training path: {system.describe()}")
+    """Write each member's config.yaml and its training path, as train() does first; with train=false, the
+    config of the network it evaluates, and the line naming what differed from its command's (train.evaluated)."""
+    for m, (run_dir, cfg) in enumerate(zip(system.run_dirs, system.cfgs)):
+        if cfg.train:
+            write_text_durably(run_dir / "config.yaml", yaml_text(system.plain[m]))
+            system.note(m, f"Training path: {system.describe()}")
+            continue
+        config, differ = evaluated(system.plain[m], system.hparams_of[m], cfg.ckpt_path)
+        write_text_durably(run_dir / "config.yaml", yaml_text(config))
+        for line in (differ, system.describe()):
+            if line:
+                system.note(m, line)
 
 
 Resumed = tuple[DictConfig, dict[str, Any] | None, str | None]  # a member, its checkpoint and that file, or Nones
@@ -115,10 +124,15 @@ def _train_group(group: Sequence[Resumed], log_name: str, sweep_dir: Path | None
     sweep's, in sweep_dir); each member's best val/acc."""
     cfgs = [cfg for cfg, _, _ in group]
     first = cfgs[0]
-    paths = [member_path(cfg) for cfg in cfgs]  # compiled where each member's run alone would be (dropout: not)
-    path = next((path for path in paths if not path.compile), paths[0])
+    if first.train:
+        paths = [member_path(cfg) for cfg in cfgs]  # compiled where each member's run alone would be (dropout: not)
+        path = next((path for path in paths if not path.compile), paths[0])
+        held = None
+    else:  # train=false: each member the network its checkpoint holds, tested there
+        path = TrainingPath(1, False, "train=false: each member's checkpoint tested")
+        held = [checkpoint["hyper_parameters"] for _, checkpoint, _ in group]
     try:
-        system = MLPSystem.population(cfgs, path)
+        system = MLPSystem.population(cfgs, path, held)
     except MlptrainError as error:  # what every member shares and cannot be built (its optimizer): as a run's
         log.error("%s", error)
         for cfg in cfgs:
@@ -127,7 +141,11 @@ def _train_group(group: Sequence[Resumed], log_name: str, sweep_dir: Path | None
     system.log_name = log_name
     checkpoints = {Path(cfg.output_dir): checkpoint for cfg, checkpoint, _ in group}
     resumed = [checkpoints[run_dir] for run_dir in system.run_dirs]
-    system.resumed = resumed if resumed[0] is not None else None
+    system.resumed = resumed if resumed[0] is not None and first.train else None
+    if not first.train:  # where each checkpoint stood (they stand at the same update: _resumable), as a run's
+        system.restore_records(resumed[0], resumed)
+        for trajectory, checkpoint in zip(system.trajectories or (), resumed):  # the path its training took
+            trajectory.load_state_dict(checkpoint.get("callbacks", {}).get(trajectory.state_key, {}))
     if str(first.trainer.precision) in ("64-true", "64"):
         system.double()  # as train() does: weights drawn in float32, trained in float64
     datamodule = MNISTDataModule(
@@ -139,7 +157,8 @@ def _train_group(group: Sequence[Resumed], log_name: str, sweep_dir: Path | None
     )
     torch.set_float32_matmul_precision(first.matmul_precision)
     _member_hooks(system)
-    log.info("Population of %d members, trained together: %s", len(cfgs), system.describe())
+    how = "trained" if first.train else "tested"
+    log.info("Population of %d members, %s together: %s", len(cfgs), how, system.describe())
     callbacks: list[Callback] = []
     try:
         if first.logger.tensorboard:  # each member its own event files, as its run alone's

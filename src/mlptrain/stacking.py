@@ -43,30 +43,46 @@ MEMBER_KINDS = (
 MEMBER_WIDTHS = ("model.hidden",)
 
 
+NETWORK_GROUPS = ("model", "loss", "optimizer", "scheduler")  # what a checkpoint's network was built and trained with
+
+
+def network_values(cfg: DictConfig) -> dict[str, Any]:
+    """The job's config as plain values, for stacking: with train=false, the model.*, loss.*, optimizer.* and
+    scheduler.* of the network its ckpt_path holds (what it evaluates, as train() records in config.yaml), not
+    the command line's. Raises CheckpointError where that file is not an mlptrain checkpoint."""
+    values = plain(OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("hydra", "output_dir")]))
+    if not values["train"] and values.get("ckpt_path"):
+        from mlptrain.rundir import read_checkpoint
+
+        held = read_checkpoint(values["ckpt_path"])["hyper_parameters"]
+        values.update({group: dict(held[group]) for group in NETWORK_GROUPS})
+    return values
+
+
 def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
-    """What must be equal for two jobs to train as one population, as a string, and ""; or None and why the job
-    cannot be stacked (it then runs on its own, and the launcher's log says why in one line)."""
+    """What must be equal for two jobs to train (or, with train=false, be tested) as one population, as a string,
+    and ""; or None and why the job cannot be stacked (it then runs on its own, and the launcher's log says why in
+    one line)."""
     job = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("hydra", "output_dir")])
     try:
-        values = plain(job)
-        path = member_path(job)
+        values = network_values(job)
+        path = member_path(job) if job.train else None
     except Exception:  # the job's own run will say what is wrong
-        return None, "its config does not resolve or is refused (its run says why)"
+        return None, "its config does not resolve or is refused, or its checkpoint does not load (its run says why)"
     why = next(
         (
             reason
             for reason, applies in (
-                ("train=false evaluates a checkpoint", not job.train),
                 (
                     "compile=true with model.dropout: compiled code draws other masks",
-                    job.model.dropout and path.compile,
+                    path and job.model.dropout and path.compile,
                 ),
                 (
                     "model.dropout on a GPU: a run's masks come from CUDA's fused dropout kernel, whose draws a "
                     "member's own generator cannot repeat",
-                    job.model.dropout and _on_gpu(job),
+                    path and job.model.dropout and _on_gpu(job),
                 ),
-                (path.why, lightning_only(job) is not None),
+                (path and path.why, path and lightning_only(job) is not None),
             )
             if applies
         ),
@@ -84,6 +100,9 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
         node.pop(last, None)
     if own is None:
         values["model"]["hidden"] = f"{len(values['model']['hidden'])} hidden layers"  # of any widths
+    if not values["train"]:  # evaluated, not trained: how each was trained does not matter
+        for group in ("optimizer", "scheduler"):
+            values.pop(group)
     return repr((sorted(values.items()), own)), ""
 
 

@@ -193,11 +193,14 @@ class MLPSystem(L.LightningModule):
         self.started = time.perf_counter()
 
     @classmethod
-    def population(cls, cfgs: Sequence[DictConfig], path: TrainingPath) -> "MLPSystem":
+    def population(
+        cls, cfgs: Sequence[DictConfig], path: TrainingPath, held: Sequence[Mapping[str, Any]] | None = None
+    ) -> "MLPSystem":
         """The members `cfgs` (jobs' configs, equal but for stacking's MEMBER_KEYS, MEMBER_KINDS and MEMBER_WIDTHS,
         each writing into its output_dir) as one population making its updates as `path` says; kept sorted
-        (`cfgs`): members of a kind side by side, and within it those with equal optimizer settings."""
-        hparams = [hyperparameters(cfg, path) for cfg in cfgs]
+        (`cfgs`): members of a kind side by side, and within it those with equal optimizer settings. held
+        (train=false): each member's network as its checkpoint's hyperparameters hold it, not as its config says."""
+        hparams = list(held) if held is not None else [hyperparameters(cfg, path) for cfg in cfgs]
         order = sorted(range(len(cfgs)), key=lambda m: (kind_of(hparams[m]), optimizer_settings(hparams[m])))
         system = cls(**hparams[order[0]], members=[(hparams[m], cfgs[m].seed) for m in order])
         system.path = path

@@ -7,7 +7,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from mlptrain.rundir import (
     yaml_text,
 )
 from mlptrain.signals import TrainingTakesSignals
+from mlptrain.stacking import NETWORK_GROUPS
 from mlptrain.system import MLPSystem, hyperparameters, load_checkpoint
 from mlptrain.training_path import TrainingPath, choose_path, several_processes
 
@@ -216,7 +217,13 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
     if cfg.train and ckpt_path is not None:
         system.resumed = [read_checkpoint(ckpt_path)]
     if writer:
-        recorded = OmegaConf.to_yaml(cfg, resolve=True) if path else yaml_text(_evaluated(cfg, system))
+        if path:
+            recorded = OmegaConf.to_yaml(cfg, resolve=True)
+        else:
+            config, differ = evaluated(plain(cfg), system.hparams, cfg.ckpt_path)
+            recorded = yaml_text(config)
+            if differ:
+                log.info("%s", differ)
         write_text_durably(run_dir / "config.yaml", recorded)
     if str(cfg.trainer.precision) in ("64-true", "64"):
         # Lightning loads a resumed checkpoint's weights before it converts the model to float64: into float32
@@ -304,7 +311,7 @@ def _write_tested(
     report = None
     if cfg.report.enabled and trainer.is_global_zero:
         # The network's own hyperparameters: in test-only mode they come from the checkpoint, not from cfg.
-        config = {**system.plain[m], **{key: dict(system.hparams_of[m][key]) for key in MODEL_GROUPS}}
+        config = {**system.plain[m], **{key: dict(system.hparams_of[m][key]) for key in NETWORK_GROUPS}}
         trajectory = system.trajectories[m] if system.trajectories is not None else None
         weights_path = trajectory.path() if trajectory is not None and trajectory.points else None
         trained = system.trained(m)  # as tested: at its best
@@ -374,24 +381,21 @@ def _sweep(cfg: DictConfig) -> Path | None:
     return current_sweep()
 
 
-MODEL_GROUPS = ("model", "loss", "optimizer", "scheduler")  # what a checkpoint's network was built and trained with
-
-
-def _evaluated(cfg: DictConfig, system: MLPSystem) -> dict[str, Any]:
+def evaluated(config: dict[str, Any], held: Mapping[str, Any], ckpt_path: str) -> tuple[dict[str, Any], str | None]:
     """train=false's config.yaml: the config, with the model.*, loss.*, optimizer.* and scheduler.* of the network
-    it evaluates, the checkpoint's (the command line's are not used); one log line names those that differed."""
-    config = plain(cfg)
-    given = flat({group: config[group] for group in MODEL_GROUPS})
-    config.update({group: dict(system.hparams[group]) for group in MODEL_GROUPS})
-    held = flat({group: config[group] for group in MODEL_GROUPS})
-    differ = sorted(key for key in given.keys() | held.keys() if given.get(key) != held.get(key))
-    if differ:
-        log.info(
-            "train=false evaluates the network %s holds, as it was built and trained: config.yaml records its "
-            "settings, not this command's, which differ in %s",
-            cfg.ckpt_path, ", ".join(differ),
-        )  # fmt: skip
-    return config
+    it evaluates (`held`: the checkpoint's hyperparameters; the command line's are not used), a run's and a
+    population member's; and the log line that names those that differed, or None."""
+    config = dict(config)
+    given = flat({group: config[group] for group in NETWORK_GROUPS})
+    config.update({group: dict(held[group]) for group in NETWORK_GROUPS})
+    kept = flat({group: config[group] for group in NETWORK_GROUPS})
+    differ = sorted(key for key in given.keys() | kept.keys() if given.get(key) != kept.get(key))
+    if not differ:
+        return config, None
+    return config, (
+        f"train=false evaluates the network {ckpt_path} holds, as it was built and trained: config.yaml records its "
+        f"settings, not this command's, which differ in {', '.join(differ)}"
+    )
 
 
 def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: MNISTDataModule, ckpt_path: str | None) -> None:

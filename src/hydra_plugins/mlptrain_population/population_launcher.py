@@ -137,7 +137,8 @@ class PopulationLauncher(Launcher):
         """The jobs in this process: a population, or one job as Hydra's basic launcher runs it."""
         if len(jobs) == 1:
             return [self._run_one(jobs[0])]
-        log.info(f"Population of {len(jobs)} jobs, trained together:")
+        how = "trained" if jobs[0].composed.config.train else "tested"  # train is part of the stacking key
+        log.info(f"Population of {len(jobs)} jobs, {how} together:")
         population = PopulationJob.of(jobs, self.config)
         return _returns(jobs, population.tasks, population(), population.name)
 
@@ -248,7 +249,7 @@ def _say_what_did_not_stack(jobs: "list[Job]", groups: dict[str, list[int]]) -> 
     """One log line for each reason some jobs train on their own, and one naming the keys that split the rest
     into several populations (members may differ only in mlptrain.stacking.MEMBER_KEYS)."""
     from mlptrain.rundir import flat
-    from mlptrain.stacking import MEMBER_KEYS, MEMBER_KINDS, MEMBER_WIDTHS
+    from mlptrain.stacking import MEMBER_KEYS, MEMBER_KINDS, MEMBER_WIDTHS, network_values
 
     alone: dict[str, list[int]] = {}
     for job in jobs:
@@ -259,10 +260,7 @@ def _say_what_did_not_stack(jobs: "list[Job]", groups: dict[str, list[int]]) -> 
     stacked = [positions for key, positions in groups.items() if not key.startswith("alone ")]
     if len(stacked) > 1:
         tasks = [jobs[at[0]].composed.task for at in stacked]
-        configs = [
-            flat(OmegaConf.to_container(OmegaConf.masked_copy(t, [k for k in t if k != "output_dir"]), resolve=True))
-            for t in tasks
-        ]
+        configs = [flat(network_values(t)) for t in tasks]  # train=false: the networks the checkpoints hold
         depths = {len(c.get("model.hidden") or ()) for c in configs}
         keys = sorted(
             key
