@@ -265,6 +265,31 @@ def test_train_false_tests_each_members_checkpoint_as_its_run_alone(tmp_path: Pa
         assert summaries[0]["test_acc"] == pytest.approx(summaries[1]["test_acc"], abs=1e-9)
 
 
+def test_extra_callbacks_are_handed_to_a_populations_trainer_as_to_a_runs(tmp_path: Path) -> None:
+    """train_population(cfgs, callbacks=...) as train(cfg, callbacks=...): Lightning calls them on the population's
+    MLPSystem, whose records have a member axis (a run's: one member)."""
+    from lightning.pytorch.callbacks import Callback
+
+    from mlptrain.population_train import train_population
+
+    class Epochs(Callback):
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, bool, list[float]]] = []
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:  # after the epoch's validation
+            self.seen.append((trainer.current_epoch, pl_module.in_population, pl_module.last_val_acc.tolist()))
+
+    members, alone_ = Epochs(), Epochs()
+    cfgs = [compose_config([*SHORT, f"seed={seed}"], tmp_path / f"member{seed}") for seed in (1, 2)]
+    values = train_population(cfgs, callbacks=[members])
+    train(compose_config([*SHORT, "seed=2"], tmp_path / "alone"), callbacks=[alone_])
+    assert [(epoch, population) for epoch, population, _ in members.seen] == [(0, True), (1, True)]
+    assert [(epoch, population) for epoch, population, _ in alone_.seen] == [(0, False), (1, False)]
+    assert [len(accuracies) for _, _, accuracies in members.seen] == [2, 2]
+    assert values[1] == max(accuracies[1] for _, _, accuracies in members.seen)  # seed 2's best val/acc
+    assert [accuracies[1] for _, _, accuracies in members.seen] == [acc[0] for _, _, acc in alone_.seen]
+
+
 # The equality matrix: for every key in which members may differ (stacking.MEMBER_KEYS, MEMBER_KINDS,
 # MEMBER_WIDTHS), a population of two members that differ in it, with what the key needs to matter. Each member
 # must be its run alone (float64, 1e-9). ckpt_path and output_dir have tests of their own; dropout members of

@@ -80,11 +80,16 @@ def _resumable(cfgs: Sequence[DictConfig]) -> list[list[Resumed]]:
 
 
 def train_population(
-    cfgs: Sequence[DictConfig], log_name: str = "train.log", sweep_dir: Path | None = None
+    cfgs: Sequence[DictConfig],
+    log_name: str = "train.log",
+    sweep_dir: Path | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> list[float | None]:
     """Train the jobs `cfgs` (composed, output_dir set, equal but for MEMBER_KEYS) as populations; return each
     job's best val/acc, or None where it failed (its summary.json and log say why, as a run's would). sweep_dir:
-    the sweep's folder, whose MLflow run is the parent of the members' (logger=mlflow)."""
+    the sweep's folder, whose MLflow run is the parent of the members' (logger=mlflow). `callbacks` are added to
+    each population's Trainer, as train(cfg, callbacks) adds them to a run's: they see the population's
+    MLPSystem, every record with a leading member axis (its `histories`, one per member, as `cfgs` sorted)."""
     results: dict[int, float | None] = {}
     locks, todo = [], []
     store = None  # logger=mlflow: the MLflow store completed members are filled in on
@@ -111,7 +116,7 @@ def train_population(
     try:
         by_dir = {Path(cfgs[index].output_dir): index for index in todo}
         for group in _resumable([cfgs[index] for index in todo]) if todo else []:
-            for run_dir, value in _train_group(group, log_name, sweep_dir).items():
+            for run_dir, value in _train_group(group, log_name, sweep_dir, callbacks).items():
                 results[by_dir[run_dir]] = value
     finally:
         for lock in locks:
@@ -119,7 +124,9 @@ def train_population(
     return [results.get(index) for index in range(len(cfgs))]
 
 
-def _train_group(group: Sequence[Resumed], log_name: str, sweep_dir: Path | None) -> dict[Path, float | None]:
+def _train_group(
+    group: Sequence[Resumed], log_name: str, sweep_dir: Path | None, extra: Sequence[Callback] = ()
+) -> dict[Path, float | None]:
     """One population: build, fit, test and write every member's files (and their MLflow runs: children of the
     sweep's, in sweep_dir); each member's best val/acc."""
     cfgs = [cfg for cfg, _, _ in group]
@@ -159,7 +166,7 @@ def _train_group(group: Sequence[Resumed], log_name: str, sweep_dir: Path | None
     _member_hooks(system)
     how = "trained" if first.train else "tested"
     log.info("Population of %d members, %s together: %s", len(cfgs), how, system.describe())
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = list(extra)
     try:
         if first.logger.tensorboard:  # each member its own event files, as its run alone's
             system.tensorboards = [tensorboard_logger(run_dir) for run_dir in system.run_dirs]
