@@ -20,7 +20,6 @@ from mlptrain.data import MNISTDataModule
 from mlptrain.errors import MlptrainError
 from mlptrain.rundir import (
     read_checkpoint,
-    resume_path,
     write_text_durably,
     yaml_text,
 )
@@ -33,6 +32,7 @@ from mlptrain.train import (
     fit_and_test,
     hold,
     resumes,
+    start_of,
     tensorboard_logger,
     trainer_for,
 )
@@ -65,13 +65,8 @@ def _resumable(cfgs: Sequence[DictConfig]) -> list[list[Resumed]]:
     afresh."""
     groups: dict[Any, list[Resumed]] = {}
     for cfg in cfgs:
-        checkpoint, found = None, None
-        if resumes(cfg):
-            found = resume_path(Path(cfg.output_dir))
-        if found is None and cfg.ckpt_path is not None:  # another run's: its best starts afresh here, as a run's
-            found = str(cfg.ckpt_path)
-        if found is not None:
-            checkpoint = read_checkpoint(found)
+        found = start_of(cfg)[1]  # as a run's
+        checkpoint = read_checkpoint(found) if found is not None else None
         where = (
             None if checkpoint is None else (checkpoint["epoch"], checkpoint["global_step"], checkpoint["updates_done"])
         )

@@ -208,8 +208,7 @@ def _in_run_dir(cfg: DictConfig, run_dir: Path, callbacks: Sequence[Callback]) -
 def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callback]) -> float | None:
     """train(cfg)'s work, in a directory this process holds."""
     path = choose_path(cfg) if cfg.train else None
-    resumed = resume_path(run_dir, repair=writer) if resumes(cfg) else None  # this run's own newest checkpoint
-    ckpt_path = resumed or cfg.ckpt_path
+    own, ckpt_path = start_of(cfg, repair=writer)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     system = _build_system(cfg, path) if path else load_checkpoint(cfg.ckpt_path)[0]
@@ -242,8 +241,8 @@ def _run(cfg: DictConfig, run_dir: Path, writer: bool, callbacks: Sequence[Callb
         trajectory.load_state_dict(read_checkpoint(cfg.ckpt_path).get("callbacks", {}).get(trajectory.state_key, {}))
     extra = list(callbacks)
     if cfg.logger.mlflow.enabled and writer:  # started before training: a required store that refuses stops it here
-        own = system.resumed[0] if resumed else None  # read once: its own checkpoint, not another run's ckpt_path
-        system.trackers = [_tracker(cfg, run_dir, own, path.why if path else None)]
+        held = system.resumed[0] if own else None  # read once: its own checkpoint, not another run's ckpt_path
+        system.trackers = [_tracker(cfg, run_dir, held, path.why if path else None)]
         extra.append(Tracking(system.trackers))
     return fit_and_test(system, trainer_for(system, cfg, extra), datamodule, [ckpt_path])[run_dir]
 
@@ -332,6 +331,14 @@ def finish_tracking(system: MLPSystem) -> None:
         tracker.finish(wait=False)
     if system.trackers:
         system.trackers[0].store.wait()
+
+
+def start_of(cfg: DictConfig, repair: bool = True) -> tuple[str | None, str | None]:
+    """Where the run `cfg` describes (or a population's member) starts: (its own directory's newest checkpoint
+    where it resumes, or None; that, else its ckpt_path, another run's whose weights start afresh here, else None).
+    `repair`: resume_path's (whether this process renames damaged files)."""
+    own = resume_path(Path(cfg.output_dir), repair=repair) if resumes(cfg) else None
+    return own, own or (str(cfg.ckpt_path) if cfg.ckpt_path is not None else None)
 
 
 def resumes(cfg: DictConfig) -> bool:
