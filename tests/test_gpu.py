@@ -100,7 +100,7 @@ def test_members_differing_in_width_and_activation_on_the_gpu_are_their_runs_alo
 
     folder = tmp_path / "sweep"
     jobs = ("model.hidden=[20],[30]", "model.activation=sigmoid,relu", "model.dropout=0,0.2")
-    short = [override for override in SHORT if not override.startswith("model.hidden=")]
+    short = [override for override in SHORT if not override.startswith(("model.hidden=", "trainer.accelerator="))]
     arguments = ["-m", "hydra/launcher=population", GPU, *jobs, "seed=1", *short, f"hydra.sweep.dir={folder}"]
     status, output = run_in_process("train.py", arguments, capsys)
     assert status == 0 and "Population of 4 members, trained together" in output, output[-3000:]

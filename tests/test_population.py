@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow  # whole sweeps
 # 2 epochs of 70 mini-batches (the last of 5 images, the others 10), float64: the population's updates must be
 # each run's own.
 SHORT = [
+    "trainer.accelerator=cpu",  # also on a GPU machine, where dropout jobs train alone: tests/test_gpu.py's there
     "model.hidden=[20]",
     "data.train_size=695",
     "data.batch_size=10",
