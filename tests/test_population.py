@@ -489,6 +489,39 @@ def test_a_member_with_a_value_out_of_range_is_refused_alone(tmp_path: Path, cap
     assert not (folder / "1" / "summary.json").exists()
 
 
+def test_a_population_of_one_mini_batch_a_step_stopped_by_sigterm_resumes_to_its_runs_alone(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """steps_per_call=1 (a run alone: Lightning's loop): SIGTERM in the middle of epoch 1 writes every member's
+    last.ckpt there, and resume=auto finishes each to its run alone, dropout masks and all."""
+    import os
+    import signal
+
+    from mlptrain.system import MLPSystem
+
+    calls: list[int] = []
+    original = MLPSystem.training_step
+
+    def step_then_stop(self: MLPSystem, batch: object, batch_idx: int) -> None:
+        calls.append(batch_idx)
+        if len(calls) == 75:  # epoch 1's fifth mini-batch (70 an epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(MLPSystem, "training_step", step_then_stop)
+    overrides = ("steps_per_call=1", "model.dropout=0.2", "model.activation=sigmoid,relu")
+    folder = sweep(tmp_path, capsys, *overrides, ends=1)
+    for number in (0, 1):
+        saved = torch.load(folder / str(number) / "checkpoints" / "last.ckpt", weights_only=True)
+        assert saved["MNISTDataModule"] == {"epoch": 1, "batches_done": 5}
+    monkeypatch.setattr(MLPSystem, "training_step", original)
+    sweep(tmp_path, capsys, *overrides, "resume=auto")
+    for number, activation in enumerate(("sigmoid", "relu")):
+        job = ("steps_per_call=1", "model.dropout=0.2", f"model.activation={activation}")
+        assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
+        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *job))
+
+
 @pytest.mark.parametrize("again", ["resume=auto", "requeued"])
 def test_sigterm_checkpoints_every_member_and_the_sweep_resumes(
     tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, again: str
