@@ -66,28 +66,9 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
     job = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("hydra", "output_dir")])
     try:
         values = network_values(job)
-        path = member_path(job) if job.train else None
+        why = _why_alone(job) if job.train else None  # evaluated: no training that could not stack
     except Exception:  # the job's own run will say what is wrong
         return None, "its config does not resolve or is refused, or its checkpoint does not load (its run says why)"
-    why = next(
-        (
-            reason
-            for reason, applies in (
-                (
-                    "compile=true with model.dropout: compiled code draws other masks",
-                    path and job.model.dropout and path.compile,
-                ),
-                (
-                    "model.dropout on a GPU: a run's masks come from CUDA's fused dropout kernel, whose draws a "
-                    "member's own generator cannot repeat",
-                    path and job.model.dropout and _on_gpu(job),
-                ),
-                (path and path.why, path and lightning_only(job) is not None),
-            )
-            if applies
-        ),
-        None,
-    )
     if why is not None:
         return None, why
     activation = values["model"]["activation"]
@@ -104,6 +85,30 @@ def stack_key(cfg: DictConfig) -> tuple[str | None, str]:
         for group in ("optimizer", "scheduler"):
             values.pop(group)
     return repr((sorted(values.items()), own)), ""
+
+
+def _why_alone(job: DictConfig) -> str | None:
+    """Why the job's training cannot be a population member's (it trains on its own), or None."""
+    path, only = member_path(job), lightning_only(job)
+    return next(
+        (
+            reason
+            for reason, applies in (
+                (
+                    "compile=true with model.dropout: compiled code draws other masks",
+                    job.model.dropout and path.compile,
+                ),
+                (
+                    "model.dropout on a GPU: a run's masks come from CUDA's fused dropout kernel, whose draws a "
+                    "member's own generator cannot repeat",
+                    job.model.dropout and _on_gpu(job),
+                ),
+                (f"Lightning's loop, one mini-batch per training step: {only}", only is not None),
+            )
+            if applies
+        ),
+        None,
+    )
 
 
 def kind_of(hparams: Mapping[str, Any]) -> str:

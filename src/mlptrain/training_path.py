@@ -69,15 +69,19 @@ def _counted(cfg: DictConfig) -> str | None:
 def _plain_reason(cfg: DictConfig) -> str | None:
     """Why this config must run in Lightning's own loop (one mini-batch per training step), or None."""
     key = _counted(cfg)
-    counts = f"trainer.{key} counts Lightning's training steps, which would each hold several mini-batches"
-    return _loop_needed(cfg) or (counts if key else None)
+    return _loop_needed(cfg) or (_counts(key) if key else None)
+
+
+def _counts(key: str) -> str:
+    return f"trainer.{key} counts Lightning's training steps, which would each hold several mini-batches"
 
 
 def lightning_only(cfg: DictConfig) -> str | None:
     """Why only Lightning's own loop can train this config, and a population's engine cannot (its members then
-    train on their own, saying why), or None: _plain_reason's, but for the keys the engine counts as a run does."""
+    train on their own, saying why), or None: _plain_reason's, but for the keys the engine counts as a run does
+    (max_steps, val_check_interval)."""
     accumulates = cfg.trainer.get("accumulate_grad_batches", 1) != 1  # the engine makes an update a mini-batch
-    return _plain_reason(cfg) if _loop_needed(cfg) or accumulates else None
+    return _loop_needed(cfg) or (_counts("accumulate_grad_batches") if accumulates else None)
 
 
 def _optimizer_reason(cfg: DictConfig) -> str | None:
