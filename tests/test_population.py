@@ -346,6 +346,17 @@ LOOP_OPTIONS = {
         ("steps_per_call=1", "trainer.gradient_clip_val=0.05", "scheduler=onecycle", "log_grad_norms=true"),
         140,
     ),
+    "trainer.accumulate_grad_batches": (
+        # 70 mini-batches an epoch: 23 updates of 3 and one of the last (5 examples), clipped and scheduled per update
+        (
+            "steps_per_call=auto",
+            "+trainer.accumulate_grad_batches=3",
+            "trainer.gradient_clip_val=0.05",
+            "scheduler=onecycle",
+            "log_grad_norms=true",
+        ),
+        48,
+    ),
     "optimizer=any, its own step()": (
         # lr 0.001: at 0.01, a sigmoid member's RMSprop steps (g / sqrt(v)) grow the rounding by which its stacked
         # gradients differ from its run's (1e-16, float64) to 1e-7 within 45 updates, several mini-batches a step too

@@ -147,8 +147,11 @@ def gradients(
     x: torch.Tensor,
     y: torch.Tensor,
     functional: bool,
+    scale: int = 1,
 ) -> tuple[Tensors, torch.Tensor, torch.Tensor]:
     """d loss(model(x), y) / d params by autograd: (gradients in params' order, loss, output (B, 10)).
+    scale: the loss is divided by it before its gradient is taken, as Lightning's loop divides each mini-batch's
+    loss by trainer.accumulate_grad_batches; the loss returned is not.
 
     With N members' parameters stacked (N, ...) (model.MLP evaluates them at once), x (N, B, 784) and y (N, B):
     the loss is each member's (N,), the output (N, B, 10), and the gradients are those of the losses' sum,
@@ -160,7 +163,8 @@ def gradients(
     if not functional:
         output = model(x)
         loss = loss_fn(output, y)
-        total = loss if loss.dim() == 0 else loss.sum()  # one network's loss as it is: no extra node
+        scaled = loss if scale == 1 else loss / scale
+        total = scaled if loss.dim() == 0 else scaled.sum()  # one network's loss as it is: no extra node
         return list(torch.autograd.grad(total, list(params.values()))), loss.detach(), output.detach()
     names = list(params)
 
@@ -193,8 +197,15 @@ def member_gradients(
     grads, loss, output = gradients(model, loss_fn, params, x, y, functional)
     if masks is not None:
         grads = [g.where(mask, 0) for g, mask in zip(grads, masks)]
-    members = loss.dim() > 0
-    names = list(params)
+    grads, norms = finish_gradients(grads, list(params), loss.dim() > 0, clip, norms_of)
+    return grads, loss, output, norms
+
+
+def finish_gradients(
+    grads: Tensors, names: Sequence[str], members: bool, clip: Clip | None, norms_of: Sequence[str]
+) -> tuple[Tensors, torch.Tensor | None]:
+    """An update's gradients (members: N stacked networks'), clipped, and their norms before clipping, as
+    Lightning's loop makes them just before optimizer.step(); `member_gradients`."""
     norms = None
     if norms_of:
         found = [grads[names.index(name)] for name in norms_of]
@@ -204,7 +215,7 @@ def member_gradients(
         )
     if clip is not None:
         grads = clip(grads, members=members)
-    return grads, loss, output, norms
+    return grads, norms
 
 
 def _part(tensor: torch.Tensor, part: slice) -> torch.Tensor:
@@ -273,7 +284,9 @@ class Engine:
     Lightning's loop; every other update is torch.optim's functional code (`UPDATES`). `compile=True` runs each
     whole group of COMPILE_GROUP equal-sized updates as one `torch.compile`d `train_step` chain; if compiling
     fails, one warning, and every later update is eager. `masks`: members zero-padded to the widest
-    (`member_gradients`).
+    (`member_gradients`). `accumulate` (trainer.accumulate_grad_batches, one mini-batch a call): each mini-batch's
+    gradient is its loss's divided by it, summed until a call with update=True makes one update of the sum, as
+    Lightning's loop does with its parameters' .grad.
     """
 
     def __init__(
@@ -286,6 +299,7 @@ class Engine:
         clip: Clip | None = None,
         norms_of: Sequence[str] = (),
         masks: Sequence[torch.Tensor] | None = None,
+        accumulate: int = 1,
     ) -> None:
         updates = {find_update(optimizer) for optimizer in optimizers}
         if len({type(o) for o in optimizers}) != 1 or any(len(o.param_groups) != 1 for o in optimizers):
@@ -294,6 +308,8 @@ class Engine:
             raise ValueError(f"Engine compiles the functional updates of {', '.join(k.__name__ for k in UPDATES)} only")
         if len(optimizers) != len(parts):
             raise ValueError("Engine needs one optimizer per set of members")
+        if accumulate > 1 and compile:
+            raise ValueError("Engine accumulates gradients in its eager updates only")
         self.model, self.loss_fn, self.optimizers, self.parts = model, loss_fn, list(optimizers), list(parts)
         # None: an optimizer without a functional update here (RMSprop, Adagrad, ...), whose own step() makes every
         # update, as Lightning's loop makes them (a population's members; a single run takes Lightning's loop).
@@ -303,6 +319,8 @@ class Engine:
         self.clip, self.norms_of, self.masks = clip, tuple(norms_of), masks
         self.compile = compile
         self._compiled: Callable[..., Any] | None = None
+        self.accumulate = accumulate
+        self.pending: Tensors | None = None  # the gradients summed since the last update (accumulate > 1)
 
     def _state(self, optimizer: Optimizer) -> State | None:
         """The optimizer's state as lists in parameter order; None before its first step has created it, and
@@ -319,12 +337,24 @@ class Engine:
         return {key: optimizer.param_groups[0][key] for key in self.update.scheduled}
 
     def run(
-        self, inputs: Inputs, labels: torch.Tensor | Sequence[torch.Tensor], schedulers: Sequence[Any] = ()
+        self,
+        inputs: Inputs,
+        labels: torch.Tensor | Sequence[torch.Tensor],
+        schedulers: Sequence[Any] = (),
+        update: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Train on the K mini-batches whose inputs are inputs(i, i + 1)[0] (`Inputs`) and labels labels[i], in
         order, stepping every scheduler after each update, as Lightning does for a step-interval schedule.
         Returns, with a member axis of N (1 for one network), the losses (K, N), the predicted digits (N, K*B)
-        and their labels, each mini-batch's one after another, and the gradient norms (K, N, n), or None."""
+        and their labels, each mini-batch's one after another, and the gradient norms (K, N, n), or None.
+        update=False (accumulate > 1, one mini-batch): its gradient is only added to the sum, and no norms."""
+        if self.accumulate > 1:
+            if len(labels) != 1:
+                raise ValueError("Engine accumulates gradients one mini-batch a call")
+            losses, predicted, norms = self._eager(inputs, labels, 0, 1, schedulers if update else (), update)
+            return self._stacked(losses, torch.cat(predicted, -1), labels, norms)
+        if not update:
+            raise ValueError("Engine updates every call unless it accumulates gradients")
         results = []
         start = 0
         if any(self._state(optimizer) is None for optimizer in self.optimizers):
@@ -340,15 +370,21 @@ class Engine:
         losses = torch.cat([done[0] for done in results])
         predicted = torch.cat([digits for done in results for digits in done[1]], -1)
         norms = torch.cat([done[2] for done in results]) if self.norms_of else None
+        return self._stacked(losses, predicted, labels, norms)
+
+    def _stacked(
+        self, losses: torch.Tensor, predicted: torch.Tensor, labels: Any, norms: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if not self.stacked:  # one network: a member axis of one
             losses, predicted, norms = losses[:, None], predicted[None], norms[:, None] if norms is not None else None
         return losses, predicted, torch.cat(list(labels), -1), norms
 
     def _eager(
         self, inputs: Inputs, labels: torch.Tensor | Sequence[torch.Tensor], start: int, stop: int,
-        schedulers: Sequence[Any],
+        schedulers: Sequence[Any], update: bool = True,
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:  # fmt: skip
-        """Updates start..stop-1 in place: the model's parameters and the optimizers' state tensors."""
+        """Updates start..stop-1 in place: the model's parameters and the optimizers' state tensors.
+        update=False: the one mini-batch's gradient is added to `pending`, for a later update."""
         params = dict(self.model.named_parameters())  # once per call: looking them up costs tens of microseconds
         # Each set's state tensors and settings, read once per call (a few microseconds each, as much as a small
         # network's update); None until the optimizer's first step() has created its state.
@@ -357,10 +393,28 @@ class Engine:
         settings = [_eager_settings(o.param_groups[0], device, self.stacked) for o in self.optimizers]
         losses, predicted, norms = [], [], []
         for i in range(start, stop):
-            grads, loss, output, norm = member_gradients(
-                self.model, self.loss_fn, params, inputs(i, i + 1)[0], labels[i], self.clip, self.norms_of,
-                masks=self.masks,
-            )  # fmt: skip
+            if self.accumulate > 1:  # Lightning's loop: each loss / accumulate, its gradient added to .grad's
+                grads, loss, output = gradients(
+                    self.model, self.loss_fn, params, inputs(i, i + 1)[0], labels[i], False, self.accumulate
+                )
+                if self.masks is not None:
+                    grads = [g.where(mask, 0) for g, mask in zip(grads, self.masks)]
+                if self.pending is not None:
+                    grads = [p.add_(g) for p, g in zip(self.pending, grads)]
+                losses.append(loss)
+                predicted.append(output.argmax(-1))
+                if not update:
+                    self.pending = grads
+                    continue
+                self.pending = None
+                grads, norm = finish_gradients(grads, self.names, self.stacked, self.clip, self.norms_of)
+            else:
+                grads, loss, output, norm = member_gradients(
+                    self.model, self.loss_fn, params, inputs(i, i + 1)[0], labels[i], self.clip, self.norms_of,
+                    masks=self.masks,
+                )  # fmt: skip
+                losses.append(loss)
+                predicted.append(output.argmax(-1))
             for s, (part, optimizer) in enumerate(zip(self.parts, self.optimizers)):
                 group = optimizer.param_groups[0]
                 # Laid out as the parameters: torch 2.14's fused update on a CPU reads a transposed gradient wrongly.
@@ -377,10 +431,8 @@ class Engine:
                     self.update.apply(group["params"], set_grads, states[s], settings[s], self._scheduled(optimizer))
             for scheduler in schedulers:  # torch warns if no optimizer.step() came first: the systems make one
                 scheduler.step()
-            losses.append(loss)
-            predicted.append(output.argmax(-1))
             norms.append(norm)
-        return torch.stack(losses), predicted, torch.stack(norms) if self.norms_of else None
+        return torch.stack(losses), predicted, torch.stack(norms) if self.norms_of and norms else None
 
     def _functional_group(
         self, params: Tensors, states: list[State], xs: torch.Tensor, ys: torch.Tensor, rows: torch.Tensor

@@ -280,6 +280,9 @@ class MLPSystem(L.LightningModule):
         self.register_buffer("nonfinite_epoch", torch.full((members,), -1), persistent=False)
         self.register_buffer("nonfinite_step", torch.full((members,), -1), persistent=False)
         self.check_every = check_every
+        # Mini-batches whose gradients each update sums (trainer.accumulate_grad_batches), set by `setup`: Lightning's
+        # loop sums a run's, the engine a population's.
+        self.accumulation = 1
         self.scheduler_name = scheduler
         self.parts = list(parts)
         # Updates made: Lightning's global_step counts training steps, which make K updates each when K > 1.
@@ -304,12 +307,30 @@ class MLPSystem(L.LightningModule):
         """When the learning-rate schedule steps: after each update, each epoch (StepLR) or never (None)."""
         return {"none": None, "step": "epoch"}.get(self.scheduler_name, "step")
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit":  # before configure_optimizers
+            trainer = self.trainer
+            manual = not self.automatic_optimization and self.cfgs  # the engine sums them (train.trainer_settings)
+            self.accumulation = (
+                self.cfgs[0].trainer.get("accumulate_grad_batches", 1) if manual else trainer.accumulate_grad_batches
+            )
+
+    def ends_update(self) -> bool:
+        """Whether this training step's mini-batch is the last whose gradient the next update sums: every one,
+        or with accumulation each accumulation-th of the epoch and its last, as Lightning's loop steps."""
+        done = self.batches_done_in_epoch + 1
+        return self.accumulation == 1 or done % self.accumulation == 0 or done >= self.trainer.num_training_batches
+
     def total_updates(self) -> int:
         """Optimizer updates in the whole fit, for the schedules that need it (this loads the training batches)."""
-        total = int(self.trainer.estimated_stepping_batches)  # max_steps applied
-        if self.automatic_optimization or self.hparams.steps_per_call == 1:
+        trainer = self.trainer
+        total = int(trainer.estimated_stepping_batches)  # max_steps and a run's accumulation applied
+        if self.automatic_optimization or trainer.max_epochs == -1:
             return total
-        return self.trainer.max_epochs * self.trainer.train_dataloader.num_batches  # training steps make K each
+        if self.hparams.steps_per_call > 1:
+            return trainer.max_epochs * trainer.train_dataloader.num_batches  # training steps make K each
+        updates = -(-trainer.num_training_batches // self.accumulation) * max(trainer.max_epochs, 1)  # as Lightning
+        return min(updates, trainer.max_steps) if trainer.max_steps != -1 else updates
 
     def schedulers(self) -> list[Any]:
         found = self.lr_schedulers()
@@ -326,19 +347,21 @@ class MLPSystem(L.LightningModule):
     def engine_step(self, inputs: Callable[[int, int], torch.Tensor], chunk: Chunk) -> None:
         """A training step whose K mini-batches' updates step.Engine makes (`inputs`: theirs, as Engine.run takes
         them), recorded into the epoch's metrics, the update count and the non-finite flags."""
-        # One optimizer.step() per training step, with no gradients: it changes no weight (the updates are the
-        # engine's) and advances Lightning's step count, which checkpoints and loggers go by.
-        first = self.optimizers()
-        (first[0] if isinstance(first, list) else first).step()
+        # One optimizer.step() per training step that updates, with no gradients: it changes no weight (the updates
+        # are the engine's) and advances Lightning's step count, which checkpoints and loggers go by.
+        update = self.ends_update()
+        if update:
+            first = self.optimizers()
+            (first[0] if isinstance(first, list) else first).step()
         schedulers = self.schedulers() if self.interval == "step" else []
-        losses, predicted, labels, norms = self.engine.run(inputs, chunk.labels, schedulers)  # (K, N), (N, K*B), ...
+        losses, predicted, labels, norms = self.engine.run(inputs, chunk.labels, schedulers, update)  # (K, N), ...
         sizes = chunk.sizes  # (K,)
         self.update_metrics("train", losses.T, sizes, predicted, labels)
-        if norms is not None:
+        if norms is not None:  # weighted as a run's (on_before_optimizer_step): by the update's last mini-batch
             self.grad_norms.update(norms.transpose(0, 1), sizes)
         bad = ~torch.isfinite(losses)
         self.flag_nonfinite(bad.any(0), self.updates_done + bad.int().argmax(0))
-        self.updates_done += len(sizes)
+        self.updates_done += len(sizes) if update else 0
         self.batches_done_in_epoch += len(sizes)
 
     def flag_nonfinite(self, bad: torch.Tensor, step: int | torch.Tensor) -> None:
@@ -477,8 +500,9 @@ class MLPSystem(L.LightningModule):
             masks = [mask.to(self.device) for mask in self.masks] if self.masks is not None else None
             parts = self.parts if self.in_population else [slice(None)]
             self.engine = Engine(
-                self.model, self.loss_fn, optimizers, parts, self.hparams.compile, self.clip, self.norms_of, masks
-            )
+                self.model, self.loss_fn, optimizers, parts, self.hparams.compile, self.clip, self.norms_of, masks,
+                self.accumulation,
+            )  # fmt: skip
         return self.with_schedules(optimizers, self.hparams.scheduler)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
@@ -486,7 +510,7 @@ class MLPSystem(L.LightningModule):
             loss = self._step("train", batch)
             self.batch_examples = len(batch[1])  # the weight of this step's gradient norms
             self.flag_nonfinite(~torch.isfinite(loss.detach()), self.global_step)
-            self.updates_done = self.global_step + 1
+            self.updates_done = self.global_step + self.ends_update()  # once this step's update is made
             self.batches_done_in_epoch += 1
             return loss
         chunk: Chunk = batch  # K mini-batches (TensorBatches with steps_per_call = K)

@@ -115,8 +115,9 @@ def trainer_settings(cfg: DictConfig, manual: bool) -> dict[str, Any]:
     settings = plain(cfg.trainer)
     if cfg.data.loader == "tensor":  # the batches apply it, in mini-batches (TensorBatches.limit)
         settings["limit_train_batches"] = None
-    if manual:  # the updates clip inside (step.Engine)
+    if manual:  # the updates clip and accumulate inside (step.Engine)
         settings["gradient_clip_val"] = None
+        settings["accumulate_grad_batches"] = 1
     return settings
 
 

@@ -79,9 +79,8 @@ def _counts(key: str) -> str:
 def lightning_only(cfg: DictConfig) -> str | None:
     """Why only Lightning's own loop can train this config, and a population's engine cannot (its members then
     train on their own, saying why), or None: _plain_reason's, but for the keys the engine counts as a run does
-    (max_steps, val_check_interval)."""
-    accumulates = cfg.trainer.get("accumulate_grad_batches", 1) != 1  # the engine makes an update a mini-batch
-    return _loop_needed(cfg) or (_counts("accumulate_grad_batches") if accumulates else None)
+    (max_steps, val_check_interval, accumulate_grad_batches)."""
+    return _loop_needed(cfg)
 
 
 def _optimizer_reason(cfg: DictConfig) -> str | None:
@@ -159,10 +158,11 @@ def choose_path(cfg: DictConfig) -> TrainingPath:
 
 def member_path(cfg: DictConfig) -> TrainingPath:
     """A population member's path: choose_path's, except where a run would take Lightning's loop for what the
-    population's engine does as well (steps_per_call=1, trainer.max_steps or val_check_interval, which count
-    training steps of one mini-batch; a torch.optim class without a functional update here, whose updates are
-    each the optimizer's own step()): the engine then makes the updates Lightning's loop makes (step.Engine),
-    not compiled. Where only Lightning's loop will do (lightning_only), choose_path's: the member trains alone."""
+    population's engine does as well (steps_per_call=1, and trainer.max_steps, val_check_interval or
+    accumulate_grad_batches, which count training steps of one mini-batch; a torch.optim class without a
+    functional update here, whose updates are each the optimizer's own step()): the engine then makes the
+    updates Lightning's loop makes (step.Engine), not compiled. Where only Lightning's loop will do
+    (lightning_only), choose_path's: the member trains alone."""
     path = choose_path(cfg)
     if path.steps_per_call > 1 or lightning_only(cfg):
         return path
