@@ -380,6 +380,26 @@ def test_a_population_makes_lightnings_loop_of_one_mini_batch_a_step_as_its_runs
         assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *job), steps=steps)
 
 
+def test_a_population_takes_a_dataloader_each_member_in_its_own_shuffle_as_its_run_alone(
+    tmp_path: Path, capsys
+) -> None:
+    """data.loader=dataloader: one DataLoader serves every member's mini-batch at once (data.MemberBatches), each
+    in its own data.shuffle_seed's order, one a training step; members differing in shuffle and activation equal
+    their runs alone (Lightning's loop over their own DataLoaders). With dropout, a job trains on its own."""
+    from mlptrain.stacking import stack_key
+
+    fixed = ("data.loader=dataloader", "steps_per_call=auto")
+    folder = sweep(tmp_path, capsys, *fixed, "data.shuffle_seed=1,2", "model.activation=sigmoid,relu")
+    for number, (shuffle, activation) in enumerate((s, a) for s in (1, 2) for a in ("sigmoid", "relu")):
+        log = (folder / str(number) / "train.log").read_text()
+        assert "1 mini-batch per training step (data.loader=dataloader serves one mini-batch at a time)" in log, log
+        assert "with the other members of a population" in log, log
+        job = (*fixed, f"data.shuffle_seed={shuffle}", f"model.activation={activation}")
+        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *job), steps=140)
+    key, why = stack_key(compose_config([*SHORT, *fixed, "model.dropout=0.2"], tmp_path / "dropout"))
+    assert key is None and why.startswith("model.dropout with data.loader=dataloader: each pass"), why
+
+
 @pytest.mark.parametrize("target", ["torch.optim.RMSprop", "torch.optim.Adagrad"])
 def test_an_optimizer_without_a_functional_update_trains_members_with_its_own_step(
     tmp_path: Path, capsys, target: str
@@ -421,8 +441,10 @@ def test_a_member_whose_loss_becomes_nan_fails_alone_and_the_others_train_on(tmp
 
 def test_jobs_that_cannot_be_stacked_run_one_after_another_and_the_log_says_why(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "sweep"
-    jobs = ["model.hidden=[20],[20,20]", "data.loader=tensor,dataloader", "trainer.max_epochs=1"]
-    short = [o for o in SHORT if not o.startswith(("model.hidden", "trainer.max_epochs", "steps_per_call"))]
+    jobs = ["model.hidden=[20],[20,20]", "trainer.precision=64-true,bf16-mixed", "trainer.max_epochs=1"]
+    short = [
+        o for o in SHORT if not o.startswith(("model.hidden", "trainer.max_epochs", "steps_per_call", "trainer.pr"))
+    ]
     arguments = ["-m", "hydra/launcher=population", *jobs, *short, f"hydra.sweep.dir={folder}"]
     status, output = run_in_process("train.py", arguments, capsys)
     assert status == 0, output[-3000:]

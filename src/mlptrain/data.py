@@ -58,6 +58,23 @@ class EpochPermutation(Sampler[int]):
         return self.n
 
 
+class MemberBatches(Sampler[list[int]]):
+    """A population's DataLoader mini-batches (data.loader=dataloader): the j-th of every member's own epoch order
+    (EpochPermutation, each member's data.shuffle_seed), one after another, N x B indices, which its step views as
+    (N, B): each member the mini-batches its run alone's DataLoader serves. Lightning calls its `sampler`'s set_epoch
+    every epoch (as a BatchSampler's)."""
+
+    def __init__(self, n: int, seeds: Sequence[int], batch_size: int) -> None:
+        self.sampler, self.batch_size = EpochPermutation(n, list(seeds)), batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for part in self.sampler.permutation().split(self.batch_size, dim=-1):  # (N, B)
+            yield part.flatten().tolist()
+
+    def __len__(self) -> int:
+        return -(-self.sampler.n // self.batch_size)
+
+
 class Chunk(NamedTuple):
     """One training step's K consecutive mini-batches (steps_per_call = K > 1), in the epoch's order.
 
@@ -360,14 +377,20 @@ class MNISTDataModule(L.LightningDataModule):
             return data
         train = split == "train"
         world = self.trainer.world_size if self.trainer is not None else 1
+        workers = {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": torch.cuda.is_available(),
+        }
+        if train and self.member_shuffle_seeds is not None:  # a population's: every member's mini-batch at once
+            return DataLoader(data, batch_sampler=MemberBatches(len(data), self.member_shuffle_seeds, self.batch_size),
+                              **workers)  # fmt: skip
         return DataLoader(
             data,
             # data.batch_size is the global batch; Lightning gives each rank a DistributedSampler share.
             batch_size=max(1, self.batch_size // world) if train else self.eval_batch_size,
             sampler=EpochPermutation(len(data), self.shuffle_seed) if train else None,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            **workers,
         )
 
     def train_dataloader(self) -> TensorBatches | DataLoader:

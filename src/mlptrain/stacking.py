@@ -103,6 +103,11 @@ def _why_alone(job: DictConfig) -> str | None:
                     "member's own generator cannot repeat",
                     job.model.dropout and _on_gpu(job),
                 ),
+                (
+                    "model.dropout with data.loader=dataloader: each pass over a DataLoader draws a seed from its "
+                    "run's random generator, between the masks, which a member's own generator cannot repeat",
+                    job.model.dropout and job.data.loader != "tensor",
+                ),
                 (f"Lightning's loop, one mini-batch per training step: {only}", only is not None),
             )
             if applies

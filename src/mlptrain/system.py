@@ -513,8 +513,8 @@ class MLPSystem(L.LightningModule):
             self.updates_done = self.global_step + self.ends_update()  # once this step's update is made
             self.batches_done_in_epoch += 1
             return loss
-        chunk: Chunk = batch  # K mini-batches (TensorBatches with steps_per_call = K)
-        if self.in_population:  # each member's rows of the training inputs (TensorBatches, gather=False)
+        chunk: Chunk = batch if isinstance(batch, Chunk) else self.members_batch(*batch)
+        if chunk.rows is not None:  # each member's rows of the training inputs (a population's TensorBatches)
             rows = chunk.rows
             shared = self.trainer.datamodule.train_inputs()  # (n, 784), shared by every member
             dtype = self.stacked[0].dtype
@@ -529,13 +529,23 @@ class MLPSystem(L.LightningModule):
                 return torch.index_select(shared, 0, row.flatten(), out=out).view(*row.shape, -1).to(dtype)
 
         else:
-            images = chunk.images  # (K, B, 784), or a list where the epoch's last, smaller mini-batch is among them
+            images = (
+                chunk.images
+            )  # (K, [N,] B, 784), or a list where the epoch's last, smaller mini-batch is among them
 
             def inputs(start: int, stop: int) -> torch.Tensor:
                 return images[start:stop] if torch.is_tensor(images) else torch.stack(images[start:stop])
 
         self.engine_step(inputs, chunk)
         return None
+
+    def members_batch(self, x: torch.Tensor, y: torch.Tensor) -> Chunk:
+        """A population's DataLoader mini-batch, every member's one after another (data.MemberBatches), as a Chunk
+        of one: images (1, N, B, 784) in the parameters' dtype, labels (1, N, B)."""
+        members = len(self.hparams_of)
+        images = x.view(1, members, -1, x.shape[-1]).to(self.stacked[0].dtype)
+        size = torch.full((1,), y.shape[0] // members, dtype=torch.float64, device=y.device)
+        return Chunk(images=images, rows=None, labels=y.view(1, members, -1), sizes=size)
 
     def _step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """A run's mini-batch, into the stage's metrics: its loss."""

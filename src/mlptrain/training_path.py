@@ -43,16 +43,13 @@ def several_processes(trainer: DictConfig) -> bool:
     return not one or trainer.get("num_nodes", 1) > 1
 
 
+def _loader_reason(cfg: DictConfig) -> str | None:
+    return "data.loader=dataloader serves one mini-batch at a time" if cfg.data.loader != "tensor" else None
+
+
 def _loop_needed(cfg: DictConfig) -> str | None:
-    """Why Lightning's own loop must serve this config, whatever counts its steps, or None."""
-    trainer = cfg.trainer
-    if cfg.data.loader != "tensor":
-        return "data.loader=dataloader serves one mini-batch at a time"
-    if several_processes(trainer):
-        return "with several processes Lightning's loop synchronises the gradients"
-    if str(trainer.get("precision", "32-true")) not in ("32-true", "32", "64-true", "64"):
-        return f"trainer.precision={trainer.precision} needs Lightning's mixed-precision loop (loss scaling)"
-    return None
+    """Why a run needs Lightning's own loop, one mini-batch a training step, whatever counts its steps, or None."""
+    return _loader_reason(cfg) or lightning_only(cfg)
 
 
 def _counted(cfg: DictConfig) -> str | None:
@@ -78,9 +75,14 @@ def _counts(key: str) -> str:
 
 def lightning_only(cfg: DictConfig) -> str | None:
     """Why only Lightning's own loop can train this config, and a population's engine cannot (its members then
-    train on their own, saying why), or None: _plain_reason's, but for the keys the engine counts as a run does
-    (max_steps, val_check_interval, accumulate_grad_batches)."""
-    return _loop_needed(cfg)
+    train on their own, saying why), or None: _plain_reason's, but for what the engine does as that loop does,
+    one mini-batch a training step (a DataLoader's, max_steps, val_check_interval, accumulate_grad_batches)."""
+    trainer = cfg.trainer
+    if several_processes(trainer):
+        return "with several processes Lightning's loop synchronises the gradients"
+    if str(trainer.get("precision", "32-true")) not in ("32-true", "32", "64-true", "64"):
+        return f"trainer.precision={trainer.precision} needs Lightning's mixed-precision loop (loss scaling)"
+    return None
 
 
 def _optimizer_reason(cfg: DictConfig) -> str | None:
@@ -158,19 +160,19 @@ def choose_path(cfg: DictConfig) -> TrainingPath:
 
 def member_path(cfg: DictConfig) -> TrainingPath:
     """A population member's path: choose_path's, except where a run would take Lightning's loop for what the
-    population's engine does as well (steps_per_call=1, and trainer.max_steps, val_check_interval or
-    accumulate_grad_batches, which count training steps of one mini-batch; a torch.optim class without a
-    functional update here, whose updates are each the optimizer's own step()): the engine then makes the
-    updates Lightning's loop makes (step.Engine), not compiled. Where only Lightning's loop will do
+    population's engine does as well (steps_per_call=1, data.loader=dataloader, and trainer.max_steps,
+    val_check_interval or accumulate_grad_batches, which count training steps of one mini-batch; a torch.optim
+    class without a functional update here, whose updates are each the optimizer's own step()): the engine then
+    makes the updates Lightning's loop makes (step.Engine), not compiled. Where only Lightning's loop will do
     (lightning_only), choose_path's: the member trains alone."""
     path = choose_path(cfg)
     if path.steps_per_call > 1 or lightning_only(cfg):
         return path
     own = _optimizer_reason(cfg)
     own_step = f": {own}, so each update is its own step()" if own else ""
-    key = _counted(cfg)
-    if cfg.steps_per_call == 1 or key:
-        why = "steps_per_call=1" if cfg.steps_per_call == 1 else f"trainer.{key} counts training steps"
+    key, loader = _counted(cfg), _loader_reason(cfg)
+    if cfg.steps_per_call == 1 or key or loader:
+        why = "steps_per_call=1" if cfg.steps_per_call == 1 else loader or f"trainer.{key} counts training steps"
         return TrainingPath(1, False, f"1 mini-batch per training step ({why}), not compiled{own_step}")
     steps = AUTO_STEPS_PER_CALL if cfg.steps_per_call == "auto" else cfg.steps_per_call
     return TrainingPath(steps, False, f"{steps} mini-batches per training step, not compiled{own_step}")
