@@ -64,9 +64,15 @@ def epoch_rows(run_dir: str | Path) -> list[dict[str, str]]:
     return [{key: row[key] for key in keep} for row in rows if row.get("train/loss") or row.get("val/loss")]
 
 
-@pytest.mark.parametrize("steps_per_call", [1, 4])
-def test_sigterm_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(make_cfg: MakeCfg, steps_per_call: int) -> None:
-    setup = [*TWO_EPOCHS, f"steps_per_call={steps_per_call}"]
+@pytest.mark.parametrize(
+    ("steps_per_call", "accumulate", "updates"),
+    [(1, 1, 120), (4, 1, 120), (1, 4, 30)],
+    ids=["1", "4", "accumulate_grad_batches=4"],  # 4: stopped with 3 of an update's 4 mini-batches' gradients summed
+)
+def test_sigterm_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(
+    make_cfg: MakeCfg, steps_per_call: int, accumulate: int, updates: int
+) -> None:
+    setup = [*TWO_EPOCHS, f"steps_per_call={steps_per_call}", f"+trainer.accumulate_grad_batches={accumulate}"]
     straight = make_cfg(*setup, run="straight")
     train(straight)
 
@@ -90,7 +96,7 @@ def test_sigterm_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(make_cfg
     resumed = make_cfg(*setup, "resume=auto", run="stopped")  # the same directory, as a requeued job has
     train(resumed)
     assert summary(resumed)["status"] == "completed"
-    assert summary(resumed)["global_steps"] == summary(straight)["global_steps"] == 120
+    assert summary(resumed)["global_steps"] == summary(straight)["global_steps"] == updates
     a, b = weights(summary(straight)["checkpoints"]["last"]), weights(summary(resumed)["checkpoints"]["last"])
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
     # metrics.csv whole, the test row and the learning rates included (it has no time columns): no row twice

@@ -522,11 +522,17 @@ def test_a_member_with_a_value_out_of_range_is_refused_alone(tmp_path: Path, cap
     assert not (folder / "1" / "summary.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("loop", "updates"),
+    [(("steps_per_call=1",), 140), (("steps_per_call=auto", "+trainer.accumulate_grad_batches=3"), 48)],
+    ids=["steps_per_call=1", "accumulate_grad_batches=3"],  # 3: stopped with 2 of an update's mini-batches summed
+)
 def test_a_population_of_one_mini_batch_a_step_stopped_by_sigterm_resumes_to_its_runs_alone(
-    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, loop: tuple[str, ...], updates: int
 ) -> None:
-    """steps_per_call=1 (a run alone: Lightning's loop): SIGTERM in the middle of epoch 1 writes every member's
-    last.ckpt there, and resume=auto finishes each to its run alone, dropout masks and all."""
+    """One mini-batch a training step (a run alone: Lightning's loop): SIGTERM in the middle of epoch 1 writes every
+    member's last.ckpt there, and resume=auto finishes each to its run alone, dropout masks and all, and with
+    accumulation the gradients summed toward the update it stopped within."""
     import os
     import signal
 
@@ -542,17 +548,18 @@ def test_a_population_of_one_mini_batch_a_step_stopped_by_sigterm_resumes_to_its
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(MLPSystem, "training_step", step_then_stop)
-    overrides = ("steps_per_call=1", "model.dropout=0.2", "model.activation=sigmoid,relu")
+    overrides = (*loop, "model.dropout=0.2", "model.activation=sigmoid,relu")
     folder = sweep(tmp_path, capsys, *overrides, ends=1)
     for number in (0, 1):
         saved = torch.load(folder / str(number) / "checkpoints" / "last.ckpt", weights_only=True)
         assert saved["MNISTDataModule"] == {"epoch": 1, "batches_done": 5}
+        assert ("summed_gradients" in saved) == (updates == 48)
     monkeypatch.setattr(MLPSystem, "training_step", original)
     sweep(tmp_path, capsys, *overrides, "resume=auto")
     for number, activation in enumerate(("sigmoid", "relu")):
-        job = ("steps_per_call=1", "model.dropout=0.2", f"model.activation={activation}")
+        job = (*loop, "model.dropout=0.2", f"model.activation={activation}")
         assert "with the other members of a population" in (folder / str(number) / "train.log").read_text()
-        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *job))
+        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *job), steps=updates)
 
 
 @pytest.mark.parametrize("again", ["resume=auto", "requeued"])

@@ -62,6 +62,9 @@ def member_checkpoint(system: MLPSystem, checkpoint: dict[str, Any], m: int) -> 
     )
     schedulers = checkpoint.get("lr_schedulers", [])
     member["lr_schedulers"] = [schedulers[s]] if schedulers else []
+    if "summed_gradients" in checkpoint:  # stopped within an update's mini-batches (MLPSystem.summed_gradients)
+        summed = zip(system.names, checkpoint["summed_gradients"])
+        member["summed_gradients"] = [cut(own(g, m), shapes[name]) for name, g in summed]
     return member
 
 
@@ -115,6 +118,11 @@ def population_checkpoint(system: MLPSystem) -> dict[str, Any]:
         schedulers += members[part.start].get("lr_schedulers", [])[:1]
     population = {key: value for key, value in first.items() if key not in ("callbacks", "history")}
     population.update(state_dict=state_dict, optimizer_states=optimizers, lr_schedulers=schedulers, callbacks={})
+    if "summed_gradients" in first:  # every member's: they stand at the same mini-batch
+        population["summed_gradients"] = [
+            torch.stack([padded(c["summed_gradients"][i], system.full[name]) for c in members])
+            for i, name in enumerate(system.names)
+        ]
     population["members"] = [
         {
             "history": c["history"],

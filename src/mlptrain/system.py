@@ -186,6 +186,7 @@ class MLPSystem(L.LightningModule):
         self.checkpoints: list[Checkpoints] = []
         self.plain: list[dict[str, Any]] = []
         self.resumed: list[dict[str, Any]] | None = None  # the members' checkpoints a resume starts from
+        self.restored_gradients: list[torch.Tensor] | None = None  # a resumed checkpoint's summed_gradients
         self.log_name = "train.log"  # each member's log, in its directory: Hydra's job log name
         self.tensorboards: list[Any] | None = None  # logger=tensorboard: each member's own (train.tensorboard_logger)
         self.trackers: list[Any] | None = None  # logger=mlflow: each member's MLflow run (mlptrain.tracking.Tracker)
@@ -320,6 +321,16 @@ class MLPSystem(L.LightningModule):
         or with accumulation each accumulation-th of the epoch and its last, as Lightning's loop steps."""
         done = self.batches_done_in_epoch + 1
         return self.accumulation == 1 or done % self.accumulation == 0 or done >= self.trainer.num_training_batches
+
+    def summed_gradients(self) -> list[torch.Tensor] | None:
+        """The gradients summed toward an update not made yet (accumulate_grad_batches, stopped within its
+        mini-batches), laid out as the parameters (`stacked`), for a checkpoint: a resumed run adds on to them,
+        as the one that ran through did. None between updates."""
+        done = self.batches_done_in(self.current_epoch)
+        if done % self.accumulation == 0 or done >= self.trainer.num_training_batches:
+            return None  # Lightning's loop keeps .grad after an update, until the next one's first mini-batch
+        grads = [p.grad for p in self.stacked] if self.automatic_optimization else self.engine.pending
+        return None if grads is None or any(g is None for g in grads) else [g.detach().clone() for g in grads]
 
     def total_updates(self) -> int:
         """Optimizer updates in the whole fit, for the schedules that need it (this loads the training batches)."""
@@ -576,6 +587,14 @@ class MLPSystem(L.LightningModule):
             logger.save()
 
     def on_train_start(self) -> None:
+        summed, self.restored_gradients = self.restored_gradients, None
+        if summed is not None:  # an update's gradients summed before a stop: its next mini-batches add to them
+            grads = [g.to(p) for g, p in zip(summed, self.stacked)]
+            if self.automatic_optimization:
+                for p, g in zip(self.stacked, grads):
+                    p.grad = g
+            else:
+                self.engine.pending = grads
         updates_per_epoch = self.trainer.num_training_batches * self.hparams.steps_per_call
         for m, trajectory in enumerate(self.trajectories or ()):
             trajectory.start(updates_per_epoch, partial(self.point, m), self.updates_done)
@@ -785,6 +804,9 @@ class MLPSystem(L.LightningModule):
         # Where training stands; each member's records go into its own (member_checkpoints.member_checkpoint)
         checkpoint["updates_done"] = self.updates_done
         checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
+        summed = self.summed_gradients() if self.accumulation > 1 else None
+        if summed is not None:
+            checkpoint["summed_gradients"] = summed
         # At an epoch's end, the members whose val/acc is their best name the best.ckpt being written with it: in
         # every process (DDP's), as Lightning's ModelCheckpoint does, though only the first writes files.
         if self.ended_epoch is not None and self.improved is not None:
@@ -819,6 +841,7 @@ class MLPSystem(L.LightningModule):
                     callback.load_state_dict(dict(state))
         for member, trajectory in zip(members, self.trajectories or ()):  # its path through weight space, going on
             trajectory.load_state_dict(member.get("callbacks", {}).get(trajectory.state_key, {}))
+        self.restored_gradients = checkpoint.get("summed_gradients")  # put back as training starts
         if self.model.generators is not None and in_population:  # each member's dropout draws on where it stopped
             for generator, member in zip(self.model.generators, members):
                 generator.set_state(member["rng_state"])
