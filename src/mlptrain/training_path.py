@@ -47,9 +47,16 @@ def _loader_reason(cfg: DictConfig) -> str | None:
     return "data.loader=dataloader serves one mini-batch at a time" if cfg.data.loader != "tensor" else None
 
 
+def _mixed_reason(cfg: DictConfig) -> str | None:
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision in ("32-true", "32", "64-true", "64"):
+        return None
+    return f"trainer.precision={precision} needs Lightning's mixed-precision loop (loss scaling)"
+
+
 def _loop_needed(cfg: DictConfig) -> str | None:
     """Why a run needs Lightning's own loop, one mini-batch a training step, whatever counts its steps, or None."""
-    return _loader_reason(cfg) or lightning_only(cfg)
+    return _loader_reason(cfg) or lightning_only(cfg) or _mixed_reason(cfg)
 
 
 def _counted(cfg: DictConfig) -> str | None:
@@ -80,7 +87,7 @@ def lightning_only(cfg: DictConfig) -> str | None:
     trainer = cfg.trainer
     if several_processes(trainer):
         return "with several processes Lightning's loop synchronises the gradients"
-    if str(trainer.get("precision", "32-true")) not in ("32-true", "32", "64-true", "64"):
+    if str(trainer.get("precision", "32-true")) not in ("32-true", "32", "64-true", "64", "bf16-mixed"):
         return f"trainer.precision={trainer.precision} needs Lightning's mixed-precision loop (loss scaling)"
     return None
 
@@ -160,7 +167,8 @@ def choose_path(cfg: DictConfig) -> TrainingPath:
 
 def member_path(cfg: DictConfig) -> TrainingPath:
     """A population member's path: choose_path's, except where a run would take Lightning's loop for what the
-    population's engine does as well (steps_per_call=1, data.loader=dataloader, and trainer.max_steps,
+    population's engine does as well (steps_per_call=1, data.loader=dataloader, bf16-mixed (under the autocast
+    Lightning puts around each training step), and trainer.max_steps,
     val_check_interval or accumulate_grad_batches, which count training steps of one mini-batch; a torch.optim
     class without a functional update here, whose updates are each the optimizer's own step()): the engine then
     makes the updates Lightning's loop makes (step.Engine), not compiled. Where only Lightning's loop will do
@@ -170,7 +178,7 @@ def member_path(cfg: DictConfig) -> TrainingPath:
         return path
     own = _optimizer_reason(cfg)
     own_step = f": {own}, so each update is its own step()" if own else ""
-    key, loader = _counted(cfg), _loader_reason(cfg)
+    key, loader = _counted(cfg), _loader_reason(cfg) or _mixed_reason(cfg)
     if cfg.steps_per_call == 1 or key or loader:
         why = "steps_per_call=1" if cfg.steps_per_call == 1 else loader or f"trainer.{key} counts training steps"
         return TrainingPath(1, False, f"1 mini-batch per training step ({why}), not compiled{own_step}")
