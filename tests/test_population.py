@@ -266,6 +266,21 @@ def test_train_false_tests_each_members_checkpoint_as_its_run_alone(tmp_path: Pa
         assert summaries[0]["test_acc"] == pytest.approx(summaries[1]["test_acc"], abs=1e-9)
 
 
+def test_members_whose_checkpoints_stand_at_other_places_are_populations_of_their_own_the_log_says(
+    tmp_path: Path, capsys
+) -> None:
+    """train=false ckpt_path=a,b with a after 2 epochs and b after 1: two populations, one log line naming them."""
+    a, b = alone(tmp_path, "a"), alone(tmp_path, "b", "trainer.max_epochs=1")
+    folder = tmp_path / "sweep"
+    ckpt_paths = f"ckpt_path={a / 'checkpoints' / 'last.ckpt'},{b / 'checkpoints' / 'last.ckpt'}"
+    arguments = ["-m", "hydra/launcher=population", "train=false", ckpt_paths, *SHORT, f"hydra.sweep.dir={folder}"]
+    status, output = run_in_process("train.py", arguments, capsys)
+    assert status == 0, output[-3000:]
+    line = "The members' checkpoints stand at 2 places in training, each place a population of its own"
+    assert f"{line} (epoch 1, update 140: 0; epoch 0, update 70: 1)." in output, output[-3000:]
+    assert all(summary_of(folder / str(n))["status"] == "completed" for n in (0, 1))
+
+
 def test_extra_callbacks_are_handed_to_a_populations_trainer_as_to_a_runs(tmp_path: Path) -> None:
     """train_population(cfgs, callbacks=...) as train(cfg, callbacks=...): Lightning calls them on the population's
     MLPSystem, whose records have a member axis (a run's: one member)."""

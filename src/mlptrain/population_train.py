@@ -71,6 +71,17 @@ def _resumable(cfgs: Sequence[DictConfig]) -> list[list[Resumed]]:
             None if checkpoint is None else (checkpoint["epoch"], checkpoint["global_step"], checkpoint["updates_done"])
         )
         groups.setdefault(where, []).append((cfg, checkpoint, found))
+    if len(groups) > 1:  # members stack only where they stand at one place in training
+        places = "; ".join(
+            f"{'from the start' if where is None else f'epoch {where[0]}, update {where[2]}'}: "
+            + " ".join(Path(cfg.output_dir).name for cfg, _, _ in group)
+            for where, group in groups.items()
+        )
+        log.info(
+            "The members' checkpoints stand at %d places in training, each place a population of its own (%s).",
+            len(groups),
+            places,
+        )
     return list(groups.values())
 
 
