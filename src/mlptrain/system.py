@@ -804,7 +804,8 @@ class MLPSystem(L.LightningModule):
         # Where training stands; each member's records go into its own (member_checkpoints.member_checkpoint)
         checkpoint["updates_done"] = self.updates_done
         checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
-        summed = self.summed_gradients() if self.accumulation > 1 else None
+        # Not under DDP: each process sums its own share, and only the first one's would be checkpointed.
+        summed = self.summed_gradients() if self.accumulation > 1 and self.trainer.world_size == 1 else None
         if summed is not None:
             checkpoint["summed_gradients"] = summed
         # At an epoch's end, the members whose val/acc is their best name the best.ckpt being written with it: in

@@ -47,10 +47,14 @@ def _loader_reason(cfg: DictConfig) -> str | None:
     return "data.loader=dataloader serves one mini-batch at a time" if cfg.data.loader != "tensor" else None
 
 
-def _mixed_reason(cfg: DictConfig) -> str | None:
+def _mixed_reason(cfg: DictConfig, member: bool = False) -> str | None:
+    """Why mixed precision takes one mini-batch a training step: Lightning's loop autocasts each (and scales a
+    16-bit run's loss); a member's step is made under that autocast. None for 32 and 64 bits."""
     precision = str(cfg.trainer.get("precision", "32-true"))
     if precision in ("32-true", "32", "64-true", "64"):
         return None
+    if member:
+        return f"trainer.precision={precision}, under the autocast Lightning puts around each training step"
     return f"trainer.precision={precision} needs Lightning's mixed-precision loop (loss scaling)"
 
 
@@ -178,7 +182,7 @@ def member_path(cfg: DictConfig) -> TrainingPath:
         return path
     own = _optimizer_reason(cfg)
     own_step = f": {own}, so each update is its own step()" if own else ""
-    key, loader = _counted(cfg), _loader_reason(cfg) or _mixed_reason(cfg)
+    key, loader = _counted(cfg), _loader_reason(cfg) or _mixed_reason(cfg, member=True)
     if cfg.steps_per_call == 1 or key or loader:
         why = "steps_per_call=1" if cfg.steps_per_call == 1 else loader or f"trainer.{key} counts training steps"
         return TrainingPath(1, False, f"1 mini-batch per training step ({why}), not compiled{own_step}")
