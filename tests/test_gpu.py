@@ -119,29 +119,21 @@ def test_members_differing_in_width_and_activation_on_the_gpu_are_their_runs_alo
 GPU_LOOP_OPTIONS = {
     "accumulate_grad_batches": (
         ("+trainer.accumulate_grad_batches=3", "trainer.gradient_clip_val=0.05", "scheduler=onecycle",
-         "log_grad_norms=true", "seed=1,2"),
-        48, 1e-9,
+         "log_grad_norms=true"),
+        "seed=1,2", "trainer.accumulate_grad_batches", 48, 1e-9,
     ),
-    "dataloader": (("data.loader=dataloader", "data.shuffle_seed=1,2"), 140, 1e-9),
+    "dataloader": (("data.loader=dataloader",), "data.shuffle_seed=1,2", "data.loader=dataloader", 140, 1e-9),
     # bf16: on the H200, weights and losses within 1e-3 of the runs alone, test/acc 3 images in 2,000 apart
-    "bf16-mixed": (("trainer.precision=bf16-mixed", "seed=1,2"), 140, 5e-3),
+    "bf16-mixed": (("trainer.precision=bf16-mixed",), "seed=1,2", "trainer.precision=bf16-mixed", 140, 5e-3),
 }  # fmt: skip
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("option", list(GPU_LOOP_OPTIONS))
 def test_members_of_one_mini_batch_a_step_on_the_gpu_are_their_runs_alone(tmp_path: Path, capsys, option: str) -> None:
-    from tests.test_population import alone, assert_same_run, sweep
+    from tests.test_population import assert_members_are_runs_alone
 
-    overrides, steps, tolerance = GPU_LOOP_OPTIONS[option]
-    fixed = [o for o in overrides if "," not in o]
-    swept = next(o for o in overrides if "," in o)
-    key, values = swept.split("=")
-    folder = sweep(tmp_path, capsys, GPU, "steps_per_call=auto", *overrides, "model.activation=sigmoid,relu")
-    jobs = [(f"{key}={value}", f"model.activation={a}") for value in values.split(",") for a in ("sigmoid", "relu")]
-    for number, job in enumerate(jobs):
-        log = (folder / str(number) / "train.log").read_text()
-        assert "with the other members of a population" in log, log
-        assert json.loads((folder / str(number) / "summary.json").read_text())["device"].startswith("cuda")
-        run = alone(tmp_path, f"alone{number}", GPU, "steps_per_call=auto", *fixed, *job)
-        assert_same_run(folder / str(number), run, tolerance=tolerance, steps=steps)
+    fixed, swept, why, steps, tolerance = GPU_LOOP_OPTIONS[option]
+    assert_members_are_runs_alone(tmp_path, capsys, (GPU, "steps_per_call=auto", *fixed), swept, why, tolerance, steps)
+    device = json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())["device"]
+    assert device.startswith("cuda"), device

@@ -395,6 +395,22 @@ def test_a_population_makes_lightnings_loop_of_one_mini_batch_a_step_as_its_runs
         assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *job), steps=steps)
 
 
+def assert_members_are_runs_alone(
+    tmp_path: Path, capsys, fixed: tuple[str, ...], swept: str, why: str, tolerance: float = 1e-9, steps: int = 140
+) -> None:
+    """`fixed` swept over `swept` (KEY=a,b) and model.activation=sigmoid,relu: one population of one mini-batch a
+    step (the path's reason begins with `why`), each member its run alone (Lightning's loop)."""
+    key, values = swept.split("=")
+    folder = sweep(tmp_path, capsys, *fixed, swept, "model.activation=sigmoid,relu")
+    jobs = [(f"{key}={value}", f"model.activation={a}") for value in values.split(",") for a in ("sigmoid", "relu")]
+    for number, job in enumerate(jobs):
+        log = (folder / str(number) / "train.log").read_text()
+        assert f"1 mini-batch per training step ({why}" in log, log
+        assert "with the other members of a population" in log, log
+        run = alone(tmp_path, f"alone{number}", *fixed, *job)
+        assert_same_run(folder / str(number), run, tolerance=tolerance, steps=steps)
+
+
 def test_a_population_takes_a_dataloader_each_member_in_its_own_shuffle_as_its_run_alone(
     tmp_path: Path, capsys
 ) -> None:
@@ -404,13 +420,7 @@ def test_a_population_takes_a_dataloader_each_member_in_its_own_shuffle_as_its_r
     from mlptrain.stacking import stack_key
 
     fixed = ("data.loader=dataloader", "steps_per_call=auto")
-    folder = sweep(tmp_path, capsys, *fixed, "data.shuffle_seed=1,2", "model.activation=sigmoid,relu")
-    for number, (shuffle, activation) in enumerate((s, a) for s in (1, 2) for a in ("sigmoid", "relu")):
-        log = (folder / str(number) / "train.log").read_text()
-        assert "1 mini-batch per training step (data.loader=dataloader serves one mini-batch at a time)" in log, log
-        assert "with the other members of a population" in log, log
-        job = (*fixed, f"data.shuffle_seed={shuffle}", f"model.activation={activation}")
-        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *job), steps=140)
+    assert_members_are_runs_alone(tmp_path, capsys, fixed, "data.shuffle_seed=1,2", "data.loader=dataloader serves")
     key, why = stack_key(compose_config([*SHORT, *fixed, "model.dropout=0.2"], tmp_path / "dropout"))
     assert key is None and why.startswith("model.dropout with data.loader=dataloader: each pass"), why
 
@@ -425,13 +435,7 @@ def test_a_population_in_bf16_mixed_precision_trains_as_its_runs_alone_to_bf16s_
     this test: weights within 1e-5 after 140 updates, losses within 6e-6, at most one image in 2000 classified
     otherwise; with dropout, each member's masks its run's."""
     fixed = ("steps_per_call=auto", "trainer.precision=bf16-mixed", f"model.dropout={dropout}")
-    folder = sweep(tmp_path, capsys, *fixed, "seed=1,2", "model.activation=sigmoid,relu")
-    for number, (seed, activation) in enumerate((s, a) for s in (1, 2) for a in ("sigmoid", "relu")):
-        log = (folder / str(number) / "train.log").read_text()
-        assert "1 mini-batch per training step (trainer.precision=bf16-mixed" in log, log
-        assert "with the other members of a population" in log, log
-        job = (*fixed, f"seed={seed}", f"model.activation={activation}")
-        assert_same_run(folder / str(number), alone(tmp_path, f"alone{number}", *job), tolerance=1e-3)
+    assert_members_are_runs_alone(tmp_path, capsys, fixed, "seed=1,2", "trainer.precision=bf16-mixed", 1e-3)
 
 
 @pytest.mark.parametrize("target", ["torch.optim.RMSprop", "torch.optim.Adagrad"])
