@@ -268,8 +268,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 # What a default run may print: our log lines (the checkpoint tested among them), Lightning's device line and
 # its line at the end of training, its model summary. Anything else (an advertisement, a warning) is noise.
 OURS = re.compile(r"^\[[\d-]+ [\d:,]+\]\[mlptrain\.\w+\]\[INFO\] - ")
-# Lightning's own lines, once each, through the run's console and train.log handlers (conf/train.yaml's
-# hydra.job_logging): Lightning's `INFO: ` console handler would print each a second time.
+# Lightning's own lines, once each, through the run's console and train.log handlers (conf/hydra/job_logging/
+# mlptrain.yaml): Lightning's `INFO: ` console handler would print each a second time.
 LIGHTNING = re.compile(
     r"^\[[\d-]+ [\d:,]+\]\[lightning\.pytorch\.utilities\.rank_zero\]\[INFO\] - (GPU available: |`Trainer\.fit` "
     r"stopped: `max_epochs=2` reached\.)"
@@ -291,6 +291,24 @@ def test_a_default_run_prints_only_its_own_lines(tmp_path: Path) -> None:
     assert "Total FLOPs: 218 K" in lines  # 2 × (784·128 + 128·64 + 64·10) multiply-adds for one image
     assert sum(" - epoch " in line for line in lines) == 2
     assert any(" - Test accuracy " in line for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["-m", "run"])
+def test_hydras_own_logging_choices_replace_mlptrains(tmp_path: Path, how: str) -> None:
+    """hydra/job_logging=disabled and hydra/hydra_logging=disabled, as Hydra documents them, on a run and on a
+    population sweep: the run trains without its log, and no logging config refers to a handler they removed."""
+    where = (
+        [f"hydra.sweep.dir={tmp_path}", "hydra/launcher=population", "-m"]
+        if how == "-m"
+        else [f"hydra.run.dir={tmp_path}"]
+    )
+    silent = ("hydra/job_logging=disabled", "hydra/hydra_logging=disabled")
+    done = _cli(*silent, "trainer.max_epochs=1", "trainer.limit_train_batches=20", "report.enabled=false", *where)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    run_dir = tmp_path / "0" if how == "-m" else tmp_path
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert " - epoch 0 " not in done.stdout + done.stderr  # our lines went with the logging
 
 
 def test_hydra_names_unknown_keys_and_groups(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
