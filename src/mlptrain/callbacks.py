@@ -71,7 +71,7 @@ class CheckpointOnStop(Callback):
             # in the data of the epoch it ended (this moment's would name the next epoch, with its batches done).
             return
         path = Path(self.last.dirpath) / f"{self.last.filename}{self.last.FILE_EXTENSION}"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # whole, to resume from (unset, Lightning logs a line)
         self.last.best_model_path = str(path)
 
 
