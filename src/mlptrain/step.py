@@ -195,10 +195,13 @@ def member_gradients(
     (N, ...) True where it is a member's own; the padding's gradients are held at exactly zero, so it stays
     zero under every update, and adds nothing to a norm or a clipping."""
     grads, loss, output = gradients(model, loss_fn, params, x, y, functional)
-    if masks is not None:
-        grads = [g.where(mask, 0) for g, mask in zip(grads, masks)]
-    grads, norms = finish_gradients(grads, list(params), loss.dim() > 0, clip, norms_of)
+    grads, norms = finish_gradients(held(grads, masks), list(params), loss.dim() > 0, clip, norms_of)
     return grads, loss, output, norms
+
+
+def held(grads: Tensors, masks: Sequence[torch.Tensor] | None) -> Tensors:
+    """The gradients with the zero-padding's held at exactly zero (`member_gradients`' masks; None: as they are)."""
+    return grads if masks is None else [g.where(mask, 0) for g, mask in zip(grads, masks)]
 
 
 def finish_gradients(
@@ -393,28 +396,20 @@ class Engine:
         settings = [_eager_settings(o.param_groups[0], device, self.stacked) for o in self.optimizers]
         losses, predicted, norms = [], [], []
         for i in range(start, stop):
-            if self.accumulate > 1:  # Lightning's loop: each loss / accumulate, its gradient added to .grad's
-                grads, loss, output = gradients(
-                    self.model, self.loss_fn, params, inputs(i, i + 1)[0], labels[i], False, self.accumulate
-                )
-                if self.masks is not None:
-                    grads = [g.where(mask, 0) for g, mask in zip(grads, self.masks)]
+            # member_gradients' steps, the loss divided by `accumulate` as Lightning's loop divides it
+            grads, loss, output = gradients(
+                self.model, self.loss_fn, params, inputs(i, i + 1)[0], labels[i], False, self.accumulate
+            )
+            grads = held(grads, self.masks)
+            losses.append(loss)
+            predicted.append(output.argmax(-1))
+            if self.accumulate > 1:  # added to the sum, as to Lightning's .grad; updated from at a window's end
                 if self.pending is not None:
-                    grads = [p.add_(g) for p, g in zip(self.pending, grads)]
-                losses.append(loss)
-                predicted.append(output.argmax(-1))
+                    grads = [total.add_(g) for total, g in zip(self.pending, grads)]
+                self.pending = None if update else grads
                 if not update:
-                    self.pending = grads
                     continue
-                self.pending = None
-                grads, norm = finish_gradients(grads, self.names, self.stacked, self.clip, self.norms_of)
-            else:
-                grads, loss, output, norm = member_gradients(
-                    self.model, self.loss_fn, params, inputs(i, i + 1)[0], labels[i], self.clip, self.norms_of,
-                    masks=self.masks,
-                )  # fmt: skip
-                losses.append(loss)
-                predicted.append(output.argmax(-1))
+            grads, norm = finish_gradients(grads, self.names, self.stacked, self.clip, self.norms_of)
             for s, (part, optimizer) in enumerate(zip(self.parts, self.optimizers)):
                 group = optimizer.param_groups[0]
                 # Laid out as the parameters: torch 2.14's fused update on a CPU reads a transposed gradient wrongly.

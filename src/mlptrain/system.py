@@ -316,18 +316,20 @@ class MLPSystem(L.LightningModule):
                 self.cfgs[0].trainer.get("accumulate_grad_batches", 1) if manual else trainer.accumulate_grad_batches
             )
 
-    def ends_update(self) -> bool:
-        """Whether this training step's mini-batch is the last whose gradient the next update sums: every one,
-        or with accumulation each accumulation-th of the epoch and its last, as Lightning's loop steps."""
-        done = self.batches_done_in_epoch + 1
+    def _update_after(self, done: int) -> bool:
+        """Whether an update is made once `done` mini-batches of the epoch are trained on: after every one, or
+        with accumulation after each accumulation-th of the epoch and its last, as Lightning's loop steps."""
         return self.accumulation == 1 or done % self.accumulation == 0 or done >= self.trainer.num_training_batches
+
+    def ends_update(self) -> bool:
+        """Whether this training step's mini-batch is the last whose gradient the next update sums."""
+        return self._update_after(self.batches_done_in_epoch + 1)
 
     def summed_gradients(self) -> list[torch.Tensor] | None:
         """The gradients summed toward an update not made yet (accumulate_grad_batches, stopped within its
         mini-batches), laid out as the parameters (`stacked`), for a checkpoint: a resumed run adds on to them,
         as the one that ran through did. None between updates."""
-        done = self.batches_done_in(self.current_epoch)
-        if done % self.accumulation == 0 or done >= self.trainer.num_training_batches:
+        if self._update_after(self.batches_done_in(self.current_epoch)):
             return None  # Lightning's loop keeps .grad after an update, until the next one's first mini-batch
         grads = [p.grad for p in self.stacked] if self.automatic_optimization else self.engine.pending
         return None if grads is None or any(g is None for g in grads) else [g.detach().clone() for g in grads]
@@ -540,9 +542,8 @@ class MLPSystem(L.LightningModule):
                 return torch.index_select(shared, 0, row.flatten(), out=out).view(*row.shape, -1).to(dtype)
 
         else:
-            images = (
-                chunk.images
-            )  # (K, [N,] B, 784), or a list where the epoch's last, smaller mini-batch is among them
+            # (K, [N,] B, 784), or a list where the epoch's last, smaller mini-batch is among them
+            images = chunk.images
 
             def inputs(start: int, stop: int) -> torch.Tensor:
                 return images[start:stop] if torch.is_tensor(images) else torch.stack(images[start:stop])
@@ -805,7 +806,7 @@ class MLPSystem(L.LightningModule):
         checkpoint["updates_done"] = self.updates_done
         checkpoint["batches_done_in_epoch"] = self.batches_done_in(self.current_epoch)
         # Not under DDP: each process sums its own share, and only the first one's would be checkpointed.
-        summed = self.summed_gradients() if self.accumulation > 1 and self.trainer.world_size == 1 else None
+        summed = self.summed_gradients() if self.trainer.world_size == 1 else None
         if summed is not None:
             checkpoint["summed_gradients"] = summed
         # At an epoch's end, the members whose val/acc is their best name the best.ckpt being written with it: in

@@ -18,6 +18,7 @@ AUTO_STEPS_PER_CALL = 50  # mini-batches per Lightning training step when steps_
 # time (a few seconds with inductor's cache warm) and saves 0.3-1.4 ms an update (docs/benchmarks.md), so shorter
 # runs would lose time by it.
 COMPILE_MIN_UPDATES = 20_000
+FULL_PRECISION = ("32-true", "32", "64-true", "64")  # trainer.precision without autocast
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def _mixed_reason(cfg: DictConfig, member: bool = False) -> str | None:
     """Why mixed precision takes one mini-batch a training step: Lightning's loop autocasts each (and scales a
     16-bit run's loss); a member's step is made under that autocast. None for 32 and 64 bits."""
     precision = str(cfg.trainer.get("precision", "32-true"))
-    if precision in ("32-true", "32", "64-true", "64"):
+    if precision in FULL_PRECISION:
         return None
     if member:
         return f"trainer.precision={precision}, under the autocast Lightning puts around each training step"
@@ -88,12 +89,10 @@ def lightning_only(cfg: DictConfig) -> str | None:
     """Why only Lightning's own loop can train this config, and a population's engine cannot (its members then
     train on their own, saying why), or None: _plain_reason's, but for what the engine does as that loop does,
     one mini-batch a training step (a DataLoader's, max_steps, val_check_interval, accumulate_grad_batches)."""
-    trainer = cfg.trainer
-    if several_processes(trainer):
+    if several_processes(cfg.trainer):
         return "with several processes Lightning's loop synchronises the gradients"
-    if str(trainer.get("precision", "32-true")) not in ("32-true", "32", "64-true", "64", "bf16-mixed"):
-        return f"trainer.precision={trainer.precision} needs Lightning's mixed-precision loop (loss scaling)"
-    return None
+    scaled = str(cfg.trainer.get("precision", "32-true")) != "bf16-mixed"  # 16-mixed: a run's loss scaler
+    return _mixed_reason(cfg) if scaled else None
 
 
 def _optimizer_reason(cfg: DictConfig) -> str | None:
